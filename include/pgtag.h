@@ -1,0 +1,283 @@
+/*
+ * pgtag: an asynchronous PostgreSQL connection pool for libuv programs that
+ * knows which request every query belongs to.
+ *
+ * The application marks the request it is serving with a context
+ * (pgtag_ctx, carrying a request ID and optional tags).  pgtag captures the
+ * context that is current when a query or an acquire is submitted, makes it
+ * current again around that operation's callback on every path (success,
+ * server error, lost connection, timeout, pool closing), and sends the SQL
+ * to the server as
+ *
+ *     / * requestId=<id> key=value ... * / <sql>      (without the spaces)
+ *
+ * so the request shows up in pg_stat_activity, the server log and
+ * pg_stat_statements.  Connections never carry a request's context;
+ * operations do.
+ *
+ * Threading: a pool belongs to the thread that runs its uv loop; every pgtag
+ * function taking a pool, a connection or a context must be called on that
+ * thread.  The "current context" is thread-local.
+ *
+ * Callbacks: every operation submitted with PGTAG_OK ends in exactly one
+ * callback, run from the loop, never from inside the call that submitted it.
+ * A call that returns anything else submitted nothing and calls nothing.
+ */
+#ifndef PGTAG_H
+#define PGTAG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+#include <uv.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------
+ * Errors
+ * ------------------------------------------------------------------------ */
+
+typedef enum {
+  PGTAG_OK = 0,
+  PGTAG_EINVAL,      /* a bad argument, or a call on the wrong object state */
+  PGTAG_ESERVER,     /* the server answered with an error (see sqlstate) */
+  PGTAG_ECONN,       /* the connection failed or was lost */
+  PGTAG_ETIMEDOUT,   /* no connection became free within acquire_timeout_ms */
+  PGTAG_ECANCELED,   /* the operation was canceled */
+  PGTAG_ECLOSED,     /* the pool is closing or closed */
+  PGTAG_EQUEUEFULL,  /* max_waiting operations already wait for a connection */
+  PGTAG_ERECLAIMED,  /* the pool took the connection back from its holder */
+  PGTAG_ENOMEM       /* out of memory */
+} pgtag_errcode;
+
+/* What went wrong with an operation.  Owned by pgtag, valid only during the
+ * callback it is passed to. */
+typedef struct {
+  pgtag_errcode code;
+  /* The server's SQLSTATE when the server sent one: always for ESERVER, and
+   * for ECONN when the server said why it closed the connection (57P01 for
+   * pg_terminate_backend, for instance).  NULL otherwise. */
+  const char *sqlstate;
+  /* A human-readable message, never NULL. */
+  const char *message;
+} pgtag_error;
+
+/* A static string naming the code ("invalid argument", ...); never NULL. */
+const char *pgtag_strerror(pgtag_errcode code);
+
+/* ------------------------------------------------------------------------
+ * Request context
+ *
+ * A context is reference-counted and belongs to one loop thread.  pgtag
+ * takes a reference for every operation it captures the context for and
+ * drops it exactly once, after that operation's callback has returned.
+ * ------------------------------------------------------------------------ */
+
+typedef struct pgtag_ctx pgtag_ctx;
+
+/* Longest request ID or tag value kept, in bytes; longer ones are cut. */
+#define PGTAG_VALUE_MAX 256
+/* Most extra tags one context holds. */
+#define PGTAG_TAGS_MAX 16
+
+/* A new context with one reference, owned by the caller.  request_id is
+ * copied (cut at PGTAG_VALUE_MAX bytes); NULL or "" generates a random UUID.
+ * The ID may hold any bytes: the tag encoder makes it safe.  Returns NULL
+ * only when out of memory. */
+pgtag_ctx *pgtag_ctx_new(const char *request_id);
+
+/* Set (or, with value NULL, remove) an extra tag such as route, tenant or
+ * traceparent.  key: 1 to 32 characters from [A-Za-z0-9_.-]; value: any
+ * string, copied, cut at PGTAG_VALUE_MAX bytes.  Operations already
+ * submitted pick up the change if they have not been sent yet.
+ * Returns PGTAG_EINVAL for a bad key or when PGTAG_TAGS_MAX tags are set,
+ * PGTAG_ENOMEM when out of memory. */
+pgtag_errcode pgtag_ctx_set(pgtag_ctx *ctx, const char *key, const char *value);
+
+/* The value of an extra tag, or NULL.  Borrowed: valid until the tag is
+ * changed or the context freed. */
+const char *pgtag_ctx_get(const pgtag_ctx *ctx, const char *key);
+
+/* The request ID, never NULL for a valid context.  Borrowed. */
+const char *pgtag_ctx_request_id(const pgtag_ctx *ctx);
+
+/* Take a reference; returns ctx (NULL stays NULL). */
+pgtag_ctx *pgtag_ctx_ref(pgtag_ctx *ctx);
+
+/* Drop a reference; the last one frees the context.  NULL is ignored. */
+void pgtag_ctx_unref(pgtag_ctx *ctx);
+
+/* The request is over.  Does not drop a reference.  Later issues hook leak
+ * detection in here; today it only marks the context. */
+void pgtag_ctx_end(pgtag_ctx *ctx);
+
+/* Nonzero once pgtag_ctx_end was called. */
+int pgtag_ctx_ended(const pgtag_ctx *ctx);
+
+/* The context current on this thread, or NULL.  Borrowed. */
+pgtag_ctx *pgtag_ctx_current(void);
+
+/* Make ctx (may be NULL) current and return the previous one, which the
+ * caller hands back to pgtag_ctx_leave.  No reference is taken: the caller
+ * keeps ctx alive while it is current. */
+pgtag_ctx *pgtag_ctx_enter(pgtag_ctx *ctx);
+
+/* Restore the context that pgtag_ctx_enter returned. */
+void pgtag_ctx_leave(pgtag_ctx *previous);
+
+/* fn(arg) with ctx current, then the previous context restored. */
+void pgtag_ctx_run(pgtag_ctx *ctx, void (*fn)(void *arg), void *arg);
+
+/* ------------------------------------------------------------------------
+ * Pool
+ * ------------------------------------------------------------------------ */
+
+typedef struct pgtag_pool pgtag_pool;
+typedef struct pgtag_conn pgtag_conn;
+
+typedef enum {
+  PGTAG_TAG_PREFIX = 0,   /* "/ * requestId=abc route=x * / SELECT ..." */
+  PGTAG_TAG_SQLCOMMENTER, /* "SELECT ... / *requestId='abc',route='x'* /" */
+  PGTAG_TAG_NONE          /* send the SQL unchanged */
+} pgtag_tag_style;
+
+typedef enum {
+  PGTAG_LOG_DEBUG = 0,
+  PGTAG_LOG_INFO,
+  PGTAG_LOG_WARN,
+  PGTAG_LOG_ERROR
+} pgtag_log_level;
+
+/* Receives every message pgtag logs.  msg has no trailing newline and is
+ * valid only during the call. */
+typedef void (*pgtag_log_fn)(pgtag_log_level level, const char *msg, void *arg);
+
+typedef struct {
+  const char *conninfo;      /* libpq connection string; copied.  Required. */
+  const char *name;          /* names the pool in logs; default "pgtag" */
+  int min_conns;             /* kept open at all times; default 0 */
+  int max_conns;             /* upper bound, >= 1; default 10 */
+  int acquire_timeout_ms;    /* longest wait for a connection; 0 = no limit;
+                                default 10000 */
+  int max_waiting;           /* most operations waiting for a connection;
+                                0 = no limit; default 10000 */
+  int connect_timeout_ms;    /* longest connection attempt; 0 = no limit;
+                                default 5000 */
+  int idle_timeout_ms;       /* close connections idle this long while more
+                                than min_conns are open; 0 = never;
+                                default 30000 */
+  int max_lifetime_ms;       /* retire connections this old once idle;
+                                0 = never; default 0 */
+  pgtag_tag_style tag_style; /* default PGTAG_TAG_PREFIX */
+  const char *tag_key;       /* key of the request ID, 1 to 32 characters
+                                from [A-Za-z0-9_.-]; default "requestId" */
+  pgtag_log_fn log;          /* default: WARN and above to stderr */
+  void *log_arg;
+  pgtag_log_level log_level; /* least level passed to log; default WARN */
+} pgtag_pool_config;
+
+/* Fill cfg with the defaults above (conninfo NULL). */
+void pgtag_pool_config_init(pgtag_pool_config *cfg);
+
+/* Create a pool on loop.  The config is copied; strings too.  Opens
+ * min_conns connections in the background.  Returns PGTAG_EINVAL for a NULL
+ * argument, an unparsable conninfo, max_conns < 1, min_conns outside
+ * [0, max_conns], a negative timeout or limit, or a bad tag_key;
+ * PGTAG_ENOMEM when out of memory.  *out is set only on PGTAG_OK. */
+pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
+                             pgtag_pool **out);
+
+/* Begin closing.  Operations waiting for a connection fail with
+ * PGTAG_ECLOSED; queries already sent finish normally; idle connections close
+ * at once, held ones when their holder releases them (a release after close
+ * has begun is valid).  Once every handle is closed, done(arg) runs (done may
+ * be NULL) and the pool is freed: after that the loop holds no pgtag handle
+ * and the pool must not be used.  A second call is ignored. */
+void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg);
+
+typedef struct {
+  int total;       /* open connections, any state */
+  int idle;        /* in the pool, free */
+  int busy;        /* running a one-shot query or being reset */
+  int held;        /* acquired by a request */
+  int connecting;  /* connection attempt under way */
+  int waiting;     /* operations waiting for a connection */
+  uint64_t acquired;        /* acquire callbacks given a connection */
+  uint64_t queries;         /* queries completed, any outcome */
+  uint64_t errors;          /* operations ended with an error */
+  uint64_t timeouts;        /* waits ended by acquire_timeout_ms */
+  uint64_t connects;        /* connections established */
+  uint64_t connect_failures;/* connection attempts that failed */
+} pgtag_stats;
+
+/* A snapshot of the pool's state; valid until the pool is freed. */
+void pgtag_pool_stats(const pgtag_pool *pool, pgtag_stats *out);
+
+/* ------------------------------------------------------------------------
+ * Queries
+ *
+ * SQL is sent with the extended protocol (PQsendQueryParams, one statement,
+ * text parameters whose types the server infers, text results).  sql and
+ * values are copied when needed: the caller may free them once the call
+ * returns.  A NULL entry in values is SQL NULL.
+ *
+ * The result callback gets a PGresult owned by pgtag, freed after the
+ * callback returns (never PQclear it).  On success err is NULL and res is
+ * the result.  On failure err is set; for PGTAG_ESERVER, and for PGTAG_ECONN
+ * when the server said why it closed, res is the server's error result,
+ * otherwise NULL.
+ * ------------------------------------------------------------------------ */
+
+typedef void (*pgtag_result_cb)(PGresult *res, const pgtag_error *err, void *arg);
+
+/* Run sql on any pooled connection, in the current context.  Waits for a
+ * free connection if none is (first in, first out with acquires).
+ * Returns PGTAG_EINVAL (NULL pool, sql or cb; nparams < 0; values NULL with
+ * nparams > 0; called off the loop thread), PGTAG_ECLOSED (pool closing),
+ * PGTAG_EQUEUEFULL (max_waiting reached) or PGTAG_ENOMEM. */
+pgtag_errcode pgtag_query(pgtag_pool *pool, const char *sql, int nparams,
+                          const char *const *values, pgtag_result_cb cb,
+                          void *arg);
+
+/* ------------------------------------------------------------------------
+ * Held connections: transactions and several statements on one backend
+ * ------------------------------------------------------------------------ */
+
+/* On success conn is yours until pgtag_release and err is NULL; on failure
+ * conn is NULL and err says why (ETIMEDOUT, ECLOSED, ...). */
+typedef void (*pgtag_acquire_cb)(pgtag_conn *conn, const pgtag_error *err, void *arg);
+
+/* Take a connection for the current request.  The macro records the call
+ * site for leak reports.  Same errors as pgtag_query. */
+#define pgtag_acquire(pool, cb, arg) \
+  pgtag_acquire_at((pool), (cb), (arg), __FILE__, __LINE__, __func__)
+
+pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
+                               const char *file, int line, const char *func);
+
+/* Run sql on a held connection, in the context current now.  Queries on one
+ * connection run one after another in submission order.  If the connection
+ * was lost, the callback gets PGTAG_ECONN.  Returns PGTAG_EINVAL for bad
+ * arguments or a connection that is not held (released, say). */
+pgtag_errcode pgtag_conn_query(pgtag_conn *conn, const char *sql, int nparams,
+                               const char *const *values, pgtag_result_cb cb,
+                               void *arg);
+
+/* The server process ID of the connection, 0 if it was lost. */
+int pgtag_conn_backend_pid(const pgtag_conn *conn);
+
+/* Give the connection back.  Queries still queued on it run first and their
+ * callbacks fire as usual.  A connection left inside a transaction (open or
+ * failed) is rolled back before anyone else gets it; a lost one is replaced.
+ * conn must not be used afterwards.  Releasing a connection that is not held
+ * is logged and ignored. */
+void pgtag_release(pgtag_conn *conn);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PGTAG_H */

@@ -1,0 +1,193 @@
+/* Request contexts and the thread's current one. */
+#include "context.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+static _Thread_local pgtag_ctx *current;
+
+int ctx_key_valid(const char *key) {
+  size_t n = 0;
+  if (key == NULL)
+    return 0;
+  for (; key[n] != '\0'; n++) {
+    char c = key[n];
+    int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+             (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
+    if (!ok || n >= 32)
+      return 0;
+  }
+  return n > 0;
+}
+
+static char *copy_capped(const char *s) {
+  size_t n = strnlen(s, PGTAG_VALUE_MAX);
+  char *out = malloc(n + 1);
+  if (out != NULL) {
+    memcpy(out, s, n);
+    out[n] = '\0';
+  }
+  return out;
+}
+
+/* getrandom() cannot fail for 16 bytes once the kernel pool is ready; the
+ * fallback only keeps IDs distinct if it ever does. */
+static void random_bytes(unsigned char *buf, size_t len) {
+  static _Thread_local uint64_t state;
+  if (getrandom(buf, len, GRND_NONBLOCK) == (ssize_t)len)
+    return;
+  if (state == 0) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    state = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^
+            ((uint64_t)getpid() << 40) ^ (uint64_t)(uintptr_t)&state;
+  }
+  for (size_t i = 0; i < len; i++) {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    buf[i] = (unsigned char)(state >> 24);
+  }
+}
+
+static char *uuid_new(void) {
+  unsigned char b[16];
+  char *out = malloc(37);
+  if (out == NULL)
+    return NULL;
+  random_bytes(b, sizeof b);
+  b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); /* version 4 */
+  b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+  snprintf(out, 37,
+           "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+           b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10],
+           b[11], b[12], b[13], b[14], b[15]);
+  return out;
+}
+
+pgtag_ctx *pgtag_ctx_new(const char *request_id) {
+  pgtag_ctx *ctx = calloc(1, sizeof *ctx);
+  if (ctx == NULL)
+    return NULL;
+  if (request_id == NULL || request_id[0] == '\0')
+    ctx->request_id = uuid_new();
+  else
+    ctx->request_id = copy_capped(request_id);
+  if (ctx->request_id == NULL) {
+    free(ctx);
+    return NULL;
+  }
+  ctx->refs = 1;
+  return ctx;
+}
+
+static int tag_find(const pgtag_ctx *ctx, const char *key, int *pos) {
+  int lo = 0, hi = ctx->ntags;
+  while (lo < hi) {
+    int mid = (lo + hi) / 2;
+    int c = strcmp(ctx->tags[mid].key, key);
+    if (c == 0) {
+      *pos = mid;
+      return 1;
+    }
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  *pos = lo;
+  return 0;
+}
+
+pgtag_errcode pgtag_ctx_set(pgtag_ctx *ctx, const char *key, const char *value) {
+  int pos;
+  if (ctx == NULL || !ctx_key_valid(key))
+    return PGTAG_EINVAL;
+  int found = tag_find(ctx, key, &pos);
+  if (value == NULL) {
+    if (found) {
+      free(ctx->tags[pos].key);
+      memmove(&ctx->tags[pos], &ctx->tags[pos + 1],
+              (size_t)(ctx->ntags - pos - 1) * sizeof(ctx_tag));
+      ctx->ntags--;
+    }
+    return PGTAG_OK;
+  }
+  if (!found && ctx->ntags == PGTAG_TAGS_MAX)
+    return PGTAG_EINVAL;
+  size_t klen = strlen(key);
+  size_t vlen = strnlen(value, PGTAG_VALUE_MAX);
+  char *mem = malloc(klen + vlen + 2);
+  if (mem == NULL)
+    return PGTAG_ENOMEM;
+  memcpy(mem, key, klen + 1);
+  memcpy(mem + klen + 1, value, vlen);
+  mem[klen + 1 + vlen] = '\0';
+  if (found) {
+    free(ctx->tags[pos].key);
+  } else {
+    memmove(&ctx->tags[pos + 1], &ctx->tags[pos],
+            (size_t)(ctx->ntags - pos) * sizeof(ctx_tag));
+    ctx->ntags++;
+  }
+  ctx->tags[pos].key = mem;
+  ctx->tags[pos].value = mem + klen + 1;
+  return PGTAG_OK;
+}
+
+const char *pgtag_ctx_get(const pgtag_ctx *ctx, const char *key) {
+  int pos;
+  if (ctx == NULL || key == NULL || !tag_find(ctx, key, &pos))
+    return NULL;
+  return ctx->tags[pos].value;
+}
+
+const char *pgtag_ctx_request_id(const pgtag_ctx *ctx) {
+  return ctx != NULL ? ctx->request_id : NULL;
+}
+
+pgtag_ctx *pgtag_ctx_ref(pgtag_ctx *ctx) {
+  if (ctx != NULL)
+    ctx->refs++;
+  return ctx;
+}
+
+void pgtag_ctx_unref(pgtag_ctx *ctx) {
+  if (ctx == NULL || --ctx->refs > 0)
+    return;
+  if (current == ctx)
+    current = NULL; /* never leave a dangling current context behind */
+  for (int i = 0; i < ctx->ntags; i++)
+    free(ctx->tags[i].key);
+  free(ctx->request_id);
+  free(ctx);
+}
+
+void pgtag_ctx_end(pgtag_ctx *ctx) {
+  if (ctx != NULL)
+    ctx->ended = 1;
+}
+
+int pgtag_ctx_ended(const pgtag_ctx *ctx) { return ctx != NULL && ctx->ended; }
+
+pgtag_ctx *pgtag_ctx_current(void) { return current; }
+
+pgtag_ctx *pgtag_ctx_enter(pgtag_ctx *ctx) {
+  pgtag_ctx *previous = current;
+  current = ctx;
+  return previous;
+}
+
+void pgtag_ctx_leave(pgtag_ctx *previous) { current = previous; }
+
+void pgtag_ctx_run(pgtag_ctx *ctx, void (*fn)(void *arg), void *arg) {
+  if (fn == NULL)
+    return;
+  pgtag_ctx *previous = pgtag_ctx_enter(ctx);
+  fn(arg);
+  pgtag_ctx_leave(previous);
+}

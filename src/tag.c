@@ -1,0 +1,139 @@
+/* Tag encoding.  The safety argument is small on purpose: a comment can only
+ * be ended by "*" "/" and nested by "/" "*", and neither character (nor a
+ * quote, backslash, whitespace or '%') survives tag_encode; keys are checked
+ * against [A-Za-z0-9_.-] before they get here. */
+#include "tag.h"
+
+#include "context.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void tag_buf_free(tag_buf *buf) {
+  free(buf->data);
+  buf->data = NULL;
+  buf->len = buf->cap = 0;
+}
+
+static int reserve(tag_buf *buf, size_t more) {
+  size_t need = buf->len + more + 1;
+  if (need <= buf->cap)
+    return 0;
+  size_t cap = buf->cap ? buf->cap : 256;
+  while (cap < need)
+    cap *= 2;
+  char *data = realloc(buf->data, cap);
+  if (data == NULL)
+    return -1;
+  buf->data = data;
+  buf->cap = cap;
+  return 0;
+}
+
+static int append(tag_buf *buf, const char *s, size_t n) {
+  if (reserve(buf, n) != 0)
+    return -1;
+  memcpy(buf->data + buf->len, s, n);
+  buf->len += n;
+  buf->data[buf->len] = '\0';
+  return 0;
+}
+
+static int append_str(tag_buf *buf, const char *s) {
+  return append(buf, s, strlen(s));
+}
+
+static int safe_byte(unsigned char c, int allow_colon) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
+         c == '~' || (allow_colon && c == ':');
+}
+
+int tag_encode(tag_buf *buf, const char *value, int allow_colon) {
+  static const char hex[] = "0123456789ABCDEF";
+  size_t n = strlen(value);
+  if (reserve(buf, 3 * n) != 0)
+    return -1;
+  char *out = buf->data + buf->len;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)value[i];
+    if (safe_byte(c, allow_colon)) {
+      *out++ = (char)c;
+    } else {
+      *out++ = '%';
+      *out++ = hex[c >> 4];
+      *out++ = hex[c & 15];
+    }
+  }
+  *out = '\0';
+  buf->len = (size_t)(out - buf->data);
+  return 0;
+}
+
+/* "/" "* requestId=abc route=x *" "/ SELECT ..." */
+static int render_prefix(tag_buf *buf, const char *key, const pgtag_ctx *ctx,
+                         const char *sql) {
+  if (append_str(buf, "/* ") || append_str(buf, key) || append(buf, "=", 1) ||
+      tag_encode(buf, ctx->request_id, 1))
+    return -1;
+  for (int i = 0; i < ctx->ntags; i++) {
+    if (strcmp(ctx->tags[i].key, key) == 0)
+      continue; /* the request ID owns that key */
+    if (append(buf, " ", 1) || append_str(buf, ctx->tags[i].key) ||
+        append(buf, "=", 1) || tag_encode(buf, ctx->tags[i].value, 1))
+      return -1;
+  }
+  return append(buf, " */ ", 4) || append_str(buf, sql) ? -1 : 0;
+}
+
+static int append_pair(tag_buf *buf, int *first, const char *key,
+                       const char *value) {
+  int comma = !*first;
+  *first = 0;
+  if ((comma && append(buf, ",", 1)) || append_str(buf, key) ||
+      append(buf, "='", 2) || tag_encode(buf, value, 0) || append(buf, "'", 1))
+    return -1;
+  return 0;
+}
+
+/* "SELECT ... /" "*requestId='abc',route='x'*" "/", keys sorted, the comment
+ * placed before a final semicolon as the sqlcommenter spec asks. */
+static int render_sqlcommenter(tag_buf *buf, const char *key,
+                               const pgtag_ctx *ctx, const char *sql) {
+  size_t end = strlen(sql);
+  while (end > 0 && strchr(" \t\r\n", sql[end - 1]) != NULL)
+    end--;
+  size_t body = end > 0 && sql[end - 1] == ';' ? end - 1 : end;
+
+  if (append(buf, sql, body) || append(buf, " /*", 3))
+    return -1;
+  int first = 1, key_done = 0;
+  for (int i = 0; i < ctx->ntags; i++) {
+    int c = strcmp(ctx->tags[i].key, key);
+    if (c == 0)
+      continue;
+    if (c > 0 && !key_done) {
+      if (append_pair(buf, &first, key, ctx->request_id))
+        return -1;
+      key_done = 1;
+    }
+    if (append_pair(buf, &first, ctx->tags[i].key, ctx->tags[i].value))
+      return -1;
+  }
+  if (!key_done && append_pair(buf, &first, key, ctx->request_id))
+    return -1;
+  return append(buf, "*/", 2) || append_str(buf, sql + body) ? -1 : 0;
+}
+
+const char *tag_render(tag_buf *buf, pgtag_tag_style style, const char *key,
+                       const pgtag_ctx *ctx, const char *sql) {
+  int rc;
+  if (ctx == NULL || style == PGTAG_TAG_NONE)
+    return sql;
+  buf->len = 0;
+  if (style == PGTAG_TAG_SQLCOMMENTER)
+    rc = render_sqlcommenter(buf, key, ctx, sql);
+  else
+    rc = render_prefix(buf, key, ctx, sql);
+  return rc == 0 ? buf->data : NULL;
+}
