@@ -1,0 +1,287 @@
+/* The connection state machine.  Everything here is non-blocking:
+ * PQconnectStart/PQconnectPoll to connect, PQsendQueryParams and PQflush to
+ * send, PQconsumeInput/PQisBusy/PQgetResult to read, each step driven by
+ * the socket's readiness as reported by one uv_poll_t.
+ *
+ * The socket is always watched for readability, also while idle, so that a
+ * server closing the connection is seen at once rather than by the next
+ * request that picks it up. */
+#include "conn.h"
+
+#include "pool.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void on_poll(uv_poll_t *handle, int status, int events);
+
+static void copy_message(char *buf, size_t len, const char *msg) {
+  size_t n = strlen(msg);
+  while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+    n--;
+  snprintf(buf, len, "%.*s", (int)n, msg);
+}
+
+static void on_poll_closed(uv_handle_t *handle) {
+  pgtag_pool *pool = handle->data;
+  free(handle);
+  pool_handle_closed(pool);
+}
+
+static void poll_close(pgtag_conn *conn) {
+  if (conn->poll == NULL)
+    return;
+  conn->poll->data = conn->pool; /* the conn may be freed first */
+  uv_close((uv_handle_t *)conn->poll, on_poll_closed);
+  conn->poll = NULL;
+  conn->poll_fd = -1;
+}
+
+/* Poll the current socket for readability, plus writability when asked.
+ * The handle keeps the loop alive only while work is under way, so an idle
+ * pool does not stop uv_run from returning.  Returns 0 or -1. */
+static int conn_watch(pgtag_conn *conn, int writable) {
+  int fd = PQsocket(conn->pg);
+  if (fd < 0)
+    return -1;
+  if (conn->poll != NULL && conn->poll_fd != fd)
+    poll_close(conn); /* libpq moved to another socket (next host, say) */
+  if (conn->poll == NULL) {
+    uv_poll_t *poll = malloc(sizeof *poll);
+    if (poll == NULL)
+      return -1;
+    if (uv_poll_init(conn->pool->loop, poll, fd) != 0) {
+      free(poll);
+      return -1;
+    }
+    conn->pool->handles++;
+    poll->data = conn;
+    conn->poll = poll;
+    conn->poll_fd = fd;
+  }
+  int events = UV_READABLE | (writable ? UV_WRITABLE : 0);
+  if (uv_poll_start(conn->poll, events, on_poll) != 0)
+    return -1;
+  if (conn->state == CONN_CONNECTING || conn->inflight != NULL)
+    uv_ref((uv_handle_t *)conn->poll);
+  else
+    uv_unref((uv_handle_t *)conn->poll);
+  return 0;
+}
+
+static void on_notice(void *arg, const PGresult *res) {
+  pgtag_conn *conn = arg;
+  char msg[512];
+  copy_message(msg, sizeof msg, PQresultErrorMessage(res));
+  pool_log(conn->pool, PGTAG_LOG_INFO, "server notice (backend %d): %s",
+           conn->backend_pid, msg);
+}
+
+static void on_connect_timeout(uv_timer_t *timer) {
+  pgtag_conn *conn = timer->data;
+  char msg[128];
+  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
+  snprintf(msg, sizeof msg, "connection attempt timed out after %d ms",
+           conn->pool->cfg.connect_timeout_ms);
+  pool_on_connect_failed(conn, msg);
+  pgtag_ctx_leave(previous);
+}
+
+pgtag_conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
+  pgtag_conn *conn = calloc(1, sizeof *conn);
+  if (conn == NULL) {
+    snprintf(errbuf, errlen, "out of memory");
+    return NULL;
+  }
+  conn->pg = PQconnectStart(pool->conninfo);
+  if (conn->pg == NULL || PQstatus(conn->pg) == CONNECTION_BAD) {
+    copy_message(errbuf, errlen,
+                 conn->pg ? PQerrorMessage(conn->pg) : "out of memory");
+    PQfinish(conn->pg);
+    free(conn);
+    return NULL;
+  }
+  conn->pool = pool;
+  conn->poll_fd = -1;
+  conn->state = CONN_CONNECTING;
+  queue_init(&conn->node);
+  queue_init(&conn->idle_node);
+  queue_init(&conn->pending);
+  uv_timer_init(pool->loop, &conn->timer);
+  pool->handles++;
+  conn->timer.data = conn;
+  conn->created = uv_now(pool->loop);
+
+  /* libpq's protocol: before the first PQconnectPoll, wait for writability. */
+  if (conn_watch(conn, 1) != 0) {
+    snprintf(errbuf, errlen, "cannot poll the connection's socket");
+    conn_close(conn);
+    return NULL;
+  }
+  if (pool->cfg.connect_timeout_ms > 0)
+    uv_timer_start(&conn->timer, on_connect_timeout,
+                   (uint64_t)pool->cfg.connect_timeout_ms, 0);
+  return conn;
+}
+
+static void connect_step(pgtag_conn *conn) {
+  switch (PQconnectPoll(conn->pg)) {
+  case PGRES_POLLING_OK:
+    uv_timer_stop(&conn->timer);
+    if (PQsetnonblocking(conn->pg, 1) != 0) {
+      pool_on_connect_failed(conn, PQerrorMessage(conn->pg));
+      return;
+    }
+    PQsetNoticeReceiver(conn->pg, on_notice, conn);
+    conn->backend_pid = PQbackendPID(conn->pg);
+    pool_on_connected(conn);
+    return;
+  case PGRES_POLLING_READING:
+    if (conn_watch(conn, 0) != 0)
+      pool_on_connect_failed(conn, "cannot poll the connection's socket");
+    return;
+  case PGRES_POLLING_WRITING:
+    if (conn_watch(conn, 1) != 0)
+      pool_on_connect_failed(conn, "cannot poll the connection's socket");
+    return;
+  default:
+    pool_on_connect_failed(conn, PQerrorMessage(conn->pg));
+    return;
+  }
+}
+
+static void conn_lost(pgtag_conn *conn, const char *fallback) {
+  char msg[512];
+  const char *pqmsg = conn->pg ? PQerrorMessage(conn->pg) : "";
+  copy_message(msg, sizeof msg, pqmsg[0] ? pqmsg : fallback);
+  pool_on_conn_lost(conn, msg);
+}
+
+int conn_send(pgtag_conn *conn, op *o) {
+  pgtag_pool *pool = conn->pool;
+  const char *text = tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key,
+                                o->ctx, o->sql);
+  if (text == NULL)
+    text = o->sql; /* out of memory for the tag: the query still runs */
+  if (!PQsendQueryParams(conn->pg, text, o->nparams, NULL, o->values, NULL,
+                         NULL, 0))
+    return -1;
+  int flushed = PQflush(conn->pg);
+  if (flushed < 0)
+    return -1;
+  conn->inflight = o;
+  conn->want_write = flushed == 1;
+  if (conn_watch(conn, conn->want_write) != 0) {
+    conn->inflight = NULL;
+    return -1;
+  }
+  return 0;
+}
+
+/* Read what arrived; complete the query in flight once libpq has its last
+ * result.  Returns after any callback that closed the connection. */
+static void read_results(pgtag_conn *conn) {
+  int ok = PQconsumeInput(conn->pg);
+  while (conn->inflight != NULL && !PQisBusy(conn->pg)) {
+    PGresult *res = PQgetResult(conn->pg);
+    if (res == NULL) {
+      op *o = conn->inflight;
+      PGresult *last = conn->result;
+      conn->inflight = NULL;
+      conn->result = NULL;
+      pool_on_query_done(conn, o, last);
+      if (conn->state == CONN_CLOSED || conn->state == CONN_LOST)
+        return;
+      continue;
+    }
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
+      /* The connection is stuck in COPY mode: fail the query, drop it. */
+      op *o = conn->inflight;
+      conn->inflight = NULL;
+      PQclear(conn->result);
+      conn->result = NULL;
+      op_set_result(o, res, 0);
+      pool_on_conn_lost(conn, "COPY is not supported by pgtag");
+      op_finish(o);
+      return;
+    }
+    /* One statement gives one result; should more come, an error wins. */
+    if (conn->result == NULL || (st == PGRES_FATAL_ERROR &&
+                                 PQresultStatus(conn->result) != PGRES_FATAL_ERROR)) {
+      PQclear(conn->result);
+      conn->result = res;
+    } else {
+      PQclear(res);
+    }
+    if (PQstatus(conn->pg) == CONNECTION_BAD)
+      break;
+  }
+  PGnotify *n;
+  while ((n = PQnotifies(conn->pg)) != NULL)
+    PQfreemem(n); /* LISTEN is not ours to serve; don't let them pile up */
+  if (!ok || PQstatus(conn->pg) == CONNECTION_BAD)
+    conn_lost(conn, "connection lost");
+}
+
+static void on_poll(uv_poll_t *handle, int status, int events) {
+  pgtag_conn *conn = handle->data;
+  pgtag_ctx *previous = pgtag_ctx_enter(NULL); /* pool work has no context */
+
+  if (status < 0) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "polling the socket failed: %s", uv_strerror(status));
+    if (conn->state == CONN_CONNECTING)
+      pool_on_connect_failed(conn, msg);
+    else
+      pool_on_conn_lost(conn, msg);
+  } else if (conn->state == CONN_CONNECTING) {
+    connect_step(conn);
+  } else {
+    if ((events & UV_WRITABLE) && conn->want_write) {
+      int flushed = PQflush(conn->pg);
+      if (flushed < 0) {
+        conn_lost(conn, "sending the query failed");
+        goto out;
+      }
+      conn->want_write = flushed == 1;
+      if (conn_watch(conn, conn->want_write) != 0) {
+        conn_lost(conn, "cannot poll the connection's socket");
+        goto out;
+      }
+    }
+    if (events & (UV_READABLE | UV_DISCONNECT))
+      read_results(conn);
+  }
+out:
+  pgtag_ctx_leave(previous);
+}
+
+static void on_timer_closed(uv_handle_t *handle) {
+  pgtag_conn *conn = handle->data;
+  pgtag_pool *pool = conn->pool;
+  tag_buf_free(&conn->tag);
+  free(conn);
+  pool_handle_closed(pool);
+}
+
+int conn_poll_update(pgtag_conn *conn) {
+  return conn_watch(conn, conn->want_write);
+}
+
+void conn_shut(pgtag_conn *conn) {
+  poll_close(conn);
+  uv_timer_stop(&conn->timer);
+  PQclear(conn->result);
+  conn->result = NULL;
+  PQfinish(conn->pg); /* after the poll stopped watching its socket */
+  conn->pg = NULL;
+  conn->backend_pid = 0;
+}
+
+void conn_close(pgtag_conn *conn) {
+  conn_shut(conn);
+  conn->state = CONN_CLOSED;
+  uv_close((uv_handle_t *)&conn->timer, on_timer_closed);
+}

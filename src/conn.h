@@ -1,0 +1,73 @@
+/* One PostgreSQL connection: libpq's non-blocking state machine, polled by
+ * a uv_poll_t. */
+#ifndef PGTAG_CONN_H
+#define PGTAG_CONN_H
+
+#include "op.h"
+#include "queue.h"
+#include "tag.h"
+
+#include <stdint.h>
+
+typedef enum {
+  CONN_CONNECTING,
+  CONN_IDLE,      /* in the pool, free */
+  CONN_BUSY,      /* running a one-shot query */
+  CONN_HELD,      /* acquired by a request */
+  CONN_RESETTING, /* rolling back what its last holder left open */
+  CONN_LOST,      /* held, but the connection died: waits for release */
+  CONN_CLOSED,    /* handles closing; freed when they are */
+  CONN_NSTATES
+} conn_state;
+
+struct pgtag_conn {
+  queue node;      /* in pool->conns */
+  queue idle_node; /* in pool->idle while CONN_IDLE */
+  pgtag_pool *pool;
+  PGconn *pg;
+  conn_state state;
+  uv_poll_t *poll; /* replaced when PQsocket changes while connecting */
+  int poll_fd;
+  uv_timer_t timer; /* connect timeout */
+  int want_write;   /* output left in libpq's buffer */
+
+  op *inflight;  /* the query on the wire */
+  queue pending; /* held: queries submitted behind it */
+  PGresult *result;
+  int release_pending; /* released while queries were still queued */
+
+  pgtag_ctx *owner; /* held: the context it was acquired in */
+  const char *file;
+  int line;
+  const char *func;
+
+  uint64_t created; /* uv_now() */
+  uint64_t idle_since;
+  int backend_pid;
+  tag_buf tag;
+};
+
+/* Start connecting.  Returns the connection (state CONN_CONNECTING, not yet
+ * linked into the pool), or NULL with errbuf filled when the attempt failed
+ * at once. */
+pgtag_conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen);
+
+/* Send op's query (tagged with op's context).  Returns 0, or -1 when the
+ * connection is broken (op untouched, conn->inflight unset). */
+int conn_send(pgtag_conn *conn, op *o);
+
+/* Re-arm the poll after a state change: readable always, writable while
+ * output is pending; keeps the loop alive only while work is under way.
+ * Returns 0 or -1. */
+int conn_poll_update(pgtag_conn *conn);
+
+/* Stop polling and close the libpq connection now; free the struct once its
+ * handles are closed.  The caller has already unlinked it and dealt with
+ * its operations. */
+void conn_close(pgtag_conn *conn);
+
+/* A held connection that died: close libpq and the poll, keep the struct
+ * until release. */
+void conn_shut(pgtag_conn *conn);
+
+#endif

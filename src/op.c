@@ -1,0 +1,127 @@
+/* Operations.  op_finish is where the request context comes back: whatever
+ * path ended the operation, its callback runs with the context that was
+ * current when it was submitted, and that context's reference is dropped
+ * exactly once, afterwards. */
+#include "op.h"
+
+#include "pool.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+op *op_new(pgtag_pool *pool, op_kind kind, const char *sql, int nparams,
+           const char *const *values, int copy_args) {
+  size_t extra = 0;
+  if (copy_args && sql != NULL) {
+    extra = strlen(sql) + 1 + (size_t)nparams * sizeof(char *);
+    for (int i = 0; i < nparams; i++)
+      if (values[i] != NULL)
+        extra += strlen(values[i]) + 1;
+  }
+  op *o = calloc(1, sizeof *o + extra);
+  if (o == NULL)
+    return NULL;
+  queue_init(&o->node);
+  o->kind = kind;
+  o->pool = pool;
+  o->ctx = kind == OP_RESET ? NULL : pgtag_ctx_ref(pgtag_ctx_current());
+  o->sql = sql;
+  o->nparams = nparams;
+  o->values = values;
+  if (extra > 0) {
+    /* [param pointers][sql][param strings], pointers first for alignment */
+    const char **vals = (const char **)(void *)(o + 1);
+    char *p = (char *)(vals + nparams);
+    size_t n = strlen(sql) + 1;
+    memcpy(p, sql, n);
+    o->sql = p;
+    p += n;
+    for (int i = 0; i < nparams; i++) {
+      if (values[i] == NULL) {
+        vals[i] = NULL;
+        continue;
+      }
+      n = strlen(values[i]) + 1;
+      memcpy(p, values[i], n);
+      vals[i] = p;
+      p += n;
+    }
+    o->values = nparams > 0 ? vals : NULL;
+  }
+  return o;
+}
+
+void op_set_error(op *o, pgtag_errcode code, const char *sqlstate,
+                  const char *message) {
+  o->code = code;
+  o->sqlstate[0] = '\0';
+  if (sqlstate != NULL) {
+    strncpy(o->sqlstate, sqlstate, sizeof o->sqlstate - 1);
+    o->sqlstate[sizeof o->sqlstate - 1] = '\0';
+  }
+  if (message == NULL || message[0] == '\0')
+    message = pgtag_strerror(code);
+  size_t n = strlen(message);
+  while (n > 0 && (message[n - 1] == '\n' || message[n - 1] == ' '))
+    n--;
+  if (n >= sizeof o->message)
+    n = sizeof o->message - 1;
+  memcpy(o->message, message, n);
+  o->message[n] = '\0';
+}
+
+void op_set_result(op *o, PGresult *res, int lost) {
+  o->res = res;
+  if (res == NULL) {
+    op_set_error(o, PGTAG_ECONN, NULL, "connection lost before the result");
+    return;
+  }
+  switch (PQresultStatus(res)) {
+  case PGRES_FATAL_ERROR:
+    op_set_error(o, lost ? PGTAG_ECONN : PGTAG_ESERVER,
+                 PQresultErrorField(res, PG_DIAG_SQLSTATE),
+                 PQresultErrorMessage(res));
+    break;
+  case PGRES_COPY_IN:
+  case PGRES_COPY_OUT:
+  case PGRES_COPY_BOTH:
+    op_set_error(o, PGTAG_EINVAL, NULL, "COPY is not supported by pgtag");
+    break;
+  case PGRES_BAD_RESPONSE:
+  case PGRES_NONFATAL_ERROR:
+    op_set_error(o, PGTAG_ECONN, NULL, PQresultErrorMessage(res));
+    break;
+  default:
+    if (lost)
+      op_set_error(o, PGTAG_ECONN, NULL, "connection lost");
+    break;
+  }
+}
+
+static void op_free(op *o) {
+  PQclear(o->res);
+  pgtag_ctx_unref(o->ctx);
+  free(o);
+}
+
+void op_finish(op *o) {
+  pgtag_error err = {o->code, o->sqlstate[0] ? o->sqlstate : NULL, o->message};
+  const pgtag_error *errp = o->code == PGTAG_OK ? NULL : &err;
+  pgtag_stats *stats = &o->pool->stats;
+
+  if (errp != NULL)
+    stats->errors++;
+  pgtag_ctx *previous = pgtag_ctx_enter(o->ctx);
+  if (o->kind == OP_QUERY) {
+    stats->queries++;
+    o->cb.result(o->res, errp, o->arg);
+  } else if (o->kind == OP_ACQUIRE) {
+    if (errp == NULL)
+      stats->acquired++;
+    o->cb.acquire(errp == NULL ? o->conn : NULL, errp, o->arg);
+  }
+  pgtag_ctx_leave(previous);
+  op_free(o);
+}
+
+void op_discard(op *o) { op_free(o); }

@@ -1,0 +1,68 @@
+/* An operation: one query or acquire, carrying the request context it was
+ * submitted in until its callback has run. */
+#ifndef PGTAG_OP_H
+#define PGTAG_OP_H
+
+#include "pgtag.h"
+#include "queue.h"
+
+#include <stdint.h>
+
+typedef enum {
+  OP_QUERY,   /* pgtag_query or pgtag_conn_query */
+  OP_ACQUIRE, /* pgtag_acquire */
+  OP_RESET    /* the pool's own ROLLBACK on a released connection */
+} op_kind;
+
+typedef struct op {
+  queue node; /* in pool->waiters, conn->pending or pool->deferred */
+  op_kind kind;
+  pgtag_pool *pool;
+  pgtag_ctx *ctx; /* captured at submit, one reference, NULL if none */
+  union {
+    pgtag_result_cb result;
+    pgtag_acquire_cb acquire;
+  } cb;
+  void *arg;
+
+  /* Query arguments: the caller's memory during the submitting call, the
+   * op's own copy (allocated behind the struct) once it has to wait. */
+  const char *sql;
+  int nparams;
+  const char *const *values;
+
+  const char *file; /* acquire site */
+  int line;
+  const char *func;
+  uint64_t deadline; /* uv_now() by which a wait fails; 0 = none */
+
+  /* Outcome, filled in before op_finish. */
+  pgtag_conn *conn; /* granted to an acquire */
+  PGresult *res;
+  pgtag_errcode code;
+  char sqlstate[6];
+  char message[256];
+} op;
+
+/* A new operation capturing the current context.  copy_args: copy sql and
+ * values into the op, for an operation that cannot be sent right away.
+ * NULL when out of memory. */
+op *op_new(pgtag_pool *pool, op_kind kind, const char *sql, int nparams,
+           const char *const *values, int copy_args);
+
+/* Record a failure (message may be NULL; a trailing newline is dropped). */
+void op_set_error(op *o, pgtag_errcode code, const char *sqlstate,
+                  const char *message);
+
+/* Classify a finished query's result: sets code, sqlstate and message and
+ * keeps res (pgtag owns it from here).  lost: the connection is gone. */
+void op_set_result(op *o, PGresult *res, int lost);
+
+/* Run the callback, with the captured context current, then free
+ * everything the op owns.  Called exactly once per op, from the loop. */
+void op_finish(op *o);
+
+/* Free an op whose callback must not run (the submitting call failed). */
+void op_discard(op *o);
+
+#endif

@@ -1,0 +1,770 @@
+/* The pool: who gets which connection, when connections open and close, and
+ * the one rule that keeps callbacks sane: an outcome known inside a call the
+ * user made (an acquire served at once, a query on a dead connection, a pool
+ * closing on its waiters) goes through the deferred queue and is delivered
+ * from the loop, never from inside that call. */
+#include "pool.h"
+
+#include "context.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BACKOFF_BASE_MS 100
+#define BACKOFF_CAP_MS 5000
+
+static void maybe_connect(pgtag_pool *pool);
+static void maybe_finish_close(pgtag_pool *pool);
+static void make_available(pgtag_pool *pool, pgtag_conn *conn);
+
+static int total_conns(const pgtag_pool *pool) {
+  int n = 0;
+  for (int s = CONN_CONNECTING; s < CONN_CLOSED; s++)
+    n += pool->count[s];
+  return n;
+}
+
+static void set_state(pgtag_conn *conn, conn_state state) {
+  conn->pool->count[conn->state]--;
+  conn->pool->count[state]++;
+  conn->state = state;
+}
+
+static int on_loop_thread(const pgtag_pool *pool) {
+  return pthread_equal(pool->thread, pthread_self());
+}
+
+static op *first_op(queue *q) { return queue_data(queue_head(q), op, node); }
+
+static void defer(pgtag_pool *pool, op *o);
+
+/* Hand conn to an acquire: the connection remembers the request and the
+ * call site; the callback is delivered from the loop. */
+static void grant(pgtag_pool *pool, pgtag_conn *conn, op *o) {
+  set_state(conn, CONN_HELD);
+  conn->owner = pgtag_ctx_ref(o->ctx);
+  conn->file = o->file;
+  conn->line = o->line;
+  conn->func = o->func;
+  o->conn = conn;
+  conn_poll_update(conn);
+  defer(pool, o);
+}
+
+/* ------------------------------------------------------------------------
+ * Deferred outcomes
+ * ------------------------------------------------------------------------ */
+
+static void on_defer(uv_idle_t *handle) {
+  pgtag_pool *pool = handle->data;
+  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
+  queue batch;
+
+  /* Only what was deferred before this turn: an acquire-release chain that
+   * keeps deferring cannot starve the loop. */
+  queue_init(&batch);
+  queue_move(&pool->deferred, &batch);
+  pool->deferring = 1;
+  while (!queue_empty(&batch)) {
+    op *o = first_op(&batch);
+    queue_remove(&o->node);
+    op_finish(o);
+  }
+  pool->deferring = 0;
+  if (queue_empty(&pool->deferred))
+    uv_idle_stop(&pool->defer_idle);
+  maybe_finish_close(pool);
+  pgtag_ctx_leave(previous);
+}
+
+static void defer(pgtag_pool *pool, op *o) {
+  queue_insert_tail(&pool->deferred, &o->node);
+  uv_idle_start(&pool->defer_idle, on_defer);
+}
+
+static void defer_error(pgtag_pool *pool, op *o, pgtag_errcode code,
+                        const char *message) {
+  op_set_error(o, code, NULL, message);
+  o->sql = NULL; /* may point at the caller's memory */
+  o->values = NULL;
+  defer(pool, o);
+}
+
+/* ------------------------------------------------------------------------
+ * Waiters
+ * ------------------------------------------------------------------------ */
+
+static void on_wait_timeout(uv_timer_t *timer);
+
+static void wait_timer_arm(pgtag_pool *pool) {
+  if (queue_empty(&pool->waiters) || first_op(&pool->waiters)->deadline == 0) {
+    uv_timer_stop(&pool->wait_timer);
+    return;
+  }
+  uint64_t deadline = first_op(&pool->waiters)->deadline;
+  uint64_t now = uv_now(pool->loop);
+  uv_timer_start(&pool->wait_timer, on_wait_timeout,
+                 deadline > now ? deadline - now : 0, 0);
+}
+
+static void waiter_add(pgtag_pool *pool, op *o) {
+  int was_empty = queue_empty(&pool->waiters);
+  if (pool->cfg.acquire_timeout_ms > 0)
+    o->deadline = uv_now(pool->loop) + (uint64_t)pool->cfg.acquire_timeout_ms;
+  queue_insert_tail(&pool->waiters, &o->node);
+  pool->nwaiting++;
+  if (was_empty)
+    wait_timer_arm(pool);
+}
+
+static op *waiter_pop(pgtag_pool *pool) {
+  op *o = first_op(&pool->waiters);
+  queue_remove(&o->node);
+  pool->nwaiting--;
+  return o;
+}
+
+/* Deadlines are submission time plus one fixed timeout, so they rise along
+ * the queue: one timer at the head's deadline serves every waiter. */
+static void on_wait_timeout(uv_timer_t *timer) {
+  pgtag_pool *pool = timer->data;
+  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
+  uint64_t now = uv_now(pool->loop);
+
+  while (!queue_empty(&pool->waiters)) {
+    op *o = first_op(&pool->waiters);
+    if (o->deadline == 0 || o->deadline > now)
+      break;
+    waiter_pop(pool);
+    pool->stats.timeouts++;
+    char msg[sizeof o->message];
+    if (pool->last_connect_error[0] != '\0' && pool->connect_failures_in_row > 0)
+      snprintf(msg, sizeof msg,
+               "no connection became free within %d ms (last connection "
+               "error: %.160s)",
+               pool->cfg.acquire_timeout_ms, pool->last_connect_error);
+    else
+      snprintf(msg, sizeof msg, "no connection became free within %d ms",
+               pool->cfg.acquire_timeout_ms);
+    op_set_error(o, PGTAG_ETIMEDOUT, NULL, msg);
+    op_finish(o);
+  }
+  wait_timer_arm(pool);
+  maybe_finish_close(pool);
+  pgtag_ctx_leave(previous);
+}
+
+/* ------------------------------------------------------------------------
+ * Connections coming and going
+ * ------------------------------------------------------------------------ */
+
+/* Unlink and close a connection that has no operation left on it. */
+static void drop_conn(pgtag_pool *pool, pgtag_conn *conn) {
+  pool->count[conn->state]--;
+  queue_remove(&conn->node);
+  if (queue_linked(&conn->idle_node))
+    queue_remove(&conn->idle_node);
+  pgtag_ctx_unref(conn->owner);
+  conn->owner = NULL;
+  conn_close(conn);
+}
+
+static void on_retry(uv_timer_t *timer) {
+  pgtag_pool *pool = timer->data;
+  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
+  maybe_connect(pool);
+  pgtag_ctx_leave(previous);
+}
+
+/* Exponential backoff with jitter, so a server that is down or restarting
+ * sees a trickle of attempts rather than a storm. */
+static void connect_failed(pgtag_pool *pool, const char *message) {
+  pool->stats.connect_failures++;
+  int n = ++pool->connect_failures_in_row;
+  snprintf(pool->last_connect_error, sizeof pool->last_connect_error, "%s", message);
+  if (pool->closing)
+    return;
+  uint64_t delay = BACKOFF_BASE_MS;
+  for (int i = 1; i < n && delay < BACKOFF_CAP_MS; i++)
+    delay *= 2;
+  if (delay > BACKOFF_CAP_MS)
+    delay = BACKOFF_CAP_MS;
+  delay = delay / 2 + uv_hrtime() / 1000 % (delay / 2 + 1);
+  pool_log(pool, PGTAG_LOG_WARN, "connection attempt failed: %s (retry in %llu ms)",
+           message, (unsigned long long)delay);
+  uv_timer_start(&pool->retry_timer, on_retry, delay, 0);
+  /* The retry keeps the loop alive only for someone who is waiting. */
+  if (pool->nwaiting > 0)
+    uv_ref((uv_handle_t *)&pool->retry_timer);
+  else
+    uv_unref((uv_handle_t *)&pool->retry_timer);
+}
+
+/* Open connections for waiters not already covered by attempts under way,
+ * and up to min_conns, within max_conns; not while backing off. */
+static void maybe_connect(pgtag_pool *pool) {
+  char err[256];
+  if (pool->closing || uv_is_active((uv_handle_t *)&pool->retry_timer))
+    return;
+  int total = total_conns(pool);
+  int want = pool->cfg.min_conns - total;
+  int uncovered = pool->nwaiting - pool->count[CONN_CONNECTING];
+  if (uncovered > want)
+    want = uncovered;
+  for (; want > 0 && total < pool->cfg.max_conns; want--, total++) {
+    pgtag_conn *conn = conn_start(pool, err, sizeof err);
+    if (conn == NULL) {
+      connect_failed(pool, err);
+      return;
+    }
+    queue_insert_tail(&pool->conns, &conn->node);
+    pool->count[CONN_CONNECTING]++;
+  }
+}
+
+void pool_on_connected(pgtag_conn *conn) {
+  pgtag_pool *pool = conn->pool;
+  pool->stats.connects++;
+  pool->connect_failures_in_row = 0;
+  pool_log(pool, PGTAG_LOG_DEBUG, "connected (backend %d)", conn->backend_pid);
+  make_available(pool, conn);
+}
+
+void pool_on_connect_failed(pgtag_conn *conn, const char *message) {
+  pgtag_pool *pool = conn->pool;
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s", message); /* message may live in conn */
+  size_t n = strlen(msg);
+  while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+    msg[--n] = '\0';
+  drop_conn(pool, conn);
+  connect_failed(pool, msg);
+  maybe_finish_close(pool);
+}
+
+/* Give a connection with no holder and nothing on the wire to the first
+ * waiter, or put it in the idle list.  Connections past max_lifetime_ms,
+ * and every connection once the pool is closing, are closed instead. */
+static void make_available(pgtag_pool *pool, pgtag_conn *conn) {
+  uint64_t now = uv_now(pool->loop);
+  int expired = pool->cfg.max_lifetime_ms > 0 &&
+                now - conn->created >= (uint64_t)pool->cfg.max_lifetime_ms;
+  if (pool->closing || expired) {
+    drop_conn(pool, conn);
+    maybe_connect(pool);
+    maybe_finish_close(pool);
+    return;
+  }
+  while (!queue_empty(&pool->waiters)) {
+    op *o = waiter_pop(pool);
+    wait_timer_arm(pool);
+    if (o->kind == OP_ACQUIRE) {
+      grant(pool, conn, o);
+      return;
+    }
+    set_state(conn, CONN_BUSY);
+    if (conn_send(conn, o) == 0)
+      return;
+    /* The connection broke before the query left: nothing was sent, so the
+     * query keeps its place and the connection is replaced. */
+    queue_insert_head(&pool->waiters, &o->node);
+    pool->nwaiting++;
+    wait_timer_arm(pool);
+    pool_log(pool, PGTAG_LOG_WARN, "connection lost: %s",
+             conn->pg ? PQerrorMessage(conn->pg) : "");
+    drop_conn(pool, conn);
+    maybe_connect(pool);
+    return;
+  }
+  set_state(conn, CONN_IDLE);
+  conn->idle_since = now;
+  queue_insert_head(&pool->idle, &conn->idle_node);
+  conn_poll_update(conn);
+}
+
+void pool_on_conn_lost(pgtag_conn *conn, const char *message) {
+  pgtag_pool *pool = conn->pool;
+  op *o = conn->inflight;
+
+  pool_log(pool, PGTAG_LOG_WARN, "connection to backend %d lost: %s",
+           conn->backend_pid, message);
+  conn->inflight = NULL;
+  if (o != NULL && o->kind == OP_RESET) {
+    op_discard(o);
+  } else if (o != NULL) {
+    if (conn->result != NULL)
+      op_set_result(o, conn->result, 1); /* keeps the server's SQLSTATE */
+    else
+      op_set_error(o, PGTAG_ECONN, NULL, message);
+    conn->result = NULL;
+    defer(pool, o);
+  }
+  while (!queue_empty(&conn->pending)) {
+    op *p = first_op(&conn->pending);
+    queue_remove(&p->node);
+    op_set_error(p, PGTAG_ECONN, NULL, message);
+    defer(pool, p);
+  }
+  if (conn->state == CONN_HELD) {
+    /* Its holder still has the pointer: keep the struct until release. */
+    set_state(conn, CONN_LOST);
+    conn_shut(conn);
+    if (conn->release_pending) {
+      conn->release_pending = 0;
+      pgtag_release(conn);
+    }
+  } else if (conn->state != CONN_LOST) {
+    drop_conn(pool, conn);
+  }
+  maybe_connect(pool);
+  maybe_finish_close(pool);
+}
+
+/* ------------------------------------------------------------------------
+ * Query completion and release
+ * ------------------------------------------------------------------------ */
+
+static void release_now(pgtag_pool *pool, pgtag_conn *conn);
+
+void pool_on_query_done(pgtag_conn *conn, op *o, PGresult *res) {
+  pgtag_pool *pool = conn->pool;
+
+  if (PQstatus(conn->pg) == CONNECTION_BAD) {
+    conn->inflight = o;
+    conn->result = res;
+    pool_on_conn_lost(conn, PQerrorMessage(conn->pg));
+    return;
+  }
+  if (o->kind == OP_RESET) {
+    int clean = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK &&
+                PQtransactionStatus(conn->pg) == PQTRANS_IDLE;
+    PQclear(res);
+    op_discard(o);
+    if (clean) {
+      make_available(pool, conn);
+    } else {
+      drop_conn(pool, conn);
+      maybe_connect(pool);
+      maybe_finish_close(pool);
+    }
+    return;
+  }
+
+  op_set_result(o, res, 0);
+  if (conn->state == CONN_BUSY) {
+    make_available(pool, conn);
+  } else if (!queue_empty(&conn->pending)) {
+    op *next = first_op(&conn->pending);
+    queue_remove(&next->node);
+    if (conn_send(conn, next) != 0) {
+      queue_insert_head(&conn->pending, &next->node);
+      pool_on_conn_lost(conn, PQerrorMessage(conn->pg));
+    }
+  } else if (conn->release_pending) {
+    release_now(pool, conn);
+  } else {
+    conn_poll_update(conn); /* held and quiet: stop keeping the loop alive */
+  }
+  op_finish(o);
+}
+
+static void release_now(pgtag_pool *pool, pgtag_conn *conn) {
+  conn->release_pending = 0;
+  pgtag_ctx_unref(conn->owner);
+  conn->owner = NULL;
+  conn->file = conn->func = NULL;
+  conn->line = 0;
+
+  PGTransactionStatusType ts =
+      conn->state == CONN_LOST ? PQTRANS_UNKNOWN : PQtransactionStatus(conn->pg);
+  if (ts == PQTRANS_IDLE) {
+    make_available(pool, conn);
+    return;
+  }
+  if ((ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) && !pool->closing) {
+    /* Whatever the holder left open must not leak into the next request. */
+    op *o = op_new(pool, OP_RESET, "ROLLBACK", 0, NULL, 0);
+    set_state(conn, CONN_RESETTING);
+    if (o != NULL && conn_send(conn, o) == 0)
+      return;
+    if (o != NULL)
+      op_discard(o);
+  }
+  drop_conn(pool, conn); /* lost, unknown, or closing: the server rolls back */
+  maybe_connect(pool);
+  maybe_finish_close(pool);
+}
+
+void pgtag_release(pgtag_conn *conn) {
+  if (conn == NULL)
+    return;
+  pgtag_pool *pool = conn->pool;
+  if ((conn->state != CONN_HELD && conn->state != CONN_LOST) ||
+      conn->release_pending) {
+    pool_log(pool, PGTAG_LOG_ERROR,
+             "pgtag_release: connection is not held (released twice?)");
+    return;
+  }
+  if (conn->inflight != NULL || !queue_empty(&conn->pending)) {
+    conn->release_pending = 1; /* after the queries queued on it */
+    return;
+  }
+  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
+  release_now(pool, conn);
+  pgtag_ctx_leave(previous);
+}
+
+/* ------------------------------------------------------------------------
+ * Submitting
+ * ------------------------------------------------------------------------ */
+
+static int query_args_valid(const char *sql, int nparams,
+                            const char *const *values, const void *cb) {
+  return sql != NULL && cb != NULL && nparams >= 0 &&
+         (nparams == 0 || values != NULL);
+}
+
+static pgtag_errcode submit_check(const pgtag_pool *pool) {
+  if (!on_loop_thread(pool))
+    return PGTAG_EINVAL;
+  if (pool->closing)
+    return PGTAG_ECLOSED;
+  return PGTAG_OK;
+}
+
+static pgtag_errcode wait_for_conn(pgtag_pool *pool, op *o) {
+  if (pool->cfg.max_waiting > 0 && pool->nwaiting >= pool->cfg.max_waiting) {
+    op_discard(o);
+    return PGTAG_EQUEUEFULL;
+  }
+  waiter_add(pool, o);
+  maybe_connect(pool);
+  return PGTAG_OK;
+}
+
+static pgtag_conn *take_idle(pgtag_pool *pool) {
+  if (queue_empty(&pool->idle))
+    return NULL;
+  pgtag_conn *conn = queue_data(queue_head(&pool->idle), pgtag_conn, idle_node);
+  queue_remove(&conn->idle_node);
+  return conn;
+}
+
+pgtag_errcode pgtag_query(pgtag_pool *pool, const char *sql, int nparams,
+                          const char *const *values, pgtag_result_cb cb,
+                          void *arg) {
+  if (pool == NULL || !query_args_valid(sql, nparams, values, (const void *)cb))
+    return PGTAG_EINVAL;
+  pgtag_errcode rc = submit_check(pool);
+  if (rc != PGTAG_OK)
+    return rc;
+
+  pgtag_conn *conn;
+  while ((conn = take_idle(pool)) != NULL) {
+    /* A free connection: send now, straight from the caller's memory. */
+    op *o = op_new(pool, OP_QUERY, sql, nparams, values, 0);
+    if (o == NULL) {
+      queue_insert_head(&pool->idle, &conn->idle_node);
+      return PGTAG_ENOMEM;
+    }
+    o->cb.result = cb;
+    o->arg = arg;
+    set_state(conn, CONN_BUSY);
+    if (conn_send(conn, o) == 0) {
+      o->sql = NULL;
+      o->values = NULL;
+      return PGTAG_OK;
+    }
+    op_discard(o);
+    pool_log(pool, PGTAG_LOG_WARN, "connection lost: %s", PQerrorMessage(conn->pg));
+    drop_conn(pool, conn);
+  }
+
+  op *o = op_new(pool, OP_QUERY, sql, nparams, values, 1);
+  if (o == NULL)
+    return PGTAG_ENOMEM;
+  o->cb.result = cb;
+  o->arg = arg;
+  return wait_for_conn(pool, o);
+}
+
+pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
+                               const char *file, int line, const char *func) {
+  if (pool == NULL || cb == NULL)
+    return PGTAG_EINVAL;
+  pgtag_errcode rc = submit_check(pool);
+  if (rc != PGTAG_OK)
+    return rc;
+
+  op *o = op_new(pool, OP_ACQUIRE, NULL, 0, NULL, 0);
+  if (o == NULL)
+    return PGTAG_ENOMEM;
+  o->cb.acquire = cb;
+  o->arg = arg;
+  o->file = file;
+  o->line = line;
+  o->func = func;
+
+  pgtag_conn *conn = take_idle(pool);
+  if (conn == NULL)
+    return wait_for_conn(pool, o);
+  grant(pool, conn, o);
+  return PGTAG_OK;
+}
+
+pgtag_errcode pgtag_conn_query(pgtag_conn *conn, const char *sql, int nparams,
+                               const char *const *values, pgtag_result_cb cb,
+                               void *arg) {
+  if (conn == NULL || !query_args_valid(sql, nparams, values, (const void *)cb))
+    return PGTAG_EINVAL;
+  pgtag_pool *pool = conn->pool;
+  if (!on_loop_thread(pool) || conn->release_pending ||
+      (conn->state != CONN_HELD && conn->state != CONN_LOST))
+    return PGTAG_EINVAL;
+
+  int send_now = conn->state == CONN_HELD && conn->inflight == NULL;
+  op *o = op_new(pool, OP_QUERY, sql, nparams, values, !send_now && conn->state == CONN_HELD);
+  if (o == NULL)
+    return PGTAG_ENOMEM;
+  o->cb.result = cb;
+  o->arg = arg;
+
+  if (conn->state == CONN_LOST) {
+    defer_error(pool, o, PGTAG_ECONN, "connection lost");
+    return PGTAG_OK;
+  }
+  if (!send_now) {
+    queue_insert_tail(&conn->pending, &o->node);
+    return PGTAG_OK;
+  }
+  if (conn_send(conn, o) == 0) {
+    o->sql = NULL;
+    o->values = NULL;
+    return PGTAG_OK;
+  }
+  /* Broken before anything was sent: the holder hears it through this
+   * query's callback, and later ones fail the same way. */
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s", PQerrorMessage(conn->pg));
+  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
+  pool_on_conn_lost(conn, msg);
+  pgtag_ctx_leave(previous);
+  defer_error(pool, o, PGTAG_ECONN, msg);
+  return PGTAG_OK;
+}
+
+int pgtag_conn_backend_pid(const pgtag_conn *conn) {
+  return conn != NULL ? conn->backend_pid : 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Maintenance: idle timeout and lifetime
+ * ------------------------------------------------------------------------ */
+
+static void on_maint(uv_timer_t *timer) {
+  pgtag_pool *pool = timer->data;
+  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
+  uint64_t now = uv_now(pool->loop);
+  int idle_ms = pool->cfg.idle_timeout_ms, life_ms = pool->cfg.max_lifetime_ms;
+
+  /* From the least recently used end: those are the ones to let go. */
+  queue *q = pool->idle.prev;
+  while (q != &pool->idle) {
+    pgtag_conn *conn = queue_data(q, pgtag_conn, idle_node);
+    q = q->prev;
+    int idle_long = idle_ms > 0 && now - conn->idle_since >= (uint64_t)idle_ms &&
+                    total_conns(pool) > pool->cfg.min_conns;
+    int too_old = life_ms > 0 && now - conn->created >= (uint64_t)life_ms;
+    if (idle_long || too_old)
+      drop_conn(pool, conn);
+  }
+  maybe_connect(pool);
+  pgtag_ctx_leave(previous);
+}
+
+static uint64_t maint_period(const pgtag_pool_config *cfg) {
+  int shortest = 0;
+  if (cfg->idle_timeout_ms > 0)
+    shortest = cfg->idle_timeout_ms;
+  if (cfg->max_lifetime_ms > 0 && (shortest == 0 || cfg->max_lifetime_ms < shortest))
+    shortest = cfg->max_lifetime_ms;
+  uint64_t period = (uint64_t)shortest / 4;
+  return period < 10 ? 10 : period > 1000 ? 1000 : period;
+}
+
+/* ------------------------------------------------------------------------
+ * Life cycle
+ * ------------------------------------------------------------------------ */
+
+void pgtag_pool_config_init(pgtag_pool_config *cfg) {
+  if (cfg == NULL)
+    return;
+  memset(cfg, 0, sizeof *cfg);
+  cfg->name = "pgtag";
+  cfg->max_conns = 10;
+  cfg->acquire_timeout_ms = 10000;
+  cfg->max_waiting = 10000;
+  cfg->connect_timeout_ms = 5000;
+  cfg->idle_timeout_ms = 30000;
+  cfg->tag_style = PGTAG_TAG_PREFIX;
+  cfg->tag_key = "requestId";
+  cfg->log_level = PGTAG_LOG_WARN;
+}
+
+static const char *config_problem(const pgtag_pool_config *cfg) {
+  if (cfg->conninfo == NULL)
+    return "conninfo is required";
+  if (cfg->max_conns < 1)
+    return "max_conns must be at least 1";
+  if (cfg->min_conns < 0 || cfg->min_conns > cfg->max_conns)
+    return "min_conns must be between 0 and max_conns";
+  if (cfg->acquire_timeout_ms < 0 || cfg->max_waiting < 0 ||
+      cfg->connect_timeout_ms < 0 || cfg->idle_timeout_ms < 0 ||
+      cfg->max_lifetime_ms < 0)
+    return "timeouts and limits must not be negative";
+  if (cfg->tag_style != PGTAG_TAG_PREFIX && cfg->tag_style != PGTAG_TAG_SQLCOMMENTER &&
+      cfg->tag_style != PGTAG_TAG_NONE)
+    return "unknown tag_style";
+  if (cfg->tag_key != NULL && !ctx_key_valid(cfg->tag_key))
+    return "tag_key must be 1 to 32 characters from [A-Za-z0-9_.-]";
+  if (cfg->log_level < PGTAG_LOG_DEBUG || cfg->log_level > PGTAG_LOG_ERROR)
+    return "unknown log_level";
+  return NULL;
+}
+
+static void on_pool_handle_closed(uv_handle_t *handle) {
+  pool_handle_closed(handle->data);
+}
+
+static void pool_free(pgtag_pool *pool) {
+  free(pool->conninfo);
+  free(pool->name);
+  free(pool->tag_key);
+  free(pool);
+}
+
+pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
+                             pgtag_pool **out) {
+  if (loop == NULL || cfg == NULL || out == NULL)
+    return PGTAG_EINVAL;
+  pgtag_pool probe = {.cfg = *cfg, .name = (char *)(cfg->name ? cfg->name : "pgtag")};
+  probe.cfg.log_level = cfg->log_level >= PGTAG_LOG_DEBUG && cfg->log_level <= PGTAG_LOG_ERROR
+                            ? cfg->log_level : PGTAG_LOG_WARN;
+  const char *problem = config_problem(cfg);
+  if (problem != NULL) {
+    pool_log(&probe, PGTAG_LOG_ERROR, "pgtag_pool_new: %s", problem);
+    return PGTAG_EINVAL;
+  }
+  char *errmsg = NULL;
+  PQconninfoOption *opts = PQconninfoParse(cfg->conninfo, &errmsg);
+  if (opts == NULL) {
+    pool_log(&probe, PGTAG_LOG_ERROR, "pgtag_pool_new: bad conninfo: %s",
+             errmsg ? errmsg : "out of memory");
+    int oom = errmsg == NULL;
+    PQfreemem(errmsg);
+    return oom ? PGTAG_ENOMEM : PGTAG_EINVAL;
+  }
+  PQconninfoFree(opts);
+
+  pgtag_pool *pool = calloc(1, sizeof *pool);
+  if (pool == NULL)
+    return PGTAG_ENOMEM;
+  pool->cfg = *cfg;
+  pool->conninfo = strdup(cfg->conninfo);
+  pool->name = strdup(cfg->name ? cfg->name : "pgtag");
+  pool->tag_key = strdup(cfg->tag_key ? cfg->tag_key : "requestId");
+  if (pool->conninfo == NULL || pool->name == NULL || pool->tag_key == NULL) {
+    pool_free(pool);
+    return PGTAG_ENOMEM;
+  }
+  pool->cfg.conninfo = pool->conninfo;
+  pool->cfg.name = pool->name;
+  pool->cfg.tag_key = pool->tag_key;
+  pool->loop = loop;
+  pool->thread = pthread_self();
+  queue_init(&pool->conns);
+  queue_init(&pool->idle);
+  queue_init(&pool->waiters);
+  queue_init(&pool->deferred);
+
+  uv_timer_init(loop, &pool->wait_timer);
+  uv_timer_init(loop, &pool->retry_timer);
+  uv_timer_init(loop, &pool->maint_timer);
+  uv_idle_init(loop, &pool->defer_idle);
+  pool->handles = 4;
+  pool->wait_timer.data = pool->retry_timer.data = pool->maint_timer.data = pool;
+  pool->defer_idle.data = pool;
+  if (cfg->idle_timeout_ms > 0 || cfg->max_lifetime_ms > 0) {
+    uint64_t period = maint_period(cfg);
+    uv_timer_start(&pool->maint_timer, on_maint, period, period);
+    uv_unref((uv_handle_t *)&pool->maint_timer);
+  }
+  maybe_connect(pool);
+  *out = pool;
+  return PGTAG_OK;
+}
+
+void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg) {
+  if (pool == NULL)
+    return;
+  if (pool->closing) {
+    pool_log(pool, PGTAG_LOG_WARN, "pgtag_pool_close: already closing");
+    return;
+  }
+  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
+  pool->closing = 1;
+  pool->close_done = done;
+  pool->close_arg = arg;
+  uv_timer_stop(&pool->wait_timer);
+  uv_timer_stop(&pool->retry_timer);
+  uv_timer_stop(&pool->maint_timer);
+  while (!queue_empty(&pool->waiters))
+    defer_error(pool, waiter_pop(pool), PGTAG_ECLOSED, "the pool is closing");
+
+  queue *q = queue_head(&pool->conns);
+  while (q != &pool->conns) {
+    pgtag_conn *conn = queue_data(q, pgtag_conn, node);
+    q = q->next;
+    if (conn->state == CONN_IDLE || conn->state == CONN_CONNECTING)
+      drop_conn(pool, conn);
+  }
+  maybe_finish_close(pool);
+  pgtag_ctx_leave(previous);
+}
+
+/* Once no connection and no undelivered outcome is left, close the pool's
+ * own handles; the last close callback calls done and frees the pool. */
+static void maybe_finish_close(pgtag_pool *pool) {
+  if (!pool->closing || pool->handles_closing || pool->deferring ||
+      total_conns(pool) > 0 || !queue_empty(&pool->deferred))
+    return;
+  pool->handles_closing = 1;
+  uv_close((uv_handle_t *)&pool->wait_timer, on_pool_handle_closed);
+  uv_close((uv_handle_t *)&pool->retry_timer, on_pool_handle_closed);
+  uv_close((uv_handle_t *)&pool->maint_timer, on_pool_handle_closed);
+  uv_close((uv_handle_t *)&pool->defer_idle, on_pool_handle_closed);
+}
+
+void pool_handle_closed(pgtag_pool *pool) {
+  if (--pool->handles > 0 || !pool->handles_closing)
+    return;
+  if (pool->close_done != NULL) {
+    pgtag_ctx *previous = pgtag_ctx_enter(NULL);
+    pool->close_done(pool->close_arg);
+    pgtag_ctx_leave(previous);
+  }
+  pool_free(pool);
+}
+
+void pgtag_pool_stats(const pgtag_pool *pool, pgtag_stats *out) {
+  if (pool == NULL || out == NULL)
+    return;
+  *out = pool->stats;
+  out->total = total_conns(pool);
+  out->idle = pool->count[CONN_IDLE];
+  out->busy = pool->count[CONN_BUSY] + pool->count[CONN_RESETTING];
+  out->held = pool->count[CONN_HELD] + pool->count[CONN_LOST];
+  out->connecting = pool->count[CONN_CONNECTING];
+  out->waiting = pool->nwaiting;
+}

@@ -1,0 +1,61 @@
+/* The pool: connections, waiters, and the hooks conn.c reports to. */
+#ifndef PGTAG_POOL_H
+#define PGTAG_POOL_H
+
+#include "conn.h"
+#include "op.h"
+#include "queue.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+
+struct pgtag_pool {
+  uv_loop_t *loop;
+  pthread_t thread;
+  pgtag_pool_config cfg; /* string fields point at the copies below */
+  char *conninfo;
+  char *name;
+  char *tag_key;
+
+  queue conns;   /* every connection not yet closed */
+  queue idle;    /* CONN_IDLE ones, most recently used first */
+  int count[CONN_NSTATES];
+
+  queue waiters; /* ops waiting for a connection, first in first out */
+  int nwaiting;
+  uv_timer_t wait_timer; /* fires at the first waiter's deadline */
+
+  queue deferred;   /* ops whose outcome is known, callback not yet run */
+  uv_idle_t defer_idle;
+  int deferring; /* delivering them now */
+
+  uv_timer_t retry_timer; /* connect backoff */
+  int connect_failures_in_row;
+  char last_connect_error[256];
+
+  uv_timer_t maint_timer; /* idle timeout, max lifetime, min_conns */
+
+  int closing;
+  int handles;         /* pgtag handles open on the loop */
+  int handles_closing; /* the pool's own handles were closed */
+  void (*close_done)(void *arg);
+  void *close_arg;
+
+  pgtag_stats stats; /* the counters; gauges come from count[] */
+};
+
+/* Logging with the pool's hook; "pgtag[name]: " is prepended by the default
+ * hook only. */
+void pool_log(const pgtag_pool *pool, pgtag_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Hooks from conn.c; each runs from the loop. */
+void pool_on_connected(pgtag_conn *conn);
+void pool_on_connect_failed(pgtag_conn *conn, const char *message);
+void pool_on_query_done(pgtag_conn *conn, op *o, PGresult *res);
+void pool_on_conn_lost(pgtag_conn *conn, const char *message);
+
+/* A handle of the pool's or a connection's finished closing. */
+void pool_handle_closed(pgtag_pool *pool);
+
+#endif
