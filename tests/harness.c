@@ -1,0 +1,155 @@
+#include "harness.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int in_submit;
+pgtag_errcode _submit_rc;
+int completions;
+
+uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+const char *test_conninfo(void) {
+  const char *c = getenv("PGTAG_TEST_CONNINFO");
+  if (c == NULL || c[0] == '\0')
+    fail_msg("PGTAG_TEST_CONNINFO is not set: run the tests with ./run test, "
+             "which starts the throwaway server");
+  return c;
+}
+
+static PGconn *admin;
+
+static void ignore_notice(void *arg, const char *message) {
+  (void)arg;
+  (void)message;
+}
+
+static PGconn *admin_conn(void) {
+  if (admin == NULL || PQstatus(admin) != CONNECTION_OK) {
+    PQfinish(admin);
+    admin = PQconnectdb(test_conninfo());
+    if (PQstatus(admin) != CONNECTION_OK)
+      fail_msg("admin connection failed: %s", PQerrorMessage(admin));
+    PQsetNoticeProcessor(admin, ignore_notice, NULL);
+  }
+  return admin;
+}
+
+static PGresult *admin_run(const char *sql) {
+  PGresult *res = PQexec(admin_conn(), sql);
+  ExecStatusType st = PQresultStatus(res);
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", PQresultErrorMessage(res));
+    PQclear(res);
+    fail_msg("admin query failed: %s: %s", sql, msg);
+  }
+  return res;
+}
+
+void admin_exec(const char *sql) { PQclear(admin_run(sql)); }
+
+void admin_value(const char *sql, char *out, size_t len) {
+  PGresult *res = admin_run(sql);
+  snprintf(out, len, "%s",
+           PQntuples(res) > 0 && PQnfields(res) > 0 ? PQgetvalue(res, 0, 0) : "");
+  PQclear(res);
+}
+
+int admin_int(const char *sql) {
+  char v[64];
+  admin_value(sql, v, sizeof v);
+  return atoi(v);
+}
+
+static void on_deadline(uv_timer_t *t) { *(int *)t->data = 1; }
+
+int run_until(uv_loop_t *loop, const int *flag, int want, int timeout_ms) {
+  uv_timer_t timer;
+  int expired = 0;
+  uv_timer_init(loop, &timer);
+  timer.data = &expired;
+  uv_timer_start(&timer, on_deadline, (uint64_t)timeout_ms, 0);
+  while (*flag < want && !expired)
+    uv_run(loop, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&timer, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+  return *flag >= want;
+}
+
+void run_for(uv_loop_t *loop, int ms) {
+  int never = 0;
+  run_until(loop, &never, 1, ms);
+}
+
+void test_config(pgtag_pool_config *cfg) {
+  pgtag_pool_config_init(cfg);
+  cfg->conninfo = test_conninfo();
+  cfg->max_conns = 4;
+  cfg->name = "test";
+}
+
+pgtag_pool *test_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg) {
+  pgtag_pool_config def;
+  pgtag_pool *pool = NULL;
+  if (cfg == NULL) {
+    test_config(&def);
+    cfg = &def;
+  }
+  assert_int_equal(pgtag_pool_new(loop, cfg, &pool), PGTAG_OK);
+  assert_non_null(pool);
+  return pool;
+}
+
+static void on_closed(void *arg) {
+  (*(int *)arg)++;
+  assert_null(pgtag_ctx_current()); /* pool work runs with no context */
+}
+
+void test_pool_close(uv_loop_t *loop, pgtag_pool *pool) {
+  int closed = 0;
+  pgtag_pool_close(pool, on_closed, &closed);
+  assert_true(run_until(loop, &closed, 1, 10000));
+  assert_int_equal(closed, 1);
+  uv_run(loop, UV_RUN_NOWAIT);
+  assert_int_equal(uv_loop_close(loop), 0);
+}
+
+static void rec_common(rec *r, const pgtag_error *err) {
+  r->calls++;
+  r->ctx_seen = pgtag_ctx_current();
+  r->order = ++completions;
+  r->inside_submit = in_submit;
+  r->code = err ? err->code : PGTAG_OK;
+  snprintf(r->sqlstate, sizeof r->sqlstate, "%s", err && err->sqlstate ? err->sqlstate : "");
+  snprintf(r->message, sizeof r->message, "%s", err ? err->message : "");
+}
+
+void rec_result(PGresult *res, const pgtag_error *err, void *arg) {
+  rec *r = arg;
+  rec_common(r, err);
+  r->has_res = res != NULL;
+  r->value[0] = r->value2[0] = '\0';
+  if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0) {
+    snprintf(r->value, sizeof r->value, "%s", PQgetvalue(res, 0, 0));
+    if (PQnfields(res) > 1)
+      snprintf(r->value2, sizeof r->value2, "%s", PQgetvalue(res, 0, 1));
+  }
+}
+
+void rec_acquire(pgtag_conn *conn, const pgtag_error *err, void *arg) {
+  rec *r = arg;
+  rec_common(r, err);
+  r->conn = conn;
+}

@@ -1,0 +1,61 @@
+/* Helpers for the integration tests: the throwaway server's conninfo, a
+ * blocking admin connection for setup and checks (the tests may block; the
+ * library may not), and running the loop until something happened. */
+#ifndef PGTAG_HARNESS_H
+#define PGTAG_HARNESS_H
+
+#include "pgtag.h"
+
+#include <stdint.h>
+
+/* The server started by tests/pgserver.sh; fails the test when absent. */
+const char *test_conninfo(void);
+
+/* Run sql on a blocking admin connection; fails the test on error. */
+void admin_exec(const char *sql);
+/* First column of the first row, copied into out ("" for none/NULL). */
+void admin_value(const char *sql, char *out, size_t len);
+int admin_int(const char *sql);
+
+/* Run the loop until *flag >= want or timeout_ms passed; returns 1 when the
+ * flag got there. */
+int run_until(uv_loop_t *loop, const int *flag, int want, int timeout_ms);
+/* Run the loop for ms milliseconds. */
+void run_for(uv_loop_t *loop, int ms);
+
+/* A pool on loop with test defaults: the test server, max_conns 4. */
+void test_config(pgtag_pool_config *cfg);
+pgtag_pool *test_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg);
+/* Close the pool, wait for done, and check the loop is left with nothing
+ * (uv_loop_close succeeds). */
+void test_pool_close(uv_loop_t *loop, pgtag_pool *pool);
+
+/* Set while a test is inside a submitting call; callbacks fail the test if
+ * they see it set. */
+extern int in_submit;
+#define SUBMIT(call) (in_submit = 1, _submit_rc = (call), in_submit = 0, _submit_rc)
+extern pgtag_errcode _submit_rc;
+
+/* What one query's callback saw. */
+typedef struct {
+  int calls;
+  pgtag_ctx *ctx_seen;   /* current context during the callback */
+  pgtag_errcode code;
+  char sqlstate[6];
+  char message[256];
+  int has_res;
+  char value[4096];      /* row 0, column 0 */
+  char value2[4096];     /* row 0, column 1 */
+  int order;             /* global completion order */
+  pgtag_conn *conn;      /* acquire: the connection */
+  int inside_submit;     /* the callback ran inside a submitting call */
+} rec;
+
+extern int completions; /* bumped by every rec callback */
+
+void rec_result(PGresult *res, const pgtag_error *err, void *arg);
+void rec_acquire(pgtag_conn *conn, const pgtag_error *err, void *arg);
+
+uint64_t now_ms(void);
+
+#endif

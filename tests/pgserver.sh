@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL 15 cluster for the tests, the demo and the benchmark.
+#
+#   tests/pgserver.sh start DIR    initdb into DIR, start on a unix socket in DIR
+#                                  and a free loopback port; writes DIR/env
+#   tests/pgserver.sh stop DIR     stop it (DIR is left for the caller to remove)
+#   tests/pgserver.sh restart DIR [fast|immediate]
+#
+# DIR/env holds PGTAG_TEST_CONNINFO, PGHOST, PGPORT, PGUSER and PGDATABASE.
+# As root the server runs as the postgres user, which owns DIR.
+set -euo pipefail
+
+cmd=${1:?usage: pgserver.sh start|stop|restart DIR}
+dir=${2:?usage: pgserver.sh start|stop|restart DIR}
+bindir=$(ls -d /usr/lib/postgresql/15/bin 2>/dev/null || true)
+[ -n "$bindir" ] || { echo "pgserver.sh: PostgreSQL 15 is not installed" >&2; exit 1; }
+
+as_owner() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_ctl_run() { as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" "$@"; }
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+case "$cmd" in
+start)
+  mkdir -p "$dir"
+  [ "$(id -u)" = 0 ] && chown postgres: "$dir"
+  chmod 700 "$dir"
+  as_owner "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust \
+    --encoding=UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
+    { cat "$dir/initdb.log" >&2; exit 1; }
+  cat >>"$dir/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+max_connections = 200
+shared_preload_libraries = 'pg_stat_statements'
+compute_query_id = on
+pg_stat_statements.track = all
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+log_line_prefix = '%m [%p] '
+CONF
+  for try in 1 2 3 4 5 6 7 8 9 10; do
+    port=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
+    port_in_use "$port" && continue
+    if pg_ctl_run -w -t 60 -o "-p $port" start >/dev/null 2>&1; then
+      break
+    fi
+    port=""
+  done
+  if [ -z "${port:-}" ]; then
+    echo "pgserver.sh: the server did not start; its log:" >&2
+    cat "$dir/server.log" >&2 || true
+    exit 1
+  fi
+  echo "$port" >"$dir/port"
+  # Port in postgresql.conf too, so that restart keeps it.
+  echo "port = $port" >>"$dir/data/postgresql.conf"
+  cat >"$dir/env" <<ENV
+export PGHOST='$dir'
+export PGPORT='$port'
+export PGUSER=postgres
+export PGDATABASE=postgres
+export PGTAG_TEST_CONNINFO='host=$dir port=$port user=postgres dbname=postgres'
+export PGTAG_TEST_PGDATA='$dir/data'
+ENV
+  chmod 644 "$dir/env"
+  PGHOST=$dir PGPORT=$port psql -X -q -U postgres -d postgres -v ON_ERROR_STOP=1 \
+    -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' >/dev/null
+  ;;
+stop)
+  [ -d "$dir/data" ] && pg_ctl_run -w -t 60 -m fast stop >/dev/null 2>&1 || true
+  ;;
+restart)
+  pg_ctl_run -w -t 60 -m "${3:-fast}" restart >/dev/null
+  ;;
+*)
+  echo "usage: pgserver.sh start|stop|restart DIR" >&2
+  exit 2
+  ;;
+esac
