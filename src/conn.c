@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static void on_poll(uv_poll_t *handle, int status, int events);
 
@@ -45,8 +46,19 @@ static int conn_watch(pgtag_conn *conn, int writable) {
   int fd = PQsocket(conn->pg);
   if (fd < 0)
     return -1;
-  if (conn->poll != NULL && conn->poll_fd != fd)
-    poll_close(conn); /* libpq moved to another socket (next host, say) */
+  /* While connecting, libpq may close its socket and open another (the next
+   * host, a retry without SSL), usually under the same descriptor number:
+   * the inode tells the two apart, and the new socket needs a new handle. */
+  uint64_t ino = 0;
+  if (conn->state == CONN_CONNECTING) {
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+      return -1;
+    ino = (uint64_t)st.st_ino;
+  }
+  if (conn->poll != NULL &&
+      (conn->poll_fd != fd || (conn->state == CONN_CONNECTING && conn->poll_ino != ino)))
+    poll_close(conn);
   if (conn->poll == NULL) {
     uv_poll_t *poll = malloc(sizeof *poll);
     if (poll == NULL)
@@ -59,6 +71,7 @@ static int conn_watch(pgtag_conn *conn, int writable) {
     poll->data = conn;
     conn->poll = poll;
     conn->poll_fd = fd;
+    conn->poll_ino = ino;
   }
   int events = UV_READABLE | (writable ? UV_WRITABLE : 0);
   if (uv_poll_start(conn->poll, events, on_poll) != 0)
@@ -229,30 +242,35 @@ static void on_poll(uv_poll_t *handle, int status, int events) {
   pgtag_conn *conn = handle->data;
   pgtag_ctx *previous = pgtag_ctx_enter(NULL); /* pool work has no context */
 
-  if (status < 0) {
-    char msg[128];
-    snprintf(msg, sizeof msg, "polling the socket failed: %s", uv_strerror(status));
-    if (conn->state == CONN_CONNECTING)
-      pool_on_connect_failed(conn, msg);
-    else
-      pool_on_conn_lost(conn, msg);
-  } else if (conn->state == CONN_CONNECTING) {
+  /* libuv reports a socket error (POLLERR) as a status and stops the handle.
+   * libpq is the one to judge it: while connecting it moves on to the next
+   * host or fails with the real reason; afterwards the read fails with it. */
+  if (status < 0)
+    events = UV_READABLE | UV_WRITABLE;
+
+  if (conn->state == CONN_CONNECTING) {
     connect_step(conn);
-  } else {
-    if ((events & UV_WRITABLE) && conn->want_write) {
-      int flushed = PQflush(conn->pg);
-      if (flushed < 0) {
-        conn_lost(conn, "sending the query failed");
-        goto out;
-      }
-      conn->want_write = flushed == 1;
-      if (conn_watch(conn, conn->want_write) != 0) {
-        conn_lost(conn, "cannot poll the connection's socket");
-        goto out;
-      }
+    goto out;
+  }
+  if ((events & UV_WRITABLE) && conn->want_write) {
+    int flushed = PQflush(conn->pg);
+    if (flushed < 0) {
+      conn_lost(conn, "sending the query failed");
+      goto out;
     }
-    if (events & (UV_READABLE | UV_DISCONNECT))
-      read_results(conn);
+    conn->want_write = flushed == 1;
+    if (conn_watch(conn, conn->want_write) != 0) {
+      conn_lost(conn, "cannot poll the connection's socket");
+      goto out;
+    }
+  }
+  if (events & (UV_READABLE | UV_DISCONNECT))
+    read_results(conn);
+  if (status < 0 && conn->state != CONN_CLOSED && conn->state != CONN_LOST) {
+    /* libpq saw nothing wrong, yet the socket has an error: don't spin. */
+    char msg[128];
+    snprintf(msg, sizeof msg, "socket error: %s", uv_strerror(status));
+    pool_on_conn_lost(conn, msg);
   }
 out:
   pgtag_ctx_leave(previous);

@@ -28,6 +28,7 @@ struct pgtag_conn {
   conn_state state;
   uv_poll_t *poll; /* replaced when PQsocket changes while connecting */
   int poll_fd;
+  uint64_t poll_ino; /* while connecting: which socket poll_fd was */
   uv_timer_t timer; /* connect timeout */
   int want_write;   /* output left in libpq's buffer */
 

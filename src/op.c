@@ -51,6 +51,8 @@ op *op_new(pgtag_pool *pool, op_kind kind, const char *sql, int nparams,
   return o;
 }
 
+/* One line, whitespace runs collapsed: libpq's messages span lines
+ * ("...\n\tThis probably means..."), log lines and HTTP errors should not. */
 void op_set_error(op *o, pgtag_errcode code, const char *sqlstate,
                   const char *message) {
   o->code = code;
@@ -61,12 +63,16 @@ void op_set_error(op *o, pgtag_errcode code, const char *sqlstate,
   }
   if (message == NULL || message[0] == '\0')
     message = pgtag_strerror(code);
-  size_t n = strlen(message);
-  while (n > 0 && (message[n - 1] == '\n' || message[n - 1] == ' '))
+  size_t n = 0;
+  for (const char *p = message; *p != '\0' && n < sizeof o->message - 1; p++) {
+    int space = *p == ' ' || *p == '\n' || *p == '\t' || *p == '\r';
+    if (!space)
+      o->message[n++] = *p;
+    else if (n > 0 && o->message[n - 1] != ' ')
+      o->message[n++] = ' ';
+  }
+  while (n > 0 && o->message[n - 1] == ' ')
     n--;
-  if (n >= sizeof o->message)
-    n = sizeof o->message - 1;
-  memcpy(o->message, message, n);
   o->message[n] = '\0';
 }
 
@@ -77,11 +83,14 @@ void op_set_result(op *o, PGresult *res, int lost) {
     return;
   }
   switch (PQresultStatus(res)) {
-  case PGRES_FATAL_ERROR:
+  case PGRES_FATAL_ERROR: {
+    /* The primary message; the detail, hint and position stay in res. */
+    const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
     op_set_error(o, lost ? PGTAG_ECONN : PGTAG_ESERVER,
                  PQresultErrorField(res, PG_DIAG_SQLSTATE),
-                 PQresultErrorMessage(res));
+                 primary != NULL ? primary : PQresultErrorMessage(res));
     break;
+  }
   case PGRES_COPY_IN:
   case PGRES_COPY_OUT:
   case PGRES_COPY_BOTH:

@@ -266,8 +266,9 @@ static void make_available(pgtag_pool *pool, pgtag_conn *conn) {
     set_state(conn, CONN_BUSY);
     if (conn_send(conn, o) == 0)
       return;
-    /* The connection broke before the query left: nothing was sent, so the
-     * query keeps its place and the connection is replaced. */
+    /* The connection broke while the query was being sent.  Whatever part
+     * reached the server ran without its Sync, so nothing of it committed:
+     * the query keeps its place in line and the connection is replaced. */
     queue_insert_head(&pool->waiters, &o->node);
     pool->nwaiting++;
     wait_timer_arm(pool);

@@ -76,6 +76,16 @@ static void quiet_log(pgtag_log_level level, const char *msg, void *arg) {
     quiet_log_errors++;
 }
 
+static int free_tcp_port(void) {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof addr;
+  assert_int_equal(bind(s, (struct sockaddr *)&addr, sizeof addr), 0);
+  getsockname(s, (struct sockaddr *)&addr, &len);
+  close(s); /* nothing listens on that port now */
+  return ntohs(addr.sin_port);
+}
+
 /* ------------------------------------------------------------------------
  * The tag reaches the server
  * ------------------------------------------------------------------------ */
@@ -998,16 +1008,8 @@ static void min_conns_and_idle_timeout(void **state) {
 
 static void unreachable_server_times_out_with_reason(void **state) {
   (void)state;
-  int s = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t len = sizeof addr;
-  assert_int_equal(bind(s, (struct sockaddr *)&addr, sizeof addr), 0);
-  getsockname(s, (struct sockaddr *)&addr, &len);
-  close(s); /* nothing listens on that port now */
-
   char conninfo[128];
-  snprintf(conninfo, sizeof conninfo, "host=127.0.0.1 port=%d user=postgres",
-           ntohs(addr.sin_port));
+  snprintf(conninfo, sizeof conninfo, "host=127.0.0.1 port=%d user=postgres", free_tcp_port());
   pgtag_pool_config cfg;
   test_config(&cfg);
   cfg.conninfo = conninfo;
@@ -1065,6 +1067,159 @@ static void hung_server_connect_timeout(void **state) {
   close(s);
 }
 
+/* libpq tries the first host, fails, and moves to a new socket for the
+ * second: the poll must follow it.  Over TCP with the default sslmode
+ * (prefer), so the SSL negotiation path runs too. */
+static void multi_host_conninfo_follows_the_socket(void **state) {
+  (void)state;
+  const char *port = getenv("PGPORT");
+  assert_non_null(port);
+  char conninfo[256];
+  snprintf(conninfo, sizeof conninfo,
+           "host=127.0.0.1,127.0.0.1 port=%d,%s user=postgres dbname=postgres",
+           free_tcp_port(), port);
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.conninfo = conninfo;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  pgtag_ctx *a = pgtag_ctx_new("second-host");
+  rec r = {0};
+  query_in(pool, a, "SELECT inet_server_port()::text, current_query()", &r);
+  wait_rec(&r);
+  assert_done(&r, a, PGTAG_OK);
+  assert_string_equal(r.value, port);
+  assert_string_equal(r.value2,
+                      "/* requestId=second-host */ SELECT inet_server_port()::text, current_query()");
+  pgtag_ctx_unref(a);
+  test_pool_close(&loop, pool);
+}
+
+static void max_lifetime_retires_connections(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.max_lifetime_ms = 150;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  rec first = {0}, second = {0};
+  pgtag_stats st;
+  query_in(pool, NULL, "SELECT pg_backend_pid()", &first);
+  wait_rec(&first);
+  for (int i = 0; i < 100; i++) {
+    pgtag_pool_stats(pool, &st);
+    if (st.total == 0)
+      break;
+    run_for(&loop, 20);
+  }
+  assert_int_equal(st.total, 0);
+  query_in(pool, NULL, "SELECT pg_backend_pid()", &second);
+  wait_rec(&second);
+  assert_done(&second, NULL, PGTAG_OK);
+  assert_string_not_equal(second.value, first.value);
+  test_pool_close(&loop, pool);
+}
+
+/* Many requests of every kind at once over a small pool: each gets exactly
+ * one callback per operation, in its own context, with its own tag. */
+#define BURST 300
+
+typedef struct {
+  pgtag_ctx *ctx;
+  int kind;
+  int calls, acquires, wrong;
+  char id[32];
+  pgtag_conn *conn;
+} burst_req;
+
+static int burst_done;
+
+static void burst_check(burst_req *b, PGresult *res, const pgtag_error *err, pgtag_errcode want) {
+  b->calls++;
+  if (pgtag_ctx_current() != b->ctx || in_submit)
+    b->wrong++;
+  if ((err ? err->code : PGTAG_OK) != want)
+    b->wrong++;
+  if (want == PGTAG_OK && b->kind < 2) {
+    char expect[128];
+    snprintf(expect, sizeof expect, "/* requestId=%s */ SELECT current_query()", b->id);
+    if (res == NULL || strcmp(PQgetvalue(res, 0, 0), expect) != 0)
+      b->wrong++;
+  }
+  if (want == PGTAG_ESERVER && (err == NULL || strcmp(err->sqlstate, "22012") != 0))
+    b->wrong++;
+  burst_done++;
+}
+
+static void burst_result(PGresult *res, const pgtag_error *err, void *arg) {
+  burst_req *b = arg;
+  burst_check(b, res, err, b->kind == 2 ? PGTAG_ESERVER : PGTAG_OK);
+  if (b->kind == 1)
+    pgtag_release(b->conn);
+}
+
+static void burst_acquired(pgtag_conn *conn, const pgtag_error *err, void *arg) {
+  burst_req *b = arg;
+  b->acquires++;
+  if (err != NULL || pgtag_ctx_current() != b->ctx) {
+    b->wrong++;
+    burst_done++;
+    return;
+  }
+  b->conn = conn;
+  pgtag_conn_query(conn, "SELECT current_query()", 0, NULL, burst_result, b);
+}
+
+static void burst_every_callback_once(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.max_conns = 4;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  static burst_req reqs[BURST];
+  burst_done = 0;
+  for (int i = 0; i < BURST; i++) {
+    burst_req *b = &reqs[i];
+    memset(b, 0, sizeof *b);
+    snprintf(b->id, sizeof b->id, "burst-%d", i);
+    b->ctx = pgtag_ctx_new(b->id);
+    b->kind = i % 4;
+    pgtag_ctx *prev = pgtag_ctx_enter(b->ctx);
+    char num[16];
+    snprintf(num, sizeof num, "%d", i);
+    const char *vals[1] = {num};
+    pgtag_errcode rc;
+    in_submit = 1;
+    switch (b->kind) {
+    case 0: rc = pgtag_query(pool, "SELECT current_query()", 0, NULL, burst_result, b); break;
+    case 1: rc = pgtag_acquire(pool, burst_acquired, b); break;
+    case 2: rc = pgtag_query(pool, "SELECT 1/0", 0, NULL, burst_result, b); break;
+    default: rc = pgtag_query(pool, "SELECT $1::int", 1, vals, burst_result, b); break;
+    }
+    in_submit = 0;
+    pgtag_ctx_leave(prev);
+    assert_int_equal(rc, PGTAG_OK);
+  }
+  assert_int_equal(burst_done, 0);
+  assert_true(run_until(&loop, &burst_done, BURST, 30000));
+  run_for(&loop, 50);
+  for (int i = 0; i < BURST; i++) {
+    burst_req *b = &reqs[i];
+    assert_int_equal(b->calls, 1);
+    assert_int_equal(b->acquires, b->kind == 1 ? 1 : 0);
+    assert_int_equal(b->wrong, 0);
+    assert_int_equal(b->ctx->refs, 1);
+    pgtag_ctx_unref(b->ctx);
+  }
+  pgtag_stats st;
+  pgtag_pool_stats(pool, &st);
+  assert_int_equal(st.queries, BURST);
+  assert_int_equal(st.acquired, BURST / 4);
+  assert_int_equal(st.errors, BURST / 4);
+  assert_int_equal(st.waiting, 0);
+  assert_int_equal(st.held, 0);
+  assert_true(st.total <= 4);
+  test_pool_close(&loop, pool);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup(server_sees_tag, setup),
@@ -1091,6 +1246,9 @@ int main(void) {
       cmocka_unit_test_setup(min_conns_and_idle_timeout, setup),
       cmocka_unit_test_setup(unreachable_server_times_out_with_reason, setup),
       cmocka_unit_test_setup(hung_server_connect_timeout, setup),
+      cmocka_unit_test_setup(multi_host_conninfo_follows_the_socket, setup),
+      cmocka_unit_test_setup(max_lifetime_retires_connections, setup),
+      cmocka_unit_test_setup(burst_every_callback_once, setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
