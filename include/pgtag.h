@@ -36,6 +36,12 @@
 extern "C" {
 #endif
 
+/* The library is built with hidden visibility: only what this header
+ * declares is exported from libpgtag.so. */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
 /* ------------------------------------------------------------------------
  * Errors
  * ------------------------------------------------------------------------ */
@@ -275,6 +281,10 @@ int pgtag_conn_backend_pid(const pgtag_conn *conn);
  * conn must not be used afterwards.  Releasing a connection that is not held
  * is logged and ignored. */
 void pgtag_release(pgtag_conn *conn);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #ifdef __cplusplus
 }

@@ -440,7 +440,9 @@ static pgtag_errcode wait_for_conn(pgtag_pool *pool, op *o) {
     return PGTAG_EQUEUEFULL;
   }
   waiter_add(pool, o);
+  pgtag_ctx *previous = pgtag_ctx_enter(NULL); /* opening connections is pool work */
   maybe_connect(pool);
+  pgtag_ctx_leave(previous);
   return PGTAG_OK;
 }
 

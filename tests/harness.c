@@ -48,6 +48,10 @@ static PGconn *admin_conn(void) {
 
 static PGresult *admin_run(const char *sql) {
   PGresult *res = PQexec(admin_conn(), sql);
+  if (PQstatus(admin) == CONNECTION_BAD) { /* the server was restarted */
+    PQclear(res);
+    res = PQexec(admin_conn(), sql);
+  }
   ExecStatusType st = PQresultStatus(res);
   if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
     char msg[512];
@@ -152,4 +156,13 @@ void rec_acquire(pgtag_conn *conn, const pgtag_error *err, void *arg) {
   rec *r = arg;
   rec_common(r, err);
   r->conn = conn;
+}
+
+void server_restart(const char *mode) {
+  const char *dir = getenv("PGHOST");
+  char cmd[1024];
+  assert_non_null(dir);
+  snprintf(cmd, sizeof cmd, "'%s/tests/pgserver.sh' restart '%s' %s", PGTAG_SOURCE_DIR, dir, mode);
+  if (system(cmd) != 0)
+    fail_msg("%s failed", cmd);
 }

@@ -58,4 +58,7 @@ void rec_acquire(pgtag_conn *conn, const pgtag_error *err, void *arg);
 
 uint64_t now_ms(void);
 
+/* Restart the test server (pg_ctl restart -m mode); returns once it is up. */
+void server_restart(const char *mode);
+
 #endif

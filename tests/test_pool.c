@@ -1220,6 +1220,44 @@ static void burst_every_callback_once(void **state) {
   test_pool_close(&loop, pool);
 }
 
+/* The server goes away under idle connections and comes back: the pool
+ * notices without being used, refills to min_conns, and serves. */
+static void server_restart_is_survived(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.min_conns = 2;
+  cfg.log = quiet_log;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  pgtag_stats st;
+  const char *modes[] = {"fast", "immediate"};
+  for (int m = 0; m < 2; m++) {
+    for (int i = 0; i < 250; i++) {
+      pgtag_pool_stats(pool, &st);
+      if (st.idle == 2 && st.connects >= (uint64_t)(2 + 2 * m))
+        break;
+      run_for(&loop, 20);
+    }
+    assert_int_equal(st.idle, 2);
+    server_restart(modes[m]);
+    for (int i = 0; i < 250; i++) { /* replaced without anyone asking */
+      pgtag_pool_stats(pool, &st);
+      if (st.idle == 2 && st.connects >= (uint64_t)(4 + 2 * m))
+        break;
+      run_for(&loop, 20);
+    }
+    assert_true(st.connects >= (uint64_t)(4 + 2 * m));
+    pgtag_ctx *a = pgtag_ctx_new(modes[m]);
+    rec r = {0};
+    query_in(pool, a, "SELECT current_query()", &r);
+    wait_rec(&r);
+    assert_done(&r, a, PGTAG_OK);
+    assert_non_null(strstr(r.value, modes[m]));
+    pgtag_ctx_unref(a);
+  }
+  test_pool_close(&loop, pool);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup(server_sees_tag, setup),
@@ -1249,6 +1287,7 @@ int main(void) {
       cmocka_unit_test_setup(multi_host_conninfo_follows_the_socket, setup),
       cmocka_unit_test_setup(max_lifetime_retires_connections, setup),
       cmocka_unit_test_setup(burst_every_callback_once, setup),
+      cmocka_unit_test_setup(server_restart_is_survived, setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
