@@ -205,10 +205,11 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
 void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg);
 
 typedef struct {
-  int total;       /* open connections, any state */
+  int total;       /* open connections: connecting, idle, busy or held */
   int idle;        /* in the pool, free */
   int busy;        /* running a one-shot query or being reset */
-  int held;        /* acquired by a request */
+  int held;        /* acquired by a request, including ones whose connection
+                      was lost and that wait for their holder's release */
   int connecting;  /* connection attempt under way */
   int waiting;     /* operations waiting for a connection */
   uint64_t acquired;        /* acquire callbacks given a connection */

@@ -94,6 +94,8 @@ void op_set_result(op *o, PGresult *res, int lost) {
   case PGRES_COPY_IN:
   case PGRES_COPY_OUT:
   case PGRES_COPY_BOTH:
+    PQclear(res); /* not an error result: the callback gets none */
+    o->res = NULL;
     op_set_error(o, PGTAG_EINVAL, NULL, "COPY is not supported by pgtag");
     break;
   case PGRES_BAD_RESPONSE:

@@ -18,11 +18,19 @@ static void maybe_connect(pgtag_pool *pool);
 static void maybe_finish_close(pgtag_pool *pool);
 static void make_available(pgtag_pool *pool, pgtag_conn *conn);
 
+/* Every connection struct not yet closed, lost ones included: the pool
+ * cannot finish closing while any is left. */
 static int total_conns(const pgtag_pool *pool) {
   int n = 0;
   for (int s = CONN_CONNECTING; s < CONN_CLOSED; s++)
     n += pool->count[s];
   return n;
+}
+
+/* Connections that occupy a server slot: what max_conns and min_conns
+ * count.  A lost one waiting for its holder's release occupies none. */
+static int live_conns(const pgtag_pool *pool) {
+  return total_conns(pool) - pool->count[CONN_LOST];
 }
 
 static void set_state(pgtag_conn *conn, conn_state state) {
@@ -116,6 +124,8 @@ static void waiter_add(pgtag_pool *pool, op *o) {
   pool->nwaiting++;
   if (was_empty)
     wait_timer_arm(pool);
+  /* Someone waits now: a pending reconnect must keep the loop alive. */
+  uv_ref((uv_handle_t *)&pool->retry_timer);
 }
 
 static op *waiter_pop(pgtag_pool *pool) {
@@ -207,7 +217,7 @@ static void maybe_connect(pgtag_pool *pool) {
   char err[256];
   if (pool->closing || uv_is_active((uv_handle_t *)&pool->retry_timer))
     return;
-  int total = total_conns(pool);
+  int total = live_conns(pool);
   int want = pool->cfg.min_conns - total;
   int uncovered = pool->nwaiting - pool->count[CONN_CONNECTING];
   if (uncovered > want)
@@ -332,9 +342,20 @@ void pool_on_query_done(pgtag_conn *conn, op *o, PGresult *res) {
   pgtag_pool *pool = conn->pool;
 
   if (PQstatus(conn->pg) == CONNECTION_BAD) {
-    conn->inflight = o;
-    conn->result = res;
+    /* libpq returns the final NULL only after ReadyForQuery, so a query
+     * that got a non-error result here completed (and committed) before
+     * the connection went: it succeeded.  Anything else was cut off. */
+    int completed = o->kind != OP_RESET && res != NULL &&
+                    PQresultStatus(res) != PGRES_FATAL_ERROR;
+    if (!completed) {
+      conn->inflight = o;
+      conn->result = res;
+      pool_on_conn_lost(conn, PQerrorMessage(conn->pg));
+      return;
+    }
+    op_set_result(o, res, 0);
     pool_on_conn_lost(conn, PQerrorMessage(conn->pg));
+    op_finish(o);
     return;
   }
   if (o->kind == OP_RESET) {
@@ -401,6 +422,10 @@ void pgtag_release(pgtag_conn *conn) {
   if (conn == NULL)
     return;
   pgtag_pool *pool = conn->pool;
+  if (!on_loop_thread(pool)) {
+    pool_log(pool, PGTAG_LOG_ERROR, "pgtag_release: called off the loop thread; ignored");
+    return;
+  }
   if ((conn->state != CONN_HELD && conn->state != CONN_LOST) ||
       conn->release_pending) {
     pool_log(pool, PGTAG_LOG_ERROR,
@@ -577,7 +602,7 @@ static void on_maint(uv_timer_t *timer) {
     pgtag_conn *conn = queue_data(q, pgtag_conn, idle_node);
     q = q->prev;
     int idle_long = idle_ms > 0 && now - conn->idle_since >= (uint64_t)idle_ms &&
-                    total_conns(pool) > pool->cfg.min_conns;
+                    live_conns(pool) > pool->cfg.min_conns;
     int too_old = life_ms > 0 && now - conn->created >= (uint64_t)life_ms;
     if (idle_long || too_old)
       drop_conn(pool, conn);
@@ -764,7 +789,7 @@ void pgtag_pool_stats(const pgtag_pool *pool, pgtag_stats *out) {
   if (pool == NULL || out == NULL)
     return;
   *out = pool->stats;
-  out->total = total_conns(pool);
+  out->total = live_conns(pool);
   out->idle = pool->count[CONN_IDLE];
   out->busy = pool->count[CONN_BUSY] + pool->count[CONN_RESETTING];
   out->held = pool->count[CONN_HELD] + pool->count[CONN_LOST];

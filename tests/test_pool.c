@@ -1258,6 +1258,89 @@ static void server_restart_is_survived(void **state) {
   test_pool_close(&loop, pool);
 }
 
+static void copy_is_refused_and_the_connection_replaced(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.max_conns = 1;
+  cfg.log = quiet_log;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  pgtag_ctx *a = pgtag_ctx_new("copy");
+  rec r = {0}, after = {0};
+  query_in(pool, a, "COPY (SELECT 1) TO STDOUT", &r);
+  wait_rec(&r);
+  assert_done(&r, a, PGTAG_EINVAL);
+  assert_false(r.has_res);
+  query_in(pool, a, "SELECT 'fine'", &after);
+  wait_rec(&after);
+  assert_done(&after, a, PGTAG_OK);
+  pgtag_ctx_unref(a);
+  test_pool_close(&loop, pool);
+}
+
+/* A held connection whose backend died occupies no server slot: with
+ * max_conns 1, others are served while its holder has not released it. */
+static void lost_held_connection_frees_its_slot(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.max_conns = 1;
+  cfg.log = quiet_log;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  rec acq = {0}, other = {0};
+  acquire_in(pool, NULL, &acq);
+  wait_rec(&acq);
+  char sql[128];
+  snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%d)", pgtag_conn_backend_pid(acq.conn));
+  admin_exec(sql);
+  for (int i = 0; i < 100 && pgtag_conn_backend_pid(acq.conn) != 0; i++)
+    run_for(&loop, 20);
+  assert_int_equal(pgtag_conn_backend_pid(acq.conn), 0);
+  query_in(pool, NULL, "SELECT 'served'", &other);
+  wait_rec(&other);
+  assert_done(&other, NULL, PGTAG_OK);
+  pgtag_stats st;
+  pgtag_pool_stats(pool, &st);
+  assert_int_equal(st.held, 1);
+  assert_int_equal(st.total, 1);
+  pgtag_release(acq.conn);
+  test_pool_close(&loop, pool);
+}
+
+static void close_pool_cb(uv_timer_t *t) {
+  pgtag_pool_close(t->data, NULL, NULL);
+  uv_close((uv_handle_t *)t, NULL);
+}
+
+/* With no acquire timeout, a waiter behind a backoff keeps the loop alive:
+ * uv_run must not return while it still waits for its callback. */
+static void waiter_keeps_the_loop_alive_during_backoff(void **state) {
+  (void)state;
+  char conninfo[128];
+  snprintf(conninfo, sizeof conninfo, "host=127.0.0.1 port=%d user=postgres", free_tcp_port());
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.conninfo = conninfo;
+  cfg.acquire_timeout_ms = 0;
+  cfg.min_conns = 1; /* its attempt fails and arms the backoff before anyone waits */
+  cfg.log = quiet_log;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  rec r = {0};
+  run_for(&loop, 30); /* the first retry comes after 50 to 100 ms */
+  pgtag_stats st;
+  pgtag_pool_stats(pool, &st);
+  assert_int_equal(st.connect_failures, 1);
+  uv_timer_t closer;
+  uv_timer_init(&loop, &closer);
+  closer.data = pool;
+  uv_timer_start(&closer, close_pool_cb, 600, 0);
+  uv_unref((uv_handle_t *)&closer); /* only pgtag may keep the loop running */
+  query_in(pool, NULL, "SELECT 1", &r);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_done(&r, NULL, PGTAG_ECLOSED);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup(server_sees_tag, setup),
@@ -1288,6 +1371,9 @@ int main(void) {
       cmocka_unit_test_setup(max_lifetime_retires_connections, setup),
       cmocka_unit_test_setup(burst_every_callback_once, setup),
       cmocka_unit_test_setup(server_restart_is_survived, setup),
+      cmocka_unit_test_setup(copy_is_refused_and_the_connection_replaced, setup),
+      cmocka_unit_test_setup(lost_held_connection_frees_its_slot, setup),
+      cmocka_unit_test_setup(waiter_keeps_the_loop_alive_during_backoff, setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
