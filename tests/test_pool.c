@@ -750,7 +750,9 @@ static void max_waiting_refuses_at_once(void **state) {
   pgtag_stats st;
   pgtag_pool_stats(pool, &st);
   assert_int_equal(st.waiting, 2);
+  in_submit = 1;
   pgtag_release(hold.conn);
+  in_submit = 0;
   assert_true(run_until(&loop, &c.calls, 1, 5000));
   assert_done(&b, NULL, PGTAG_OK);
   assert_done(&c, NULL, PGTAG_OK);
@@ -808,7 +810,9 @@ static void waiters_are_served_in_order(void **state) {
                        PGTAG_OK);
     pgtag_ctx_leave(prev);
   }
+  in_submit = 1; /* no waiter's callback may run inside the release */
   pgtag_release(hold.conn);
+  in_submit = 0;
   assert_true(run_until(&loop, &fifo_n, 8, 10000));
   for (int i = 0; i < 8; i++) {
     assert_int_equal(fifo_seen[i], i);

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <stdint.h>
 #include <string.h>
 
 #include "pgtag.h"
@@ -139,6 +140,42 @@ static void buffer_is_reused(void **state) {
   pgtag_ctx_unref(ctx);
 }
 
+/* Random values over an alphabet rich in comment and quote characters: the
+ * rendered text always has exactly one comment, closed where pgtag closed
+ * it, whatever the bytes. */
+static void random_values_never_escape(void **state) {
+  (void)state;
+  static const char alphabet[] = "*/*/-'\"\\\n\r\t;%$ aZ9:~._\x01\x7f\x80\xff";
+  uint32_t seed = 12345;
+  char value[64];
+  for (int round = 0; round < 20000; round++) {
+    size_t len = 1 + (seed >> 8) % (sizeof value - 1);
+    for (size_t i = 0; i < len; i++) {
+      seed = seed * 1103515245u + 12345u;
+      value[i] = alphabet[(seed >> 16) % (sizeof alphabet - 1)];
+    }
+    value[len] = '\0';
+    for (size_t i = 0; i < len; i++)
+      if (value[i] == '\0')
+        value[i] = '*';
+    pgtag_ctx *ctx = pgtag_ctx_new(value);
+    pgtag_ctx_set(ctx, "route", value);
+    assert_contained(prefix(ctx, "SELECT 1"), "SELECT 1");
+    const char *sc = tag_render(&buf, PGTAG_TAG_SQLCOMMENTER, "requestId", ctx, "SELECT 1");
+    const char *open = strstr(sc, "/*"), *close = strstr(sc, "*/");
+    assert_ptr_equal(open, sc + 9);
+    assert_ptr_equal(close, sc + strlen(sc) - 2);
+    assert_null(strstr(open + 2, "/*"));
+    assert_null(strchr(open, '\\'));
+    /* quotes only as delimiters: key='value' pairs */
+    int quotes = 0;
+    for (const char *p = open; *p; p++)
+      quotes += *p == '\'';
+    assert_int_equal(quotes, 4);
+    pgtag_ctx_unref(ctx);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(no_context_no_comment),
@@ -148,6 +185,7 @@ int main(void) {
       cmocka_unit_test(hostile_values_stay_inside),
       cmocka_unit_test(sqlcommenter_style),
       cmocka_unit_test(buffer_is_reused),
+      cmocka_unit_test(random_values_never_escape),
   };
   return cmocka_run_group_tests(tests, NULL, teardown);
 }
