@@ -17,13 +17,6 @@
 
 static void on_poll(uv_poll_t *handle, int status, int events);
 
-static void copy_message(char *buf, size_t len, const char *msg) {
-  size_t n = strlen(msg);
-  while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
-    n--;
-  snprintf(buf, len, "%.*s", (int)n, msg);
-}
-
 static void on_poll_closed(uv_handle_t *handle) {
   pgtag_pool *pool = handle->data;
   free(handle);
@@ -86,7 +79,7 @@ static int conn_watch(pgtag_conn *conn, int writable) {
 static void on_notice(void *arg, const PGresult *res) {
   pgtag_conn *conn = arg;
   char msg[512];
-  copy_message(msg, sizeof msg, PQresultErrorMessage(res));
+  text_line(msg, sizeof msg, PQresultErrorMessage(res));
   pool_log(conn->pool, PGTAG_LOG_INFO, "server notice (backend %d): %s",
            conn->backend_pid, msg);
 }
@@ -109,7 +102,7 @@ pgtag_conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
   }
   conn->pg = PQconnectStart(pool->conninfo);
   if (conn->pg == NULL || PQstatus(conn->pg) == CONNECTION_BAD) {
-    copy_message(errbuf, errlen,
+    text_line(errbuf, errlen,
                  conn->pg ? PQerrorMessage(conn->pg) : "out of memory");
     PQfinish(conn->pg);
     free(conn);
@@ -165,10 +158,8 @@ static void connect_step(pgtag_conn *conn) {
 }
 
 static void conn_lost(pgtag_conn *conn, const char *fallback) {
-  char msg[512];
   const char *pqmsg = conn->pg ? PQerrorMessage(conn->pg) : "";
-  copy_message(msg, sizeof msg, pqmsg[0] ? pqmsg : fallback);
-  pool_on_conn_lost(conn, msg);
+  pool_on_conn_lost(conn, pqmsg[0] ? pqmsg : fallback);
 }
 
 int conn_send(pgtag_conn *conn, op *o) {

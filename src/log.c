@@ -14,6 +14,22 @@ static const char *level_name(pgtag_log_level level) {
   return "?";
 }
 
+void text_line(char *buf, size_t len, const char *msg) {
+  size_t n = 0;
+  if (len == 0)
+    return;
+  for (const char *p = msg; *p != '\0' && n + 1 < len; p++) {
+    int space = *p == ' ' || *p == '\n' || *p == '\t' || *p == '\r';
+    if (!space)
+      buf[n++] = *p;
+    else if (n > 0 && buf[n - 1] != ' ')
+      buf[n++] = ' ';
+  }
+  while (n > 0 && buf[n - 1] == ' ')
+    n--;
+  buf[n] = '\0';
+}
+
 void pool_log(const pgtag_pool *pool, pgtag_log_level level, const char *fmt, ...) {
   char msg[1024];
   va_list ap;

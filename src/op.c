@@ -51,8 +51,6 @@ op *op_new(pgtag_pool *pool, op_kind kind, const char *sql, int nparams,
   return o;
 }
 
-/* One line, whitespace runs collapsed: libpq's messages span lines
- * ("...\n\tThis probably means..."), log lines and HTTP errors should not. */
 void op_set_error(op *o, pgtag_errcode code, const char *sqlstate,
                   const char *message) {
   o->code = code;
@@ -63,17 +61,7 @@ void op_set_error(op *o, pgtag_errcode code, const char *sqlstate,
   }
   if (message == NULL || message[0] == '\0')
     message = pgtag_strerror(code);
-  size_t n = 0;
-  for (const char *p = message; *p != '\0' && n < sizeof o->message - 1; p++) {
-    int space = *p == ' ' || *p == '\n' || *p == '\t' || *p == '\r';
-    if (!space)
-      o->message[n++] = *p;
-    else if (n > 0 && o->message[n - 1] != ' ')
-      o->message[n++] = ' ';
-  }
-  while (n > 0 && o->message[n - 1] == ' ')
-    n--;
-  o->message[n] = '\0';
+  text_line(o->message, sizeof o->message, message);
 }
 
 void op_set_result(op *o, PGresult *res, int lost) {

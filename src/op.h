@@ -50,7 +50,7 @@ typedef struct op {
 op *op_new(pgtag_pool *pool, op_kind kind, const char *sql, int nparams,
            const char *const *values, int copy_args);
 
-/* Record a failure (message may be NULL; a trailing newline is dropped). */
+/* Record a failure; message (NULL: the code's name) is kept as one line. */
 void op_set_error(op *o, pgtag_errcode code, const char *sqlstate,
                   const char *message);
 

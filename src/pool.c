@@ -169,6 +169,13 @@ static void on_wait_timeout(uv_timer_t *timer) {
  * Connections coming and going
  * ------------------------------------------------------------------------ */
 
+static void log_lost(const pgtag_pool *pool, pgtag_conn *conn) {
+  char msg[256];
+  text_line(msg, sizeof msg, conn->pg ? PQerrorMessage(conn->pg) : "");
+  pool_log(pool, PGTAG_LOG_WARN, "connection to backend %d lost: %s",
+           conn->backend_pid, msg);
+}
+
 /* Unlink and close a connection that has no operation left on it. */
 static void drop_conn(pgtag_pool *pool, pgtag_conn *conn) {
   pool->count[conn->state]--;
@@ -244,10 +251,7 @@ void pool_on_connected(pgtag_conn *conn) {
 void pool_on_connect_failed(pgtag_conn *conn, const char *message) {
   pgtag_pool *pool = conn->pool;
   char msg[256];
-  snprintf(msg, sizeof msg, "%s", message); /* message may live in conn */
-  size_t n = strlen(msg);
-  while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
-    msg[--n] = '\0';
+  text_line(msg, sizeof msg, message); /* message may live in conn */
   drop_conn(pool, conn);
   connect_failed(pool, msg);
   maybe_finish_close(pool);
@@ -282,8 +286,7 @@ static void make_available(pgtag_pool *pool, pgtag_conn *conn) {
     queue_insert_head(&pool->waiters, &o->node);
     pool->nwaiting++;
     wait_timer_arm(pool);
-    pool_log(pool, PGTAG_LOG_WARN, "connection lost: %s",
-             conn->pg ? PQerrorMessage(conn->pg) : "");
+    log_lost(pool, conn);
     drop_conn(pool, conn);
     maybe_connect(pool);
     return;
@@ -294,9 +297,11 @@ static void make_available(pgtag_pool *pool, pgtag_conn *conn) {
   conn_poll_update(conn);
 }
 
-void pool_on_conn_lost(pgtag_conn *conn, const char *message) {
+void pool_on_conn_lost(pgtag_conn *conn, const char *why) {
   pgtag_pool *pool = conn->pool;
   op *o = conn->inflight;
+  char message[256];
+  text_line(message, sizeof message, why); /* why may live in conn->pg */
 
   pool_log(pool, PGTAG_LOG_WARN, "connection to backend %d lost: %s",
            conn->backend_pid, message);
@@ -505,7 +510,7 @@ pgtag_errcode pgtag_query(pgtag_pool *pool, const char *sql, int nparams,
       return PGTAG_OK;
     }
     op_discard(o);
-    pool_log(pool, PGTAG_LOG_WARN, "connection lost: %s", PQerrorMessage(conn->pg));
+    log_lost(pool, conn);
     drop_conn(pool, conn);
   }
 
@@ -574,7 +579,7 @@ pgtag_errcode pgtag_conn_query(pgtag_conn *conn, const char *sql, int nparams,
   /* Broken before anything was sent: the holder hears it through this
    * query's callback, and later ones fail the same way. */
   char msg[256];
-  snprintf(msg, sizeof msg, "%s", PQerrorMessage(conn->pg));
+  text_line(msg, sizeof msg, PQerrorMessage(conn->pg));
   pgtag_ctx *previous = pgtag_ctx_enter(NULL);
   pool_on_conn_lost(conn, msg);
   pgtag_ctx_leave(previous);

@@ -49,6 +49,11 @@ struct pgtag_pool {
 void pool_log(const pgtag_pool *pool, pgtag_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Copy msg into buf (size len) as one line: whitespace runs, newlines
+ * included, become one space; nothing trails.  libpq's messages span lines
+ * ("...\n\tThis probably means..."); log lines and callbacks get one. */
+void text_line(char *buf, size_t len, const char *msg);
+
 /* Hooks from conn.c; each runs from the loop. */
 void pool_on_connected(pgtag_conn *conn);
 void pool_on_connect_failed(pgtag_conn *conn, const char *message);

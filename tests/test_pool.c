@@ -64,6 +64,15 @@ static void wait_rec(const rec *r) {
   assert_true(run_until(&loop, &r->calls, 1, 15000));
 }
 
+/* Run the loop until cond (over st, refreshed from pool) holds, 5 s at most. */
+#define WAIT_STATS(pool, st, cond)              \
+  for (int wait_i_ = 0; wait_i_ < 250; wait_i_++) { \
+    pgtag_pool_stats((pool), &(st));            \
+    if (cond)                                   \
+      break;                                    \
+    run_for(&loop, 20);                         \
+  }
+
 static void tagged(char *out, size_t len, const char *id, const char *sql) {
   snprintf(out, len, "/* requestId=%s */ %s", id, sql);
 }
@@ -504,12 +513,7 @@ static void idle_connection_killed_is_noticed(void **state) {
   char sql[128];
   snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%d)", atoi(pid.value));
   admin_exec(sql);
-  for (int i = 0; i < 100; i++) { /* seen without anyone using it */
-    pgtag_pool_stats(pool, &st);
-    if (st.total == 0)
-      break;
-    run_for(&loop, 20);
-  }
+  WAIT_STATS(pool, st, st.total == 0);
   assert_int_equal(st.total, 0);
   query_in(pool, NULL, "SELECT pg_backend_pid()", &again);
   wait_rec(&again);
@@ -981,24 +985,14 @@ static void min_conns_and_idle_timeout(void **state) {
   pgtag_stats st;
   rec r[4] = {{0}};
 
-  for (int i = 0; i < 150; i++) {
-    pgtag_pool_stats(pool, &st);
-    if (st.idle == 2)
-      break;
-    run_for(&loop, 20);
-  }
+  WAIT_STATS(pool, st, st.idle == 2);
   assert_int_equal(st.idle, 2);
   for (int i = 0; i < 4; i++)
     query_in(pool, NULL, "SELECT pg_sleep(0.2)", &r[i]);
   assert_true(run_until(&loop, &completions, 4, 10000));
   pgtag_pool_stats(pool, &st);
   assert_int_equal(st.connects, 4); /* grew to max_conns for the burst */
-  for (int i = 0; i < 150; i++) {
-    pgtag_pool_stats(pool, &st);
-    if (st.total == 2)
-      break;
-    run_for(&loop, 20);
-  }
+  WAIT_STATS(pool, st, st.total == 2);
   assert_int_equal(st.total, 2); /* shrank back, never below min_conns */
   run_for(&loop, 300);
   pgtag_pool_stats(pool, &st);
@@ -1108,12 +1102,7 @@ static void max_lifetime_retires_connections(void **state) {
   pgtag_stats st;
   query_in(pool, NULL, "SELECT pg_backend_pid()", &first);
   wait_rec(&first);
-  for (int i = 0; i < 100; i++) {
-    pgtag_pool_stats(pool, &st);
-    if (st.total == 0)
-      break;
-    run_for(&loop, 20);
-  }
+  WAIT_STATS(pool, st, st.total == 0);
   assert_int_equal(st.total, 0);
   query_in(pool, NULL, "SELECT pg_backend_pid()", &second);
   wait_rec(&second);
@@ -1236,20 +1225,11 @@ static void server_restart_is_survived(void **state) {
   pgtag_stats st;
   const char *modes[] = {"fast", "immediate"};
   for (int m = 0; m < 2; m++) {
-    for (int i = 0; i < 250; i++) {
-      pgtag_pool_stats(pool, &st);
-      if (st.idle == 2 && st.connects >= (uint64_t)(2 + 2 * m))
-        break;
-      run_for(&loop, 20);
-    }
+    WAIT_STATS(pool, st, st.idle == 2 && st.connects >= (uint64_t)(2 + 2 * m));
     assert_int_equal(st.idle, 2);
     server_restart(modes[m]);
-    for (int i = 0; i < 250; i++) { /* replaced without anyone asking */
-      pgtag_pool_stats(pool, &st);
-      if (st.idle == 2 && st.connects >= (uint64_t)(4 + 2 * m))
-        break;
-      run_for(&loop, 20);
-    }
+    /* replaced without anyone asking */
+    WAIT_STATS(pool, st, st.idle == 2 && st.connects >= (uint64_t)(4 + 2 * m));
     assert_true(st.connects >= (uint64_t)(4 + 2 * m));
     pgtag_ctx *a = pgtag_ctx_new(modes[m]);
     rec r = {0};
