@@ -127,6 +127,53 @@ static void server_sees_tag(void **state) {
   test_pool_close(&loop, pool);
 }
 
+/* The two other places the issue promises the request ID: the server log
+ * (log_min_duration_statement) and pg_stat_statements. */
+static void tag_reaches_server_log_and_pg_stat_statements(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.max_conns = 1;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  pgtag_ctx *a = pgtag_ctx_new("seen-in-log");
+  rec acq = {0}, set = {0}, q = {0};
+
+  acquire_in(pool, a, &acq);
+  wait_rec(&acq);
+  conn_query_in(acq.conn, a, "SET log_min_duration_statement = 0", &set);
+  /* its own table, so its own pg_stat_statements entry: statements that
+   * normalize alike share one entry, whose text is the first one seen */
+  admin_exec("CREATE TABLE IF NOT EXISTS pgtag_log_probe (x int)");
+  conn_query_in(acq.conn, a, "SELECT 'logged' FROM pgtag_log_probe", &q);
+  wait_rec(&q);
+  assert_done(&q, a, PGTAG_OK);
+  pgtag_release(acq.conn);
+  run_for(&loop, 50);
+
+  char path[512], line[4096];
+  snprintf(path, sizeof path, "%s/server.log", getenv("PGHOST"));
+  int found = 0;
+  for (int tries = 0; tries < 50 && !found; tries++) { /* the logger may lag */
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    while (fgets(line, sizeof line, f) != NULL)
+      if (strstr(line, "/* requestId=seen-in-log */ SELECT 'logged' FROM pgtag_log_probe"))
+        found = 1;
+    fclose(f);
+    if (!found)
+      run_for(&loop, 20);
+  }
+  assert_true(found);
+
+  char text[512];
+  admin_value("SELECT query FROM pg_stat_statements WHERE query LIKE '%FROM pgtag_log_probe'",
+              text, sizeof text);
+  /* normalized: the constant became $1, the comment stayed */
+  assert_string_equal(text, "/* requestId=seen-in-log */ SELECT $1 FROM pgtag_log_probe");
+  pgtag_ctx_unref(a);
+  test_pool_close(&loop, pool);
+}
+
 static void no_context_no_tag(void **state) {
   (void)state;
   pgtag_pool *pool = test_pool_new(&loop, NULL);
@@ -1333,6 +1380,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup(server_sees_tag, setup),
       cmocka_unit_test_setup(no_context_no_tag, setup),
+      cmocka_unit_test_setup(tag_reaches_server_log_and_pg_stat_statements, setup),
       cmocka_unit_test_setup(tag_styles_and_key, setup),
       cmocka_unit_test_setup(connection_opened_by_a_serves_b_in_b, setup),
       cmocka_unit_test_setup(interleaved_requests, setup),
