@@ -65,10 +65,16 @@ static int conn_watch(pgtag_conn *conn, int writable) {
     conn->poll = poll;
     conn->poll_fd = fd;
     conn->poll_ino = ino;
+    conn->poll_events = 0;
   }
+  /* uv_poll_start re-registers the descriptor with epoll every time: two
+   * system calls per query for nothing, when the events are unchanged. */
   int events = UV_READABLE | (writable ? UV_WRITABLE : 0);
-  if (uv_poll_start(conn->poll, events, on_poll) != 0)
-    return -1;
+  if (!uv_is_active((uv_handle_t *)conn->poll) || conn->poll_events != events) {
+    if (uv_poll_start(conn->poll, events, on_poll) != 0)
+      return -1;
+    conn->poll_events = events;
+  }
   if (conn->state == CONN_CONNECTING || conn->inflight != NULL)
     uv_ref((uv_handle_t *)conn->poll);
   else

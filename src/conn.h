@@ -29,6 +29,7 @@ struct pgtag_conn {
   uv_poll_t *poll; /* replaced when PQsocket changes while connecting */
   int poll_fd;
   uint64_t poll_ino; /* while connecting: which socket poll_fd was */
+  int poll_events;   /* what the poll was last started with */
   uv_timer_t timer; /* connect timeout */
   int want_write;   /* output left in libpq's buffer */
 
