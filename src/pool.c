@@ -17,6 +17,7 @@
 static void maybe_connect(pgtag_pool *pool);
 static void maybe_finish_close(pgtag_pool *pool);
 static void make_available(pgtag_pool *pool, pgtag_conn *conn);
+static void release_now(pgtag_pool *pool, pgtag_conn *conn);
 
 /* Every connection struct not yet closed, lost ones included: the pool
  * cannot finish closing while any is left. */
@@ -326,10 +327,8 @@ void pool_on_conn_lost(pgtag_conn *conn, const char *why) {
     /* Its holder still has the pointer: keep the struct until release. */
     set_state(conn, CONN_LOST);
     conn_shut(conn);
-    if (conn->release_pending) {
-      conn->release_pending = 0;
-      pgtag_release(conn);
-    }
+    if (conn->release_pending)
+      release_now(pool, conn); /* the holder already gave it back */
   } else if (conn->state != CONN_LOST) {
     drop_conn(pool, conn);
   }
@@ -340,8 +339,6 @@ void pool_on_conn_lost(pgtag_conn *conn, const char *why) {
 /* ------------------------------------------------------------------------
  * Query completion and release
  * ------------------------------------------------------------------------ */
-
-static void release_now(pgtag_pool *pool, pgtag_conn *conn);
 
 void pool_on_query_done(pgtag_conn *conn, op *o, PGresult *res) {
   pgtag_pool *pool = conn->pool;
