@@ -37,7 +37,7 @@ static void log_line(const char *fmt, ...) {
 
 typedef struct {
   pgtag_ctx *ctx;
-  pgtag_conn *conn;
+  pgtag_conn conn;
   int n;
   char customer[16];
   char amount[16];
@@ -107,7 +107,7 @@ static void order_committed(PGresult *res, const pgtag_error *err, void *arg) {
   request_done(req);
 }
 
-static void order_conn(pgtag_conn *conn, const pgtag_error *err, void *arg) {
+static void order_conn(pgtag_conn conn, const pgtag_error *err, void *arg) {
   request *req = arg;
   const char *params[2] = {req->customer, req->amount};
   check_context(req);

@@ -116,8 +116,13 @@ pgtag_ctx *pgtag_ctx_ref(pgtag_ctx *ctx);
 /* Drop a reference; the last one frees the context.  NULL is ignored. */
 void pgtag_ctx_unref(pgtag_ctx *ctx);
 
-/* The request is over.  Does not drop a reference.  Later issues hook leak
- * detection in here; today it only marks the context. */
+/* The request is over.  Does not drop a reference.  Every connection the
+ * request still holds, in any pool, is reported as leaked (see leak
+ * detection) once the current callback has returned, so releasing it
+ * before the end of this loop iteration still counts as in time.  Dropping
+ * the last reference held outside pgtag (pgtag_ctx_unref) while holding
+ * connections counts as ending the request: keep a reference for as long
+ * as the request runs.  A second call does nothing. */
 void pgtag_ctx_end(pgtag_ctx *ctx);
 
 /* Nonzero once pgtag_ctx_end was called. */
@@ -142,7 +147,6 @@ void pgtag_ctx_run(pgtag_ctx *ctx, void (*fn)(void *arg), void *arg);
  * ------------------------------------------------------------------------ */
 
 typedef struct pgtag_pool pgtag_pool;
-typedef struct pgtag_conn pgtag_conn;
 
 typedef enum {
   PGTAG_TAG_PREFIX = 0,   /* "/ * requestId=abc route=x * / SELECT ..." */
@@ -160,6 +164,71 @@ typedef enum {
 /* Receives every message pgtag logs.  msg has no trailing newline and is
  * valid only during the call. */
 typedef void (*pgtag_log_fn)(pgtag_log_level level, const char *msg, void *arg);
+
+/* ------------------------------------------------------------------------
+ * Leak detection
+ *
+ * Every held connection remembers who took it: the request's context, the
+ * pgtag_acquire call site, when, and the last SQL sent on it.  A connection
+ * still held when its request ends, or (with leak_threshold_ms) held longer
+ * than that, is reported once per acquisition; a reported connection that
+ * its holder releases later is reported again as returned.
+ * ------------------------------------------------------------------------ */
+
+typedef enum {
+  PGTAG_LEAK_REQUEST_ENDED = 0, /* its request ended while holding it */
+  PGTAG_LEAK_THRESHOLD,         /* held longer than leak_threshold_ms */
+  PGTAG_LEAK_RETURNED           /* a reported connection was released */
+} pgtag_leak_kind;
+
+typedef enum {
+  PGTAG_LEAK_REPORT = 0, /* report only; the connection stays with its holder */
+  PGTAG_LEAK_RECLAIM     /* at request end, also take it back: cancel the
+                            running query on the server, roll back, return
+                            the connection to the pool; the holder's handle
+                            is dead from then on (ERECLAIMED) */
+} pgtag_leak_policy;
+
+typedef enum {
+  PGTAG_TX_IDLE = 0, /* no transaction open */
+  PGTAG_TX_ACTIVE,   /* a query is running */
+  PGTAG_TX_INTRANS,  /* inside a transaction, between statements */
+  PGTAG_TX_INERROR,  /* inside a failed transaction */
+  PGTAG_TX_UNKNOWN   /* the connection was lost */
+} pgtag_tx_state;
+
+typedef struct {
+  const char *key;
+  const char *value;
+} pgtag_tag;
+
+/* One report.  Everything is owned by pgtag, valid only during the hook. */
+typedef struct {
+  pgtag_leak_kind kind;
+  const char *pool_name;
+  const char *request_id;  /* NULL when acquired outside any request */
+  const pgtag_tag *tags;   /* the context's other tags, sorted by key */
+  int ntags;
+  const char *file;        /* the pgtag_acquire call site */
+  int line;
+  const char *func;
+  uint64_t held_ms;        /* since the acquire was granted */
+  int backend_pid;         /* the server process it held (0 if unknown) */
+  const char *last_sql;    /* last statement sent on it, without the tag,
+                              cut at 200 bytes; "" if none */
+  pgtag_tx_state tx_state;
+  int reclaimed;           /* nonzero: the pool is taking it back now */
+  const char *const *frames; /* leak_backtrace: the acquire's call stack,
+                              symbolised, innermost first; else NULL */
+  int nframes;
+} pgtag_leak;
+
+/* Receives leak reports, from the loop, with the leaking request's context
+ * current. */
+typedef void (*pgtag_leak_fn)(const pgtag_leak *leak, void *arg);
+
+/* A static name for kind ("request ended", ...); never NULL. */
+const char *pgtag_leak_kind_name(pgtag_leak_kind kind);
 
 typedef struct {
   const char *conninfo;      /* libpq connection string; copied.  Required. */
@@ -183,6 +252,18 @@ typedef struct {
   pgtag_log_fn log;          /* default: WARN and above to stderr */
   void *log_arg;
   pgtag_log_level log_level; /* least level passed to log; default WARN */
+
+  /* Leak detection.  With no on_leak hook, each report is one WARN line
+   * through log. */
+  int leak_threshold_ms;     /* report connections held longer; 0 = off;
+                                default 0 */
+  pgtag_leak_policy leak_policy; /* default PGTAG_LEAK_REPORT */
+  int leak_backtrace;        /* nonzero: capture the call stack of every
+                                acquire (backtrace(3); costs a few
+                                microseconds per acquire; link with
+                                -rdynamic for function names) */
+  pgtag_leak_fn on_leak;
+  void *on_leak_arg;
 } pgtag_pool_config;
 
 /* Fill cfg with the defaults above (conninfo NULL). */
@@ -191,8 +272,8 @@ void pgtag_pool_config_init(pgtag_pool_config *cfg);
 /* Create a pool on loop.  The config is copied; strings too.  Opens
  * min_conns connections in the background.  Returns PGTAG_EINVAL for a NULL
  * argument, an unparsable conninfo, max_conns < 1, min_conns outside
- * [0, max_conns], a negative timeout or limit, or a bad tag_key;
- * PGTAG_ENOMEM when out of memory.  *out is set only on PGTAG_OK. */
+ * [0, max_conns], a negative timeout or limit, a bad tag_key or an unknown
+ * enum value; PGTAG_ENOMEM when out of memory.  *out is set only on PGTAG_OK. */
 pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
                              pgtag_pool **out);
 
@@ -218,6 +299,10 @@ typedef struct {
   uint64_t timeouts;        /* waits ended by acquire_timeout_ms */
   uint64_t connects;        /* connections established */
   uint64_t connect_failures;/* connection attempts that failed */
+  uint64_t leaks_ended;     /* leak reports, by kind */
+  uint64_t leaks_threshold;
+  uint64_t leaks_returned;
+  uint64_t reclaimed;       /* connections taken back from their holder */
 } pgtag_stats;
 
 /* A snapshot of the pool's state; valid until the pool is freed. */
@@ -251,14 +336,27 @@ pgtag_errcode pgtag_query(pgtag_pool *pool, const char *sql, int nparams,
 
 /* ------------------------------------------------------------------------
  * Held connections: transactions and several statements on one backend
+ *
+ * A held connection is named by a pgtag_conn: a small value, copied freely,
+ * that names one acquisition.  When it is released (or reclaimed, see leak
+ * detection below) every copy of it is dead, and pgtag recognises a dead
+ * one by its generation number: using it is an error, never a query on a
+ * connection that another request holds by now.  Handles stay safe to pass
+ * to pgtag for as long as their pool exists.  The fields are pgtag's.
  * ------------------------------------------------------------------------ */
 
+typedef struct {
+  void *impl_;
+  uint64_t gen_;
+} pgtag_conn;
+
 /* On success conn is yours until pgtag_release and err is NULL; on failure
- * conn is NULL and err says why (ETIMEDOUT, ECLOSED, ...). */
-typedef void (*pgtag_acquire_cb)(pgtag_conn *conn, const pgtag_error *err, void *arg);
+ * conn is a dead handle (all zero) and err says why (ETIMEDOUT, ECLOSED...). */
+typedef void (*pgtag_acquire_cb)(pgtag_conn conn, const pgtag_error *err, void *arg);
 
 /* Take a connection for the current request.  The macro records the call
- * site for leak reports.  Same errors as pgtag_query. */
+ * site (file, line, function) for leak reports.  Same errors as
+ * pgtag_query. */
 #define pgtag_acquire(pool, cb, arg) \
   pgtag_acquire_at((pool), (cb), (arg), __FILE__, __LINE__, __func__)
 
@@ -267,21 +365,29 @@ pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
 
 /* Run sql on a held connection, in the context current now.  Queries on one
  * connection run one after another in submission order.  If the connection
- * was lost, the callback gets PGTAG_ECONN.  Returns PGTAG_EINVAL for bad
- * arguments or a connection that is not held (released, say). */
-pgtag_errcode pgtag_conn_query(pgtag_conn *conn, const char *sql, int nparams,
+ * was lost, the callback gets PGTAG_ECONN; if the pool reclaimed it,
+ * PGTAG_ERECLAIMED.  Returns PGTAG_EINVAL for bad arguments or a handle that
+ * is not held (released already, or never valid). */
+pgtag_errcode pgtag_conn_query(pgtag_conn conn, const char *sql, int nparams,
                                const char *const *values, pgtag_result_cb cb,
                                void *arg);
 
-/* The server process ID of the connection, 0 if it was lost. */
-int pgtag_conn_backend_pid(const pgtag_conn *conn);
+/* Nonzero while conn is held: acquired, and neither released nor
+ * reclaimed.  A held connection may still have been lost. */
+int pgtag_conn_held(pgtag_conn conn);
+
+/* The server process ID of a held connection; 0 if it is not held or was
+ * lost. */
+int pgtag_conn_backend_pid(pgtag_conn conn);
 
 /* Give the connection back.  Queries still queued on it run first and their
  * callbacks fire as usual.  A connection left inside a transaction (open or
  * failed) is rolled back before anyone else gets it; a lost one is replaced.
- * conn must not be used afterwards.  Releasing a connection that is not held
- * is logged and ignored. */
-void pgtag_release(pgtag_conn *conn);
+ * Returns PGTAG_OK; PGTAG_ERECLAIMED when the pool had already taken it back
+ * (nothing is done: the late release of a reclaimed connection is
+ * harmless); PGTAG_EINVAL, logged, for a handle that is not held (released
+ * twice, say) or a call off the loop thread. */
+pgtag_errcode pgtag_release(pgtag_conn conn);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

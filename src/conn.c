@@ -23,7 +23,7 @@ static void on_poll_closed(uv_handle_t *handle) {
   pool_handle_closed(pool);
 }
 
-static void poll_close(pgtag_conn *conn) {
+static void poll_close(struct conn *conn) {
   if (conn->poll == NULL)
     return;
   conn->poll->data = conn->pool; /* the conn may be freed first */
@@ -35,7 +35,7 @@ static void poll_close(pgtag_conn *conn) {
 /* Poll the current socket for readability, plus writability when asked.
  * The handle keeps the loop alive only while work is under way, so an idle
  * pool does not stop uv_run from returning.  Returns 0 or -1. */
-static int conn_watch(pgtag_conn *conn, int writable) {
+static int conn_watch(struct conn *conn, int writable) {
   int fd = PQsocket(conn->pg);
   if (fd < 0)
     return -1;
@@ -83,7 +83,7 @@ static int conn_watch(pgtag_conn *conn, int writable) {
 }
 
 static void on_notice(void *arg, const PGresult *res) {
-  pgtag_conn *conn = arg;
+  struct conn *conn = arg;
   char msg[512];
   text_line(msg, sizeof msg, PQresultErrorMessage(res));
   pool_log(conn->pool, PGTAG_LOG_INFO, "server notice (backend %d): %s",
@@ -91,7 +91,7 @@ static void on_notice(void *arg, const PGresult *res) {
 }
 
 static void on_connect_timeout(uv_timer_t *timer) {
-  pgtag_conn *conn = timer->data;
+  struct conn *conn = timer->data;
   char msg[128];
   pgtag_ctx *previous = pgtag_ctx_enter(NULL);
   snprintf(msg, sizeof msg, "connection attempt timed out after %d ms",
@@ -100,21 +100,36 @@ static void on_connect_timeout(uv_timer_t *timer) {
   pgtag_ctx_leave(previous);
 }
 
-pgtag_conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
-  pgtag_conn *conn = calloc(1, sizeof *conn);
+static struct conn *conn_alloc(pgtag_pool *pool) {
+  struct conn *conn;
+  if (queue_empty(&pool->spare))
+    return calloc(1, sizeof *conn);
+  conn = queue_data(queue_head(&pool->spare), struct conn, node);
+  queue_remove(&conn->node);
+  memset(conn, 0, sizeof *conn);
+  return conn;
+}
+
+static void conn_retire(struct conn *conn) {
+  tag_buf_free(&conn->tag);
+  queue_insert_tail(&conn->pool->spare, &conn->node);
+}
+
+struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
+  struct conn *conn = conn_alloc(pool);
   if (conn == NULL) {
     snprintf(errbuf, errlen, "out of memory");
     return NULL;
   }
+  conn->pool = pool;
   conn->pg = PQconnectStart(pool->conninfo);
   if (conn->pg == NULL || PQstatus(conn->pg) == CONNECTION_BAD) {
     text_line(errbuf, errlen,
                  conn->pg ? PQerrorMessage(conn->pg) : "out of memory");
     PQfinish(conn->pg);
-    free(conn);
+    conn_retire(conn);
     return NULL;
   }
-  conn->pool = pool;
   conn->poll_fd = -1;
   conn->state = CONN_CONNECTING;
   queue_init(&conn->node);
@@ -137,7 +152,7 @@ pgtag_conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
   return conn;
 }
 
-static void connect_step(pgtag_conn *conn) {
+static void connect_step(struct conn *conn) {
   switch (PQconnectPoll(conn->pg)) {
   case PGRES_POLLING_OK:
     uv_timer_stop(&conn->timer);
@@ -163,12 +178,12 @@ static void connect_step(pgtag_conn *conn) {
   }
 }
 
-static void conn_lost(pgtag_conn *conn, const char *fallback) {
+static void conn_lost(struct conn *conn, const char *fallback) {
   const char *pqmsg = conn->pg ? PQerrorMessage(conn->pg) : "";
   pool_on_conn_lost(conn, pqmsg[0] ? pqmsg : fallback);
 }
 
-int conn_send(pgtag_conn *conn, op *o) {
+int conn_send(struct conn *conn, op *o) {
   pgtag_pool *pool = conn->pool;
   const char *text = tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key,
                                 o->ctx, o->sql);
@@ -182,6 +197,8 @@ int conn_send(pgtag_conn *conn, op *o) {
     return -1;
   conn->inflight = o;
   conn->want_write = flushed == 1;
+  if (conn->state == CONN_HELD)
+    hold_note_sql(conn, o->sql);
   if (conn_watch(conn, conn->want_write) != 0) {
     conn->inflight = NULL;
     return -1;
@@ -191,7 +208,7 @@ int conn_send(pgtag_conn *conn, op *o) {
 
 /* Read what arrived; complete the query in flight once libpq has its last
  * result.  Returns after any callback that closed the connection. */
-static void read_results(pgtag_conn *conn) {
+static void read_results(struct conn *conn) {
   int ok = PQconsumeInput(conn->pg);
   while (conn->inflight != NULL && !PQisBusy(conn->pg)) {
     PGresult *res = PQgetResult(conn->pg);
@@ -236,7 +253,7 @@ static void read_results(pgtag_conn *conn) {
 }
 
 static void on_poll(uv_poll_t *handle, int status, int events) {
-  pgtag_conn *conn = handle->data;
+  struct conn *conn = handle->data;
   pgtag_ctx *previous = pgtag_ctx_enter(NULL); /* pool work has no context */
 
   /* libuv reports a socket error (POLLERR) as a status and stops the handle.
@@ -274,18 +291,17 @@ out:
 }
 
 static void on_timer_closed(uv_handle_t *handle) {
-  pgtag_conn *conn = handle->data;
+  struct conn *conn = handle->data;
   pgtag_pool *pool = conn->pool;
-  tag_buf_free(&conn->tag);
-  free(conn);
+  conn_retire(conn);
   pool_handle_closed(pool);
 }
 
-int conn_poll_update(pgtag_conn *conn) {
+int conn_poll_update(struct conn *conn) {
   return conn_watch(conn, conn->want_write);
 }
 
-void conn_shut(pgtag_conn *conn) {
+void conn_shut(struct conn *conn) {
   poll_close(conn);
   uv_timer_stop(&conn->timer);
   PQclear(conn->result);
@@ -295,7 +311,7 @@ void conn_shut(pgtag_conn *conn) {
   conn->backend_pid = 0;
 }
 
-void conn_close(pgtag_conn *conn) {
+void conn_close(struct conn *conn) {
   conn_shut(conn);
   conn->state = CONN_CLOSED;
   uv_close((uv_handle_t *)&conn->timer, on_timer_closed);

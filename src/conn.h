@@ -3,6 +3,7 @@
 #ifndef PGTAG_CONN_H
 #define PGTAG_CONN_H
 
+#include "leak.h"
 #include "op.h"
 #include "queue.h"
 #include "tag.h"
@@ -16,12 +17,15 @@ typedef enum {
   CONN_HELD,      /* acquired by a request */
   CONN_RESETTING, /* rolling back what its last holder left open */
   CONN_LOST,      /* held, but the connection died: waits for release */
-  CONN_CLOSED,    /* handles closing; freed when they are */
+  CONN_CLOSED,    /* handles closing; kept for reuse when they are */
   CONN_NSTATES
 } conn_state;
 
-struct pgtag_conn {
-  queue node;      /* in pool->conns */
+/* Connection structs are never freed before their pool: a closed one is
+ * kept for reuse, so a dead pgtag_conn handle always points at memory that
+ * can tell it is dead (its gen no longer matches). */
+struct conn {
+  queue node;      /* in pool->conns, or pool->spare once closed */
   queue idle_node; /* in pool->idle while CONN_IDLE */
   pgtag_pool *pool;
   PGconn *pg;
@@ -38,10 +42,12 @@ struct pgtag_conn {
   PGresult *result;
   int release_pending; /* released while queries were still queued */
 
-  pgtag_ctx *owner; /* held: the context it was acquired in */
-  const char *file;
-  int line;
-  const char *func;
+  uint64_t gen; /* names the live holder handle; 0 when there is none */
+  hold hold;    /* held: who took it, from where, when */
+  struct cancel *cancel; /* a cancel request under way on the thread pool */
+  int reclaiming; /* taken back from its holder: finish, roll back, reuse */
+  int canceled;   /* a cancel was sent: one more round trip before reuse,
+                     so it cannot hit the next request's query */
 
   uint64_t created; /* uv_now() */
   uint64_t idle_since;
@@ -52,24 +58,24 @@ struct pgtag_conn {
 /* Start connecting.  Returns the connection (state CONN_CONNECTING, not yet
  * linked into the pool), or NULL with errbuf filled when the attempt failed
  * at once. */
-pgtag_conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen);
+struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen);
 
 /* Send op's query (tagged with op's context).  Returns 0, or -1 when the
  * connection is broken (op untouched, conn->inflight unset). */
-int conn_send(pgtag_conn *conn, op *o);
+int conn_send(struct conn *conn, op *o);
 
 /* Re-arm the poll after a state change: readable always, writable while
  * output is pending; keeps the loop alive only while work is under way.
  * Returns 0 or -1. */
-int conn_poll_update(pgtag_conn *conn);
+int conn_poll_update(struct conn *conn);
 
-/* Stop polling and close the libpq connection now; free the struct once its
- * handles are closed.  The caller has already unlinked it and dealt with
+/* Stop polling and close the libpq connection now; the struct goes to
+ * pool->spare once its handles are closed.  The caller has already unlinked it and dealt with
  * its operations. */
-void conn_close(pgtag_conn *conn);
+void conn_close(struct conn *conn);
 
 /* A held connection that died: close libpq and the poll, keep the struct
  * until release. */
-void conn_shut(pgtag_conn *conn);
+void conn_shut(struct conn *conn);
 
 #endif

@@ -1,6 +1,8 @@
 /* Request contexts and the thread's current one. */
 #include "context.h"
 
+#include "leak.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +84,7 @@ pgtag_ctx *pgtag_ctx_new(const char *request_id) {
     return NULL;
   }
   ctx->refs = 1;
+  queue_init(&ctx->held);
   return ctx;
 }
 
@@ -157,8 +160,15 @@ pgtag_ctx *pgtag_ctx_ref(pgtag_ctx *ctx) {
 }
 
 void pgtag_ctx_unref(pgtag_ctx *ctx) {
-  if (ctx == NULL || --ctx->refs > 0)
+  if (ctx == NULL)
     return;
+  if (--ctx->refs > 0) {
+    /* Only the connections it holds keep it alive: nobody can release
+     * them any more, the request is over. */
+    if (ctx->refs == ctx->nheld && !ctx->ended)
+      leak_request_over(ctx);
+    return;
+  }
   if (current == ctx)
     current = NULL; /* never leave a dangling current context behind */
   for (int i = 0; i < ctx->ntags; i++)
@@ -168,8 +178,11 @@ void pgtag_ctx_unref(pgtag_ctx *ctx) {
 }
 
 void pgtag_ctx_end(pgtag_ctx *ctx) {
-  if (ctx != NULL)
-    ctx->ended = 1;
+  if (ctx == NULL || ctx->ended)
+    return;
+  ctx->ended = 1;
+  if (ctx->nheld > 0)
+    leak_request_over(ctx);
 }
 
 int pgtag_ctx_ended(const pgtag_ctx *ctx) { return ctx != NULL && ctx->ended; }

@@ -3,6 +3,7 @@
 #define PGTAG_CONTEXT_H
 
 #include "pgtag.h"
+#include "queue.h"
 
 typedef struct {
   char *key; /* one allocation: key, NUL, value, NUL */
@@ -12,6 +13,8 @@ typedef struct {
 struct pgtag_ctx {
   int refs;
   int ended;
+  queue held; /* connections held by this request, in any pool (leak.h) */
+  int nheld;
   char *request_id;
   int ntags;
   ctx_tag tags[PGTAG_TAGS_MAX]; /* sorted by key, so encoders need not sort */

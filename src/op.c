@@ -4,6 +4,7 @@
  * exactly once, afterwards. */
 #include "op.h"
 
+#include "conn.h"
 #include "pool.h"
 
 #include <stdlib.h>
@@ -99,6 +100,7 @@ void op_set_result(op *o, PGresult *res, int lost) {
 
 static void op_free(op *o) {
   PQclear(o->res);
+  free(o->frames);
   pgtag_ctx_unref(o->ctx);
   free(o);
 }
@@ -115,9 +117,14 @@ void op_finish(op *o) {
     stats->queries++;
     o->cb.result(o->res, errp, o->arg);
   } else if (o->kind == OP_ACQUIRE) {
-    if (errp == NULL)
+    pgtag_conn handle = {NULL, 0};
+    if (errp == NULL) {
       stats->acquired++;
-    o->cb.acquire(errp == NULL ? o->conn : NULL, errp, o->arg);
+      handle.impl_ = o->conn;
+      handle.gen_ = o->gen;
+      hold_delivered(o->conn, o->gen);
+    }
+    o->cb.acquire(handle, errp, o->arg);
   }
   pgtag_ctx_leave(previous);
   op_free(o);

@@ -8,6 +8,8 @@
 
 #include <stdint.h>
 
+struct conn;
+
 typedef enum {
   OP_QUERY,   /* pgtag_query or pgtag_conn_query */
   OP_ACQUIRE, /* pgtag_acquire */
@@ -34,10 +36,13 @@ typedef struct op {
   const char *file; /* acquire site */
   int line;
   const char *func;
+  void **frames;    /* acquire's call stack (leak_backtrace), owned */
+  int nframes;
   uint64_t deadline; /* uv_now() by which a wait fails; 0 = none */
 
   /* Outcome, filled in before op_finish. */
-  pgtag_conn *conn; /* granted to an acquire */
+  struct conn *conn; /* granted to an acquire */
+  uint64_t gen;      /* the handle it was granted with */
   PGresult *res;
   pgtag_errcode code;
   char sqlstate[6];

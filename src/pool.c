@@ -5,6 +5,7 @@
  * from the loop, never from inside that call. */
 #include "pool.h"
 
+#include "cancel.h"
 #include "context.h"
 
 #include <stdio.h>
@@ -14,10 +15,13 @@
 #define BACKOFF_BASE_MS 100
 #define BACKOFF_CAP_MS 5000
 
+#define RECLAIMED_MESSAGE \
+  "the pool took this connection back: its request ended while holding it"
+
 static void maybe_connect(pgtag_pool *pool);
 static void maybe_finish_close(pgtag_pool *pool);
-static void make_available(pgtag_pool *pool, pgtag_conn *conn);
-static void release_now(pgtag_pool *pool, pgtag_conn *conn);
+static void make_available(pgtag_pool *pool, struct conn *conn);
+static void release_now(pgtag_pool *pool, struct conn *conn);
 
 /* Every connection struct not yet closed, lost ones included: the pool
  * cannot finish closing while any is left. */
@@ -34,7 +38,7 @@ static int live_conns(const pgtag_pool *pool) {
   return total_conns(pool) - pool->count[CONN_LOST];
 }
 
-static void set_state(pgtag_conn *conn, conn_state state) {
+static void set_state(struct conn *conn, conn_state state) {
   conn->pool->count[conn->state]--;
   conn->pool->count[state]++;
   conn->state = state;
@@ -50,13 +54,12 @@ static void defer(pgtag_pool *pool, op *o);
 
 /* Hand conn to an acquire: the connection remembers the request and the
  * call site; the callback is delivered from the loop. */
-static void grant(pgtag_pool *pool, pgtag_conn *conn, op *o) {
+static void grant(pgtag_pool *pool, struct conn *conn, op *o) {
   set_state(conn, CONN_HELD);
-  conn->owner = pgtag_ctx_ref(o->ctx);
-  conn->file = o->file;
-  conn->line = o->line;
-  conn->func = o->func;
+  conn->gen = ++pool->last_gen;
+  hold_start(conn, o);
   o->conn = conn;
+  o->gen = conn->gen;
   conn_poll_update(conn);
   defer(pool, o);
 }
@@ -70,6 +73,8 @@ static void on_defer(uv_idle_t *handle) {
   pgtag_ctx *previous = pgtag_ctx_enter(NULL);
   queue batch;
 
+  leak_run_checks(pool);
+
   /* Only what was deferred before this turn: an acquire-release chain that
    * keeps deferring cannot starve the loop. */
   queue_init(&batch);
@@ -81,7 +86,7 @@ static void on_defer(uv_idle_t *handle) {
     op_finish(o);
   }
   pool->deferring = 0;
-  if (queue_empty(&pool->deferred))
+  if (queue_empty(&pool->deferred) && pool->leak_checks == 0)
     uv_idle_stop(&pool->defer_idle);
   maybe_finish_close(pool);
   pgtag_ctx_leave(previous);
@@ -90,6 +95,11 @@ static void on_defer(uv_idle_t *handle) {
 static void defer(pgtag_pool *pool, op *o) {
   queue_insert_tail(&pool->deferred, &o->node);
   uv_idle_start(&pool->defer_idle, on_defer);
+}
+
+void pool_wake(pgtag_pool *pool) {
+  if (!pool->handles_closing)
+    uv_idle_start(&pool->defer_idle, on_defer);
 }
 
 static void defer_error(pgtag_pool *pool, op *o, pgtag_errcode code,
@@ -170,7 +180,7 @@ static void on_wait_timeout(uv_timer_t *timer) {
  * Connections coming and going
  * ------------------------------------------------------------------------ */
 
-static void log_lost(const pgtag_pool *pool, pgtag_conn *conn) {
+static void log_lost(const pgtag_pool *pool, struct conn *conn) {
   char msg[256];
   text_line(msg, sizeof msg, conn->pg ? PQerrorMessage(conn->pg) : "");
   pool_log(pool, PGTAG_LOG_WARN, "connection to backend %d lost: %s",
@@ -178,13 +188,15 @@ static void log_lost(const pgtag_pool *pool, pgtag_conn *conn) {
 }
 
 /* Unlink and close a connection that has no operation left on it. */
-static void drop_conn(pgtag_pool *pool, pgtag_conn *conn) {
+static void drop_conn(pgtag_pool *pool, struct conn *conn) {
   pool->count[conn->state]--;
   queue_remove(&conn->node);
   if (queue_linked(&conn->idle_node))
     queue_remove(&conn->idle_node);
-  pgtag_ctx_unref(conn->owner);
-  conn->owner = NULL;
+  if (conn->gen != 0)
+    hold_end(conn, 0);
+  hold_clear(conn);
+  cancel_detach(conn);
   conn_close(conn);
 }
 
@@ -231,7 +243,7 @@ static void maybe_connect(pgtag_pool *pool) {
   if (uncovered > want)
     want = uncovered;
   for (; want > 0 && total < pool->cfg.max_conns; want--, total++) {
-    pgtag_conn *conn = conn_start(pool, err, sizeof err);
+    struct conn *conn = conn_start(pool, err, sizeof err);
     if (conn == NULL) {
       connect_failed(pool, err);
       return;
@@ -241,7 +253,7 @@ static void maybe_connect(pgtag_pool *pool) {
   }
 }
 
-void pool_on_connected(pgtag_conn *conn) {
+void pool_on_connected(struct conn *conn) {
   pgtag_pool *pool = conn->pool;
   pool->stats.connects++;
   pool->connect_failures_in_row = 0;
@@ -249,7 +261,7 @@ void pool_on_connected(pgtag_conn *conn) {
   make_available(pool, conn);
 }
 
-void pool_on_connect_failed(pgtag_conn *conn, const char *message) {
+void pool_on_connect_failed(struct conn *conn, const char *message) {
   pgtag_pool *pool = conn->pool;
   char msg[256];
   text_line(msg, sizeof msg, message); /* message may live in conn */
@@ -261,8 +273,9 @@ void pool_on_connect_failed(pgtag_conn *conn, const char *message) {
 /* Give a connection with no holder and nothing on the wire to the first
  * waiter, or put it in the idle list.  Connections past max_lifetime_ms,
  * and every connection once the pool is closing, are closed instead. */
-static void make_available(pgtag_pool *pool, pgtag_conn *conn) {
+static void make_available(pgtag_pool *pool, struct conn *conn) {
   uint64_t now = uv_now(pool->loop);
+  conn->reclaiming = conn->canceled = 0;
   int expired = pool->cfg.max_lifetime_ms > 0 &&
                 now - conn->created >= (uint64_t)pool->cfg.max_lifetime_ms;
   if (pool->closing || expired) {
@@ -298,7 +311,7 @@ static void make_available(pgtag_pool *pool, pgtag_conn *conn) {
   conn_poll_update(conn);
 }
 
-void pool_on_conn_lost(pgtag_conn *conn, const char *why) {
+void pool_on_conn_lost(struct conn *conn, const char *why) {
   pgtag_pool *pool = conn->pool;
   op *o = conn->inflight;
   char message[256];
@@ -340,7 +353,7 @@ void pool_on_conn_lost(pgtag_conn *conn, const char *why) {
  * Query completion and release
  * ------------------------------------------------------------------------ */
 
-void pool_on_query_done(pgtag_conn *conn, op *o, PGresult *res) {
+void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
   pgtag_pool *pool = conn->pool;
 
   if (PQstatus(conn->pg) == CONNECTION_BAD) {
@@ -375,7 +388,14 @@ void pool_on_query_done(pgtag_conn *conn, op *o, PGresult *res) {
     return;
   }
 
-  op_set_result(o, res, 0);
+  if (conn->reclaiming) {
+    /* Its holder's request is over; what the query did is being rolled
+     * back, so its result is not worth anything to anyone. */
+    PQclear(res);
+    op_set_error(o, PGTAG_ERECLAIMED, NULL, RECLAIMED_MESSAGE);
+  } else {
+    op_set_result(o, res, 0);
+  }
   if (conn->state == CONN_BUSY) {
     make_available(pool, conn);
   } else if (!queue_empty(&conn->pending)) {
@@ -393,21 +413,25 @@ void pool_on_query_done(pgtag_conn *conn, op *o, PGresult *res) {
   op_finish(o);
 }
 
-static void release_now(pgtag_pool *pool, pgtag_conn *conn) {
+static void release_now(pgtag_pool *pool, struct conn *conn) {
+  if (conn->cancel != NULL) {
+    conn->release_pending = 1; /* resumed by pool_on_cancel_done */
+    return;
+  }
   conn->release_pending = 0;
-  pgtag_ctx_unref(conn->owner);
-  conn->owner = NULL;
-  conn->file = conn->func = NULL;
-  conn->line = 0;
+  hold_clear(conn);
 
   PGTransactionStatusType ts =
       conn->state == CONN_LOST ? PQTRANS_UNKNOWN : PQtransactionStatus(conn->pg);
-  if (ts == PQTRANS_IDLE) {
+  if (ts == PQTRANS_IDLE && !conn->canceled) {
     make_available(pool, conn);
     return;
   }
-  if ((ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) && !pool->closing) {
-    /* Whatever the holder left open must not leak into the next request. */
+  if ((ts == PQTRANS_IDLE || ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) &&
+      !pool->closing) {
+    /* Whatever the holder left open must not leak into the next request.
+     * After a cancel, this round trip also makes sure the cancel signal has
+     * reached the backend before anyone else's query can. */
     op *o = op_new(pool, OP_RESET, "ROLLBACK", 0, NULL, 0);
     set_state(conn, CONN_RESETTING);
     if (o != NULL && conn_send(conn, o) == 0)
@@ -420,27 +444,81 @@ static void release_now(pgtag_pool *pool, pgtag_conn *conn) {
   maybe_finish_close(pool);
 }
 
-void pgtag_release(pgtag_conn *conn) {
-  if (conn == NULL)
-    return;
+/* The handle h names, or NULL when it is dead or was never valid. */
+static struct conn *held_conn(pgtag_conn h) {
+  struct conn *conn = h.impl_;
+  if (conn == NULL || h.gen_ == 0 || conn->gen != h.gen_)
+    return NULL;
+  return conn;
+}
+
+static int was_reclaimed(const pgtag_pool *pool, uint64_t gen) {
+  unsigned n = pool->nreclaimed < 64 ? pool->nreclaimed : 64;
+  for (unsigned i = 0; i < n; i++)
+    if (pool->reclaimed_gens[i] == gen)
+      return 1;
+  return 0;
+}
+
+pgtag_errcode pgtag_release(pgtag_conn h) {
+  struct conn *conn = h.impl_;
+  if (conn == NULL || h.gen_ == 0)
+    return PGTAG_EINVAL;
   pgtag_pool *pool = conn->pool;
   if (!on_loop_thread(pool)) {
     pool_log(pool, PGTAG_LOG_ERROR, "pgtag_release: called off the loop thread; ignored");
-    return;
+    return PGTAG_EINVAL;
   }
-  if ((conn->state != CONN_HELD && conn->state != CONN_LOST) ||
-      conn->release_pending) {
+  if (held_conn(h) == NULL) {
+    if (was_reclaimed(pool, h.gen_))
+      return PGTAG_ERECLAIMED;
     pool_log(pool, PGTAG_LOG_ERROR,
-             "pgtag_release: connection is not held (released twice?)");
-    return;
-  }
-  if (conn->inflight != NULL || !queue_empty(&conn->pending)) {
-    conn->release_pending = 1; /* after the queries queued on it */
-    return;
+             "pgtag_release: connection is not held (released twice?); ignored");
+    return PGTAG_EINVAL;
   }
   pgtag_ctx *previous = pgtag_ctx_enter(NULL);
-  release_now(pool, conn);
+  hold_end(conn, 1);
+  if (conn->inflight != NULL || !queue_empty(&conn->pending))
+    conn->release_pending = 1; /* after the queries queued on it */
+  else
+    release_now(pool, conn);
   pgtag_ctx_leave(previous);
+  return PGTAG_OK;
+}
+
+void pool_reclaim(struct conn *conn) {
+  pgtag_pool *pool = conn->pool;
+  pool->reclaimed_gens[pool->nreclaimed++ % 64] = conn->gen;
+  pool->stats.reclaimed++;
+  hold_end(conn, 0);
+  while (!queue_empty(&conn->pending)) {
+    op *p = first_op(&conn->pending);
+    queue_remove(&p->node);
+    op_set_error(p, PGTAG_ERECLAIMED, NULL, RECLAIMED_MESSAGE);
+    defer(pool, p);
+  }
+  if (conn->state == CONN_LOST) {
+    release_now(pool, conn);
+    return;
+  }
+  conn->reclaiming = 1;
+  if (conn->inflight != NULL && conn->inflight->kind == OP_QUERY) {
+    if (cancel_start(conn) == 0)
+      conn->canceled = 1;
+    else
+      pool_log(pool, PGTAG_LOG_WARN,
+               "cannot cancel the query of reclaimed backend %d; waiting for it",
+               conn->backend_pid);
+  }
+  if (conn->inflight != NULL)
+    conn->release_pending = 1; /* once the query is over */
+  else
+    release_now(pool, conn);
+}
+
+void pool_on_cancel_done(struct conn *conn) {
+  if (conn->release_pending && conn->inflight == NULL && queue_empty(&conn->pending))
+    release_now(conn->pool, conn);
 }
 
 /* ------------------------------------------------------------------------
@@ -473,10 +551,10 @@ static pgtag_errcode wait_for_conn(pgtag_pool *pool, op *o) {
   return PGTAG_OK;
 }
 
-static pgtag_conn *take_idle(pgtag_pool *pool) {
+static struct conn *take_idle(pgtag_pool *pool) {
   if (queue_empty(&pool->idle))
     return NULL;
-  pgtag_conn *conn = queue_data(queue_head(&pool->idle), pgtag_conn, idle_node);
+  struct conn *conn = queue_data(queue_head(&pool->idle), struct conn, idle_node);
   queue_remove(&conn->idle_node);
   return conn;
 }
@@ -490,7 +568,7 @@ pgtag_errcode pgtag_query(pgtag_pool *pool, const char *sql, int nparams,
   if (rc != PGTAG_OK)
     return rc;
 
-  pgtag_conn *conn;
+  struct conn *conn;
   while ((conn = take_idle(pool)) != NULL) {
     /* A free connection: send now, straight from the caller's memory. */
     op *o = op_new(pool, OP_QUERY, sql, nparams, values, 0);
@@ -535,23 +613,39 @@ pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
   o->file = file;
   o->line = line;
   o->func = func;
+  if (leak_capture(pool, o) != 0) {
+    op_discard(o);
+    return PGTAG_ENOMEM;
+  }
 
-  pgtag_conn *conn = take_idle(pool);
+  struct conn *conn = take_idle(pool);
   if (conn == NULL)
     return wait_for_conn(pool, o);
   grant(pool, conn, o);
   return PGTAG_OK;
 }
 
-pgtag_errcode pgtag_conn_query(pgtag_conn *conn, const char *sql, int nparams,
+pgtag_errcode pgtag_conn_query(pgtag_conn h, const char *sql, int nparams,
                                const char *const *values, pgtag_result_cb cb,
                                void *arg) {
-  if (conn == NULL || !query_args_valid(sql, nparams, values, (const void *)cb))
+  struct conn *conn = h.impl_;
+  if (conn == NULL || h.gen_ == 0 ||
+      !query_args_valid(sql, nparams, values, (const void *)cb))
     return PGTAG_EINVAL;
   pgtag_pool *pool = conn->pool;
-  if (!on_loop_thread(pool) || conn->release_pending ||
-      (conn->state != CONN_HELD && conn->state != CONN_LOST))
+  if (!on_loop_thread(pool))
     return PGTAG_EINVAL;
+  if (held_conn(h) == NULL) {
+    if (!was_reclaimed(pool, h.gen_))
+      return PGTAG_EINVAL; /* released: the caller's bug, said at once */
+    op *o = op_new(pool, OP_QUERY, NULL, 0, NULL, 0);
+    if (o == NULL)
+      return PGTAG_ENOMEM;
+    o->cb.result = cb;
+    o->arg = arg;
+    defer_error(pool, o, PGTAG_ERECLAIMED, RECLAIMED_MESSAGE);
+    return PGTAG_OK;
+  }
 
   int send_now = conn->state == CONN_HELD && conn->inflight == NULL;
   op *o = op_new(pool, OP_QUERY, sql, nparams, values, !send_now && conn->state == CONN_HELD);
@@ -584,7 +678,13 @@ pgtag_errcode pgtag_conn_query(pgtag_conn *conn, const char *sql, int nparams,
   return PGTAG_OK;
 }
 
-int pgtag_conn_backend_pid(const pgtag_conn *conn) {
+int pgtag_conn_held(pgtag_conn h) {
+  struct conn *conn = held_conn(h);
+  return conn != NULL && on_loop_thread(conn->pool);
+}
+
+int pgtag_conn_backend_pid(pgtag_conn h) {
+  struct conn *conn = held_conn(h);
   return conn != NULL ? conn->backend_pid : 0;
 }
 
@@ -601,7 +701,7 @@ static void on_maint(uv_timer_t *timer) {
   /* From the least recently used end: those are the ones to let go. */
   queue *q = pool->idle.prev;
   while (q != &pool->idle) {
-    pgtag_conn *conn = queue_data(q, pgtag_conn, idle_node);
+    struct conn *conn = queue_data(q, struct conn, idle_node);
     q = q->prev;
     int idle_long = idle_ms > 0 && now - conn->idle_since >= (uint64_t)idle_ms &&
                     live_conns(pool) > pool->cfg.min_conns;
@@ -660,6 +760,10 @@ static const char *config_problem(const pgtag_pool_config *cfg) {
     return "tag_key must be 1 to 32 characters from [A-Za-z0-9_.-]";
   if (cfg->log_level < PGTAG_LOG_DEBUG || cfg->log_level > PGTAG_LOG_ERROR)
     return "unknown log_level";
+  if (cfg->leak_threshold_ms < 0)
+    return "leak_threshold_ms must not be negative";
+  if (cfg->leak_policy != PGTAG_LEAK_REPORT && cfg->leak_policy != PGTAG_LEAK_RECLAIM)
+    return "unknown leak_policy";
   return NULL;
 }
 
@@ -668,6 +772,11 @@ static void on_pool_handle_closed(uv_handle_t *handle) {
 }
 
 static void pool_free(pgtag_pool *pool) {
+  while (!queue_empty(&pool->spare)) {
+    struct conn *conn = queue_data(queue_head(&pool->spare), struct conn, node);
+    queue_remove(&conn->node);
+    free(conn);
+  }
   free(pool->conninfo);
   free(pool->name);
   free(pool->tag_key);
@@ -714,6 +823,7 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
   pool->loop = loop;
   pool->thread = pthread_self();
   queue_init(&pool->conns);
+  queue_init(&pool->spare);
   queue_init(&pool->idle);
   queue_init(&pool->waiters);
   queue_init(&pool->deferred);
@@ -721,9 +831,12 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
   uv_timer_init(loop, &pool->wait_timer);
   uv_timer_init(loop, &pool->retry_timer);
   uv_timer_init(loop, &pool->maint_timer);
+  uv_timer_init(loop, &pool->leak_timer);
+  uv_unref((uv_handle_t *)&pool->leak_timer); /* a report alone is no work */
   uv_idle_init(loop, &pool->defer_idle);
-  pool->handles = 4;
+  pool->handles = 5;
   pool->wait_timer.data = pool->retry_timer.data = pool->maint_timer.data = pool;
+  pool->leak_timer.data = pool;
   pool->defer_idle.data = pool;
   if (cfg->idle_timeout_ms > 0 || cfg->max_lifetime_ms > 0) {
     uint64_t period = maint_period(cfg);
@@ -754,7 +867,7 @@ void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg) {
 
   queue *q = queue_head(&pool->conns);
   while (q != &pool->conns) {
-    pgtag_conn *conn = queue_data(q, pgtag_conn, node);
+    struct conn *conn = queue_data(q, struct conn, node);
     q = q->next;
     if (conn->state == CONN_IDLE || conn->state == CONN_CONNECTING)
       drop_conn(pool, conn);
@@ -773,6 +886,7 @@ static void maybe_finish_close(pgtag_pool *pool) {
   uv_close((uv_handle_t *)&pool->wait_timer, on_pool_handle_closed);
   uv_close((uv_handle_t *)&pool->retry_timer, on_pool_handle_closed);
   uv_close((uv_handle_t *)&pool->maint_timer, on_pool_handle_closed);
+  uv_close((uv_handle_t *)&pool->leak_timer, on_pool_handle_closed);
   uv_close((uv_handle_t *)&pool->defer_idle, on_pool_handle_closed);
 }
 

@@ -18,6 +18,10 @@ struct pgtag_pool {
   char *tag_key;
 
   queue conns;   /* every connection not yet closed */
+  queue spare;   /* closed connection structs, for reuse (see conn.h) */
+  uint64_t last_gen; /* generation of the last handle granted */
+  uint64_t reclaimed_gens[64]; /* recently reclaimed handles, a ring */
+  unsigned nreclaimed;
   queue idle;    /* CONN_IDLE ones, most recently used first */
   int count[CONN_NSTATES];
 
@@ -34,6 +38,8 @@ struct pgtag_pool {
   char last_connect_error[256];
 
   uv_timer_t maint_timer; /* idle timeout, max lifetime, min_conns */
+  uv_timer_t leak_timer;  /* the next hold to pass leak_threshold_ms */
+  int leak_checks;        /* holds marked for a check next turn */
 
   int closing;
   int handles;         /* pgtag handles open on the loop */
@@ -55,10 +61,19 @@ void pool_log(const pgtag_pool *pool, pgtag_log_level level, const char *fmt, ..
 void text_line(char *buf, size_t len, const char *msg);
 
 /* Hooks from conn.c; each runs from the loop. */
-void pool_on_connected(pgtag_conn *conn);
-void pool_on_connect_failed(pgtag_conn *conn, const char *message);
-void pool_on_query_done(pgtag_conn *conn, op *o, PGresult *res);
-void pool_on_conn_lost(pgtag_conn *conn, const char *message);
+void pool_on_connected(struct conn *conn);
+void pool_on_connect_failed(struct conn *conn, const char *message);
+void pool_on_query_done(struct conn *conn, op *o, PGresult *res);
+void pool_on_conn_lost(struct conn *conn, const char *message);
+
+/* Run leak checks (and deferred outcomes) on the next loop turn. */
+void pool_wake(pgtag_pool *pool);
+
+/* Take a held connection back from its holder whose request is over. */
+void pool_reclaim(struct conn *conn);
+
+/* conn's cancel request was delivered or failed (cancel.h). */
+void pool_on_cancel_done(struct conn *conn);
 
 /* A handle of the pool's or a connection's finished closing. */
 void pool_handle_closed(pgtag_pool *pool);

@@ -152,7 +152,7 @@ void rec_result(PGresult *res, const pgtag_error *err, void *arg) {
   }
 }
 
-void rec_acquire(pgtag_conn *conn, const pgtag_error *err, void *arg) {
+void rec_acquire(pgtag_conn conn, const pgtag_error *err, void *arg) {
   rec *r = arg;
   rec_common(r, err);
   r->conn = conn;

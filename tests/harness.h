@@ -47,14 +47,14 @@ typedef struct {
   char value[4096];      /* row 0, column 0 */
   char value2[4096];     /* row 0, column 1 */
   int order;             /* global completion order */
-  pgtag_conn *conn;      /* acquire: the connection */
+  pgtag_conn conn;      /* acquire: the connection */
   int inside_submit;     /* the callback ran inside a submitting call */
 } rec;
 
 extern int completions; /* bumped by every rec callback */
 
 void rec_result(PGresult *res, const pgtag_error *err, void *arg);
-void rec_acquire(pgtag_conn *conn, const pgtag_error *err, void *arg);
+void rec_acquire(pgtag_conn conn, const pgtag_error *err, void *arg);
 
 uint64_t now_ms(void);
 

@@ -43,7 +43,7 @@ static pgtag_errcode acquire_in(pgtag_pool *pool, pgtag_ctx *ctx, rec *r) {
   return rc;
 }
 
-static pgtag_errcode conn_query_in(pgtag_conn *conn, pgtag_ctx *ctx, const char *sql, rec *r) {
+static pgtag_errcode conn_query_in(pgtag_conn conn, pgtag_ctx *ctx, const char *sql, rec *r) {
   pgtag_ctx *prev = pgtag_ctx_enter(ctx);
   pgtag_errcode rc = SUBMIT(pgtag_conn_query(conn, sql, 0, NULL, rec_result, r));
   pgtag_ctx_leave(prev);
@@ -253,7 +253,8 @@ static void connection_opened_by_a_serves_b_in_b(void **state) {
   acquire_in(pool, b, &acq_b);
   wait_rec(&acq_b);
   assert_done(&acq_b, b, PGTAG_OK);
-  assert_ptr_equal(acq_b.conn, acq_a.conn);
+  assert_ptr_equal(acq_b.conn.impl_, acq_a.conn.impl_); /* same connection */
+  assert_true(acq_b.conn.gen_ != acq_a.conn.gen_);      /* a new handle */
   conn_query_in(acq_b.conn, b, "SELECT current_query()", &q);
   wait_rec(&q);
   assert_done(&q, b, PGTAG_OK);
@@ -292,7 +293,7 @@ static void interleaved_requests(void **state) {
 
 typedef struct {
   pgtag_pool *pool;
-  pgtag_conn *conn;
+  pgtag_conn conn;
   rec first, second, third;
 } chain;
 
@@ -317,7 +318,7 @@ static void held_second(PGresult *res, const pgtag_error *err, void *arg) {
   pgtag_conn_query(c->conn, "SELECT current_query()", 0, NULL, held_third, c);
 }
 
-static void held_first(pgtag_conn *conn, const pgtag_error *err, void *arg) {
+static void held_first(pgtag_conn conn, const pgtag_error *err, void *arg) {
   chain *c = arg;
   rec_acquire(conn, err, &c->first);
   c->conn = conn;
@@ -678,11 +679,13 @@ static void bad_arguments_are_refused(void **state) {
   assert_int_equal(pgtag_query(pool, "SELECT $1", 1, NULL, rec_result, &r), PGTAG_EINVAL);
   assert_int_equal(pgtag_acquire(NULL, rec_acquire, &r), PGTAG_EINVAL);
   assert_int_equal(pgtag_acquire(pool, NULL, &r), PGTAG_EINVAL);
-  assert_int_equal(pgtag_conn_query(NULL, "SELECT 1", 0, NULL, rec_result, &r), PGTAG_EINVAL);
-  pgtag_release(NULL);
+  pgtag_conn none = {0};
+  assert_int_equal(pgtag_conn_query(none, "SELECT 1", 0, NULL, rec_result, &r), PGTAG_EINVAL);
+  assert_int_equal(pgtag_release(none), PGTAG_EINVAL);
+  assert_false(pgtag_conn_held(none));
   pgtag_pool_stats(NULL, NULL);
   pgtag_pool_close(NULL, NULL, NULL);
-  assert_int_equal(pgtag_conn_backend_pid(NULL), 0);
+  assert_int_equal(pgtag_conn_backend_pid(none), 0);
 
   /* a released connection is no longer the caller's */
   rec acq = {0};
@@ -690,9 +693,11 @@ static void bad_arguments_are_refused(void **state) {
   wait_rec(&acq);
   assert_int_equal(pgtag_conn_query(acq.conn, NULL, 0, NULL, rec_result, &r), PGTAG_EINVAL);
   assert_int_equal(pgtag_conn_query(acq.conn, "SELECT $1", 1, NULL, rec_result, &r), PGTAG_EINVAL);
-  pgtag_release(acq.conn);
+  assert_true(pgtag_conn_held(acq.conn));
+  assert_int_equal(pgtag_release(acq.conn), PGTAG_OK);
+  assert_false(pgtag_conn_held(acq.conn));
   int errors_before = quiet_log_errors;
-  pgtag_release(acq.conn); /* twice: logged, ignored */
+  assert_int_equal(pgtag_release(acq.conn), PGTAG_EINVAL); /* twice: logged, ignored */
   assert_int_equal(quiet_log_errors, errors_before + 1);
   assert_int_equal(pgtag_conn_query(acq.conn, "SELECT 1", 0, NULL, rec_result, &r), PGTAG_EINVAL);
   run_for(&loop, 50);
@@ -768,7 +773,8 @@ static void acquire_timeout(void **state) {
   uint64_t waited = now_ms() - t0;
   assert_done(&rb, b, PGTAG_ETIMEDOUT);
   assert_done(&rc, c, PGTAG_ETIMEDOUT);
-  assert_null(rb.conn);
+  assert_null(rb.conn.impl_);
+  assert_false(pgtag_conn_held(rb.conn));
   assert_true(waited >= 180 && waited < 2000);
   pgtag_stats st;
   pgtag_pool_stats(pool, &st);
@@ -827,7 +833,7 @@ static void fifo_query(PGresult *res, const pgtag_error *err, void *arg) {
   fifo_seen[fifo_n++] = it->id;
 }
 
-static void fifo_acquire(pgtag_conn *conn, const pgtag_error *err, void *arg) {
+static void fifo_acquire(pgtag_conn conn, const pgtag_error *err, void *arg) {
   fifo_item *it = arg;
   rec_acquire(conn, err, &it->r);
   fifo_seen[fifo_n++] = it->id;
@@ -901,7 +907,7 @@ static void release_rolls_back(void **state) {
   rec acq2 = {0}, check = {0};
   acquire_in(pool, NULL, &acq2);
   wait_rec(&acq2);
-  assert_ptr_equal(acq2.conn, acq.conn);
+  assert_ptr_equal(acq2.conn.impl_, acq.conn.impl_);
   char sql[128], backend_state[64];
   snprintf(sql, sizeof sql, "SELECT state FROM pg_stat_activity WHERE pid = %d",
            pgtag_conn_backend_pid(acq2.conn));
@@ -1167,7 +1173,7 @@ typedef struct {
   int kind;
   int calls, acquires, wrong;
   char id[32];
-  pgtag_conn *conn;
+  pgtag_conn conn;
 } burst_req;
 
 static int burst_done;
@@ -1196,7 +1202,7 @@ static void burst_result(PGresult *res, const pgtag_error *err, void *arg) {
     pgtag_release(b->conn);
 }
 
-static void burst_acquired(pgtag_conn *conn, const pgtag_error *err, void *arg) {
+static void burst_acquired(pgtag_conn conn, const pgtag_error *err, void *arg) {
   burst_req *b = arg;
   b->acquires++;
   if (err != NULL || pgtag_ctx_current() != b->ctx) {
