@@ -28,19 +28,26 @@ const char *pgtag_leak_kind_name(pgtag_leak_kind kind) {
   return "unknown leak kind";
 }
 
-int leak_capture(pgtag_pool *pool, op *o) {
-  void *frames[HOLD_FRAMES_MAX + 2];
+int leak_capture(pgtag_pool *pool, op *o, void *caller) {
+  void *frames[HOLD_FRAMES_MAX + 4];
   if (!pool->cfg.leak_backtrace)
     return 0;
-  /* Frames 0 and 1 are this function and pgtag_acquire_at: the stack
-   * starts at the caller of pgtag_acquire. */
-  int n = backtrace(frames, HOLD_FRAMES_MAX + 2) - 2;
+  int n = backtrace(frames, HOLD_FRAMES_MAX + 4), first = 0;
+  /* The stack starts at the caller of pgtag_acquire: skip pgtag's frames
+   * (and any a sanitizer's interceptor adds) up to its return address. */
+  while (first < n && frames[first] != caller)
+    first++;
+  if (first == n)
+    first = n > 2 ? 2 : 0;
+  n -= first;
+  if (n > HOLD_FRAMES_MAX)
+    n = HOLD_FRAMES_MAX;
   if (n <= 0)
     return 0;
   o->frames = malloc((size_t)n * sizeof *o->frames);
   if (o->frames == NULL)
     return -1;
-  memcpy(o->frames, frames + 2, (size_t)n * sizeof *o->frames);
+  memcpy(o->frames, frames + first, (size_t)n * sizeof *o->frames);
   o->nframes = n;
   return 0;
 }

@@ -33,9 +33,10 @@ typedef struct {
   unsigned reported_threshold : 1;
 } hold;
 
-/* The call stack of the acquire being submitted, when leak_backtrace is on:
- * stored in o.  Returns 0, or -1 when out of memory. */
-int leak_capture(pgtag_pool *pool, struct op *o);
+/* The call stack of the acquire being submitted, from caller (the return
+ * address of pgtag_acquire_at) outwards, when leak_backtrace is on: stored
+ * in o.  Returns 0, or -1 when out of memory. */
+int leak_capture(pgtag_pool *pool, struct op *o, void *caller);
 
 /* conn was granted to the acquire o: take over its context reference, call
  * site and stack. */

@@ -613,7 +613,7 @@ pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
   o->file = file;
   o->line = line;
   o->func = func;
-  if (leak_capture(pool, o) != 0) {
+  if (leak_capture(pool, o, __builtin_return_address(0)) != 0) {
     op_discard(o);
     return PGTAG_ENOMEM;
   }

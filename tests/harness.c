@@ -166,3 +166,34 @@ void server_restart(const char *mode) {
   if (system(cmd) != 0)
     fail_msg("%s failed", cmd);
 }
+
+pgtag_errcode query_in(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql, rec *r) {
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
+  pgtag_errcode rc = SUBMIT(pgtag_query(pool, sql, 0, NULL, rec_result, r));
+  pgtag_ctx_leave(prev);
+  return rc;
+}
+
+pgtag_errcode acquire_in_at(pgtag_pool *pool, pgtag_ctx *ctx, rec *r, const char *file,
+                            int line, const char *func) {
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
+  pgtag_errcode rc = SUBMIT(pgtag_acquire_at(pool, rec_acquire, r, file, line, func));
+  pgtag_ctx_leave(prev);
+  return rc;
+}
+
+pgtag_errcode conn_query_in(pgtag_conn conn, pgtag_ctx *ctx, const char *sql, rec *r) {
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
+  pgtag_errcode rc = SUBMIT(pgtag_conn_query(conn, sql, 0, NULL, rec_result, r));
+  pgtag_ctx_leave(prev);
+  return rc;
+}
+
+void assert_done(const rec *r, pgtag_ctx *ctx, pgtag_errcode code) {
+  assert_int_equal(r->calls, 1);
+  assert_false(r->inside_submit);
+  assert_ptr_equal(r->ctx_seen, ctx);
+  if (r->code != code)
+    fail_msg("expected %s, got %s: %s", pgtag_strerror(code), pgtag_strerror(r->code),
+             r->message);
+}

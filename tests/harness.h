@@ -47,7 +47,7 @@ typedef struct {
   char value[4096];      /* row 0, column 0 */
   char value2[4096];     /* row 0, column 1 */
   int order;             /* global completion order */
-  pgtag_conn conn;      /* acquire: the connection */
+  pgtag_conn conn;       /* acquire: the connection */
   int inside_submit;     /* the callback ran inside a submitting call */
 } rec;
 
@@ -55,6 +55,18 @@ extern int completions; /* bumped by every rec callback */
 
 void rec_result(PGresult *res, const pgtag_error *err, void *arg);
 void rec_acquire(pgtag_conn conn, const pgtag_error *err, void *arg);
+
+/* Submit with ctx current, as a request would. */
+pgtag_errcode query_in(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql, rec *r);
+pgtag_errcode conn_query_in(pgtag_conn conn, pgtag_ctx *ctx, const char *sql, rec *r);
+/* A macro, so leak reports name the test's line, as pgtag_acquire would. */
+#define acquire_in(pool, ctx, r) \
+  acquire_in_at((pool), (ctx), (r), __FILE__, __LINE__, __func__)
+pgtag_errcode acquire_in_at(pgtag_pool *pool, pgtag_ctx *ctx, rec *r, const char *file,
+                            int line, const char *func);
+
+/* Exactly one callback, outside any submitting call, in ctx, with code. */
+void assert_done(const rec *r, pgtag_ctx *ctx, pgtag_errcode code);
 
 uint64_t now_ms(void);
 

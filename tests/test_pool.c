@@ -29,37 +29,6 @@ static int setup(void **state) {
   return uv_loop_init(&loop);
 }
 
-static pgtag_errcode query_in(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql, rec *r) {
-  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
-  pgtag_errcode rc = SUBMIT(pgtag_query(pool, sql, 0, NULL, rec_result, r));
-  pgtag_ctx_leave(prev);
-  return rc;
-}
-
-static pgtag_errcode acquire_in(pgtag_pool *pool, pgtag_ctx *ctx, rec *r) {
-  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
-  pgtag_errcode rc = SUBMIT(pgtag_acquire(pool, rec_acquire, r));
-  pgtag_ctx_leave(prev);
-  return rc;
-}
-
-static pgtag_errcode conn_query_in(pgtag_conn conn, pgtag_ctx *ctx, const char *sql, rec *r) {
-  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
-  pgtag_errcode rc = SUBMIT(pgtag_conn_query(conn, sql, 0, NULL, rec_result, r));
-  pgtag_ctx_leave(prev);
-  return rc;
-}
-
-/* Exactly one callback, outside any submitting call, in ctx, with code. */
-static void assert_done(const rec *r, pgtag_ctx *ctx, pgtag_errcode code) {
-  assert_int_equal(r->calls, 1);
-  assert_false(r->inside_submit);
-  assert_ptr_equal(r->ctx_seen, ctx);
-  if (r->code != code)
-    fail_msg("expected %s, got %s: %s", pgtag_strerror(code), pgtag_strerror(r->code),
-             r->message);
-}
-
 static void wait_rec(const rec *r) {
   assert_true(run_until(&loop, &r->calls, 1, 15000));
 }
