@@ -8,7 +8,12 @@
  * pass the context around: a logger reads pgtag_ctx_current(), and pgtag
  * makes the right context current in every callback and tags every query.
  * While the requests run, an observer with no context reads
- * pg_stat_activity; afterwards, pg_stat_statements. */
+ * pg_stat_activity; afterwards, pg_stat_statements.
+ *
+ * One request has a bug: it forgets to release its connection.  pgtag
+ * reports it the moment the request ends (request ID, acquire site, backend,
+ * last query) and, with PGTAG_LEAK_RECLAIM, takes the connection back so
+ * the pool does not shrink. */
 #include "pgtag.h"
 
 #include <stdarg.h>
@@ -17,10 +22,12 @@
 #include <string.h>
 
 #define NREQUESTS 24
+#define LEAKY_REQUEST 7 /* a POST /orders that forgets pgtag_release */
 
 static pgtag_pool *pool;     /* the application's pool */
 static pgtag_pool *observer; /* the DBA's view: no request context */
-static int finished, wrong_context, failures;
+static int finished, wrong_context, failures, leaks;
+static char leaky_id[64];
 
 /* The logger every handler uses: the request comes from the context. */
 static void log_line(const char *fmt, ...) {
@@ -103,7 +110,12 @@ static void order_committed(PGresult *res, const pgtag_error *err, void *arg) {
   check_context(req);
   if (!failed(err))
     log_line("committed on backend %d", pgtag_conn_backend_pid(req->conn));
-  pgtag_release(req->conn);
+  if (req->n == LEAKY_REQUEST) {
+    snprintf(leaky_id, sizeof leaky_id, "%s", pgtag_ctx_request_id(req->ctx));
+    log_line("(bug) returning without pgtag_release");
+  } else {
+    pgtag_release(req->conn);
+  }
   request_done(req);
 }
 
@@ -132,6 +144,25 @@ static void report_done(PGresult *res, const pgtag_error *err, void *arg) {
   if (!failed(err))
     log_line("report: %s orders", PQgetvalue(res, 0, 1));
   request_done(req);
+}
+
+/* Leak reports arrive in the leaking request's context, so the logger
+ * prints its ID like any other line of that request. */
+static void on_leak(const pgtag_leak *leak, void *arg) {
+  static const char *tx[] = {"no transaction", "query running", "in transaction",
+                             "failed transaction", "connection lost"};
+  (void)arg;
+  leaks++;
+  pgtag_ctx *ctx = pgtag_ctx_current();
+  if (ctx == NULL || leak->request_id == NULL ||
+      strcmp(leak->request_id, pgtag_ctx_request_id(ctx)) != 0 ||
+      strcmp(leak->request_id, leaky_id) != 0)
+    wrong_context++;
+  log_line("LEAK (%s): connection to backend %d, acquired at %s:%d in %s() %llu ms "
+           "ago, %s, last query: %s%s",
+           pgtag_leak_kind_name(leak->kind), leak->backend_pid, leak->file, leak->line,
+           leak->func, (unsigned long long)leak->held_ms, tx[leak->tx_state],
+           leak->last_sql, leak->reclaimed ? "; the pool takes it back" : "");
 }
 
 static void start_request(int n) {
@@ -196,8 +227,11 @@ static void statements_seen(PGresult *res, const pgtag_error *err, void *arg) {
     printf("  unavailable: %s\n", err->message);
   else
     print_rows(res, 100);
-  printf("\n%d requests served, callbacks in the wrong request: %d, errors: %d\n",
-         finished, wrong_context, failures);
+  pgtag_stats st;
+  pgtag_pool_stats(pool, &st);
+  printf("\n%d requests served, callbacks in the wrong request: %d, errors: %d,\n"
+         "leaks reported: %d (connections reclaimed: %llu)\n",
+         finished, wrong_context, failures, leaks, (unsigned long long)st.reclaimed);
   pgtag_pool_close(pool, on_pools_closed, &pools_closed);
   pgtag_pool_close(observer, on_pools_closed, &pools_closed);
 }
@@ -275,8 +309,11 @@ int main(int argc, char **argv) {
   cfg.conninfo = conninfo;
   cfg.name = "app";
   cfg.max_conns = 4;
+  cfg.on_leak = on_leak;
+  cfg.leak_policy = PGTAG_LEAK_RECLAIM;
   if (pgtag_pool_new(loop, &cfg, &pool) != PGTAG_OK)
     return 1;
+  cfg.on_leak = NULL;
   cfg.name = "observer";
   cfg.max_conns = 1;
   if (pgtag_pool_new(loop, &cfg, &observer) != PGTAG_OK)
@@ -298,5 +335,5 @@ int main(int argc, char **argv) {
     fprintf(stderr, "the loop was left with handles open\n");
     return 1;
   }
-  return wrong_context == 0 && failures == 0 && finished == NREQUESTS ? 0 : 1;
+  return wrong_context == 0 && failures == 0 && finished == NREQUESTS && leaks == 1 ? 0 : 1;
 }
