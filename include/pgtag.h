@@ -278,11 +278,13 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
                              pgtag_pool **out);
 
 /* Begin closing.  Operations waiting for a connection fail with
- * PGTAG_ECLOSED; queries already sent finish normally; idle connections close
- * at once, held ones when their holder releases them (a release after close
- * has begun is valid).  Once every handle is closed, done(arg) runs (done may
- * be NULL) and the pool is freed: after that the loop holds no pgtag handle
- * and the pool must not be used.  A second call is ignored. */
+ * PGTAG_ECLOSED; queries already sent finish normally; idle connections
+ * close at once; held ones when their holder releases them (a release after
+ * close has begun is valid), or at once, whatever the leak_policy, when
+ * their request has already ended (leaked: nobody will release them).
+ * Once every handle is closed, done(arg) runs (done may be NULL) and the
+ * pool is freed: after that the loop holds no pgtag handle and the pool
+ * must not be used.  A second call is ignored. */
 void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg);
 
 typedef struct {

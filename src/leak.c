@@ -267,7 +267,8 @@ void leak_run_checks(pgtag_pool *pool) {
         !request_over(h->owner))
       continue;
     h->reported_ended = 1;
-    int reclaim = pool->cfg.leak_policy == PGTAG_LEAK_RECLAIM;
+    /* A closing pool cannot wait for a release that will never come. */
+    int reclaim = pool->cfg.leak_policy == PGTAG_LEAK_RECLAIM || pool->closing;
     report(conn, PGTAG_LEAK_REQUEST_ENDED, reclaim);
     if (reclaim && conn->gen != 0) /* the hook may have released it */
       pool_reclaim(conn);

@@ -871,6 +871,8 @@ void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg) {
     q = q->next;
     if (conn->state == CONN_IDLE || conn->state == CONN_CONNECTING)
       drop_conn(pool, conn);
+    else if (conn->gen != 0 && conn->hold.reported_ended)
+      pool_reclaim(conn); /* leaked: nobody will release it */
   }
   maybe_finish_close(pool);
   pgtag_ctx_leave(previous);

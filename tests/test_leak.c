@@ -422,6 +422,46 @@ static void request_ended_while_waiting(void **state) {
   test_pool_close(&loop, pool);
 }
 
+static void on_closed(void *arg) { (*(int *)arg)++; }
+
+static void close_takes_back_leaked_connections(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  leak_config(&cfg); /* PGTAG_LEAK_REPORT */
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  pgtag_ctx *leaker = pgtag_ctx_new("leaked-at-shutdown");
+  pgtag_ctx *busy = pgtag_ctx_new("still-working");
+  rec acq = {0}, held = {0}, sleep = {0}, late = {0};
+  int closed = 0;
+
+  acquire_in(pool, leaker, &acq);
+  acquire_in(pool, busy, &held);
+  assert_true(run_until(&loop, &completions, 2, 5000));
+  conn_query_in(acq.conn, leaker, "SELECT pg_sleep(30)", &sleep);
+  pgtag_ctx_end(leaker);
+  wait_reports(1);
+  assert_int_equal(reports[0].reclaimed, 0);
+
+  /* the leaked one is taken back (its query cancelled); the one whose
+   * request still runs waits for its release */
+  pgtag_pool_close(pool, on_closed, &closed);
+  wait_rec(&sleep);
+  assert_done(&sleep, leaker, PGTAG_ERECLAIMED);
+  assert_int_equal(pgtag_release(acq.conn), PGTAG_ERECLAIMED);
+  run_for(&loop, 100);
+  assert_int_equal(closed, 0);
+  assert_true(pgtag_conn_held(held.conn));
+  conn_query_in(held.conn, busy, "SELECT 'finishing'", &late);
+  wait_rec(&late);
+  assert_done(&late, busy, PGTAG_OK);
+  assert_int_equal(pgtag_release(held.conn), PGTAG_OK);
+  assert_true(run_until(&loop, &closed, 1, 5000));
+  pgtag_ctx_unref(leaker);
+  pgtag_ctx_unref(busy);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static int quiet_errors;
 static void count_errors(pgtag_log_level level, const char *msg, void *arg) {
   (void)msg;
@@ -557,6 +597,7 @@ int main(void) {
       cmocka_unit_test_setup(reclaim_cancels_the_running_query, setup),
       cmocka_unit_test_setup(dropping_the_last_reference_ends_the_request, setup),
       cmocka_unit_test_setup(request_ended_while_waiting, setup),
+      cmocka_unit_test_setup(close_takes_back_leaked_connections, setup),
       cmocka_unit_test_setup(dead_handles_are_refused, setup),
       cmocka_unit_test_setup(default_report_is_one_log_line, setup),
       cmocka_unit_test_setup(backtrace_names_the_caller, setup),
