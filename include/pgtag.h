@@ -51,8 +51,9 @@ typedef enum {
   PGTAG_EINVAL,      /* a bad argument, or a call on the wrong object state */
   PGTAG_ESERVER,     /* the server answered with an error (see sqlstate) */
   PGTAG_ECONN,       /* the connection failed or was lost */
-  PGTAG_ETIMEDOUT,   /* no connection became free within acquire_timeout_ms */
-  PGTAG_ECANCELED,   /* the operation was canceled */
+  PGTAG_ETIMEDOUT,   /* no connection became free within acquire_timeout_ms,
+                        or a query ran past its statement timeout */
+  PGTAG_ECANCELED,   /* its request was canceled (pgtag_ctx_cancel) */
   PGTAG_ECLOSED,     /* the pool is closing or closed */
   PGTAG_EQUEUEFULL,  /* max_waiting operations already wait for a connection */
   PGTAG_ERECLAIMED,  /* the pool took the connection back from its holder */
@@ -246,6 +247,25 @@ typedef struct {
                                 default 30000 */
   int max_lifetime_ms;       /* retire connections this old once idle;
                                 0 = never; default 0 */
+  int reconnect_base_ms;     /* after a failed connection attempt, wait
+                                this long before the next, doubling with
+                                each failure in a row up to
+                                reconnect_max_ms; every delay is drawn at
+                                random from its upper half, so pools that
+                                lost the same server do not retry in step;
+                                default 100 */
+  int reconnect_max_ms;      /* default 5000 */
+  int statement_timeout_ms;  /* longest a query may run, from the moment it
+                                is sent; on expiry it is cancelled on the
+                                server and fails with PGTAG_ETIMEDOUT;
+                                0 = no limit; default 0.  Per query:
+                                pgtag_query_opts */
+  int tcp_keepalive_s;       /* TCP connections: probe a silent peer after
+                                this many idle seconds, every s/6 (at least
+                                1 s), give up after 3 probes; also the
+                                libpq tcp_user_timeout.  Settings in
+                                conninfo win.  0 = leave libpq's and the
+                                kernel's defaults; default 60 */
   pgtag_tag_style tag_style; /* default PGTAG_TAG_PREFIX */
   const char *tag_key;       /* key of the request ID, 1 to 32 characters
                                 from [A-Za-z0-9_.-]; default "requestId" */
@@ -299,6 +319,8 @@ typedef struct {
   uint64_t queries;         /* queries completed, any outcome */
   uint64_t errors;          /* operations ended with an error */
   uint64_t timeouts;        /* waits ended by acquire_timeout_ms */
+  uint64_t statement_timeouts; /* queries ended by a statement timeout */
+  uint64_t canceled;        /* operations ended by pgtag_ctx_cancel */
   uint64_t connects;        /* connections established */
   uint64_t connect_failures;/* connection attempts that failed */
   uint64_t leaks_ended;     /* leak reports, by kind */
@@ -320,12 +342,19 @@ void pgtag_pool_stats(const pgtag_pool *pool, pgtag_stats *out);
  *
  * The result callback gets a PGresult owned by pgtag, freed after the
  * callback returns (never PQclear it).  On success err is NULL and res is
- * the result.  On failure err is set; for PGTAG_ESERVER, and for PGTAG_ECONN
- * when the server said why it closed, res is the server's error result,
- * otherwise NULL.
+ * the result.  On failure err is set; res is the server's error result when
+ * the server sent one (always for PGTAG_ESERVER; for PGTAG_ECONN when it
+ * said why it closed; for PGTAG_ETIMEDOUT and PGTAG_ECANCELED when the
+ * query was cancelled on the server, SQLSTATE 57014), otherwise NULL.
  * ------------------------------------------------------------------------ */
 
 typedef void (*pgtag_result_cb)(PGresult *res, const pgtag_error *err, void *arg);
+
+/* Options for one query; a NULL pointer means all defaults. */
+typedef struct {
+  int timeout_ms; /* statement timeout: 0 = the pool's statement_timeout_ms,
+                     < 0 = none */
+} pgtag_query_opts;
 
 /* Run sql on any pooled connection, in the current context.  Waits for a
  * free connection if none is (first in, first out with acquires).
@@ -335,6 +364,22 @@ typedef void (*pgtag_result_cb)(PGresult *res, const pgtag_error *err, void *arg
 pgtag_errcode pgtag_query(pgtag_pool *pool, const char *sql, int nparams,
                           const char *const *values, pgtag_result_cb cb,
                           void *arg);
+
+/* pgtag_query with options (opts may be NULL). */
+pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
+                             const char *const *values,
+                             const pgtag_query_opts *opts, pgtag_result_cb cb,
+                             void *arg);
+
+/* Cancel everything the request ctx has under way, in every pool of this
+ * thread: operations waiting for a connection, and queries queued behind
+ * another on its held connections, fail with PGTAG_ECANCELED (from the
+ * loop, never inside this call); queries running are cancelled on the
+ * server (PQcancel, on the libuv thread pool) and fail with PGTAG_ECANCELED
+ * once it confirms, or report their real outcome if they finished first.
+ * Connections the request holds stay held.  For a client that went away.
+ * Returns how many operations it canceled. */
+int pgtag_ctx_cancel(pgtag_ctx *ctx);
 
 /* ------------------------------------------------------------------------
  * Held connections: transactions and several statements on one backend
@@ -373,6 +418,12 @@ pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
 pgtag_errcode pgtag_conn_query(pgtag_conn conn, const char *sql, int nparams,
                                const char *const *values, pgtag_result_cb cb,
                                void *arg);
+
+/* pgtag_conn_query with options (opts may be NULL). */
+pgtag_errcode pgtag_conn_query_ex(pgtag_conn conn, const char *sql, int nparams,
+                                  const char *const *values,
+                                  const pgtag_query_opts *opts,
+                                  pgtag_result_cb cb, void *arg);
 
 /* Nonzero while conn is held: acquired, and neither released nor
  * reclaimed.  A held connection may still have been lost. */

@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 static void on_poll(uv_poll_t *handle, int status, int events);
@@ -122,7 +124,9 @@ struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
     return NULL;
   }
   conn->pool = pool;
-  conn->pg = PQconnectStart(pool->conninfo);
+  /* The pool's defaults first, the conninfo (expanded) last: libpq lets
+   * the last value of a keyword win, so the user's settings override. */
+  conn->pg = PQconnectStartParams(pool->conn_keys, pool->conn_values, 1);
   if (conn->pg == NULL || PQstatus(conn->pg) == CONNECTION_BAD) {
     text_line(errbuf, errlen,
                  conn->pg ? PQerrorMessage(conn->pg) : "out of memory");
@@ -183,6 +187,13 @@ static void conn_lost(struct conn *conn, const char *fallback) {
   pool_on_conn_lost(conn, pqmsg[0] ? pqmsg : fallback);
 }
 
+static void on_statement_timer(uv_timer_t *timer) {
+  struct conn *conn = timer->data;
+  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
+  pool_on_statement_timeout(conn);
+  pgtag_ctx_leave(previous);
+}
+
 int conn_send(struct conn *conn, op *o) {
   pgtag_pool *pool = conn->pool;
   const char *text = tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key,
@@ -199,6 +210,9 @@ int conn_send(struct conn *conn, op *o) {
   conn->want_write = flushed == 1;
   if (conn->state == CONN_HELD)
     hold_note_sql(conn, o->sql);
+  int timeout = o->kind == OP_RESET ? RESET_TIMEOUT_MS : o->timeout_ms;
+  if (timeout > 0)
+    uv_timer_start(&conn->timer, on_statement_timer, (uint64_t)timeout, 0);
   if (conn_watch(conn, conn->want_write) != 0) {
     conn->inflight = NULL;
     return -1;
@@ -214,6 +228,7 @@ static void read_results(struct conn *conn) {
     PGresult *res = PQgetResult(conn->pg);
     if (res == NULL) {
       op *o = conn->inflight;
+      uv_timer_stop(&conn->timer); /* statement timeout or cancel grace */
       PGresult *last = conn->result;
       conn->inflight = NULL;
       conn->result = NULL;
@@ -226,6 +241,7 @@ static void read_results(struct conn *conn) {
     if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
       /* The connection is stuck in COPY mode: fail the query, drop it. */
       op *o = conn->inflight;
+      uv_timer_stop(&conn->timer);
       conn->inflight = NULL;
       PQclear(conn->result);
       conn->result = NULL;
@@ -295,6 +311,24 @@ static void on_timer_closed(uv_handle_t *handle) {
   pgtag_pool *pool = conn->pool;
   conn_retire(conn);
   pool_handle_closed(pool);
+}
+
+int conn_alive(struct conn *conn) {
+  char byte;
+  int fd = PQsocket(conn->pg);
+  if (fd < 0)
+    return 0;
+  ssize_t n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0)
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+  if (n == 0)
+    return 0; /* the server closed it */
+  /* Something arrived on an idle connection: most likely the FATAL a
+   * backend sends as it is terminated.  Let libpq read it and judge. */
+  if (!PQconsumeInput(conn->pg) || PQstatus(conn->pg) == CONNECTION_BAD)
+    return 0;
+  n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
 }
 
 int conn_poll_update(struct conn *conn) {

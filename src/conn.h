@@ -48,6 +48,7 @@ struct conn {
   int reclaiming; /* taken back from its holder: finish, roll back, reuse */
   int canceled;   /* a cancel was sent: one more round trip before reuse,
                      so it cannot hit the next request's query */
+  int recycle_pending; /* back to the pool once the cancel request is done */
 
   uint64_t created; /* uv_now() */
   uint64_t idle_since;
@@ -63,6 +64,16 @@ struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen);
 /* Send op's query (tagged with op's context).  Returns 0, or -1 when the
  * connection is broken (op untouched, conn->inflight unset). */
 int conn_send(struct conn *conn, op *o);
+
+/* How long the pool's own ROLLBACK may take before the connection is given
+ * up, and how long a cancelled query may take to end. */
+#define RESET_TIMEOUT_MS 5000
+#define CANCEL_GRACE_MS 5000
+
+/* For a connection that has sat idle: nonzero if it still looks usable,
+ * zero if the server has closed it (or sent it anything but silence that
+ * libpq could not make sense of).  One non-blocking recv(MSG_PEEK). */
+int conn_alive(struct conn *conn);
 
 /* Re-arm the poll after a state change: readable always, writable while
  * output is pending; keeps the loop alive only while work is under way.

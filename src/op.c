@@ -7,6 +7,7 @@
 #include "conn.h"
 #include "pool.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -105,7 +106,32 @@ static void op_free(op *o) {
   free(o);
 }
 
+/* A query cancelled on purpose (statement timeout, pgtag_ctx_cancel) ends
+ * with that reason, whether the server confirmed the cancel (57014) or the
+ * connection had to be given up. */
+static void apply_cancel(op *o) {
+  char msg[sizeof o->message];
+  int confirmed = o->code == PGTAG_ESERVER && strcmp(o->sqlstate, "57014") == 0;
+  if (!confirmed && o->code != PGTAG_ECONN)
+    return; /* it finished first: its real outcome stands */
+  const char *how = confirmed ? "; cancelled on the server"
+                              : "; the connection was closed";
+  if (o->cancel_code == PGTAG_ETIMEDOUT) {
+    snprintf(msg, sizeof msg, "statement timeout: the query ran longer than %d ms%s",
+             o->timeout_ms, how);
+    o->pool->stats.statement_timeouts++;
+  } else if (o->cancel_code == PGTAG_ECANCELED) {
+    snprintf(msg, sizeof msg, "canceled: its request was canceled%s", how);
+    o->pool->stats.canceled++;
+  } else {
+    snprintf(msg, sizeof msg, "%s%s", RECLAIMED_MESSAGE, how);
+  }
+  op_set_error(o, o->cancel_code, confirmed ? "57014" : NULL, msg);
+}
+
 void op_finish(op *o) {
+  if (o->cancel_code != PGTAG_OK)
+    apply_cancel(o);
   pgtag_error err = {o->code, o->sqlstate[0] ? o->sqlstate : NULL, o->message};
   const pgtag_error *errp = o->code == PGTAG_OK ? NULL : &err;
   pgtag_stats *stats = &o->pool->stats;

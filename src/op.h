@@ -10,6 +10,9 @@
 
 struct conn;
 
+#define RECLAIMED_MESSAGE \
+  "the pool took this connection back: its request ended while holding it"
+
 typedef enum {
   OP_QUERY,   /* pgtag_query or pgtag_conn_query */
   OP_ACQUIRE, /* pgtag_acquire */
@@ -39,6 +42,8 @@ typedef struct op {
   void **frames;    /* acquire's call stack (leak_backtrace), owned */
   int nframes;
   uint64_t deadline; /* uv_now() by which a wait fails; 0 = none */
+  int timeout_ms;    /* statement timeout once sent; 0 = none */
+  pgtag_errcode cancel_code; /* cancelled on purpose: ETIMEDOUT, ECANCELED */
 
   /* Outcome, filled in before op_finish. */
   struct conn *conn; /* granted to an acquire */

@@ -12,16 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BACKOFF_BASE_MS 100
-#define BACKOFF_CAP_MS 5000
-
-#define RECLAIMED_MESSAGE \
-  "the pool took this connection back: its request ended while holding it"
-
 static void maybe_connect(pgtag_pool *pool);
 static void maybe_finish_close(pgtag_pool *pool);
 static void make_available(pgtag_pool *pool, struct conn *conn);
 static void release_now(pgtag_pool *pool, struct conn *conn);
+static void recycle(pgtag_pool *pool, struct conn *conn);
+static void cancel_inflight(struct conn *conn, pgtag_errcode why);
 
 /* Every connection struct not yet closed, lost ones included: the pool
  * cannot finish closing while any is left. */
@@ -215,11 +211,12 @@ static void connect_failed(pgtag_pool *pool, const char *message) {
   snprintf(pool->last_connect_error, sizeof pool->last_connect_error, "%s", message);
   if (pool->closing)
     return;
-  uint64_t delay = BACKOFF_BASE_MS;
-  for (int i = 1; i < n && delay < BACKOFF_CAP_MS; i++)
+  uint64_t cap = (uint64_t)pool->cfg.reconnect_max_ms;
+  uint64_t delay = (uint64_t)pool->cfg.reconnect_base_ms;
+  for (int i = 1; i < n && delay < cap; i++)
     delay *= 2;
-  if (delay > BACKOFF_CAP_MS)
-    delay = BACKOFF_CAP_MS;
+  if (delay > cap)
+    delay = cap;
   delay = delay / 2 + uv_hrtime() / 1000 % (delay / 2 + 1);
   pool_log(pool, PGTAG_LOG_WARN, "connection attempt failed: %s (retry in %llu ms)",
            message, (unsigned long long)delay);
@@ -353,6 +350,29 @@ void pool_on_conn_lost(struct conn *conn, const char *why) {
  * Query completion and release
  * ------------------------------------------------------------------------ */
 
+/* A held connection with nothing in flight: send the next query queued on
+ * it, or finish a release.  After a cancel, nothing more is sent until the
+ * cancel request has reached the server, so it cannot hit the next query;
+ * pool_on_cancel_done comes back here. */
+static void held_next(pgtag_pool *pool, struct conn *conn) {
+  if (conn->cancel != NULL) {
+    conn_poll_update(conn);
+    return;
+  }
+  if (!queue_empty(&conn->pending)) {
+    op *next = first_op(&conn->pending);
+    queue_remove(&next->node);
+    if (conn_send(conn, next) != 0) {
+      queue_insert_head(&conn->pending, &next->node);
+      pool_on_conn_lost(conn, PQerrorMessage(conn->pg));
+    }
+  } else if (conn->release_pending) {
+    release_now(pool, conn);
+  } else {
+    conn_poll_update(conn); /* held and quiet: stop keeping the loop alive */
+  }
+}
+
 void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
   pgtag_pool *pool = conn->pool;
 
@@ -396,31 +416,29 @@ void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
   } else {
     op_set_result(o, res, 0);
   }
-  if (conn->state == CONN_BUSY) {
-    make_available(pool, conn);
-  } else if (!queue_empty(&conn->pending)) {
-    op *next = first_op(&conn->pending);
-    queue_remove(&next->node);
-    if (conn_send(conn, next) != 0) {
-      queue_insert_head(&conn->pending, &next->node);
-      pool_on_conn_lost(conn, PQerrorMessage(conn->pg));
-    }
-  } else if (conn->release_pending) {
-    release_now(pool, conn);
-  } else {
-    conn_poll_update(conn); /* held and quiet: stop keeping the loop alive */
-  }
+  if (conn->state == CONN_BUSY)
+    recycle(pool, conn);
+  else
+    held_next(pool, conn);
   op_finish(o);
 }
 
 static void release_now(pgtag_pool *pool, struct conn *conn) {
-  if (conn->cancel != NULL) {
-    conn->release_pending = 1; /* resumed by pool_on_cancel_done */
-    return;
-  }
   conn->release_pending = 0;
   hold_clear(conn);
+  recycle(pool, conn);
+}
 
+/* A connection nobody holds, with nothing in flight, goes back to the pool:
+ * at once if it is clean; after a ROLLBACK if a transaction was left open
+ * or a cancel was sent (that round trip, made once the cancel request has
+ * reached the server, keeps a late cancel off the next request's query);
+ * a lost or unknown one is replaced. */
+static void recycle(pgtag_pool *pool, struct conn *conn) {
+  if (conn->cancel != NULL) {
+    conn->recycle_pending = 1; /* pool_on_cancel_done comes back */
+    return;
+  }
   PGTransactionStatusType ts =
       conn->state == CONN_LOST ? PQTRANS_UNKNOWN : PQtransactionStatus(conn->pg);
   if (ts == PQTRANS_IDLE && !conn->canceled) {
@@ -502,14 +520,8 @@ void pool_reclaim(struct conn *conn) {
     return;
   }
   conn->reclaiming = 1;
-  if (conn->inflight != NULL && conn->inflight->kind == OP_QUERY) {
-    if (cancel_start(conn) == 0)
-      conn->canceled = 1;
-    else
-      pool_log(pool, PGTAG_LOG_WARN,
-               "cannot cancel the query of reclaimed backend %d; waiting for it",
-               conn->backend_pid);
-  }
+  if (conn->inflight != NULL && conn->inflight->kind == OP_QUERY)
+    cancel_inflight(conn, PGTAG_ERECLAIMED);
   if (conn->inflight != NULL)
     conn->release_pending = 1; /* once the query is over */
   else
@@ -517,8 +529,117 @@ void pool_reclaim(struct conn *conn) {
 }
 
 void pool_on_cancel_done(struct conn *conn) {
-  if (conn->release_pending && conn->inflight == NULL && queue_empty(&conn->pending))
-    release_now(conn->pool, conn);
+  if (conn->inflight != NULL)
+    return; /* its query has not ended yet: that comes back here */
+  if (conn->recycle_pending) {
+    conn->recycle_pending = 0;
+    recycle(conn->pool, conn);
+  } else if (conn->state == CONN_HELD) {
+    held_next(conn->pool, conn);
+  }
+}
+
+/* ------------------------------------------------------------------------
+ * Timeouts and cancellation
+ * ------------------------------------------------------------------------ */
+
+static void on_cancel_grace(uv_timer_t *timer) {
+  struct conn *conn = timer->data;
+  char msg[128];
+  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
+  snprintf(msg, sizeof msg, "the cancelled query did not end within %d ms",
+           CANCEL_GRACE_MS);
+  pool_on_conn_lost(conn, msg);
+  pgtag_ctx_leave(previous);
+}
+
+/* Cancel the query in flight on the server; it ends with why.  If the
+ * server does not end it within CANCEL_GRACE_MS (hung, or unreachable for
+ * the cancel request), the connection is given up. */
+static void cancel_inflight(struct conn *conn, pgtag_errcode why) {
+  op *o = conn->inflight;
+  if (o->cancel_code == PGTAG_OK)
+    o->cancel_code = why;
+  if (conn->cancel == NULL) {
+    if (cancel_start(conn) == 0)
+      conn->canceled = 1;
+    else
+      pool_log(conn->pool, PGTAG_LOG_WARN, "cannot send a cancel request for backend %d",
+               conn->backend_pid);
+  }
+  uv_timer_start(&conn->timer, on_cancel_grace, CANCEL_GRACE_MS, 0);
+}
+
+void pool_on_statement_timeout(struct conn *conn) {
+  op *o = conn->inflight;
+  if (o == NULL)
+    return;
+  if (o->kind == OP_RESET) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "the server did not answer ROLLBACK within %d ms",
+             RESET_TIMEOUT_MS);
+    pool_on_conn_lost(conn, msg);
+    return;
+  }
+  cancel_inflight(conn, PGTAG_ETIMEDOUT);
+}
+
+/* The pools of this thread, for pgtag_ctx_cancel. */
+static _Thread_local queue thread_pools;
+
+static int pool_cancel_ctx(pgtag_pool *pool, pgtag_ctx *ctx) {
+  int n = 0;
+  queue *q = queue_head(&pool->waiters);
+  while (q != &pool->waiters) {
+    op *o = queue_data(q, op, node);
+    q = q->next;
+    if (o->ctx != ctx)
+      continue;
+    queue_remove(&o->node);
+    pool->nwaiting--;
+    pool->stats.canceled++;
+    defer_error(pool, o, PGTAG_ECANCELED,
+                "canceled: its request was canceled before it got a connection");
+    n++;
+  }
+  wait_timer_arm(pool);
+
+  queue_foreach(q, &pool->conns) {
+    struct conn *conn = queue_data(q, struct conn, node);
+    queue *p = queue_head(&conn->pending);
+    while (p != &conn->pending) {
+      op *o = queue_data(p, op, node);
+      p = p->next;
+      if (o->ctx != ctx)
+        continue;
+      queue_remove(&o->node);
+      pool->stats.canceled++;
+      defer_error(pool, o, PGTAG_ECANCELED,
+                  "canceled: its request was canceled before the query was sent");
+      n++;
+    }
+    op *o = conn->inflight;
+    if (o != NULL && o->ctx == ctx && o->kind == OP_QUERY && o->cancel_code == PGTAG_OK) {
+      cancel_inflight(conn, PGTAG_ECANCELED);
+      n++;
+    }
+  }
+  return n;
+}
+
+int pgtag_ctx_cancel(pgtag_ctx *ctx) {
+  int n = 0;
+  queue *q;
+  if (ctx == NULL || thread_pools.next == NULL)
+    return 0;
+  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
+  queue_foreach(q, &thread_pools) {
+    pgtag_pool *pool = queue_data(q, pgtag_pool, thread_node);
+    if (!pool->handles_closing)
+      n += pool_cancel_ctx(pool, ctx);
+  }
+  pgtag_ctx_leave(previous);
+  return n;
 }
 
 /* ------------------------------------------------------------------------
@@ -551,17 +672,42 @@ static pgtag_errcode wait_for_conn(pgtag_pool *pool, op *o) {
   return PGTAG_OK;
 }
 
+/* The most recently used idle connection.  The poll reports a connection
+ * the server closed on the next loop turn; one closed in this very turn
+ * would fail its query (on TCP the send still succeeds), so a connection
+ * that has sat idle is checked first, with one non-blocking peek.  One
+ * reused within the same millisecond is not: under load that is most of
+ * them, and the peek would cost a system call per query. */
 static struct conn *take_idle(pgtag_pool *pool) {
-  if (queue_empty(&pool->idle))
-    return NULL;
-  struct conn *conn = queue_data(queue_head(&pool->idle), struct conn, idle_node);
-  queue_remove(&conn->idle_node);
-  return conn;
+  uint64_t now = uv_now(pool->loop);
+  while (!queue_empty(&pool->idle)) {
+    struct conn *conn = queue_data(queue_head(&pool->idle), struct conn, idle_node);
+    queue_remove(&conn->idle_node);
+    if (conn->idle_since == now || conn_alive(conn))
+      return conn;
+    log_lost(pool, conn);
+    drop_conn(pool, conn);
+  }
+  return NULL;
+}
+
+/* The statement timeout of a query: its options, else the pool's. */
+static int timeout_of(const pgtag_pool *pool, const pgtag_query_opts *opts) {
+  if (opts == NULL || opts->timeout_ms == 0)
+    return pool->cfg.statement_timeout_ms;
+  return opts->timeout_ms < 0 ? 0 : opts->timeout_ms;
 }
 
 pgtag_errcode pgtag_query(pgtag_pool *pool, const char *sql, int nparams,
                           const char *const *values, pgtag_result_cb cb,
                           void *arg) {
+  return pgtag_query_ex(pool, sql, nparams, values, NULL, cb, arg);
+}
+
+pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
+                             const char *const *values,
+                             const pgtag_query_opts *opts, pgtag_result_cb cb,
+                             void *arg) {
   if (pool == NULL || !query_args_valid(sql, nparams, values, (const void *)cb))
     return PGTAG_EINVAL;
   pgtag_errcode rc = submit_check(pool);
@@ -578,6 +724,7 @@ pgtag_errcode pgtag_query(pgtag_pool *pool, const char *sql, int nparams,
     }
     o->cb.result = cb;
     o->arg = arg;
+    o->timeout_ms = timeout_of(pool, opts);
     set_state(conn, CONN_BUSY);
     if (conn_send(conn, o) == 0) {
       o->sql = NULL;
@@ -594,6 +741,7 @@ pgtag_errcode pgtag_query(pgtag_pool *pool, const char *sql, int nparams,
     return PGTAG_ENOMEM;
   o->cb.result = cb;
   o->arg = arg;
+  o->timeout_ms = timeout_of(pool, opts);
   return wait_for_conn(pool, o);
 }
 
@@ -628,6 +776,13 @@ pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
 pgtag_errcode pgtag_conn_query(pgtag_conn h, const char *sql, int nparams,
                                const char *const *values, pgtag_result_cb cb,
                                void *arg) {
+  return pgtag_conn_query_ex(h, sql, nparams, values, NULL, cb, arg);
+}
+
+pgtag_errcode pgtag_conn_query_ex(pgtag_conn h, const char *sql, int nparams,
+                                  const char *const *values,
+                                  const pgtag_query_opts *opts,
+                                  pgtag_result_cb cb, void *arg) {
   struct conn *conn = h.impl_;
   if (conn == NULL || h.gen_ == 0 ||
       !query_args_valid(sql, nparams, values, (const void *)cb))
@@ -647,12 +802,13 @@ pgtag_errcode pgtag_conn_query(pgtag_conn h, const char *sql, int nparams,
     return PGTAG_OK;
   }
 
-  int send_now = conn->state == CONN_HELD && conn->inflight == NULL;
+  int send_now = conn->state == CONN_HELD && conn->inflight == NULL && conn->cancel == NULL;
   op *o = op_new(pool, OP_QUERY, sql, nparams, values, !send_now && conn->state == CONN_HELD);
   if (o == NULL)
     return PGTAG_ENOMEM;
   o->cb.result = cb;
   o->arg = arg;
+  o->timeout_ms = timeout_of(pool, opts);
 
   if (conn->state == CONN_LOST) {
     defer_error(pool, o, PGTAG_ECONN, "connection lost");
@@ -736,6 +892,9 @@ void pgtag_pool_config_init(pgtag_pool_config *cfg) {
   cfg->acquire_timeout_ms = 10000;
   cfg->max_waiting = 10000;
   cfg->connect_timeout_ms = 5000;
+  cfg->reconnect_base_ms = 100;
+  cfg->reconnect_max_ms = 5000;
+  cfg->tcp_keepalive_s = 60;
   cfg->idle_timeout_ms = 30000;
   cfg->tag_style = PGTAG_TAG_PREFIX;
   cfg->tag_key = "requestId";
@@ -760,6 +919,12 @@ static const char *config_problem(const pgtag_pool_config *cfg) {
     return "tag_key must be 1 to 32 characters from [A-Za-z0-9_.-]";
   if (cfg->log_level < PGTAG_LOG_DEBUG || cfg->log_level > PGTAG_LOG_ERROR)
     return "unknown log_level";
+  if (cfg->reconnect_base_ms < 0 || cfg->reconnect_max_ms < 0 ||
+      cfg->statement_timeout_ms < 0 || cfg->tcp_keepalive_s < 0)
+    return "timeouts and limits must not be negative";
+  if (cfg->reconnect_base_ms > 0 && cfg->reconnect_max_ms > 0 &&
+      cfg->reconnect_max_ms < cfg->reconnect_base_ms)
+    return "reconnect_max_ms must not be below reconnect_base_ms";
   if (cfg->leak_threshold_ms < 0)
     return "leak_threshold_ms must not be negative";
   if (cfg->leak_policy != PGTAG_LEAK_REPORT && cfg->leak_policy != PGTAG_LEAK_RECLAIM)
@@ -767,11 +932,34 @@ static const char *config_problem(const pgtag_pool_config *cfg) {
   return NULL;
 }
 
+/* Keepalive defaults for TCP connections (libpq ignores them on unix
+ * sockets), placed before the conninfo so that its settings win. */
+static void connect_params(pgtag_pool *pool) {
+  int n = 0, s = pool->cfg.tcp_keepalive_s;
+  if (s > 0) {
+    int interval = s / 6 > 0 ? s / 6 : 1;
+    long long user_timeout = ((long long)s + 3LL * interval) * 1000;
+    char (*t)[16] = pool->keepalive_text;
+    snprintf(t[0], sizeof t[0], "%d", s);
+    snprintf(t[1], sizeof t[1], "%d", interval);
+    snprintf(t[2], sizeof t[2], "%lld", user_timeout > 2147483647 ? 2147483647 : user_timeout);
+    pool->conn_keys[n] = "keepalives", pool->conn_values[n++] = "1";
+    pool->conn_keys[n] = "keepalives_idle", pool->conn_values[n++] = t[0];
+    pool->conn_keys[n] = "keepalives_interval", pool->conn_values[n++] = t[1];
+    pool->conn_keys[n] = "keepalives_count", pool->conn_values[n++] = "3";
+    pool->conn_keys[n] = "tcp_user_timeout", pool->conn_values[n++] = t[2];
+  }
+  pool->conn_keys[n] = "dbname", pool->conn_values[n++] = pool->conninfo;
+  pool->conn_keys[n] = NULL, pool->conn_values[n] = NULL;
+}
+
 static void on_pool_handle_closed(uv_handle_t *handle) {
   pool_handle_closed(handle->data);
 }
 
 static void pool_free(pgtag_pool *pool) {
+  if (queue_linked(&pool->thread_node))
+    queue_remove(&pool->thread_node);
   while (!queue_empty(&pool->spare)) {
     struct conn *conn = queue_data(queue_head(&pool->spare), struct conn, node);
     queue_remove(&conn->node);
@@ -809,6 +997,7 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
   pgtag_pool *pool = calloc(1, sizeof *pool);
   if (pool == NULL)
     return PGTAG_ENOMEM;
+  queue_init(&pool->thread_node);
   pool->cfg = *cfg;
   pool->conninfo = strdup(cfg->conninfo);
   pool->name = strdup(cfg->name ? cfg->name : "pgtag");
@@ -820,8 +1009,17 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
   pool->cfg.conninfo = pool->conninfo;
   pool->cfg.name = pool->name;
   pool->cfg.tag_key = pool->tag_key;
+  if (pool->cfg.reconnect_base_ms == 0)
+    pool->cfg.reconnect_base_ms = 100;
+  if (pool->cfg.reconnect_max_ms == 0)
+    pool->cfg.reconnect_max_ms = pool->cfg.reconnect_base_ms > 5000
+                                     ? pool->cfg.reconnect_base_ms : 5000;
+  connect_params(pool);
   pool->loop = loop;
   pool->thread = pthread_self();
+  if (thread_pools.next == NULL)
+    queue_init(&thread_pools);
+  queue_insert_tail(&thread_pools, &pool->thread_node);
   queue_init(&pool->conns);
   queue_init(&pool->spare);
   queue_init(&pool->idle);

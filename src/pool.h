@@ -16,6 +16,11 @@ struct pgtag_pool {
   char *conninfo;
   char *name;
   char *tag_key;
+  /* PQconnectStartParams arguments: keepalive defaults, then the conninfo */
+  const char *conn_keys[8];
+  const char *conn_values[8];
+  char keepalive_text[4][16];
+  queue thread_node; /* in this thread's list of pools (pgtag_ctx_cancel) */
 
   queue conns;   /* every connection not yet closed */
   queue spare;   /* closed connection structs, for reuse (see conn.h) */
@@ -74,6 +79,10 @@ void pool_reclaim(struct conn *conn);
 
 /* conn's cancel request was delivered or failed (cancel.h). */
 void pool_on_cancel_done(struct conn *conn);
+
+/* The query in flight on conn ran past its timeout (or the pool's ROLLBACK
+ * did). */
+void pool_on_statement_timeout(struct conn *conn);
 
 /* A handle of the pool's or a connection's finished closing. */
 void pool_handle_closed(pgtag_pool *pool);
