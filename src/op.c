@@ -56,11 +56,7 @@ op *op_new(pgtag_pool *pool, op_kind kind, const char *sql, int nparams,
 void op_set_error(op *o, pgtag_errcode code, const char *sqlstate,
                   const char *message) {
   o->code = code;
-  o->sqlstate[0] = '\0';
-  if (sqlstate != NULL) {
-    strncpy(o->sqlstate, sqlstate, sizeof o->sqlstate - 1);
-    o->sqlstate[sizeof o->sqlstate - 1] = '\0';
-  }
+  snprintf(o->sqlstate, sizeof o->sqlstate, "%.5s", sqlstate != NULL ? sqlstate : "");
   if (message == NULL || message[0] == '\0')
     message = pgtag_strerror(code);
   text_line(o->message, sizeof o->message, message);

@@ -158,14 +158,17 @@ void rec_acquire(pgtag_conn conn, const pgtag_error *err, void *arg) {
   r->conn = conn;
 }
 
-void server_restart(const char *mode) {
+void server_ctl(const char *cmd, const char *mode) {
   const char *dir = getenv("PGHOST");
-  char cmd[1024];
+  char line[1024];
   assert_non_null(dir);
-  snprintf(cmd, sizeof cmd, "'%s/tests/pgserver.sh' restart '%s' %s", PGTAG_SOURCE_DIR, dir, mode);
-  if (system(cmd) != 0)
-    fail_msg("%s failed", cmd);
+  snprintf(line, sizeof line, "'%s/tests/pgserver.sh' %s '%s' %s", PGTAG_SOURCE_DIR, cmd, dir,
+           mode ? mode : "");
+  if (system(line) != 0)
+    fail_msg("%s failed", line);
 }
+
+void server_restart(const char *mode) { server_ctl("restart", mode); }
 
 pgtag_errcode query_in(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql, rec *r) {
   pgtag_ctx *prev = pgtag_ctx_enter(ctx);

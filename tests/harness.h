@@ -72,5 +72,7 @@ uint64_t now_ms(void);
 
 /* Restart the test server (pg_ctl restart -m mode); returns once it is up. */
 void server_restart(const char *mode);
+/* tests/pgserver.sh cmd (stop, up, restart) on the test server. */
+void server_ctl(const char *cmd, const char *mode);
 
 #endif

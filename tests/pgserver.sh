@@ -5,13 +5,14 @@
 #                                  and a free loopback port; writes DIR/env
 #   tests/pgserver.sh stop DIR     stop it (DIR is left for the caller to remove)
 #   tests/pgserver.sh restart DIR [fast|immediate]
+#   tests/pgserver.sh up DIR       start the stopped cluster in DIR again
 #
 # DIR/env holds PGTAG_TEST_CONNINFO, PGHOST, PGPORT, PGUSER and PGDATABASE.
 # As root the server runs as the postgres user, which owns DIR.
 set -euo pipefail
 
-cmd=${1:?usage: pgserver.sh start|stop|restart DIR}
-dir=${2:?usage: pgserver.sh start|stop|restart DIR}
+cmd=${1:?usage: pgserver.sh start|stop|restart|up DIR}
+dir=${2:?usage: pgserver.sh start|stop|restart|up DIR}
 bindir=$(ls -d /usr/lib/postgresql/15/bin 2>/dev/null || true)
 [ -n "$bindir" ] || { echo "pgserver.sh: PostgreSQL 15 is not installed" >&2; exit 1; }
 
@@ -77,8 +78,11 @@ stop)
 restart)
   pg_ctl_run -w -t 60 -m "${3:-fast}" restart >/dev/null
   ;;
+up)
+  pg_ctl_run -w -t 60 start >/dev/null
+  ;;
 *)
-  echo "usage: pgserver.sh start|stop|restart DIR" >&2
+  echo "usage: pgserver.sh start|stop|restart|up DIR" >&2
   exit 2
   ;;
 esac

@@ -1,0 +1,631 @@
+/* Reliability against the real server and real faults: statement
+ * timeouts, a backend that stops answering, cancel by request, a server
+ * that is down when the pool starts, restarts under load, connections
+ * killed while idle, and inputs of hostile sizes. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "context.h"
+#include "harness.h"
+
+static uv_loop_t loop;
+
+static int setup(void **state) {
+  (void)state;
+  completions = 0;
+  return uv_loop_init(&loop);
+}
+
+static void wait_rec(const rec *r) {
+  assert_true(run_until(&loop, &r->calls, 1, 20000));
+}
+
+static void tcp_conninfo(char *out, size_t len) {
+  const char *port = getenv("PGPORT");
+  assert_non_null(port);
+  snprintf(out, len, "host=127.0.0.1 port=%s user=postgres dbname=postgres", port);
+}
+
+/* Rows of pg_stat_activity running sql (a LIKE pattern) on backend pid. */
+static int running(int pid, const char *pattern) {
+  char sql[256];
+  snprintf(sql, sizeof sql,
+           "SELECT count(*) FROM pg_stat_activity WHERE pid = %d AND state = 'active' "
+           "AND query LIKE '%s'", pid, pattern);
+  return admin_int(sql);
+}
+
+static void wait_running(int pid, const char *pattern) {
+  for (int i = 0; i < 250 && running(pid, pattern) == 0; i++)
+    run_for(&loop, 20);
+  assert_int_equal(running(pid, pattern), 1);
+}
+
+/* ------------------------------------------------------------------------
+ * Statement timeouts
+ * ------------------------------------------------------------------------ */
+
+static void statement_timeout_cancels_on_the_server(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.max_conns = 1;
+  cfg.statement_timeout_ms = 300;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  pgtag_ctx *a = pgtag_ctx_new("too-slow"), *b = pgtag_ctx_new("next");
+  rec slow = {0}, pid = {0}, after = {0}, exempt = {0};
+
+  query_in(pool, a, "SELECT pg_backend_pid()::text", &pid);
+  wait_rec(&pid);
+  uint64_t t0 = now_ms();
+  query_in(pool, a, "SELECT pg_sleep(30)", &slow);
+  query_in(pool, b, "SELECT 'served after'", &after); /* waits for the one connection */
+  wait_rec(&slow);
+  uint64_t took = now_ms() - t0;
+  assert_done(&slow, a, PGTAG_ETIMEDOUT);
+  assert_string_equal(slow.sqlstate, "57014");
+  assert_true(slow.has_res); /* the server's error result */
+  assert_non_null(strstr(slow.message, "longer than 300 ms"));
+  assert_true(took >= 290 && took < 3000);
+  assert_int_equal(running(atoi(pid.value), "%pg_sleep%"), 0);
+
+  wait_rec(&after);
+  assert_done(&after, b, PGTAG_OK);
+  assert_string_equal(after.value, "served after");
+
+  /* per query: no limit for this one, though the pool has one */
+  pgtag_query_opts none = {.timeout_ms = -1};
+  pgtag_ctx *prev = pgtag_ctx_enter(b);
+  assert_int_equal(pgtag_query_ex(pool, "SELECT pg_sleep(0.5)::text", 0, NULL, &none,
+                                  rec_result, &exempt),
+                   PGTAG_OK);
+  pgtag_ctx_leave(prev);
+  wait_rec(&exempt);
+  assert_done(&exempt, b, PGTAG_OK);
+
+  pgtag_stats st;
+  pgtag_pool_stats(pool, &st);
+  assert_int_equal(st.statement_timeouts, 1);
+  assert_int_equal(st.total, 1); /* the same connection, cleaned and reused */
+  pgtag_ctx_unref(a);
+  pgtag_ctx_unref(b);
+  test_pool_close(&loop, pool);
+}
+
+static void held_query_blocked_on_a_lock_times_out(void **state) {
+  (void)state;
+  pgtag_pool *pool = test_pool_new(&loop, NULL);
+  pgtag_ctx *ctx = pgtag_ctx_new("blocked");
+  rec acq = {0}, begin = {0}, blocked = {0}, after = {0}, still = {0};
+  admin_exec("CREATE TABLE IF NOT EXISTS pgtag_lock (x int)");
+  admin_exec("BEGIN; LOCK TABLE pgtag_lock IN ACCESS EXCLUSIVE MODE");
+
+  acquire_in(pool, ctx, &acq);
+  wait_rec(&acq);
+  int pid = pgtag_conn_backend_pid(acq.conn);
+  conn_query_in(acq.conn, ctx, "BEGIN", &begin);
+  pgtag_query_opts opts = {.timeout_ms = 250};
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
+  assert_int_equal(pgtag_conn_query_ex(acq.conn, "SELECT count(*) FROM pgtag_lock", 0, NULL,
+                                       &opts, rec_result, &blocked),
+                   PGTAG_OK);
+  pgtag_ctx_leave(prev);
+  conn_query_in(acq.conn, ctx, "SELECT 'queued behind'", &after);
+  wait_rec(&blocked);
+  assert_done(&blocked, ctx, PGTAG_ETIMEDOUT);
+  assert_int_equal(running(pid, "%pgtag_lock%"), 0); /* gone from the server */
+
+  /* the holder keeps its connection; its transaction failed, as on a
+   * server-side statement_timeout */
+  wait_rec(&after);
+  assert_done(&after, ctx, PGTAG_ESERVER);
+  assert_string_equal(after.sqlstate, "25P02");
+  assert_true(pgtag_conn_held(acq.conn));
+  admin_exec("COMMIT");
+  pgtag_release(acq.conn); /* rolled back */
+  rec acq2 = {0};
+  acquire_in(pool, ctx, &acq2);
+  wait_rec(&acq2);
+  conn_query_in(acq2.conn, ctx, "SELECT 'clean again'", &still);
+  wait_rec(&still);
+  assert_done(&still, ctx, PGTAG_OK);
+  pgtag_release(acq2.conn);
+  pgtag_ctx_unref(ctx);
+  test_pool_close(&loop, pool);
+}
+
+/* The backend is stopped (SIGSTOP): the query, and the cancel request,
+ * go unanswered; the connection is given up after the grace period. */
+static void stopped_backend_is_given_up(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.statement_timeout_ms = 200;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  pgtag_ctx *ctx = pgtag_ctx_new("frozen");
+  rec pid = {0}, q = {0}, next = {0};
+
+  query_in(pool, ctx, "SELECT pg_backend_pid()::text", &pid);
+  wait_rec(&pid);
+  int backend = atoi(pid.value);
+  assert_int_equal(kill(backend, SIGSTOP), 0);
+  uint64_t t0 = now_ms();
+  query_in(pool, ctx, "SELECT 'into the void'", &q);
+  wait_rec(&q);
+  uint64_t took = now_ms() - t0;
+  kill(backend, SIGCONT);
+  assert_done(&q, ctx, PGTAG_ETIMEDOUT);
+  assert_non_null(strstr(q.message, "connection was closed"));
+  assert_true(took >= 200 + CANCEL_GRACE_MS - 100 && took < 200 + CANCEL_GRACE_MS + 3000);
+
+  query_in(pool, ctx, "SELECT 'a new connection'", &next);
+  wait_rec(&next);
+  assert_done(&next, ctx, PGTAG_OK);
+  pgtag_ctx_unref(ctx);
+  test_pool_close(&loop, pool);
+}
+
+/* ------------------------------------------------------------------------
+ * Cancel by request
+ * ------------------------------------------------------------------------ */
+
+static void cancel_everything_a_request_runs(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.max_conns = 3;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  pgtag_ctx *gone = pgtag_ctx_new("client-went-away"), *other = pgtag_ctx_new("other");
+  rec held = {0}, sleep_held = {0}, queued = {0}, sleep_one = {0}, waiting = {0};
+  rec other_held = {0}, other_q = {0}, after = {0};
+
+  acquire_in(pool, gone, &held);
+  acquire_in(pool, other, &other_held);
+  assert_true(run_until(&loop, &completions, 2, 5000));
+  int pid = pgtag_conn_backend_pid(held.conn);
+  conn_query_in(held.conn, gone, "SELECT pg_sleep(30)", &sleep_held);
+  conn_query_in(held.conn, gone, "SELECT 'queued'", &queued);
+  query_in(pool, gone, "SELECT pg_sleep(31)", &sleep_one);   /* the third connection */
+  query_in(pool, gone, "SELECT 'waiting'", &waiting);        /* no connection left */
+  conn_query_in(other_held.conn, other, "SELECT pg_sleep(0.3)::text", &other_q);
+  wait_running(pid, "%pg_sleep(30)");
+  run_for(&loop, 50);
+
+  in_submit = 1;
+  assert_int_equal(pgtag_ctx_cancel(gone), 4);
+  in_submit = 0;
+  assert_true(run_until(&loop, &completions, 7, 10000));
+  assert_done(&sleep_held, gone, PGTAG_ECANCELED);
+  assert_string_equal(sleep_held.sqlstate, "57014");
+  assert_done(&queued, gone, PGTAG_ECANCELED);
+  assert_done(&sleep_one, gone, PGTAG_ECANCELED);
+  assert_done(&waiting, gone, PGTAG_ECANCELED);
+  assert_done(&other_q, other, PGTAG_OK); /* another request is not touched */
+  assert_int_equal(admin_int("SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+                             "'%pg_sleep(3_)' AND state = 'active'"),
+                   0);
+
+  /* its connection stays held, and works */
+  assert_true(pgtag_conn_held(held.conn));
+  conn_query_in(held.conn, gone, "SELECT 'still mine'", &after);
+  wait_rec(&after);
+  assert_done(&after, gone, PGTAG_OK);
+  assert_int_equal(pgtag_ctx_cancel(gone), 0);
+  assert_int_equal(pgtag_ctx_cancel(NULL), 0);
+  pgtag_stats st;
+  pgtag_pool_stats(pool, &st);
+  assert_int_equal(st.canceled, 4);
+  pgtag_release(held.conn);
+  pgtag_release(other_held.conn);
+  pgtag_ctx_unref(gone);
+  pgtag_ctx_unref(other);
+  test_pool_close(&loop, pool);
+}
+
+/* ------------------------------------------------------------------------
+ * Server down, restarts, killed connections
+ * ------------------------------------------------------------------------ */
+
+static void server_down_at_start_then_up(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.acquire_timeout_ms = 800;
+  cfg.reconnect_base_ms = 100;
+  cfg.reconnect_max_ms = 400;
+  cfg.log_level = PGTAG_LOG_ERROR; /* the failed attempts are expected */
+  server_ctl("stop", NULL);
+  pgtag_pool *pool = test_pool_new(&loop, &cfg); /* creation does not need the server */
+  pgtag_ctx *ctx = pgtag_ctx_new("during-outage");
+  rec q = {0};
+
+  query_in(pool, ctx, "SELECT 1", &q);
+  wait_rec(&q);
+  assert_done(&q, ctx, PGTAG_ETIMEDOUT);
+  assert_non_null(strstr(q.message, "last connection error"));
+
+  /* keep a request waiting for 2.5 s and count the attempts: with backoff
+   * (100 ms doubling to 400 ms, each delay from its upper half) that is 6
+   * to 15, where a retry loop would make thousands */
+  pgtag_stats before, after;
+  pgtag_pool_stats(pool, &before);
+  for (int i = 0; i < 3; i++) {
+    rec w = {0};
+    query_in(pool, ctx, "SELECT 1", &w);
+    wait_rec(&w);
+    assert_done(&w, ctx, PGTAG_ETIMEDOUT);
+  }
+  pgtag_pool_stats(pool, &after);
+  uint64_t attempts = after.connect_failures - before.connect_failures;
+  print_message("connection attempts in 2.4 s of outage: %llu\n", (unsigned long long)attempts);
+  assert_true(attempts >= 4 && attempts <= 16);
+
+  /* a request waiting when the server comes back is served */
+  rec back = {0};
+  query_in(pool, ctx, "SELECT 'back'", &back);
+  server_ctl("up", NULL);
+  uint64_t t0 = now_ms();
+  wait_rec(&back);
+  if (back.code == PGTAG_ETIMEDOUT) { /* pg_ctl took most of its 800 ms */
+    memset(&back, 0, sizeof back);
+    t0 = now_ms();
+    query_in(pool, ctx, "SELECT 'back'", &back);
+    wait_rec(&back);
+  }
+  assert_done(&back, ctx, PGTAG_OK);
+  assert_true(now_ms() - t0 < 2000);
+  pgtag_ctx_unref(ctx);
+  test_pool_close(&loop, pool);
+}
+
+typedef struct load load;
+typedef struct {
+  load *l;
+  pgtag_ctx *ctx;
+  int calls;
+} load_req;
+
+struct load {
+  pgtag_pool *pool;
+  int submitted, completed, ok, econn, etimedout, other, wrong_ctx, twice;
+  int stop;
+  uint64_t last_ok; /* now_ms() of the last success */
+  char other_msg[256];
+};
+
+static void load_submit(load *l);
+
+static void load_done(PGresult *res, const pgtag_error *err, void *arg) {
+  load_req *r = arg;
+  load *l = r->l;
+  if (++r->calls > 1)
+    l->twice++;
+  if (pgtag_ctx_current() != r->ctx)
+    l->wrong_ctx++;
+  l->completed++;
+  if (err == NULL) {
+    /* the server saw this request's own ID */
+    char want[128];
+    snprintf(want, sizeof want, "/* requestId=%s */", pgtag_ctx_request_id(r->ctx));
+    if (strncmp(PQgetvalue(res, 0, 0), want, strlen(want)) != 0)
+      l->wrong_ctx++;
+    l->ok++;
+    l->last_ok = now_ms();
+  } else if (err->code == PGTAG_ECONN) {
+    l->econn++;
+  } else if (err->code == PGTAG_ETIMEDOUT) {
+    l->etimedout++;
+  } else {
+    l->other++;
+    snprintf(l->other_msg, sizeof l->other_msg, "%s: %s", pgtag_strerror(err->code),
+             err->message);
+  }
+  pgtag_ctx_end(r->ctx);
+  pgtag_ctx_unref(r->ctx);
+  free(r);
+  if (!l->stop)
+    load_submit(l);
+}
+
+static void load_submit(load *l) {
+  load_req *r = calloc(1, sizeof *r);
+  r->l = l;
+  r->ctx = pgtag_ctx_new(NULL);
+  pgtag_ctx *prev = pgtag_ctx_enter(r->ctx);
+  pgtag_errcode rc = pgtag_query(l->pool, "SELECT current_query()", 0, NULL, load_done, r);
+  pgtag_ctx_leave(prev);
+  if (rc != PGTAG_OK)
+    fail_msg("submit refused: %s", pgtag_strerror(rc));
+  l->submitted++;
+}
+
+typedef struct {
+  const char *mode;
+  volatile int done;
+} restarter;
+
+static void *restart_thread(void *arg) {
+  restarter *r = arg;
+  server_restart(r->mode);
+  r->done = 1;
+  return NULL;
+}
+
+static void restart_under_load(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.max_conns = 8;
+  cfg.acquire_timeout_ms = 3000;
+  cfg.reconnect_max_ms = 500;
+  cfg.log_level = PGTAG_LOG_ERROR;
+  load l = {0};
+  l.pool = test_pool_new(&loop, &cfg);
+  for (int i = 0; i < 64; i++)
+    load_submit(&l);
+  run_for(&loop, 500);
+  assert_true(l.ok > 64);
+
+  const char *modes[] = {"fast", "immediate"};
+  for (int m = 0; m < 2; m++) {
+    /* the loop keeps running while pg_ctl restarts the server */
+    restarter r = {modes[m], 0};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, restart_thread, &r), 0);
+    while (!r.done)
+      run_for(&loop, 20);
+    pthread_join(t, NULL);
+    uint64_t back = now_ms();
+    int ok_before = l.ok;
+    for (int i = 0; i < 250 && l.ok < ok_before + 200; i++)
+      run_for(&loop, 20);
+    print_message("after the %s restart: %d ok, %d ECONN, %d ETIMEDOUT so far; "
+                  "200 more served %llu ms after the server was back\n",
+                  modes[m], l.ok, l.econn, l.etimedout,
+                  (unsigned long long)(l.last_ok - back));
+    assert_true(l.ok >= ok_before + 200);
+    assert_true(l.last_ok - back < 5000);
+  }
+
+  l.stop = 1;
+  for (int i = 0; i < 500 && l.completed < l.submitted; i++)
+    run_for(&loop, 20);
+  if (l.other > 0)
+    fail_msg("%d unexpected outcomes, last: %s", l.other, l.other_msg);
+  assert_int_equal(l.completed, l.submitted); /* every callback once */
+  assert_int_equal(l.twice, 0);
+  assert_int_equal(l.wrong_ctx, 0);
+  test_pool_close(&loop, l.pool);
+}
+
+/* A connection killed while idle, and picked up in the same loop turn,
+ * before the poll could report it: over TCP the query would still go out. */
+static void idle_connection_killed_in_the_same_turn(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  char conninfo[256], sql[96];
+  test_config(&cfg);
+  tcp_conninfo(conninfo, sizeof conninfo);
+  cfg.conninfo = conninfo;
+  cfg.max_conns = 2;
+  cfg.log_level = PGTAG_LOG_ERROR;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  pgtag_ctx *ctx = pgtag_ctx_new("unlucky");
+  rec pid = {0}, q = {0};
+
+  query_in(pool, ctx, "SELECT pg_backend_pid()::text", &pid);
+  wait_rec(&pid);
+  run_for(&loop, 20); /* idle for a while */
+  snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%d)", atoi(pid.value));
+  admin_exec(sql);
+  snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_stat_activity WHERE pid = %d", atoi(pid.value));
+  for (int i = 0; i < 200 && admin_int(sql) > 0; i++)
+    usleep(10000);
+  usleep(50000); /* the FATAL and the close are in our socket now; the loop has not run */
+  uv_update_time(&loop);
+
+  query_in(pool, ctx, "SELECT pg_backend_pid()::text", &q);
+  wait_rec(&q);
+  assert_done(&q, ctx, PGTAG_OK);
+  assert_string_not_equal(q.value, pid.value);
+  pgtag_ctx_unref(ctx);
+  test_pool_close(&loop, pool);
+}
+
+static void keepalive_defaults_and_conninfo_override(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  char conninfo[320];
+  int cases[2][2] = {{30, 30}, {30, 7}}; /* tcp_keepalive_s, expected idle */
+  for (int c = 0; c < 2; c++) {
+    test_config(&cfg);
+    tcp_conninfo(conninfo, sizeof conninfo);
+    if (c == 1)
+      strcat(conninfo, " keepalives_idle=7");
+    cfg.conninfo = conninfo;
+    cfg.tcp_keepalive_s = cases[c][0];
+    pgtag_pool *pool = test_pool_new(&loop, &cfg);
+    rec acq = {0};
+    acquire_in(pool, NULL, &acq);
+    wait_rec(&acq);
+    assert_done(&acq, NULL, PGTAG_OK);
+    int fd = PQsocket(((struct conn *)acq.conn.impl_)->pg), v = 0;
+    socklen_t len = sizeof v;
+    assert_int_equal(getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &v, &len), 0);
+    assert_int_equal(v, 1);
+    assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &v, &len), 0);
+    assert_int_equal(v, cases[c][1]);
+    assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &v, &len), 0);
+    assert_int_equal(v, 5);
+    assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &v, &len), 0);
+    assert_int_equal(v, 3);
+    assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &v, &len), 0);
+    assert_int_equal(v, 45000);
+    pgtag_release(acq.conn);
+    test_pool_close(&loop, pool);
+    assert_int_equal(uv_loop_init(&loop), 0);
+  }
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* ------------------------------------------------------------------------
+ * Hostile sizes and arguments
+ * ------------------------------------------------------------------------ */
+
+static void ten_megabyte_query_and_parameter(void **state) {
+  (void)state;
+  pgtag_pool *pool = test_pool_new(&loop, NULL);
+  pgtag_ctx *ctx = pgtag_ctx_new("big");
+  size_t n = 10 * 1024 * 1024;
+  char *sql = malloc(n + 64), *param = malloc(n + 1);
+  strcpy(sql, "SELECT length('");
+  memset(sql + 15, 'x', n);
+  strcpy(sql + 15 + n, "')::text");
+  memset(param, 'y', n);
+  param[n] = '\0';
+  rec q = {0}, p = {0};
+
+  query_in(pool, ctx, sql, &q);
+  const char *vals[1] = {param};
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
+  assert_int_equal(pgtag_query(pool, "SELECT length($1)::text", 1, vals, rec_result, &p),
+                   PGTAG_OK);
+  pgtag_ctx_leave(prev);
+  free(sql); /* copied or sent by now: the caller may free */
+  free(param);
+  assert_true(run_until(&loop, &completions, 2, 30000));
+  assert_done(&q, ctx, PGTAG_OK);
+  assert_done(&p, ctx, PGTAG_OK);
+  assert_int_equal(atoi(q.value), (int)n);
+  assert_int_equal(atoi(p.value), (int)n);
+  pgtag_ctx_unref(ctx);
+  test_pool_close(&loop, pool);
+}
+
+static int many_calls, many_wrong;
+static void many_done(PGresult *res, const pgtag_error *err, void *arg) {
+  (void)res;
+  if (err != NULL || pgtag_ctx_current() != arg)
+    many_wrong++;
+  many_calls++;
+}
+
+static void ten_thousand_waiting(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.max_waiting = 10000;
+  cfg.acquire_timeout_ms = 60000;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  pgtag_ctx *ctxs[10];
+  many_calls = many_wrong = 0;
+  for (int i = 0; i < 10; i++)
+    ctxs[i] = pgtag_ctx_new(NULL);
+  for (int i = 0; i < 10000; i++) {
+    pgtag_ctx *prev = pgtag_ctx_enter(ctxs[i % 10]);
+    assert_int_equal(pgtag_query(pool, "SELECT 1", 0, NULL, many_done, ctxs[i % 10]), PGTAG_OK);
+    pgtag_ctx_leave(prev);
+  }
+  pgtag_stats st;
+  pgtag_pool_stats(pool, &st);
+  assert_int_equal(st.waiting, 10000);
+  rec refused = {0};
+  assert_int_equal(query_in(pool, NULL, "SELECT 1", &refused), PGTAG_EQUEUEFULL);
+  assert_true(run_until(&loop, &many_calls, 10000, 60000));
+  assert_int_equal(many_wrong, 0);
+  run_for(&loop, 20);
+  assert_int_equal(many_calls, 10000);
+  assert_int_equal(refused.calls, 0);
+  for (int i = 0; i < 10; i++) {
+    assert_int_equal(ctxs[i]->refs, 1);
+    pgtag_ctx_unref(ctxs[i]);
+  }
+  test_pool_close(&loop, pool);
+}
+
+static int refusals_logged;
+static void count_refusal(pgtag_log_level level, const char *msg, void *arg) {
+  (void)arg;
+  if (level == PGTAG_LOG_ERROR && strstr(msg, "pgtag_pool_new") != NULL)
+    refusals_logged++;
+}
+
+static void bad_configuration_is_refused(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  pgtag_pool *pool = NULL;
+  int expected = 0;
+
+  /* each refusal is an error code and one logged reason, never a pool */
+#define REFUSED(field, value)                                           \
+  do {                                                                  \
+    test_config(&cfg);                                                  \
+    cfg.log = count_refusal;                                            \
+    cfg.field = value;                                                  \
+    assert_int_equal(pgtag_pool_new(&loop, &cfg, &pool), PGTAG_EINVAL); \
+    assert_null(pool);                                                  \
+    assert_int_equal(refusals_logged, ++expected);                      \
+  } while (0)
+  refusals_logged = 0;
+  REFUSED(conninfo, "this is not a conninfo");
+  REFUSED(conninfo, "postgresql://[::1");
+  REFUSED(conninfo, "host=/tmp port='5432");
+  REFUSED(conninfo, NULL);
+  REFUSED(max_conns, 0);
+  REFUSED(max_conns, -1);
+  REFUSED(min_conns, 99);
+  REFUSED(acquire_timeout_ms, -5);
+  REFUSED(statement_timeout_ms, -1);
+  REFUSED(reconnect_base_ms, -1);
+  REFUSED(tcp_keepalive_s, -1);
+  REFUSED(tag_key, "bad key");
+  REFUSED(tag_style, (pgtag_tag_style)42);
+  test_config(&cfg);
+  cfg.log = count_refusal;
+  cfg.reconnect_base_ms = 1000;
+  cfg.reconnect_max_ms = 10;
+  assert_int_equal(pgtag_pool_new(&loop, &cfg, &pool), PGTAG_EINVAL);
+  assert_null(pool);
+#undef REFUSED
+
+  assert_int_equal(pgtag_pool_new(NULL, &cfg, &pool), PGTAG_EINVAL);
+  assert_int_equal(pgtag_pool_new(&loop, NULL, &pool), PGTAG_EINVAL);
+  assert_int_equal(pgtag_pool_new(&loop, &cfg, NULL), PGTAG_EINVAL);
+  assert_int_equal(pgtag_query_ex(NULL, "SELECT 1", 0, NULL, NULL, rec_result, NULL),
+                   PGTAG_EINVAL);
+  pgtag_conn none = {0};
+  assert_int_equal(pgtag_conn_query_ex(none, "SELECT 1", 0, NULL, NULL, rec_result, NULL),
+                   PGTAG_EINVAL);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup(statement_timeout_cancels_on_the_server, setup),
+      cmocka_unit_test_setup(held_query_blocked_on_a_lock_times_out, setup),
+      cmocka_unit_test_setup(stopped_backend_is_given_up, setup),
+      cmocka_unit_test_setup(cancel_everything_a_request_runs, setup),
+      cmocka_unit_test_setup(idle_connection_killed_in_the_same_turn, setup),
+      cmocka_unit_test_setup(keepalive_defaults_and_conninfo_override, setup),
+      cmocka_unit_test_setup(ten_megabyte_query_and_parameter, setup),
+      cmocka_unit_test_setup(ten_thousand_waiting, setup),
+      cmocka_unit_test_setup(bad_configuration_is_refused, setup),
+      /* these stop or restart the server: last */
+      cmocka_unit_test_setup(restart_under_load, setup),
+      cmocka_unit_test_setup(server_down_at_start_then_up, setup),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
