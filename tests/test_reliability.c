@@ -408,7 +408,20 @@ static void restart_under_load(void **state) {
   assert_int_equal(l.completed, l.submitted); /* every callback once */
   assert_int_equal(l.twice, 0);
   assert_int_equal(l.wrong_ctx, 0);
+
+  /* no connection leaked through the restarts, on either side */
+  pgtag_stats st;
+  pgtag_pool_stats(l.pool, &st);
+  assert_true(st.total <= 8);
+  assert_int_equal(st.busy + st.held + st.waiting, 0);
+  assert_true(admin_int("SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
+                        "'client backend' AND pid <> pg_backend_pid()") <= 8);
   test_pool_close(&loop, l.pool);
+  const char *left = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
+                     "'client backend' AND pid <> pg_backend_pid()";
+  for (int i = 0; i < 100 && admin_int(left) > 0; i++)
+    usleep(20000); /* backends exit just after their client hangs up */
+  assert_int_equal(admin_int(left), 0);
 }
 
 /* A connection killed while idle, and picked up in the same loop turn,
