@@ -60,6 +60,9 @@ typedef enum {
   PGTAG_ENOMEM       /* out of memory */
 } pgtag_errcode;
 
+/* How many codes there are: the size of pgtag_stats.errors_by_code. */
+#define PGTAG_NERRCODES 10
+
 /* What went wrong with an operation.  Owned by pgtag, valid only during the
  * callback it is passed to. */
 typedef struct {
@@ -143,6 +146,19 @@ void pgtag_ctx_leave(pgtag_ctx *previous);
 /* fn(arg) with ctx current, then the previous context restored. */
 void pgtag_ctx_run(pgtag_ctx *ctx, void (*fn)(void *arg), void *arg);
 
+/* What one request did in the database, across all pools. */
+typedef struct {
+  uint64_t queries;     /* queries completed, any outcome */
+  uint64_t errors;      /* of those, the ones that failed */
+  uint64_t db_time_us;  /* summed, each from being sent to its result */
+  uint64_t slowest_us;
+  char slowest_sql[201]; /* the slowest one's text, without the tag, cut
+                            at 200 bytes; "" when none ran */
+} pgtag_request_stats;
+
+/* Copy ctx's statistics into out (zeros for NULL ctx). */
+void pgtag_ctx_stats(const pgtag_ctx *ctx, pgtag_request_stats *out);
+
 /* ------------------------------------------------------------------------
  * Pool
  * ------------------------------------------------------------------------ */
@@ -162,8 +178,10 @@ typedef enum {
   PGTAG_LOG_ERROR
 } pgtag_log_level;
 
-/* Receives every message pgtag logs.  msg has no trailing newline and is
- * valid only during the call. */
+/* Receives every message pgtag logs, each as one line: no trailing newline,
+ * control characters replaced, starting with "request <id>: " when a
+ * request's context is current (slow queries, leak and N+1 reports).  msg
+ * is valid only during the call. */
 typedef void (*pgtag_log_fn)(pgtag_log_level level, const char *msg, void *arg);
 
 /* ------------------------------------------------------------------------
@@ -284,6 +302,21 @@ typedef struct {
                                 -rdynamic for function names) */
   pgtag_leak_fn on_leak;
   void *on_leak_arg;
+
+  /* Observability. */
+  int slow_query_ms;         /* log a WARN line for every query slower than
+                                this, with its request ID, duration, backend
+                                and text; 0 = off; default 0 */
+  int n_plus_one_threshold;  /* report once when one request runs the same
+                                statement text (tag stripped) more than this
+                                many times: the N+1 pattern; 0 = off;
+                                default 0 */
+  void (*on_n_plus_one)(const char *request_id, const char *sql,
+                        uint64_t count, void *arg);
+                             /* receives N+1 reports, from the loop, with the
+                                request's context current; NULL: a WARN log
+                                line.  sql is valid during the call */
+  void *on_n_plus_one_arg;
 } pgtag_pool_config;
 
 /* Fill cfg with the defaults above (conninfo NULL). */
@@ -307,6 +340,20 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
  * must not be used.  A second call is ignored. */
 void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg);
 
+/* A histogram of durations: buckets[i] counts values above bound i-1 and
+ * at most pgtag_histogram_bound_us(i); values above the last bound count
+ * only in count. */
+#define PGTAG_HISTOGRAM_BUCKETS 16
+typedef struct {
+  uint64_t count;
+  uint64_t sum_us;
+  uint64_t buckets[PGTAG_HISTOGRAM_BUCKETS];
+} pgtag_histogram;
+
+/* Upper bound of bucket i in microseconds (100 us ... 10 s); 0 outside
+ * [0, PGTAG_HISTOGRAM_BUCKETS). */
+uint64_t pgtag_histogram_bound_us(int i);
+
 typedef struct {
   int total;       /* open connections: connecting, idle, busy or held */
   int idle;        /* in the pool, free */
@@ -327,10 +374,24 @@ typedef struct {
   uint64_t leaks_threshold;
   uint64_t leaks_returned;
   uint64_t reclaimed;       /* connections taken back from their holder */
+  uint64_t conns_lost;      /* established connections that died */
+  uint64_t reconnects;      /* connections established to replace them */
+  uint64_t errors_by_code[PGTAG_NERRCODES]; /* operations ended, by code */
+  pgtag_histogram acquire_wait; /* submit to getting a connection */
+  pgtag_histogram query_time;   /* sent to result */
 } pgtag_stats;
 
 /* A snapshot of the pool's state; valid until the pool is freed. */
 void pgtag_pool_stats(const pgtag_pool *pool, pgtag_stats *out);
+
+/* The pool's statistics in the Prometheus text exposition format (0.0.4),
+ * every series labelled pool="<name>": connections by state, waiters,
+ * counters (queries, errors by code, timeouts, connects, losses, leaks,
+ * reclaims) and the two histograms, in seconds.  Writes at most len bytes
+ * into buf, always NUL-terminated when len > 0, and returns the length of
+ * the whole text (like snprintf: a result >= len means buf was too small);
+ * -1 for a NULL pool. */
+int pgtag_pool_metrics(const pgtag_pool *pool, char *buf, size_t len);
 
 /* ------------------------------------------------------------------------
  * Queries

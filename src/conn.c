@@ -9,6 +9,7 @@
 #include "conn.h"
 
 #include "pool.h"
+#include "stats.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -194,6 +195,16 @@ static void on_statement_timer(uv_timer_t *timer) {
   pgtag_ctx_leave(previous);
 }
 
+static void note_sql(struct conn *conn, const char *sql) {
+  size_t n = strnlen(sql, LAST_SQL_MAX);
+  /* Cut at a character boundary, should the text be UTF-8. */
+  if (n == LAST_SQL_MAX)
+    while (n > 0 && ((unsigned char)sql[n] & 0xC0) == 0x80)
+      n--;
+  memcpy(conn->last_sql, sql, n);
+  conn->last_sql[n] = '\0';
+}
+
 int conn_send(struct conn *conn, op *o) {
   pgtag_pool *pool = conn->pool;
   const char *text = tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key,
@@ -208,8 +219,10 @@ int conn_send(struct conn *conn, op *o) {
     return -1;
   conn->inflight = o;
   conn->want_write = flushed == 1;
-  if (conn->state == CONN_HELD)
-    hold_note_sql(conn, o->sql);
+  if (o->kind != OP_RESET) {
+    o->sent_ns = uv_hrtime();
+    note_sql(conn, o->sql);
+  }
   int timeout = o->kind == OP_RESET ? RESET_TIMEOUT_MS : o->timeout_ms;
   if (timeout > 0)
     uv_timer_start(&conn->timer, on_statement_timer, (uint64_t)timeout, 0);
@@ -242,6 +255,7 @@ static void read_results(struct conn *conn) {
       /* The connection is stuck in COPY mode: fail the query, drop it. */
       op *o = conn->inflight;
       uv_timer_stop(&conn->timer);
+      stats_query_done(o, conn);
       conn->inflight = NULL;
       PQclear(conn->result);
       conn->result = NULL;

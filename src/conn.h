@@ -21,6 +21,9 @@ typedef enum {
   CONN_NSTATES
 } conn_state;
 
+/* How much of a statement's text reports keep (leaks, slow queries, N+1). */
+#define LAST_SQL_MAX 200
+
 /* Connection structs are never freed before their pool: a closed one is
  * kept for reuse, so a dead pgtag_conn handle always points at memory that
  * can tell it is dead (its gen no longer matches). */
@@ -54,6 +57,7 @@ struct conn {
   uint64_t idle_since;
   int backend_pid;
   tag_buf tag;
+  char last_sql[LAST_SQL_MAX + 1]; /* the last statement sent, untagged */
 };
 
 /* Start connecting.  Returns the connection (state CONN_CONNECTING, not yet

@@ -185,6 +185,15 @@ void pgtag_ctx_end(pgtag_ctx *ctx) {
     leak_request_over(ctx);
 }
 
+void pgtag_ctx_stats(const pgtag_ctx *ctx, pgtag_request_stats *out) {
+  if (out == NULL)
+    return;
+  if (ctx == NULL)
+    memset(out, 0, sizeof *out);
+  else
+    *out = ctx->stats;
+}
+
 int pgtag_ctx_ended(const pgtag_ctx *ctx) { return ctx != NULL && ctx->ended; }
 
 pgtag_ctx *pgtag_ctx_current(void) { return current; }

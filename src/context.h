@@ -10,6 +10,15 @@ typedef struct {
   const char *value;
 } ctx_tag;
 
+/* A statement's count within one request, for the N+1 detector. */
+typedef struct {
+  uint64_t hash; /* of the statement text, tag stripped; 0 = free slot */
+  uint32_t count;
+  uint32_t reported;
+} ctx_statement;
+
+#define CTX_STATEMENTS 16
+
 struct pgtag_ctx {
   int refs;
   int ended;
@@ -18,6 +27,8 @@ struct pgtag_ctx {
   char *request_id;
   int ntags;
   ctx_tag tags[PGTAG_TAGS_MAX]; /* sorted by key, so encoders need not sort */
+  pgtag_request_stats stats;
+  ctx_statement statements[CTX_STATEMENTS]; /* the most repeated ones */
 };
 
 /* Nonzero when key is 1 to 32 characters from [A-Za-z0-9_.-]. */

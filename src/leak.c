@@ -62,6 +62,7 @@ void hold_start(struct conn *conn, op *o) {
   h->func = o->func;
   h->since = uv_now(conn->pool->loop);
   h->backend_pid = conn->backend_pid;
+  conn->last_sql[0] = '\0'; /* this acquisition's last statement, not the pool's */
   h->frames = o->frames;
   h->nframes = o->nframes;
   o->frames = NULL;
@@ -101,16 +102,6 @@ void leak_request_over(pgtag_ctx *ctx) {
   }
 }
 
-void hold_note_sql(struct conn *conn, const char *sql) {
-  size_t n = strnlen(sql, HOLD_SQL_MAX);
-  /* Cut at a character boundary, should the text be UTF-8. */
-  if (n == HOLD_SQL_MAX)
-    while (n > 0 && ((unsigned char)sql[n] & 0xC0) == 0x80)
-      n--;
-  memcpy(conn->hold.last_sql, sql, n);
-  conn->hold.last_sql[n] = '\0';
-}
-
 /* ------------------------------------------------------------------------
  * Reports
  * ------------------------------------------------------------------------ */
@@ -140,34 +131,31 @@ static const char *tx_state_text(pgtag_tx_state s) {
   return "?";
 }
 
-/* The default report: one line through the pool's log function. */
+/* The default report: one line through the pool's log function, which
+ * starts it with the request ID (report() makes the request current). */
 static void log_leak(const pgtag_pool *pool, const pgtag_leak *l) {
-  char sql[HOLD_SQL_MAX + 1], frames[640] = "";
-  const char *rid = l->request_id != NULL ? l->request_id : "(none)";
+  char sql[LAST_SQL_MAX + 1], frames[640] = "", site[320];
   text_line(sql, sizeof sql, l->last_sql);
   for (int i = 0, n = 0; i < l->nframes && n < (int)sizeof frames; i++)
     n += snprintf(frames + n, sizeof frames - (size_t)n, "%s%s",
                   i == 0 ? "; acquired from: " : " <- ", l->frames[i]);
+  snprintf(site, sizeof site, "acquired at %s:%d in %s()", l->file ? l->file : "?",
+           l->line, l->func ? l->func : "?");
+  const char *who = l->request_id != NULL ? "the request" : "a caller outside any request";
 
   switch (l->kind) {
   case PGTAG_LEAK_REQUEST_ENDED:
   case PGTAG_LEAK_THRESHOLD:
-    pool_log(pool, PGTAG_LOG_WARN,
-             "leak: request %s %s a connection (backend %d) acquired at "
-             "%s:%d in %s() %llu ms ago; %s; last query: %s%s%s",
-             rid, l->kind == PGTAG_LEAK_REQUEST_ENDED ? "ended while holding"
-                                                      : "has held for too long",
-             l->backend_pid, l->file ? l->file : "?", l->line,
-             l->func ? l->func : "?", (unsigned long long)l->held_ms,
+    pool_log(pool, PGTAG_LOG_WARN, "leak: %s %s a connection (backend %d) %s %llu ms ago; "
+             "%s; last query: %s%s%s",
+             who, l->kind == PGTAG_LEAK_REQUEST_ENDED ? "ended while holding" : "has held for too long",
+             l->backend_pid, site, (unsigned long long)l->held_ms,
              tx_state_text(l->tx_state), sql[0] ? sql : "(none)",
              l->reclaimed ? "; taking it back" : "", frames);
     break;
   case PGTAG_LEAK_RETURNED:
-    pool_log(pool, PGTAG_LOG_WARN,
-             "leak: request %s returned the connection (backend %d) acquired "
-             "at %s:%d in %s() after %llu ms",
-             rid, l->backend_pid, l->file ? l->file : "?", l->line,
-             l->func ? l->func : "?", (unsigned long long)l->held_ms);
+    pool_log(pool, PGTAG_LOG_WARN, "leak: %s returned the connection (backend %d) %s after %llu ms",
+             who, l->backend_pid, site, (unsigned long long)l->held_ms);
     break;
   }
 }
@@ -195,7 +183,7 @@ static void report(struct conn *conn, pgtag_leak_kind kind, int reclaimed) {
       .func = h->func,
       .held_ms = uv_now(pool->loop) - h->since,
       .backend_pid = h->backend_pid,
-      .last_sql = h->last_sql,
+      .last_sql = conn->last_sql,
       .tx_state = tx_state(conn),
       .reclaimed = reclaimed,
       .frames = (const char *const *)symbols,

@@ -12,7 +12,6 @@
 struct conn;
 struct op;
 
-#define HOLD_SQL_MAX 200
 #define HOLD_FRAMES_MAX 24
 
 /* One acquisition.  Lives in the connection from grant to release. */
@@ -24,7 +23,6 @@ typedef struct {
   const char *func;
   uint64_t since;     /* uv_now() at grant */
   int backend_pid;    /* at grant: still known once the connection is lost */
-  char last_sql[HOLD_SQL_MAX + 1];
   void **frames;      /* leak_backtrace: raw return addresses, owned */
   int nframes;
   unsigned delivered : 1;         /* the acquire callback has run */
@@ -51,9 +49,6 @@ void hold_end(struct conn *conn, int released_by_holder);
 
 /* Drop the context reference and what the acquisition kept. */
 void hold_clear(struct conn *conn);
-
-/* Remember the statement just sent on a held connection. */
-void hold_note_sql(struct conn *conn, const char *sql);
 
 /* From context.c: ctx has ended, or its last reference outside pgtag was
  * dropped, while holding connections: check them once the current callback

@@ -31,13 +31,23 @@ void text_line(char *buf, size_t len, const char *msg) {
 }
 
 void pool_log(const pgtag_pool *pool, pgtag_log_level level, const char *fmt, ...) {
-  char msg[1024];
+  char msg[1536];
+  int n = 0;
   va_list ap;
   if (level < pool->cfg.log_level)
     return;
+  /* Every line says which request it is about, when there is one. */
+  pgtag_ctx *ctx = pgtag_ctx_current();
+  if (ctx != NULL)
+    n = snprintf(msg, sizeof msg, "request %.128s: ", pgtag_ctx_request_id(ctx));
   va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
+  vsnprintf(msg + n, sizeof msg - (size_t)n, fmt, ap);
   va_end(ap);
+  /* One line, whatever a request ID or a server message held: a log line
+   * must not be forged by a value. */
+  for (char *p = msg; *p != '\0'; p++)
+    if ((unsigned char)*p < 0x20 || *p == 0x7f)
+      *p = ' ';
   if (pool->cfg.log != NULL)
     pool->cfg.log(level, msg, pool->cfg.log_arg);
   else

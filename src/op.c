@@ -6,6 +6,7 @@
 
 #include "conn.h"
 #include "pool.h"
+#include "stats.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -130,18 +131,14 @@ void op_finish(op *o) {
     apply_cancel(o);
   pgtag_error err = {o->code, o->sqlstate[0] ? o->sqlstate : NULL, o->message};
   const pgtag_error *errp = o->code == PGTAG_OK ? NULL : &err;
-  pgtag_stats *stats = &o->pool->stats;
 
-  if (errp != NULL)
-    stats->errors++;
+  stats_op_finished(o);
   pgtag_ctx *previous = pgtag_ctx_enter(o->ctx);
   if (o->kind == OP_QUERY) {
-    stats->queries++;
     o->cb.result(o->res, errp, o->arg);
   } else if (o->kind == OP_ACQUIRE) {
     pgtag_conn handle = {NULL, 0};
     if (errp == NULL) {
-      stats->acquired++;
       handle.impl_ = o->conn;
       handle.gen_ = o->gen;
       hold_delivered(o->conn, o->gen);

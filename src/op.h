@@ -43,6 +43,8 @@ typedef struct op {
   int nframes;
   uint64_t deadline; /* uv_now() by which a wait fails; 0 = none */
   int timeout_ms;    /* statement timeout once sent; 0 = none */
+  uint64_t waiting_ns; /* uv_hrtime() when it began to wait; 0 = never */
+  uint64_t sent_ns;    /* uv_hrtime() when sent; 0 once accounted for */
   pgtag_errcode cancel_code; /* cancelled on purpose: ETIMEDOUT, ECANCELED */
 
   /* Outcome, filled in before op_finish. */

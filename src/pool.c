@@ -7,6 +7,7 @@
 
 #include "cancel.h"
 #include "context.h"
+#include "stats.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +52,7 @@ static void defer(pgtag_pool *pool, op *o);
 /* Hand conn to an acquire: the connection remembers the request and the
  * call site; the callback is delivered from the loop. */
 static void grant(pgtag_pool *pool, struct conn *conn, op *o) {
+  stats_waited(pool, o);
   set_state(conn, CONN_HELD);
   conn->gen = ++pool->last_gen;
   hold_start(conn, o);
@@ -127,6 +129,7 @@ static void waiter_add(pgtag_pool *pool, op *o) {
   int was_empty = queue_empty(&pool->waiters);
   if (pool->cfg.acquire_timeout_ms > 0)
     o->deadline = uv_now(pool->loop) + (uint64_t)pool->cfg.acquire_timeout_ms;
+  o->waiting_ns = uv_hrtime();
   queue_insert_tail(&pool->waiters, &o->node);
   pool->nwaiting++;
   if (was_empty)
@@ -176,8 +179,16 @@ static void on_wait_timeout(uv_timer_t *timer) {
  * Connections coming and going
  * ------------------------------------------------------------------------ */
 
-static void log_lost(const pgtag_pool *pool, struct conn *conn) {
+/* An established connection died: counted, and its replacement counted as
+ * a reconnect when it comes. */
+static void count_lost(pgtag_pool *pool) {
+  pool->stats.conns_lost++;
+  pool->replacements_due++;
+}
+
+static void log_lost(pgtag_pool *pool, struct conn *conn) {
   char msg[256];
+  count_lost(pool);
   text_line(msg, sizeof msg, conn->pg ? PQerrorMessage(conn->pg) : "");
   pool_log(pool, PGTAG_LOG_WARN, "connection to backend %d lost: %s",
            conn->backend_pid, msg);
@@ -254,6 +265,10 @@ void pool_on_connected(struct conn *conn) {
   pgtag_pool *pool = conn->pool;
   pool->stats.connects++;
   pool->connect_failures_in_row = 0;
+  if (pool->replacements_due > 0) {
+    pool->replacements_due--;
+    pool->stats.reconnects++;
+  }
   pool_log(pool, PGTAG_LOG_DEBUG, "connected (backend %d)", conn->backend_pid);
   make_available(pool, conn);
 }
@@ -289,8 +304,10 @@ static void make_available(pgtag_pool *pool, struct conn *conn) {
       return;
     }
     set_state(conn, CONN_BUSY);
-    if (conn_send(conn, o) == 0)
+    if (conn_send(conn, o) == 0) {
+      stats_waited(pool, o);
       return;
+    }
     /* The connection broke while the query was being sent.  Whatever part
      * reached the server ran without its Sync, so nothing of it committed:
      * the query keeps its place in line and the connection is replaced. */
@@ -316,10 +333,12 @@ void pool_on_conn_lost(struct conn *conn, const char *why) {
 
   pool_log(pool, PGTAG_LOG_WARN, "connection to backend %d lost: %s",
            conn->backend_pid, message);
+  count_lost(pool);
   conn->inflight = NULL;
   if (o != NULL && o->kind == OP_RESET) {
     op_discard(o);
   } else if (o != NULL) {
+    stats_query_done(o, conn);
     if (conn->result != NULL)
       op_set_result(o, conn->result, 1); /* keeps the server's SQLSTATE */
     else
@@ -375,6 +394,7 @@ static void held_next(pgtag_pool *pool, struct conn *conn) {
 
 void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
   pgtag_pool *pool = conn->pool;
+  stats_query_done(o, conn);
 
   if (PQstatus(conn->pg) == CONNECTION_BAD) {
     /* libpq returns the final NULL only after ReadyForQuery, so a query
@@ -727,6 +747,7 @@ pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
     o->timeout_ms = timeout_of(pool, opts);
     set_state(conn, CONN_BUSY);
     if (conn_send(conn, o) == 0) {
+      stats_waited(pool, o);
       o->sql = NULL;
       o->values = NULL;
       return PGTAG_OK;

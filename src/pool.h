@@ -40,6 +40,7 @@ struct pgtag_pool {
 
   uv_timer_t retry_timer; /* connect backoff */
   int connect_failures_in_row;
+  int replacements_due; /* connections lost, not yet replaced */
   char last_connect_error[256];
 
   uv_timer_t maint_timer; /* idle timeout, max lifetime, min_conns */

@@ -534,7 +534,7 @@ static void default_report_is_one_log_line(void **state) {
   pgtag_ctx_end(ctx);
   for (int i = 0; i < 100 && logged[0] == '\0'; i++)
     run_for(&loop, 10);
-  assert_non_null(strstr(logged, "request logged-leak ended while holding"));
+  assert_true(strncmp(logged, "request logged-leak: leak: the request ended while holding", 58) == 0);
   snprintf(want, sizeof want, "test_leak.c:%d in default_report_is_one_log_line()", line);
   assert_non_null(strstr(logged, want));
   assert_non_null(strstr(logged, "last query: SELECT 'two lines'"));

@@ -1,0 +1,126 @@
+/* Measurements.  Everything here runs on the loop, on paths every query
+ * takes, so it is counters and fixed-size tables only: no allocation, two
+ * clock reads per query (sent, done), and the N+1 hash only when the
+ * detector is on. */
+#include "stats.h"
+
+#include "conn.h"
+#include "context.h"
+#include "op.h"
+#include "pool.h"
+
+#include <string.h>
+
+static const uint64_t bounds_us[PGTAG_HISTOGRAM_BUCKETS] = {
+    100,    250,    500,     1000,    2500,    5000,    10000,   25000,
+    50000,  100000, 250000,  500000,  1000000, 2500000, 5000000, 10000000};
+
+uint64_t pgtag_histogram_bound_us(int i) {
+  return i >= 0 && i < PGTAG_HISTOGRAM_BUCKETS ? bounds_us[i] : 0;
+}
+
+void histogram_add(pgtag_histogram *h, uint64_t us) {
+  h->count++;
+  h->sum_us += us;
+  for (int i = 0; i < PGTAG_HISTOGRAM_BUCKETS; i++) {
+    if (us <= bounds_us[i]) {
+      h->buckets[i]++;
+      return;
+    }
+  }
+}
+
+void stats_waited(pgtag_pool *pool, op *o) {
+  uint64_t us = o->waiting_ns != 0 ? (uv_hrtime() - o->waiting_ns) / 1000 : 0;
+  histogram_add(&pool->stats.acquire_wait, us);
+}
+
+/* FNV-1a: short statements, no need for more. */
+static uint64_t text_hash(const char *s) {
+  uint64_t h = 14695981039346656037ULL;
+  for (; *s != '\0'; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+  return h != 0 ? h : 1;
+}
+
+/* Count the statement in its request; when one count passes the threshold,
+ * report once.  A full table gives the least repeated slot to the newcomer:
+ * a statement repeated enough to matter keeps its place. */
+static void n_plus_one(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql) {
+  uint64_t h = text_hash(sql);
+  ctx_statement *slot = NULL, *least = &ctx->statements[0];
+  for (int i = 0; i < CTX_STATEMENTS; i++) {
+    ctx_statement *s = &ctx->statements[i];
+    if (s->hash == h || s->hash == 0) {
+      slot = s;
+      break;
+    }
+    if (s->count < least->count)
+      least = s;
+  }
+  if (slot == NULL) {
+    slot = least;
+    memset(slot, 0, sizeof *slot);
+  }
+  slot->hash = h;
+  if (++slot->count <= (uint32_t)pool->cfg.n_plus_one_threshold || slot->reported)
+    return;
+  slot->reported = 1;
+  if (pool->cfg.on_n_plus_one != NULL)
+    pool->cfg.on_n_plus_one(ctx->request_id, sql, slot->count, pool->cfg.on_n_plus_one_arg);
+  else
+    pool_log(pool, PGTAG_LOG_WARN,
+             "N+1: the same statement ran %u times in this request: %s",
+             slot->count, sql);
+}
+
+void stats_query_done(op *o, struct conn *conn) {
+  if (o->sent_ns == 0)
+    return;
+  pgtag_pool *pool = o->pool;
+  uint64_t us = (uv_hrtime() - o->sent_ns) / 1000;
+  o->sent_ns = 0;
+  histogram_add(&pool->stats.query_time, us);
+
+  pgtag_ctx *ctx = o->ctx;
+  if (ctx != NULL) {
+    ctx->stats.db_time_us += us;
+    if (us >= ctx->stats.slowest_us) {
+      ctx->stats.slowest_us = us;
+      memcpy(ctx->stats.slowest_sql, conn->last_sql, sizeof ctx->stats.slowest_sql);
+    }
+  }
+  int slow = pool->cfg.slow_query_ms > 0 && us >= (uint64_t)pool->cfg.slow_query_ms * 1000;
+  int count = pool->cfg.n_plus_one_threshold > 0 && ctx != NULL;
+  if (!slow && !count)
+    return;
+  pgtag_ctx *previous = pgtag_ctx_enter(ctx); /* the log line names the request */
+  if (slow) {
+    char sql[LAST_SQL_MAX + 1];
+    text_line(sql, sizeof sql, conn->last_sql);
+    pool_log(pool, PGTAG_LOG_WARN, "slow query: %llu ms on backend %d: %s",
+             (unsigned long long)(us / 1000), conn->backend_pid, sql);
+  }
+  if (count)
+    n_plus_one(pool, ctx, conn->last_sql);
+  pgtag_ctx_leave(previous);
+}
+
+void stats_op_finished(op *o) {
+  pgtag_stats *stats = &o->pool->stats;
+  if (o->code != PGTAG_OK) {
+    stats->errors++;
+    if ((int)o->code >= 0 && o->code < PGTAG_NERRCODES)
+      stats->errors_by_code[o->code]++;
+  }
+  if (o->kind == OP_QUERY) {
+    stats->queries++;
+    if (o->ctx != NULL) {
+      o->ctx->stats.queries++;
+      if (o->code != PGTAG_OK)
+        o->ctx->stats.errors++;
+    }
+  } else if (o->kind == OP_ACQUIRE && o->code == PGTAG_OK) {
+    stats->acquired++;
+  }
+}
