@@ -56,7 +56,10 @@ static void check_context(request *req) {
 }
 
 static void request_done(request *req) {
-  log_line("response sent");
+  pgtag_request_stats st;
+  pgtag_ctx_stats(req->ctx, &st);
+  log_line("response sent: %llu quer%s, %.1f ms in the database", (unsigned long long)st.queries,
+           st.queries == 1 ? "y" : "ies", (double)st.db_time_us / 1000);
   pgtag_ctx_end(req->ctx);
   pgtag_ctx_unref(req->ctx);
   free(req);
