@@ -80,7 +80,9 @@ $$;
 -- their columns.
 DROP VIEW IF EXISTS pgtag.activity, pgtag.blocking, pgtag.statements;
 
--- What every backend runs, with the request behind it.
+-- What every backend runs, with the request behind it.  Ages use
+-- clock_timestamp(): now() is this query's own start, which can be earlier
+-- than a query_start read from the statistics snapshot a moment later.
 CREATE VIEW pgtag.activity AS
 SELECT a.pid,
        pgtag.request_id(a.query) AS request_id,
@@ -88,8 +90,8 @@ SELECT a.pid,
        a.state,
        a.wait_event_type,
        a.wait_event,
-       now() - a.query_start AS query_age,
-       now() - a.xact_start AS xact_age,
+       clock_timestamp() - a.query_start AS query_age,
+       clock_timestamp() - a.xact_start AS xact_age,
        a.query_id,
        a.usename,
        a.datname,
@@ -106,11 +108,11 @@ SELECT w.pid AS blocked_pid,
        pgtag.request_id(w.query) AS blocked_request_id,
        b.pid AS blocking_pid,
        pgtag.request_id(b.query) AS blocking_request_id,
-       (SELECT now() - min(l.waitstart) FROM pg_locks l
+       (SELECT clock_timestamp() - min(l.waitstart) FROM pg_locks l
          WHERE l.pid = w.pid AND NOT l.granted) AS lock_wait,
        w.wait_event_type || ':' || w.wait_event AS waiting_for,
        b.state AS blocking_state,
-       now() - b.xact_start AS blocking_xact_age,
+       clock_timestamp() - b.xact_start AS blocking_xact_age,
        pgtag.strip(w.query) AS blocked_query,
        pgtag.strip(b.query) AS blocking_query
   FROM pg_stat_activity w
