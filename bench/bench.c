@@ -1,0 +1,365 @@
+/* pgtag's benchmark: simulated requests against a real server, one result
+ * line of key=value pairs per run, for scripts (bench/compare.sh).
+ *
+ *   pgtag_bench [-w W1|W2|W3] [-c concurrency] [-p pool] [-t seconds]
+ *               [-d pipeline_depth] [-n] CONNINFO
+ *
+ *   W1  C concurrent requests over a pool of P connections; each request
+ *       gets a fresh context with its own request ID, runs one tagged point
+ *       select on pgbench_accounts with a random aid, and ends.
+ *   W2  the same, but each request holds a connection for a transaction:
+ *       BEGIN; SELECT; UPDATE pgbench_accounts; INSERT INTO pgbench_history;
+ *       COMMIT (all five queued at once; pgtag runs them in order).
+ *   W3  a burst of C requests (default 10,000) at once against the pool:
+ *       pgtag's memory per waiting request, and the completion order.
+ *   -n  no tag (tag_style NONE), to measure what tagging costs.
+ *
+ * Heap allocations are counted by wrapping malloc, calloc and realloc at
+ * link time (-Wl,--wrap): only calls from code linked statically, that is
+ * pgtag and this program, which allocates nothing once running.  libpq and
+ * libuv are shared libraries and not counted. */
+#include "pgtag.h"
+
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------------
+ * Allocation counting
+ * ------------------------------------------------------------------------ */
+
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t m);
+void *__real_realloc(void *p, size_t n);
+void __real_free(void *p);
+void *__wrap_malloc(size_t n);
+void *__wrap_calloc(size_t n, size_t m);
+void *__wrap_realloc(void *p, size_t n);
+void __wrap_free(void *p);
+
+static unsigned long long allocs;
+static long long live_bytes;
+
+void *__wrap_malloc(size_t n) {
+  void *p = __real_malloc(n);
+  allocs++;
+  live_bytes += p ? (long long)malloc_usable_size(p) : 0;
+  return p;
+}
+
+void *__wrap_calloc(size_t n, size_t m) {
+  void *p = __real_calloc(n, m);
+  allocs++;
+  live_bytes += p ? (long long)malloc_usable_size(p) : 0;
+  return p;
+}
+
+void *__wrap_realloc(void *old, size_t n) {
+  long long before = old ? (long long)malloc_usable_size(old) : 0;
+  void *p = __real_realloc(old, n);
+  allocs++;
+  if (p != NULL)
+    live_bytes += (long long)malloc_usable_size(p) - before;
+  return p;
+}
+
+void __wrap_free(void *p) {
+  if (p != NULL)
+    live_bytes -= (long long)malloc_usable_size(p);
+  __real_free(p);
+}
+
+/* ------------------------------------------------------------------------
+ * Options and measurements
+ * ------------------------------------------------------------------------ */
+
+static const char *workload = "W1";
+static int concurrency = 64, pool_size = 8, seconds = 10, depth = 0, tagged = 1;
+static const char *conninfo;
+
+static uv_loop_t *loop;
+static pgtag_pool *pool;
+static int naccounts = 1000000; /* pgbench scale 10 */
+
+#define LAT_MAX_US 2000000
+static unsigned *latency; /* per microsecond, up to 2 s */
+static unsigned long long lat_over, completed, queries, failures, next_id;
+static uint64_t t_start, t_end;
+static int running = 1, warm;
+static unsigned long long allocs_at_warm, queries_at_warm;
+static struct rusage ru_at_warm;
+
+static uint64_t rng = 88172645463325252ULL;
+static unsigned rand_aid(void) {
+  rng ^= rng << 13;
+  rng ^= rng >> 7;
+  rng ^= rng << 17;
+  return (unsigned)(rng % (uint64_t)naccounts) + 1;
+}
+
+static void record_latency(uint64_t ns) {
+  uint64_t us = ns / 1000;
+  if (us < LAT_MAX_US)
+    latency[us]++;
+  else
+    lat_over++;
+}
+
+static unsigned long long percentile_us(double p) {
+  unsigned long long total = lat_over, seen = 0;
+  for (int i = 0; i < LAT_MAX_US; i++)
+    total += latency[i];
+  unsigned long long want = (unsigned long long)(p * (double)total);
+  for (int i = 0; i < LAT_MAX_US; i++) {
+    seen += latency[i];
+    if (seen > want)
+      return (unsigned long long)i;
+  }
+  return LAT_MAX_US;
+}
+
+/* ------------------------------------------------------------------------
+ * Requests
+ * ------------------------------------------------------------------------ */
+
+typedef struct {
+  uint64_t started;
+  pgtag_ctx *ctx;
+  pgtag_conn conn;
+  int steps;
+  unsigned long long order; /* W3: submission number */
+  char aid[16], delta[16], tid[16], bid[16];
+} request;
+
+static request *requests;
+static unsigned long long w3_next_expected, w3_out_of_order;
+
+static void request_start(request *r);
+
+static void request_end(request *r, int failed) {
+  uint64_t now = uv_hrtime();
+  record_latency(now - r->started);
+  completed++;
+  failures += failed != 0;
+  pgtag_ctx_end(r->ctx);
+  pgtag_ctx_unref(r->ctx);
+  r->ctx = NULL;
+  if (running)
+    request_start(r);
+}
+
+static void on_select(PGresult *res, const pgtag_error *err, void *arg) {
+  (void)res;
+  queries++;
+  request_end(arg, err != NULL);
+}
+
+static void on_step(PGresult *res, const pgtag_error *err, void *arg) {
+  request *r = arg;
+  (void)res;
+  queries++;
+  if (err != NULL)
+    r->steps = -1000; /* failed: still ends after the last step */
+  if (++r->steps == 5 || r->steps == -995) {
+    pgtag_release(r->conn);
+    request_end(r, r->steps < 0);
+  }
+}
+
+static void on_conn(pgtag_conn conn, const pgtag_error *err, void *arg) {
+  request *r = arg;
+  if (err != NULL) {
+    request_end(r, 1);
+    return;
+  }
+  r->conn = conn;
+  r->steps = 0;
+  snprintf(r->delta, sizeof r->delta, "%d", (int)(rand_aid() % 10001) - 5000);
+  snprintf(r->tid, sizeof r->tid, "%u", rand_aid() % 100 + 1);
+  snprintf(r->bid, sizeof r->bid, "%u", rand_aid() % 10 + 1);
+  const char *sel[1] = {r->aid};
+  const char *upd[2] = {r->delta, r->aid};
+  const char *ins[4] = {r->tid, r->bid, r->aid, r->delta};
+  pgtag_conn_query(conn, "BEGIN", 0, NULL, on_step, r);
+  pgtag_conn_query(conn, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", 1, sel,
+                   on_step, r);
+  pgtag_conn_query(conn, "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+                   2, upd, on_step, r);
+  pgtag_conn_query(conn,
+                   "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) "
+                   "VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)",
+                   4, ins, on_step, r);
+  pgtag_conn_query(conn, "COMMIT", 0, NULL, on_step, r);
+}
+
+static void on_w3(PGresult *res, const pgtag_error *err, void *arg) {
+  request *r = arg;
+  (void)res;
+  queries++;
+  if (r->order != w3_next_expected)
+    w3_out_of_order++;
+  w3_next_expected = r->order + 1;
+  request_end(r, err != NULL);
+}
+
+static void request_start(request *r) {
+  char id[40];
+  /* An ID as a server would get it from X-Request-Id: UUID-shaped, unique. */
+  unsigned long long n = ++next_id;
+  snprintf(id, sizeof id, "%08llx-%04llx-4%03llx-8000-%012llx", n * 2654435761ULL & 0xffffffffULL,
+           n >> 32 & 0xffff, n & 0xfff, n);
+  r->ctx = pgtag_ctx_new(id);
+  r->started = uv_hrtime();
+  snprintf(r->aid, sizeof r->aid, "%u", rand_aid());
+  const char *params[1] = {r->aid};
+  pgtag_ctx *previous = pgtag_ctx_enter(r->ctx);
+  pgtag_errcode rc;
+  if (strcmp(workload, "W2") == 0) {
+    rc = pgtag_acquire(pool, on_conn, r);
+  } else if (strcmp(workload, "W3") == 0) {
+    r->order = next_id - 1;
+    rc = pgtag_query(pool, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", 1, params,
+                     on_w3, r);
+  } else {
+    rc = pgtag_query(pool, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", 1, params,
+                     on_select, r);
+  }
+  pgtag_ctx_leave(previous);
+  if (rc != PGTAG_OK) {
+    fprintf(stderr, "pgtag_bench: submit refused: %s\n", pgtag_strerror(rc));
+    exit(1);
+  }
+}
+
+/* ------------------------------------------------------------------------
+ * Phases: one second of warm-up, then the measured run
+ * ------------------------------------------------------------------------ */
+
+static uv_timer_t phase;
+
+static void on_closed(void *arg) { (void)arg; }
+
+static void on_phase(uv_timer_t *t) {
+  if (!warm) {
+    warm = 1;
+    memset(latency, 0, LAT_MAX_US * sizeof *latency);
+    lat_over = completed = failures = 0;
+    allocs_at_warm = allocs;
+    queries_at_warm = queries;
+    getrusage(RUSAGE_SELF, &ru_at_warm);
+    t_start = uv_hrtime();
+    uv_timer_start(t, on_phase, (uint64_t)seconds * 1000, 0);
+    return;
+  }
+  t_end = uv_hrtime();
+  running = 0;
+  uv_close((uv_handle_t *)t, NULL);
+}
+
+static double cpu_seconds(const struct rusage *a, const struct rusage *b) {
+  return (double)(b->ru_utime.tv_sec - a->ru_utime.tv_sec) +
+         (double)(b->ru_utime.tv_usec - a->ru_utime.tv_usec) / 1e6 +
+         (double)(b->ru_stime.tv_sec - a->ru_stime.tv_sec) +
+         (double)(b->ru_stime.tv_usec - a->ru_stime.tv_usec) / 1e6;
+}
+
+static void run_steady(void) {
+  for (int i = 0; i < concurrency; i++)
+    request_start(&requests[i]);
+  uv_timer_init(loop, &phase);
+  uv_timer_start(&phase, on_phase, 1000, 0);
+  uv_run(loop, UV_RUN_DEFAULT); /* ends once the last requests are done */
+
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  double elapsed = (double)(t_end - t_start) / 1e9;
+  unsigned long long q = queries - queries_at_warm;
+  printf("workload=%s concurrency=%d pool=%d depth=%d tag=%d seconds=%.2f requests=%llu "
+         "queries=%llu failures=%llu qps=%.0f rps=%.0f p50_us=%llu p99_us=%llu p999_us=%llu "
+         "cpu_us_per_query=%.2f allocs_per_query=%.4f peak_rss_kb=%ld\n",
+         workload, concurrency, pool_size, depth, tagged, elapsed, completed, q, failures,
+         (double)q / elapsed, (double)completed / elapsed, percentile_us(0.50),
+         percentile_us(0.99), percentile_us(0.999), cpu_seconds(&ru_at_warm, &ru) * 1e6 / (double)q,
+         (double)(allocs - allocs_at_warm) / (double)q, ru.ru_maxrss);
+}
+
+static void run_burst(void) {
+  /* Warm the pool up first, so that the burst measures waiting, not
+   * connecting. */
+  running = 0;
+  request_start(&requests[0]);
+  uv_run(loop, UV_RUN_DEFAULT);
+  completed = queries = failures = 0;
+  w3_next_expected = next_id;
+  long long before = live_bytes;
+  uint64_t t0 = uv_hrtime();
+  for (int i = 0; i < concurrency; i++)
+    request_start(&requests[i]);
+  long long during = live_bytes;
+  pgtag_stats st;
+  pgtag_pool_stats(pool, &st);
+  uv_run(loop, UV_RUN_DEFAULT);
+  double elapsed = (double)(uv_hrtime() - t0) / 1e9;
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  printf("workload=W3 requests=%d pool=%d waiting_at_peak=%d completed=%llu failures=%llu "
+         "seconds=%.2f bytes_per_waiting_request=%.0f out_of_order=%llu p50_us=%llu "
+         "p99_us=%llu peak_rss_kb=%ld\n",
+         concurrency, pool_size, st.waiting, completed, failures, elapsed,
+         (double)(during - before) / (double)concurrency, w3_out_of_order, percentile_us(0.5),
+         percentile_us(0.99), ru.ru_maxrss);
+}
+
+int main(int argc, char **argv) {
+  int opt;
+  while ((opt = getopt(argc, argv, "w:c:p:t:d:n")) != -1) {
+    switch (opt) {
+    case 'w': workload = optarg; break;
+    case 'c': concurrency = atoi(optarg); break;
+    case 'p': pool_size = atoi(optarg); break;
+    case 't': seconds = atoi(optarg); break;
+    case 'd': depth = atoi(optarg); break;
+    case 'n': tagged = 0; break;
+    default:
+      fprintf(stderr, "usage: pgtag_bench [-w W1|W2|W3] [-c n] [-p n] [-t s] [-d n] [-n] "
+                      "CONNINFO\n");
+      return 2;
+    }
+  }
+  int burst = strcmp(workload, "W3") == 0;
+  if (burst && concurrency == 64)
+    concurrency = 10000;
+  conninfo = optind < argc ? argv[optind] : getenv("PGTAG_TEST_CONNINFO");
+  if (conninfo == NULL || concurrency < 1 || seconds < 1) {
+    fprintf(stderr, "pgtag_bench: a conninfo (or PGTAG_TEST_CONNINFO) is required\n");
+    return 2;
+  }
+  const char *scale = getenv("PGTAG_BENCH_ACCOUNTS");
+  if (scale != NULL)
+    naccounts = atoi(scale);
+
+  latency = __real_calloc(LAT_MAX_US, sizeof *latency);
+  requests = __real_calloc((size_t)concurrency, sizeof *requests);
+  loop = uv_default_loop();
+  pgtag_pool_config cfg;
+  pgtag_pool_config_init(&cfg);
+  cfg.conninfo = conninfo;
+  cfg.name = "bench";
+  cfg.max_conns = pool_size;
+  cfg.min_conns = pool_size;
+  cfg.max_waiting = concurrency + 1;
+  cfg.acquire_timeout_ms = 60000;
+  cfg.tag_style = tagged ? PGTAG_TAG_PREFIX : PGTAG_TAG_NONE;
+  if (pgtag_pool_new(loop, &cfg, &pool) != PGTAG_OK)
+    return 1;
+  if (burst)
+    run_burst();
+  else
+    run_steady();
+  pgtag_pool_close(pool, on_closed, NULL);
+  uv_run(loop, UV_RUN_DEFAULT);
+  return failures == 0 ? 0 : 1;
+}
