@@ -3,6 +3,7 @@
 
 #include "leak.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,16 +27,6 @@ int ctx_key_valid(const char *key) {
   return n > 0;
 }
 
-static char *copy_capped(const char *s) {
-  size_t n = strnlen(s, PGTAG_VALUE_MAX);
-  char *out = malloc(n + 1);
-  if (out != NULL) {
-    memcpy(out, s, n);
-    out[n] = '\0';
-  }
-  return out;
-}
-
 /* getrandom() cannot fail for 16 bytes once the kernel pool is ready; the
  * fallback only keeps IDs distinct if it ever does. */
 static void random_bytes(unsigned char *buf, size_t len) {
@@ -56,11 +47,8 @@ static void random_bytes(unsigned char *buf, size_t len) {
   }
 }
 
-static char *uuid_new(void) {
+static void uuid_write(char out[37]) {
   unsigned char b[16];
-  char *out = malloc(37);
-  if (out == NULL)
-    return NULL;
   random_bytes(b, sizeof b);
   b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); /* version 4 */
   b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
@@ -68,21 +56,61 @@ static char *uuid_new(void) {
            "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10],
            b[11], b[12], b[13], b[14], b[15]);
-  return out;
+}
+
+/* Contexts are made and dropped once per request: this thread keeps the
+ * ones it freed (those with an inline ID) for the next requests, so a
+ * server in its steady state allocates none.  The cache goes with the
+ * thread (a key destructor frees it). */
+#define CTX_CACHE_MAX 256
+static _Thread_local pgtag_ctx *cache_head;
+static _Thread_local int cache_count;
+static pthread_key_t cache_key;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+
+static void cache_drop(void *unused) {
+  (void)unused;
+  while (cache_head != NULL) {
+    pgtag_ctx *next = *(pgtag_ctx **)(void *)cache_head;
+    free(cache_head);
+    cache_head = next;
+  }
+  cache_count = 0;
+}
+
+static void cache_key_make(void) { pthread_key_create(&cache_key, cache_drop); }
+
+static void cache_put(pgtag_ctx *ctx) {
+  if (cache_count == 0) {
+    pthread_once(&cache_once, cache_key_make);
+    pthread_setspecific(cache_key, (void *)1); /* so that cache_drop runs */
+  }
+  *(pgtag_ctx **)(void *)ctx = cache_head; /* the first bytes link the free list */
+  cache_head = ctx;
+  cache_count++;
 }
 
 pgtag_ctx *pgtag_ctx_new(const char *request_id) {
-  pgtag_ctx *ctx = calloc(1, sizeof *ctx);
-  if (ctx == NULL)
-    return NULL;
-  if (request_id == NULL || request_id[0] == '\0')
-    ctx->request_id = uuid_new();
-  else
-    ctx->request_id = copy_capped(request_id);
-  if (ctx->request_id == NULL) {
-    free(ctx);
-    return NULL;
+  char uuid[37];
+  if (request_id == NULL || request_id[0] == '\0') {
+    uuid_write(uuid);
+    request_id = uuid;
   }
+  size_t len = strnlen(request_id, PGTAG_VALUE_MAX);
+  pgtag_ctx *ctx;
+  if (len < CTX_ID_INLINE && cache_head != NULL) {
+    ctx = cache_head;
+    cache_head = *(pgtag_ctx **)(void *)ctx;
+    cache_count--;
+  } else {
+    ctx = malloc(sizeof *ctx + (len < CTX_ID_INLINE ? 0 : len + 1));
+    if (ctx == NULL)
+      return NULL;
+  }
+  memset(ctx, 0, sizeof *ctx);
+  ctx->request_id = len < CTX_ID_INLINE ? ctx->id_buf : (char *)(ctx + 1);
+  memcpy(ctx->request_id, request_id, len);
+  ctx->request_id[len] = '\0';
   ctx->refs = 1;
   queue_init(&ctx->held);
   return ctx;
@@ -122,6 +150,11 @@ pgtag_errcode pgtag_ctx_set(pgtag_ctx *ctx, const char *key, const char *value) 
   }
   if (!found && ctx->ntags == PGTAG_TAGS_MAX)
     return PGTAG_EINVAL;
+  if (ctx->tags == NULL) {
+    ctx->tags = malloc(PGTAG_TAGS_MAX * sizeof *ctx->tags);
+    if (ctx->tags == NULL)
+      return PGTAG_ENOMEM;
+  }
   size_t klen = strlen(key);
   size_t vlen = strnlen(value, PGTAG_VALUE_MAX);
   char *mem = malloc(klen + vlen + 2);
@@ -173,8 +206,12 @@ void pgtag_ctx_unref(pgtag_ctx *ctx) {
     current = NULL; /* never leave a dangling current context behind */
   for (int i = 0; i < ctx->ntags; i++)
     free(ctx->tags[i].key);
-  free(ctx->request_id);
-  free(ctx);
+  free(ctx->tags);
+  free(ctx->statements);
+  if (ctx->request_id == ctx->id_buf && cache_count < CTX_CACHE_MAX)
+    cache_put(ctx);
+  else
+    free(ctx);
 }
 
 void pgtag_ctx_end(pgtag_ctx *ctx) {

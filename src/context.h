@@ -19,16 +19,22 @@ typedef struct {
 
 #define CTX_STATEMENTS 16
 
+/* Room for request IDs up to this long (UUIDs and the like) inside the
+ * context itself; contexts of that size are recycled per thread. */
+#define CTX_ID_INLINE 64
+
 struct pgtag_ctx {
   int refs;
   int ended;
   queue held; /* connections held by this request, in any pool (leak.h) */
   int nheld;
-  char *request_id;
+  char *request_id; /* id_buf, or its own allocation when longer */
   int ntags;
-  ctx_tag tags[PGTAG_TAGS_MAX]; /* sorted by key, so encoders need not sort */
+  ctx_tag *tags; /* PGTAG_TAGS_MAX of them once the first is set; sorted by
+                    key, so encoders need not sort */
   pgtag_request_stats stats;
-  ctx_statement statements[CTX_STATEMENTS]; /* the most repeated ones */
+  ctx_statement *statements; /* CTX_STATEMENTS of them once counting */
+  char id_buf[CTX_ID_INLINE];
 };
 
 /* Nonzero when key is 1 to 32 characters from [A-Za-z0-9_.-]. */

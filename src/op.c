@@ -12,6 +12,64 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Op records come from per-pool caches, so that a steady stream of
+ * queries allocates nothing.  Two sizes: an op with up to about 100 bytes
+ * of copied arguments (a waiting query's SQL and parameters; the size also
+ * bounds a waiting request's memory), and one with up to about 350; bigger
+ * ones are allocated to measure and freed.  The sizes fill malloc chunks
+ * exactly. */
+static const uint32_t record_size[OP_SIZE_CLASSES] = {232, 488};
+#define OP_CACHE_MAX 1024
+
+_Static_assert(sizeof(op) <= 232 - 64, "op records leave room for arguments");
+
+static int size_class(size_t need) {
+  for (int c = 0; c < OP_SIZE_CLASSES; c++)
+    if (need <= record_size[c])
+      return c;
+  return -1;
+}
+
+static op *op_alloc(pgtag_pool *pool, size_t need) {
+  op *o;
+  int c = size_class(need);
+  uint32_t size = c >= 0 ? record_size[c] : (uint32_t)need;
+  if (c >= 0 && !queue_empty(&pool->op_cache[c])) {
+    o = queue_data(queue_head(&pool->op_cache[c]), op, node);
+    queue_remove(&o->node);
+    pool->op_cached[c]--;
+  } else {
+    o = malloc(size);
+    if (o == NULL)
+      return NULL;
+  }
+  memset(o, 0, sizeof *o);
+  o->size = size;
+  return o;
+}
+
+static void op_release(op *o) {
+  pgtag_pool *pool = o->pool;
+  int c = size_class(o->size);
+  if (c >= 0 && o->size == record_size[c] && pool->op_cached[c] < OP_CACHE_MAX) {
+    queue_insert_head(&pool->op_cache[c], &o->node);
+    pool->op_cached[c]++;
+  } else {
+    free(o);
+  }
+}
+
+void op_cache_free(pgtag_pool *pool) {
+  for (int c = 0; c < OP_SIZE_CLASSES; c++) {
+    while (!queue_empty(&pool->op_cache[c])) {
+      op *o = queue_data(queue_head(&pool->op_cache[c]), op, node);
+      queue_remove(&o->node);
+      free(o);
+    }
+    pool->op_cached[c] = 0;
+  }
+}
+
 op *op_new(pgtag_pool *pool, op_kind kind, const char *sql, int nparams,
            const char *const *values, int copy_args) {
   size_t extra = 0;
@@ -21,13 +79,15 @@ op *op_new(pgtag_pool *pool, op_kind kind, const char *sql, int nparams,
       if (values[i] != NULL)
         extra += strlen(values[i]) + 1;
   }
-  op *o = calloc(1, sizeof *o + extra);
+  op *o = op_alloc(pool, sizeof *o + extra);
   if (o == NULL)
     return NULL;
   queue_init(&o->node);
-  o->kind = kind;
+  o->kind = (uint8_t)kind;
   o->pool = pool;
   o->ctx = kind == OP_RESET ? NULL : pgtag_ctx_ref(pgtag_ctx_current());
+  if (kind == OP_ACQUIRE)
+    return o;
   o->sql = sql;
   o->nparams = nparams;
   o->values = values;
@@ -56,11 +116,15 @@ op *op_new(pgtag_pool *pool, op_kind kind, const char *sql, int nparams,
 
 void op_set_error(op *o, pgtag_errcode code, const char *sqlstate,
                   const char *message) {
-  o->code = code;
+  char line[256];
+  o->code = (uint8_t)code;
   snprintf(o->sqlstate, sizeof o->sqlstate, "%.5s", sqlstate != NULL ? sqlstate : "");
+  free(o->message);
+  o->message = NULL; /* the code's name */
   if (message == NULL || message[0] == '\0')
-    message = pgtag_strerror(code);
-  text_line(o->message, sizeof o->message, message);
+    return;
+  text_line(line, sizeof line, message);
+  o->message = strdup(line); /* errors only: the hot path allocates nothing */
 }
 
 void op_set_result(op *o, PGresult *res, int lost) {
@@ -97,17 +161,20 @@ void op_set_result(op *o, PGresult *res, int lost) {
 }
 
 static void op_free(op *o) {
-  PQclear(o->res);
-  free(o->frames);
+  if (o->kind == OP_ACQUIRE)
+    free(o->frames);
+  else
+    PQclear(o->res);
+  free(o->message);
   pgtag_ctx_unref(o->ctx);
-  free(o);
+  op_release(o);
 }
 
 /* A query cancelled on purpose (statement timeout, pgtag_ctx_cancel) ends
  * with that reason, whether the server confirmed the cancel (57014) or the
  * connection had to be given up. */
 static void apply_cancel(op *o) {
-  char msg[sizeof o->message];
+  char msg[256];
   int confirmed = o->code == PGTAG_ESERVER && strcmp(o->sqlstate, "57014") == 0;
   if (!confirmed && o->code != PGTAG_ECONN)
     return; /* it finished first: its real outcome stands */
@@ -129,7 +196,8 @@ static void apply_cancel(op *o) {
 void op_finish(op *o) {
   if (o->cancel_code != PGTAG_OK)
     apply_cancel(o);
-  pgtag_error err = {o->code, o->sqlstate[0] ? o->sqlstate : NULL, o->message};
+  pgtag_error err = {(pgtag_errcode)o->code, o->sqlstate[0] ? o->sqlstate : NULL,
+                     o->message != NULL ? o->message : pgtag_strerror((pgtag_errcode)o->code)};
   const pgtag_error *errp = o->code == PGTAG_OK ? NULL : &err;
 
   stats_op_finished(o);

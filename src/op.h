@@ -10,6 +10,8 @@
 
 struct conn;
 
+#define OP_SIZE_CLASSES 2
+
 #define RECLAIMED_MESSAGE \
   "the pool took this connection back: its request ended while holding it"
 
@@ -20,8 +22,8 @@ typedef enum {
 } op_kind;
 
 typedef struct op {
-  queue node; /* in pool->waiters, conn->pending or pool->deferred */
-  op_kind kind;
+  queue node; /* in pool->waiters, conn->pending, pool->deferred or the
+                 pool's cache of free records */
   pgtag_pool *pool;
   pgtag_ctx *ctx; /* captured at submit, one reference, NULL if none */
   union {
@@ -29,31 +31,35 @@ typedef struct op {
     pgtag_acquire_cb acquire;
   } cb;
   void *arg;
-
-  /* Query arguments: the caller's memory during the submitting call, the
-   * op's own copy (allocated behind the struct) once it has to wait. */
-  const char *sql;
-  int nparams;
-  const char *const *values;
-
-  const char *file; /* acquire site */
-  int line;
-  const char *func;
-  void **frames;    /* acquire's call stack (leak_backtrace), owned */
-  int nframes;
-  uint64_t deadline; /* uv_now() by which a wait fails; 0 = none */
-  int timeout_ms;    /* statement timeout once sent; 0 = none */
+  uint64_t deadline;   /* uv_now() by which a wait fails; 0 = none */
   uint64_t waiting_ns; /* uv_hrtime() when it began to wait; 0 = never */
-  uint64_t sent_ns;    /* uv_hrtime() when sent; 0 once accounted for */
-  pgtag_errcode cancel_code; /* cancelled on purpose: ETIMEDOUT, ECANCELED */
-
-  /* Outcome, filled in before op_finish. */
-  struct conn *conn; /* granted to an acquire */
-  uint64_t gen;      /* the handle it was granted with */
-  PGresult *res;
-  pgtag_errcode code;
+  char *message;       /* the error, one line; NULL: the code's name */
+  uint8_t kind;        /* op_kind */
+  uint8_t code;        /* pgtag_errcode: the outcome */
+  uint8_t cancel_code; /* cancelled on purpose: ETIMEDOUT, ECANCELED... */
   char sqlstate[6];
-  char message[256];
+  uint32_t size;       /* bytes allocated for it, arguments included */
+  union {
+    struct { /* OP_QUERY, OP_RESET */
+      /* The caller's memory during the submitting call; the op's own copy
+       * (behind the struct) once it has to wait. */
+      const char *sql;
+      const char *const *values;
+      PGresult *res;
+      uint64_t sent_ns; /* uv_hrtime() when sent; 0 once accounted for */
+      int nparams;
+      int timeout_ms; /* statement timeout once sent; 0 = none */
+    };
+    struct { /* OP_ACQUIRE */
+      const char *file; /* the call site */
+      const char *func;
+      void **frames;    /* its call stack (leak_backtrace), owned */
+      struct conn *conn; /* granted */
+      uint64_t gen;      /* the handle it was granted with */
+      int line;
+      int nframes;
+    };
+  };
 } op;
 
 /* A new operation capturing the current context.  copy_args: copy sql and
@@ -76,5 +82,8 @@ void op_finish(op *o);
 
 /* Free an op whose callback must not run (the submitting call failed). */
 void op_discard(op *o);
+
+/* Free the pool's cache of op records (when the pool is freed). */
+void op_cache_free(pgtag_pool *pool);
 
 #endif

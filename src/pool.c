@@ -158,7 +158,7 @@ static void on_wait_timeout(uv_timer_t *timer) {
       break;
     waiter_pop(pool);
     pool->stats.timeouts++;
-    char msg[sizeof o->message];
+    char msg[256];
     if (pool->last_connect_error[0] != '\0' && pool->connect_failures_in_row > 0)
       snprintf(msg, sizeof msg,
                "no connection became free within %d ms (last connection "
@@ -979,6 +979,7 @@ static void on_pool_handle_closed(uv_handle_t *handle) {
 }
 
 static void pool_free(pgtag_pool *pool) {
+  op_cache_free(pool);
   if (queue_linked(&pool->thread_node))
     queue_remove(&pool->thread_node);
   while (!queue_empty(&pool->spare)) {
@@ -1019,6 +1020,9 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
   if (pool == NULL)
     return PGTAG_ENOMEM;
   queue_init(&pool->thread_node);
+  queue_init(&pool->spare);
+  for (int c = 0; c < OP_SIZE_CLASSES; c++)
+    queue_init(&pool->op_cache[c]);
   pool->cfg = *cfg;
   pool->conninfo = strdup(cfg->conninfo);
   pool->name = strdup(cfg->name ? cfg->name : "pgtag");
@@ -1042,7 +1046,6 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
     queue_init(&thread_pools);
   queue_insert_tail(&thread_pools, &pool->thread_node);
   queue_init(&pool->conns);
-  queue_init(&pool->spare);
   queue_init(&pool->idle);
   queue_init(&pool->waiters);
   queue_init(&pool->deferred);

@@ -35,6 +35,8 @@ struct pgtag_pool {
   uv_timer_t wait_timer; /* fires at the first waiter's deadline */
 
   queue deferred;   /* ops whose outcome is known, callback not yet run */
+  queue op_cache[OP_SIZE_CLASSES]; /* free op records for reuse (op.c) */
+  int op_cached[OP_SIZE_CLASSES];
   uv_idle_t defer_idle;
   int deferring; /* delivering them now */
 

@@ -9,6 +9,7 @@
 #include "op.h"
 #include "pool.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static const uint64_t bounds_us[PGTAG_HISTOGRAM_BUCKETS] = {
@@ -48,6 +49,11 @@ static uint64_t text_hash(const char *s) {
  * a statement repeated enough to matter keeps its place. */
 static void n_plus_one(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql) {
   uint64_t h = text_hash(sql);
+  if (ctx->statements == NULL) {
+    ctx->statements = calloc(CTX_STATEMENTS, sizeof *ctx->statements);
+    if (ctx->statements == NULL)
+      return; /* out of memory: this request goes uncounted */
+  }
   ctx_statement *slot = NULL, *least = &ctx->statements[0];
   for (int i = 0; i < CTX_STATEMENTS; i++) {
     ctx_statement *s = &ctx->statements[i];
@@ -110,7 +116,7 @@ void stats_op_finished(op *o) {
   pgtag_stats *stats = &o->pool->stats;
   if (o->code != PGTAG_OK) {
     stats->errors++;
-    if ((int)o->code >= 0 && o->code < PGTAG_NERRCODES)
+    if (o->code < PGTAG_NERRCODES)
       stats->errors_by_code[o->code]++;
   }
   if (o->kind == OP_QUERY) {
