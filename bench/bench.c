@@ -369,6 +369,7 @@ int main(int argc, char **argv) {
   cfg.max_waiting = concurrency + 1;
   cfg.acquire_timeout_ms = 60000;
   cfg.tag_style = tagged ? PGTAG_TAG_PREFIX : PGTAG_TAG_NONE;
+  cfg.pipeline_depth = depth > 1 ? depth : 1;
   if (pgtag_pool_new(loop, &cfg, &pool) != PGTAG_OK)
     return 1;
   if (burst)

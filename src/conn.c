@@ -140,6 +140,7 @@ struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
   queue_init(&conn->node);
   queue_init(&conn->idle_node);
   queue_init(&conn->pending);
+  queue_init(&conn->piped);
   uv_timer_init(pool->loop, &conn->timer);
   pool->handles++;
   conn->timer.data = conn;
@@ -166,6 +167,13 @@ static void connect_step(struct conn *conn) {
       return;
     }
     PQsetNoticeReceiver(conn->pg, on_notice, conn);
+    if (conn->pool->cfg.pipeline_depth > 1) {
+      if (!PQenterPipelineMode(conn->pg)) {
+        pool_on_connect_failed(conn, PQerrorMessage(conn->pg));
+        return;
+      }
+      conn->pipelined = 1;
+    }
     conn->backend_pid = PQbackendPID(conn->pg);
     pool_on_connected(conn);
     return;
@@ -205,6 +213,21 @@ static void note_sql(struct conn *conn, const char *sql) {
   conn->last_sql[n] = '\0';
 }
 
+void conn_arm_timeout(struct conn *conn) {
+  op *o = conn->inflight;
+  int timeout = o->kind == OP_RESET ? RESET_TIMEOUT_MS : o->timeout_ms;
+  if (o->cancel_code != PGTAG_OK) /* cancelled while it waited in the pipeline */
+    timeout = 1;
+  if (timeout <= 0) {
+    uv_timer_stop(&conn->timer);
+    return;
+  }
+  /* From when it was sent: one pipelined behind others has used some. */
+  uint64_t used = o->sent_ns != 0 ? (uv_hrtime() - o->sent_ns) / 1000000 : 0;
+  uv_timer_start(&conn->timer, on_statement_timer,
+                 used < (uint64_t)timeout ? (uint64_t)timeout - used : 0, 0);
+}
+
 int conn_send(struct conn *conn, op *o) {
   pgtag_pool *pool = conn->pool;
   const char *text = tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key,
@@ -214,42 +237,81 @@ int conn_send(struct conn *conn, op *o) {
   if (!PQsendQueryParams(conn->pg, text, o->nparams, NULL, o->values, NULL,
                          NULL, 0))
     return -1;
+  if (conn->pipelined && !PQpipelineSync(conn->pg))
+    return -1;
   int flushed = PQflush(conn->pg);
   if (flushed < 0)
     return -1;
-  conn->inflight = o;
   conn->want_write = flushed == 1;
   if (o->kind != OP_RESET) {
     o->sent_ns = uv_hrtime();
     note_sql(conn, o->sql);
   }
-  int timeout = o->kind == OP_RESET ? RESET_TIMEOUT_MS : o->timeout_ms;
-  if (timeout > 0)
-    uv_timer_start(&conn->timer, on_statement_timer, (uint64_t)timeout, 0);
+  if (conn->inflight != NULL) {
+    queue_insert_tail(&conn->piped, &o->node);
+    conn->npiped++;
+  } else {
+    conn->inflight = o;
+    conn_arm_timeout(conn);
+  }
+  conn->exclusive |= o->exclusive;
   if (conn_watch(conn, conn->want_write) != 0) {
-    conn->inflight = NULL;
+    if (conn->inflight == o) {
+      conn->inflight = NULL;
+    } else {
+      queue_remove(&o->node);
+      conn->npiped--;
+    }
     return -1;
   }
   return 0;
 }
 
+/* The query in flight is complete: the next pipelined one comes up. */
+static op *next_inflight(struct conn *conn) {
+  op *o = conn->inflight;
+  uv_timer_stop(&conn->timer); /* statement timeout or cancel grace */
+  conn->inflight = NULL;
+  conn->exclusive = 0;
+  if (!queue_empty(&conn->piped)) {
+    conn->inflight = queue_data(queue_head(&conn->piped), op, node);
+    queue_remove(&conn->inflight->node);
+    conn->npiped--;
+    conn->exclusive = conn->inflight->exclusive;
+    conn_arm_timeout(conn);
+  }
+  return o;
+}
+
 /* Read what arrived; complete the query in flight once libpq has its last
  * result.  Returns after any callback that closed the connection. */
 static void read_results(struct conn *conn) {
-  int ok = PQconsumeInput(conn->pg);
+  int ok = PQconsumeInput(conn->pg), nulls = 0;
   while (conn->inflight != NULL && !PQisBusy(conn->pg)) {
     PGresult *res = PQgetResult(conn->pg);
-    if (res == NULL) {
-      op *o = conn->inflight;
-      uv_timer_stop(&conn->timer); /* statement timeout or cancel grace */
+    /* Without a pipeline a query is complete at the NULL that follows its
+     * results (after ReadyForQuery); in one, at its sync point. */
+    int done = res == NULL && !conn->pipelined;
+    if (res != NULL && PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
+      PQclear(res);
+      res = NULL;
+      done = 1;
+    }
+    if (done) {
       PGresult *last = conn->result;
-      conn->inflight = NULL;
       conn->result = NULL;
-      pool_on_query_done(conn, o, last);
+      nulls = 0;
+      pool_on_query_done(conn, next_inflight(conn), last);
       if (conn->state == CONN_CLOSED || conn->state == CONN_LOST)
         return;
       continue;
     }
+    if (res == NULL) {
+      if (++nulls > 1)
+        break; /* between a query's end and its sync: wait for input */
+      continue;
+    }
+    nulls = 0;
     ExecStatusType st = PQresultStatus(res);
     if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
       /* The connection is stuck in COPY mode: fail the query, drop it. */
@@ -257,6 +319,7 @@ static void read_results(struct conn *conn) {
       uv_timer_stop(&conn->timer);
       stats_query_done(o, conn);
       conn->inflight = NULL;
+      conn->exclusive = 0;
       PQclear(conn->result);
       conn->result = NULL;
       op_set_result(o, res, 0);

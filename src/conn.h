@@ -40,7 +40,11 @@ struct conn {
   uv_timer_t timer; /* connect timeout */
   int want_write;   /* output left in libpq's buffer */
 
-  op *inflight;  /* the query on the wire */
+  op *inflight;  /* the query on the wire whose results come next */
+  queue piped;   /* pipelined: queries sent behind it, in order */
+  int npiped;
+  int pipelined; /* in libpq pipeline mode: a sync after each query */
+  int exclusive; /* the query in flight must not share the connection */
   queue pending; /* held: queries submitted behind it */
   PGresult *result;
   int release_pending; /* released while queries were still queued */
@@ -65,8 +69,9 @@ struct conn {
  * at once. */
 struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen);
 
-/* Send op's query (tagged with op's context).  Returns 0, or -1 when the
- * connection is broken (op untouched, conn->inflight unset). */
+/* Send op's query (tagged with op's context): as the one in flight, or,
+ * when one is, pipelined behind it.  Returns 0, or -1 when the connection
+ * is broken (op untouched, not linked). */
 int conn_send(struct conn *conn, op *o);
 
 /* How long the pool's own ROLLBACK may take before the connection is given
@@ -78,6 +83,9 @@ int conn_send(struct conn *conn, op *o);
  * zero if the server has closed it (or sent it anything but silence that
  * libpq could not make sense of).  One non-blocking recv(MSG_PEEK). */
 int conn_alive(struct conn *conn);
+
+/* (Re)start the statement timer for the query in flight. */
+void conn_arm_timeout(struct conn *conn);
 
 /* Re-arm the poll after a state change: readable always, writable while
  * output is pending; keeps the loop alive only while work is under way.

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* Op records come from per-pool caches, so that a steady stream of
  * queries allocates nothing.  Two sizes: an op with up to about 100 bytes
@@ -57,6 +58,36 @@ static void op_release(op *o) {
   } else {
     free(o);
   }
+}
+
+int op_sql_exclusive(const char *sql) {
+  static const char *const words[] = {
+      "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE",
+      "PREPARE", "SET", "RESET", "LISTEN", "UNLISTEN", "DISCARD", "LOCK", "DECLARE",
+      "CLOSE", "FETCH", "MOVE", "COPY", "DEALLOCATE", "EXECUTE"};
+  const char *p = sql;
+  for (;;) { /* skip blanks and comments before the first word */
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == '(')
+      p++;
+    if (p[0] == '-' && p[1] == '-') {
+      while (*p != '\0' && *p != '\n')
+        p++;
+    } else if (p[0] == '/' && p[1] == '*') {
+      const char *end = strstr(p + 2, "*/");
+      if (end == NULL)
+        return 1; /* odd: keep it to itself */
+      p = end + 2;
+    } else {
+      break;
+    }
+  }
+  size_t n = 0;
+  while ((p[n] >= 'a' && p[n] <= 'z') || (p[n] >= 'A' && p[n] <= 'Z'))
+    n++;
+  for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+    if (strlen(words[i]) == n && strncasecmp(p, words[i], n) == 0)
+      return 1;
+  return 0;
 }
 
 void op_cache_free(pgtag_pool *pool) {

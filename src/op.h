@@ -37,6 +37,9 @@ typedef struct op {
   uint8_t kind;        /* op_kind */
   uint8_t code;        /* pgtag_errcode: the outcome */
   uint8_t cancel_code; /* cancelled on purpose: ETIMEDOUT, ECANCELED... */
+  uint8_t exclusive;   /* changes transaction or session state: never
+                          shares a connection */
+  uint8_t resent;      /* sent again once after a stray cancel */
   char sqlstate[6];
   uint32_t size;       /* bytes allocated for it, arguments included */
   union {
@@ -82,6 +85,11 @@ void op_finish(op *o);
 
 /* Free an op whose callback must not run (the submitting call failed). */
 void op_discard(op *o);
+
+/* Nonzero when sql's first keyword changes transaction or session state
+ * (BEGIN, COMMIT, SET, LOCK, ...): such a query must not share a
+ * connection with other requests' queries. */
+int op_sql_exclusive(const char *sql);
 
 /* Free the pool's cache of op records (when the pool is freed). */
 void op_cache_free(pgtag_pool *pool);

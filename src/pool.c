@@ -14,8 +14,10 @@
 #include <string.h>
 
 static void maybe_connect(pgtag_pool *pool);
+static void maybe_connect_more(pgtag_pool *pool, int pressed);
 static void maybe_finish_close(pgtag_pool *pool);
 static void make_available(pgtag_pool *pool, struct conn *conn);
+static void feed(pgtag_pool *pool, struct conn *conn);
 static void release_now(pgtag_pool *pool, struct conn *conn);
 static void recycle(pgtag_pool *pool, struct conn *conn);
 static void cancel_inflight(struct conn *conn, pgtag_errcode why);
@@ -241,13 +243,13 @@ static void connect_failed(pgtag_pool *pool, const char *message) {
 
 /* Open connections for waiters not already covered by attempts under way,
  * and up to min_conns, within max_conns; not while backing off. */
-static void maybe_connect(pgtag_pool *pool) {
+static void maybe_connect_more(pgtag_pool *pool, int pressed) {
   char err[256];
   if (pool->closing || uv_is_active((uv_handle_t *)&pool->retry_timer))
     return;
   int total = live_conns(pool);
   int want = pool->cfg.min_conns - total;
-  int uncovered = pool->nwaiting - pool->count[CONN_CONNECTING];
+  int uncovered = pool->nwaiting + pressed - pool->count[CONN_CONNECTING];
   if (uncovered > want)
     want = uncovered;
   for (; want > 0 && total < pool->cfg.max_conns; want--, total++) {
@@ -260,6 +262,8 @@ static void maybe_connect(pgtag_pool *pool) {
     pool->count[CONN_CONNECTING]++;
   }
 }
+
+static void maybe_connect(pgtag_pool *pool) { maybe_connect_more(pool, 0); }
 
 void pool_on_connected(struct conn *conn) {
   pgtag_pool *pool = conn->pool;
@@ -306,6 +310,7 @@ static void make_available(pgtag_pool *pool, struct conn *conn) {
     set_state(conn, CONN_BUSY);
     if (conn_send(conn, o) == 0) {
       stats_waited(pool, o);
+      feed(pool, conn);
       return;
     }
     /* The connection broke while the query was being sent.  Whatever part
@@ -346,6 +351,15 @@ void pool_on_conn_lost(struct conn *conn, const char *why) {
     conn->result = NULL;
     defer(pool, o);
   }
+  while (!queue_empty(&conn->piped)) { /* sent, and now lost with it */
+    op *p = first_op(&conn->piped);
+    queue_remove(&p->node);
+    conn->npiped--;
+    stats_query_done(p, conn);
+    op_set_error(p, PGTAG_ECONN, NULL, message);
+    defer(pool, p);
+  }
+  conn->exclusive = 0;
   while (!queue_empty(&conn->pending)) {
     op *p = first_op(&conn->pending);
     queue_remove(&p->node);
@@ -392,6 +406,48 @@ static void held_next(pgtag_pool *pool, struct conn *conn) {
   }
 }
 
+/* A pipelined query that failed with 57014 though nobody cancelled it, on
+ * a connection where a cancel was sent: the cancel's, not its own.  Sent
+ * again once, when it has its own copy of the arguments (every pipelined
+ * query has). */
+static int stray_cancel_victim(const struct conn *conn, const op *o, const PGresult *res) {
+  if (!conn->canceled || conn->state != CONN_BUSY || o->kind != OP_QUERY ||
+      o->cancel_code != PGTAG_OK || o->resent || o->sql == NULL || res == NULL ||
+      PQresultStatus(res) != PGRES_FATAL_ERROR)
+    return 0;
+  const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+  return state != NULL && strcmp(state, "57014") == 0;
+}
+
+/* Room for one more query pipelined behind the ones in flight on conn. */
+static int pipeline_room(const pgtag_pool *pool, const struct conn *conn) {
+  return conn->pipelined && conn->state == CONN_BUSY && conn->inflight != NULL &&
+         !conn->exclusive && conn->cancel == NULL &&
+         1 + conn->npiped < pool->cfg.pipeline_depth;
+}
+
+/* Pipelining: send waiting queries behind the ones in flight on conn, up
+ * to pipeline_depth.  Stops at an acquire (the connection drains for it, so
+ * it is served in turn) and at a query that must have a connection to
+ * itself; nothing is added while a cancel request is under way. */
+static void feed(pgtag_pool *pool, struct conn *conn) {
+  while (pipeline_room(pool, conn) && !queue_empty(&pool->waiters)) {
+    op *o = first_op(&pool->waiters);
+    if (o->kind != OP_QUERY || o->exclusive)
+      break;
+    waiter_pop(pool);
+    if (conn_send(conn, o) != 0) {
+      queue_insert_head(&pool->waiters, &o->node);
+      pool->nwaiting++;
+      wait_timer_arm(pool);
+      pool_on_conn_lost(conn, PQerrorMessage(conn->pg));
+      return;
+    }
+    stats_waited(pool, o);
+  }
+  wait_timer_arm(pool);
+}
+
 void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
   pgtag_pool *pool = conn->pool;
   stats_query_done(o, conn);
@@ -403,6 +459,10 @@ void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
     int completed = o->kind != OP_RESET && res != NULL &&
                     PQresultStatus(res) != PGRES_FATAL_ERROR;
     if (!completed) {
+      if (conn->inflight != NULL) { /* the next one had come up: put it back */
+        queue_insert_head(&conn->piped, &conn->inflight->node);
+        conn->npiped++;
+      }
       conn->inflight = o;
       conn->result = res;
       pool_on_conn_lost(conn, PQerrorMessage(conn->pg));
@@ -428,7 +488,16 @@ void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
     return;
   }
 
-  if (conn->reclaiming) {
+  if (stray_cancel_victim(conn, o, res)) {
+    /* Hit by a cancel meant for the query before it in the pipeline: it was
+     * rolled back (its own implicit transaction), so it goes again. */
+    PQclear(res);
+    o->resent = 1;
+    queue_insert_head(&pool->waiters, &o->node);
+    pool->nwaiting++;
+    wait_timer_arm(pool);
+    o = NULL;
+  } else if (conn->reclaiming) {
     /* Its holder's request is over; what the query did is being rolled
      * back, so its result is not worth anything to anyone. */
     PQclear(res);
@@ -436,11 +505,14 @@ void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
   } else {
     op_set_result(o, res, 0);
   }
-  if (conn->state == CONN_BUSY)
+  if (conn->state != CONN_BUSY)
+    held_next(pool, conn);
+  else if (conn->inflight == NULL)
     recycle(pool, conn);
   else
-    held_next(pool, conn);
-  op_finish(o);
+    feed(pool, conn);
+  if (o != NULL)
+    op_finish(o);
 }
 
 static void release_now(pgtag_pool *pool, struct conn *conn) {
@@ -549,8 +621,11 @@ void pool_reclaim(struct conn *conn) {
 }
 
 void pool_on_cancel_done(struct conn *conn) {
-  if (conn->inflight != NULL)
+  if (conn->inflight != NULL) {
+    if (conn->state == CONN_BUSY)
+      feed(conn->pool, conn); /* pipelining resumes */
     return; /* its query has not ended yet: that comes back here */
+  }
   if (conn->recycle_pending) {
     conn->recycle_pending = 0;
     recycle(conn->pool, conn);
@@ -643,6 +718,13 @@ static int pool_cancel_ctx(pgtag_pool *pool, pgtag_ctx *ctx) {
       cancel_inflight(conn, PGTAG_ECANCELED);
       n++;
     }
+    queue_foreach(p, &conn->piped) { /* cancelled once it runs */
+      o = queue_data(p, op, node);
+      if (o->ctx == ctx && o->cancel_code == PGTAG_OK) {
+        o->cancel_code = PGTAG_ECANCELED;
+        n++;
+      }
+    }
   }
   return n;
 }
@@ -711,6 +793,21 @@ static struct conn *take_idle(pgtag_pool *pool) {
   return NULL;
 }
 
+/* The busy connection with the fewest queries in flight that has room for
+ * one more in its pipeline, or NULL. */
+static struct conn *least_loaded(const pgtag_pool *pool) {
+  struct conn *best = NULL;
+  queue *q;
+  if (pool->cfg.pipeline_depth <= 1)
+    return NULL;
+  queue_foreach(q, &pool->conns) {
+    struct conn *conn = queue_data(q, struct conn, node);
+    if (pipeline_room(pool, conn) && (best == NULL || conn->npiped < best->npiped))
+      best = conn;
+  }
+  return best;
+}
+
 /* The statement timeout of a query: its options, else the pool's. */
 static int timeout_of(const pgtag_pool *pool, const pgtag_query_opts *opts) {
   if (opts == NULL || opts->timeout_ms == 0)
@@ -734,6 +831,7 @@ pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
   if (rc != PGTAG_OK)
     return rc;
 
+  int exclusive = pool->cfg.pipeline_depth > 1 && op_sql_exclusive(sql);
   struct conn *conn;
   while ((conn = take_idle(pool)) != NULL) {
     /* A free connection: send now, straight from the caller's memory. */
@@ -745,6 +843,7 @@ pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
     o->cb.result = cb;
     o->arg = arg;
     o->timeout_ms = timeout_of(pool, opts);
+    o->exclusive = (uint8_t)exclusive;
     set_state(conn, CONN_BUSY);
     if (conn_send(conn, o) == 0) {
       stats_waited(pool, o);
@@ -763,8 +862,28 @@ pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
   o->cb.result = cb;
   o->arg = arg;
   o->timeout_ms = timeout_of(pool, opts);
+  o->exclusive = (uint8_t)exclusive;
+
+  /* Pipelining, when nobody waits ahead of it: behind the queries of the
+   * least loaded connection; and the pool grows, one connection at a time,
+   * as long as none is free. */
+  conn = !exclusive && queue_empty(&pool->waiters) ? least_loaded(pool) : NULL;
+  if (conn != NULL) {
+    if (conn_send(conn, o) == 0) {
+      stats_waited(pool, o);
+      pgtag_ctx *previous = pgtag_ctx_enter(NULL);
+      maybe_connect_more(pool, 1);
+      pgtag_ctx_leave(previous);
+      return PGTAG_OK;
+    }
+    pgtag_ctx *previous = pgtag_ctx_enter(NULL);
+    pool_on_conn_lost(conn, PQerrorMessage(conn->pg)); /* its queries hear it later */
+    pgtag_ctx_leave(previous);
+  }
   return wait_for_conn(pool, o);
 }
+
+
 
 pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
                                const char *file, int line, const char *func) {
@@ -916,6 +1035,7 @@ void pgtag_pool_config_init(pgtag_pool_config *cfg) {
   cfg->reconnect_base_ms = 100;
   cfg->reconnect_max_ms = 5000;
   cfg->tcp_keepalive_s = 60;
+  cfg->pipeline_depth = 1;
   cfg->idle_timeout_ms = 30000;
   cfg->tag_style = PGTAG_TAG_PREFIX;
   cfg->tag_key = "requestId";
@@ -940,6 +1060,8 @@ static const char *config_problem(const pgtag_pool_config *cfg) {
     return "tag_key must be 1 to 32 characters from [A-Za-z0-9_.-]";
   if (cfg->log_level < PGTAG_LOG_DEBUG || cfg->log_level > PGTAG_LOG_ERROR)
     return "unknown log_level";
+  if (cfg->pipeline_depth < 0 || cfg->pipeline_depth > 1024)
+    return "pipeline_depth must be between 1 and 1024";
   if (cfg->reconnect_base_ms < 0 || cfg->reconnect_max_ms < 0 ||
       cfg->statement_timeout_ms < 0 || cfg->tcp_keepalive_s < 0)
     return "timeouts and limits must not be negative";
