@@ -40,6 +40,7 @@ typedef struct op {
   uint8_t exclusive;   /* changes transaction or session state: never
                           shares a connection */
   uint8_t resent;      /* sent again once after a stray cancel */
+  uint8_t cancel_sent; /* a cancel request went out for it */
   char sqlstate[6];
   uint32_t size;       /* bytes allocated for it, arguments included */
   union {

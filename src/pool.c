@@ -21,6 +21,7 @@ static void feed(pgtag_pool *pool, struct conn *conn);
 static void release_now(pgtag_pool *pool, struct conn *conn);
 static void recycle(pgtag_pool *pool, struct conn *conn);
 static void cancel_inflight(struct conn *conn, pgtag_errcode why);
+static void request_cancel(struct conn *conn);
 
 /* Every connection struct not yet closed, lost ones included: the pool
  * cannot finish closing while any is left. */
@@ -621,6 +622,7 @@ void pool_reclaim(struct conn *conn) {
 }
 
 void pool_on_cancel_done(struct conn *conn) {
+  request_cancel(conn); /* a pipelined query cancelled while this one ran */
   if (conn->inflight != NULL) {
     if (conn->state == CONN_BUSY)
       feed(conn->pool, conn); /* pipelining resumes */
@@ -648,6 +650,21 @@ static void on_cancel_grace(uv_timer_t *timer) {
   pgtag_ctx_leave(previous);
 }
 
+/* Send the cancel request the query in flight needs, unless one is still
+ * under way (one at a time per connection: pool_on_cancel_done calls this
+ * again for a pipelined query that came up meanwhile). */
+static void request_cancel(struct conn *conn) {
+  op *o = conn->inflight;
+  if (o == NULL || o->cancel_code == PGTAG_OK || o->cancel_sent || conn->cancel != NULL)
+    return;
+  o->cancel_sent = 1;
+  if (cancel_start(conn) == 0)
+    conn->canceled = 1;
+  else
+    pool_log(conn->pool, PGTAG_LOG_WARN, "cannot send a cancel request for backend %d",
+             conn->backend_pid);
+}
+
 /* Cancel the query in flight on the server; it ends with why.  If the
  * server does not end it within CANCEL_GRACE_MS (hung, or unreachable for
  * the cancel request), the connection is given up. */
@@ -655,13 +672,7 @@ static void cancel_inflight(struct conn *conn, pgtag_errcode why) {
   op *o = conn->inflight;
   if (o->cancel_code == PGTAG_OK)
     o->cancel_code = why;
-  if (conn->cancel == NULL) {
-    if (cancel_start(conn) == 0)
-      conn->canceled = 1;
-    else
-      pool_log(conn->pool, PGTAG_LOG_WARN, "cannot send a cancel request for backend %d",
-               conn->backend_pid);
-  }
+  request_cancel(conn);
   uv_timer_start(&conn->timer, on_cancel_grace, CANCEL_GRACE_MS, 0);
 }
 

@@ -364,11 +364,11 @@ static void *restart_thread(void *arg) {
   return NULL;
 }
 
-static void restart_under_load(void **state) {
-  (void)state;
+static void restart_under_load_at(int pipeline_depth) {
   pgtag_pool_config cfg;
   test_config(&cfg);
   cfg.max_conns = 8;
+  cfg.pipeline_depth = pipeline_depth;
   cfg.acquire_timeout_ms = 3000;
   cfg.reconnect_max_ms = 500;
   cfg.log_level = PGTAG_LOG_ERROR;
@@ -392,9 +392,9 @@ static void restart_under_load(void **state) {
     int ok_before = l.ok;
     for (int i = 0; i < 250 && l.ok < ok_before + 200; i++)
       run_for(&loop, 20);
-    print_message("after the %s restart: %d ok, %d ECONN, %d ETIMEDOUT so far; "
+    print_message("depth %d, after the %s restart: %d ok, %d ECONN, %d ETIMEDOUT so far; "
                   "200 more served %llu ms after the server was back\n",
-                  modes[m], l.ok, l.econn, l.etimedout,
+                  pipeline_depth, modes[m], l.ok, l.econn, l.etimedout,
                   (unsigned long long)(l.last_ok - back));
     assert_true(l.ok >= ok_before + 200);
     assert_true(l.last_ok - back < 5000);
@@ -422,6 +422,17 @@ static void restart_under_load(void **state) {
   for (int i = 0; i < 100 && admin_int(left) > 0; i++)
     usleep(20000); /* backends exit just after their client hangs up */
   assert_int_equal(admin_int(left), 0);
+}
+
+static void restart_under_load(void **state) {
+  (void)state;
+  restart_under_load_at(1);
+}
+
+/* The same with 64 requests pipelined 8 deep over the connections. */
+static void restart_under_load_pipelined(void **state) {
+  (void)state;
+  restart_under_load_at(8);
 }
 
 /* A connection killed while idle, and picked up in the same loop turn,
@@ -638,6 +649,7 @@ int main(void) {
       cmocka_unit_test_setup(bad_configuration_is_refused, setup),
       /* these stop or restart the server: last */
       cmocka_unit_test_setup(restart_under_load, setup),
+      cmocka_unit_test_setup(restart_under_load_pipelined, setup),
       cmocka_unit_test_setup(server_down_at_start_then_up, setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
