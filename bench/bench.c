@@ -12,6 +12,7 @@
  *       COMMIT (all five queued at once; pgtag runs them in order).
  *   W3  a burst of C requests (default 10,000) at once against the pool:
  *       pgtag's memory per waiting request, and the completion order.
+ *   -d  pipeline_depth (default: the library's); -d 1 turns pipelining off.
  *   -n  no tag (tag_style NONE), to measure what tagging costs.
  *
  * Heap allocations are counted by wrapping malloc, calloc and realloc at
@@ -369,7 +370,9 @@ int main(int argc, char **argv) {
   cfg.max_waiting = concurrency + 1;
   cfg.acquire_timeout_ms = 60000;
   cfg.tag_style = tagged ? PGTAG_TAG_PREFIX : PGTAG_TAG_NONE;
-  cfg.pipeline_depth = depth > 1 ? depth : 1;
+  if (depth > 0)
+    cfg.pipeline_depth = depth; /* else the library's default */
+  depth = cfg.pipeline_depth;
   if (pgtag_pool_new(loop, &cfg, &pool) != PGTAG_OK)
     return 1;
   if (burst)

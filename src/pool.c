@@ -432,6 +432,8 @@ static int pipeline_room(const pgtag_pool *pool, const struct conn *conn) {
  * it is served in turn) and at a query that must have a connection to
  * itself; nothing is added while a cancel request is under way. */
 static void feed(pgtag_pool *pool, struct conn *conn) {
+  if (live_conns(pool) < pool->cfg.max_conns)
+    return; /* the pool grows for them instead (see least_loaded) */
   while (pipeline_room(pool, conn) && !queue_empty(&pool->waiters)) {
     op *o = first_op(&pool->waiters);
     if (o->kind != OP_QUERY || o->exclusive)
@@ -804,16 +806,22 @@ static struct conn *take_idle(pgtag_pool *pool) {
   return NULL;
 }
 
-/* The busy connection with the fewest queries in flight that has room for
- * one more in its pipeline, or NULL. */
+/* Where a query joins a pipeline: only once the pool cannot grow (a new
+ * connection beats waiting behind a slow query), on the busy connection
+ * with the fewest queries in flight, and among those the one whose current
+ * query was sent last (the least likely to be a slow one).  NULL if none
+ * has room. */
 static struct conn *least_loaded(const pgtag_pool *pool) {
   struct conn *best = NULL;
   queue *q;
-  if (pool->cfg.pipeline_depth <= 1)
+  if (pool->cfg.pipeline_depth <= 1 || live_conns(pool) < pool->cfg.max_conns)
     return NULL;
   queue_foreach(q, &pool->conns) {
     struct conn *conn = queue_data(q, struct conn, node);
-    if (pipeline_room(pool, conn) && (best == NULL || conn->npiped < best->npiped))
+    if (!pipeline_room(pool, conn))
+      continue;
+    if (best == NULL || conn->npiped < best->npiped ||
+        (conn->npiped == best->npiped && conn->inflight->sent_ns > best->inflight->sent_ns))
       best = conn;
   }
   return best;
@@ -845,8 +853,11 @@ pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
   int exclusive = pool->cfg.pipeline_depth > 1 && op_sql_exclusive(sql);
   struct conn *conn;
   while ((conn = take_idle(pool)) != NULL) {
-    /* A free connection: send now, straight from the caller's memory. */
-    op *o = op_new(pool, OP_QUERY, sql, nparams, values, 0);
+    /* A free connection: send now, straight from the caller's memory
+     * (pipelining keeps a copy: others may be sent behind it, and the
+     * statistics and a resend need its text). */
+    int keep = pool->cfg.pipeline_depth > 1;
+    op *o = op_new(pool, OP_QUERY, sql, nparams, values, keep);
     if (o == NULL) {
       queue_insert_head(&pool->idle, &conn->idle_node);
       return PGTAG_ENOMEM;
@@ -858,8 +869,10 @@ pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
     set_state(conn, CONN_BUSY);
     if (conn_send(conn, o) == 0) {
       stats_waited(pool, o);
-      o->sql = NULL;
-      o->values = NULL;
+      if (!keep) {
+        o->sql = NULL;
+        o->values = NULL;
+      }
       return PGTAG_OK;
     }
     op_discard(o);
@@ -1046,7 +1059,7 @@ void pgtag_pool_config_init(pgtag_pool_config *cfg) {
   cfg->reconnect_base_ms = 100;
   cfg->reconnect_max_ms = 5000;
   cfg->tcp_keepalive_s = 60;
-  cfg->pipeline_depth = 1;
+  cfg->pipeline_depth = 4;
   cfg->idle_timeout_ms = 30000;
   cfg->tag_style = PGTAG_TAG_PREFIX;
   cfg->tag_key = "requestId";

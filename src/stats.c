@@ -9,6 +9,7 @@
 #include "op.h"
 #include "pool.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -88,12 +89,15 @@ void stats_query_done(op *o, struct conn *conn) {
   o->sent_ns = 0;
   histogram_add(&pool->stats.query_time, us);
 
+  /* Its own text when it kept one (pipelined or waited); otherwise it was
+   * the only query on the connection, whose last_sql it is. */
+  const char *text = o->sql != NULL ? o->sql : conn->last_sql;
   pgtag_ctx *ctx = o->ctx;
   if (ctx != NULL) {
     ctx->stats.db_time_us += us;
     if (us >= ctx->stats.slowest_us) {
       ctx->stats.slowest_us = us;
-      memcpy(ctx->stats.slowest_sql, conn->last_sql, sizeof ctx->stats.slowest_sql);
+      snprintf(ctx->stats.slowest_sql, sizeof ctx->stats.slowest_sql, "%.200s", text);
     }
   }
   int slow = pool->cfg.slow_query_ms > 0 && us >= (uint64_t)pool->cfg.slow_query_ms * 1000;
@@ -103,12 +107,15 @@ void stats_query_done(op *o, struct conn *conn) {
   pgtag_ctx *previous = pgtag_ctx_enter(ctx); /* the log line names the request */
   if (slow) {
     char sql[LAST_SQL_MAX + 1];
-    text_line(sql, sizeof sql, conn->last_sql);
+    text_line(sql, sizeof sql, text);
     pool_log(pool, PGTAG_LOG_WARN, "slow query: %llu ms on backend %d: %s",
              (unsigned long long)(us / 1000), conn->backend_pid, sql);
   }
-  if (count)
-    n_plus_one(pool, ctx, conn->last_sql);
+  if (count) {
+    char sql[LAST_SQL_MAX + 1];
+    snprintf(sql, sizeof sql, "%.200s", text);
+    n_plus_one(pool, ctx, sql);
+  }
   pgtag_ctx_leave(previous);
 }
 

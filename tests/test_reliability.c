@@ -187,6 +187,7 @@ static void cancel_everything_a_request_runs(void **state) {
   pgtag_pool_config cfg;
   test_config(&cfg);
   cfg.max_conns = 3;
+  cfg.pipeline_depth = 1; /* the waiting query waits (test_pipeline has the rest) */
   pgtag_pool *pool = test_pool_new(&loop, &cfg);
   pgtag_ctx *gone = pgtag_ctx_new("client-went-away"), *other = pgtag_ctx_new("other");
   rec held = {0}, sleep_held = {0}, queued = {0}, sleep_one = {0}, waiting = {0};
