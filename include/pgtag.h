@@ -278,14 +278,22 @@ typedef struct {
                                 server and fails with PGTAG_ETIMEDOUT;
                                 0 = no limit; default 0.  Per query:
                                 pgtag_query_opts */
-  int pipeline_depth;        /* pgtag_query calls of different requests
-                                may share a connection, up to this many in
-                                flight on it (libpq pipeline mode, one sync
-                                point each: a failing query aborts nothing
-                                else).  Statements that change transaction
-                                or session state (BEGIN, COMMIT, SET, ...)
-                                are never pipelined; held connections stay
-                                exclusive.  1 = off; default 1 */
+  int pipeline_depth;        /* once all max_conns connections are busy,
+                                pgtag_query calls of different requests
+                                share them, up to this many in flight on
+                                each (libpq pipeline mode).  Queries sent in
+                                one loop iteration share a sync point and
+                                their results are delivered once it has
+                                arrived (committed); if one of them fails,
+                                the others, rolled back with it, are run
+                                again each on its own, so one failing query
+                                fails nothing else (a function with effects
+                                outside the transaction, nextval() say, may
+                                then run twice).  Statements that change
+                                transaction or session state (BEGIN,
+                                COMMIT, SET, ...) are never pipelined; held
+                                connections stay exclusive.  1 = off;
+                                default 4 */
   int tcp_keepalive_s;       /* TCP connections: probe a silent peer after
                                 this many idle seconds, every s/6 (at least
                                 1 s), give up after 3 probes; also the

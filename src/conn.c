@@ -78,7 +78,7 @@ static int conn_watch(struct conn *conn, int writable) {
       return -1;
     conn->poll_events = events;
   }
-  if (conn->state == CONN_CONNECTING || conn->inflight != NULL)
+  if (conn->state == CONN_CONNECTING || conn_on_wire(conn))
     uv_ref((uv_handle_t *)conn->poll);
   else
     uv_unref((uv_handle_t *)conn->poll);
@@ -141,6 +141,7 @@ struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
   queue_init(&conn->idle_node);
   queue_init(&conn->pending);
   queue_init(&conn->piped);
+  queue_init(&conn->done);
   uv_timer_init(pool->loop, &conn->timer);
   pool->handles++;
   conn->timer.data = conn;
@@ -228,8 +229,38 @@ void conn_arm_timeout(struct conn *conn) {
                  used < (uint64_t)timeout ? (uint64_t)timeout - used : 0, 0);
 }
 
+int conn_sync(struct conn *conn) {
+  if (!PQpipelineSync(conn->pg)) /* libpq 15: it flushes too */
+    return -1;
+  conn->unsynced = 0;
+  int flushed = PQflush(conn->pg);
+  if (flushed < 0)
+    return -1;
+  conn->want_write = flushed == 1;
+  return conn_watch(conn, conn->want_write);
+}
+
+/* Pipelined one-shot queries go out in batches: those sent in one loop
+ * iteration share one sync point, written (and flushed, one system call)
+ * before the loop blocks.  libpq 15's PQpipelineSync flushes every time,
+ * so a sync per query would cost a send() per query here and a flush per
+ * query on the server.  A batch is one implicit transaction, so its
+ * results are held until its sync point has arrived (committed), and a
+ * batch with a failure is not delivered as such: its other queries, rolled
+ * back with it, are sent again each with a sync point of its own (solo),
+ * so that one failing query fails nothing else.  Everything else (held
+ * connections, statements that change transaction state, the pool's
+ * ROLLBACK, resent queries) is solo. */
+static int batched(const struct conn *conn, const op *o) {
+  return conn->pipelined && conn->state == CONN_BUSY && o->kind == OP_QUERY && !o->solo &&
+         !o->exclusive;
+}
+
 int conn_send(struct conn *conn, op *o) {
   pgtag_pool *pool = conn->pool;
+  int batch = batched(conn, o);
+  if (conn->pipelined && !batch && conn->unsynced > 0 && conn_sync(conn) != 0)
+    return -1; /* close the open batch before a solo query */
   const char *text = tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key,
                                 o->ctx, o->sql);
   if (text == NULL)
@@ -237,12 +268,17 @@ int conn_send(struct conn *conn, op *o) {
   if (!PQsendQueryParams(conn->pg, text, o->nparams, NULL, o->values, NULL,
                          NULL, 0))
     return -1;
-  if (conn->pipelined && !PQpipelineSync(conn->pg))
-    return -1;
-  int flushed = PQflush(conn->pg);
-  if (flushed < 0)
-    return -1;
-  conn->want_write = flushed == 1;
+  if (batch) {
+    if (conn->unsynced++ == 0)
+      pool_need_sync(pool);
+  } else {
+    if (conn->pipelined && !PQpipelineSync(conn->pg))
+      return -1;
+    int flushed = PQflush(conn->pg);
+    if (flushed < 0)
+      return -1;
+    conn->want_write = flushed == 1;
+  }
   if (o->kind != OP_RESET) {
     o->sent_ns = uv_hrtime();
     note_sql(conn, o->sql);
@@ -286,32 +322,41 @@ static op *next_inflight(struct conn *conn) {
 /* Read what arrived; complete the query in flight once libpq has its last
  * result.  Returns after any callback that closed the connection. */
 static void read_results(struct conn *conn) {
-  int ok = PQconsumeInput(conn->pg), nulls = 0;
-  while (conn->inflight != NULL && !PQisBusy(conn->pg)) {
+  int ok = PQconsumeInput(conn->pg);
+  while (conn_on_wire(conn) && !PQisBusy(conn->pg)) {
     PGresult *res = PQgetResult(conn->pg);
-    /* Without a pipeline a query is complete at the NULL that follows its
-     * results (after ReadyForQuery); in one, at its sync point. */
-    int done = res == NULL && !conn->pipelined;
-    if (res != NULL && PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
-      PQclear(res);
-      res = NULL;
-      done = 1;
-    }
-    if (done) {
+    if (!conn->pipelined && res == NULL) {
+      /* The NULL after a query's results comes after ReadyForQuery. */
       PGresult *last = conn->result;
       conn->result = NULL;
-      nulls = 0;
       pool_on_query_done(conn, next_inflight(conn), last);
       if (conn->state == CONN_CLOSED || conn->state == CONN_LOST)
         return;
       continue;
     }
     if (res == NULL) {
-      if (++nulls > 1)
-        break; /* between a query's end and its sync: wait for input */
+      if (!conn->got_result || conn->inflight == NULL)
+        break; /* nothing more yet: wait for input */
+      /* In a pipeline the NULL ends one query's results: it waits for its
+       * batch's sync point. */
+      op *o = next_inflight(conn);
+      o->res = conn->result;
+      conn->result = NULL;
+      conn->got_result = 0;
+      queue_insert_tail(&conn->done, &o->node);
+      conn->ndone++;
       continue;
     }
-    nulls = 0;
+    if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
+      PQclear(res);
+      if (conn->ndone > 0) {
+        pool_on_batch_done(conn);
+        if (conn->state == CONN_CLOSED || conn->state == CONN_LOST)
+          return;
+      }
+      continue;
+    }
+    conn->got_result = 1;
     ExecStatusType st = PQresultStatus(res);
     if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
       /* The connection is stuck in COPY mode: fail the query, drop it. */

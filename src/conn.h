@@ -43,7 +43,11 @@ struct conn {
   op *inflight;  /* the query on the wire whose results come next */
   queue piped;   /* pipelined: queries sent behind it, in order */
   int npiped;
-  int pipelined; /* in libpq pipeline mode: a sync after each query */
+  int pipelined; /* in libpq pipeline mode (see conn.c) */
+  int unsynced;  /* queries sent since the last sync point */
+  queue done;    /* complete, held until their batch's sync point */
+  int ndone;
+  int got_result; /* the query in flight has sent a result already */
   int exclusive; /* the query in flight must not share the connection */
   queue pending; /* held: queries submitted behind it */
   PGresult *result;
@@ -83,6 +87,16 @@ int conn_send(struct conn *conn, op *o);
  * zero if the server has closed it (or sent it anything but silence that
  * libpq could not make sense of).  One non-blocking recv(MSG_PEEK). */
 int conn_alive(struct conn *conn);
+
+/* Something is on the wire: a query running, or complete and waiting for
+ * its batch's sync point. */
+static inline int conn_on_wire(const struct conn *conn) {
+  return conn->inflight != NULL || conn->ndone > 0;
+}
+
+/* Close the open batch: a sync point after the queries sent since the last
+ * one, and flush.  Returns 0 or -1 (the connection is broken). */
+int conn_sync(struct conn *conn);
 
 /* (Re)start the statement timer for the query in flight. */
 void conn_arm_timeout(struct conn *conn);

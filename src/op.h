@@ -41,6 +41,7 @@ typedef struct op {
                           shares a connection */
   uint8_t resent;      /* sent again once after a stray cancel */
   uint8_t cancel_sent; /* a cancel request went out for it */
+  uint8_t solo;        /* pipelined: gets a sync point of its own */
   char sqlstate[6];
   uint32_t size;       /* bytes allocated for it, arguments included */
   union {

@@ -352,6 +352,23 @@ void pool_on_conn_lost(struct conn *conn, const char *why) {
     conn->result = NULL;
     defer(pool, o);
   }
+  while (!queue_empty(&conn->done)) { /* complete, but never committed */
+    op *p = first_op(&conn->done);
+    queue_remove(&p->node);
+    conn->ndone--;
+    stats_query_done(p, conn);
+    PGresult *res = p->res;
+    p->res = NULL;
+    if (res != NULL && PQresultStatus(res) == PGRES_FATAL_ERROR) {
+      op_set_result(p, res, 1); /* the server said why (57P01...) */
+    } else {
+      PQclear(res);
+      op_set_error(p, PGTAG_ECONN, NULL, message);
+    }
+    defer(pool, p);
+  }
+  conn->unsynced = 0;
+  conn->got_result = 0;
   while (!queue_empty(&conn->piped)) { /* sent, and now lost with it */
     op *p = first_op(&conn->piped);
     queue_remove(&p->node);
@@ -422,7 +439,7 @@ static int stray_cancel_victim(const struct conn *conn, const op *o, const PGres
 
 /* Room for one more query pipelined behind the ones in flight on conn. */
 static int pipeline_room(const pgtag_pool *pool, const struct conn *conn) {
-  return conn->pipelined && conn->state == CONN_BUSY && conn->inflight != NULL &&
+  return conn->pipelined && conn->state == CONN_BUSY && conn_on_wire(conn) &&
          !conn->exclusive && conn->cancel == NULL &&
          1 + conn->npiped < pool->cfg.pipeline_depth;
 }
@@ -510,12 +527,118 @@ void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
   }
   if (conn->state != CONN_BUSY)
     held_next(pool, conn);
-  else if (conn->inflight == NULL)
+  else if (!conn_on_wire(conn))
     recycle(pool, conn);
   else
     feed(pool, conn);
   if (o != NULL)
     op_finish(o);
+}
+
+/* Put o back at the head of the line, to be sent again with a sync point
+ * of its own.  It takes the deadline of the one it goes ahead of, so that
+ * deadlines still rise along the line. */
+static void requeue_front(pgtag_pool *pool, op *o) {
+  o->solo = 1;
+  o->deadline = queue_empty(&pool->waiters) ? 0 : first_op(&pool->waiters)->deadline;
+  queue_insert_head(&pool->waiters, &o->node);
+  pool->nwaiting++;
+}
+
+void pool_on_batch_done(struct conn *conn) {
+  pgtag_pool *pool = conn->pool;
+  queue batch, finish, again;
+  int n = conn->ndone, failed = 0;
+  queue_init(&batch);
+  queue_init(&finish);
+  queue_init(&again);
+  queue_move(&conn->done, &batch);
+  conn->ndone = 0;
+
+  if (n == 1) { /* a sync point of its own: delivered as it is */
+    op *o = first_op(&batch);
+    queue_remove(&o->node);
+    PGresult *res = o->res;
+    o->res = NULL;
+    pool_on_query_done(conn, o, res);
+    return;
+  }
+  queue *q;
+  queue_foreach(q, &batch) {
+    const op *o = queue_data(q, op, node);
+    ExecStatusType st = o->res != NULL ? PQresultStatus(o->res) : PGRES_FATAL_ERROR;
+    failed |= st == PGRES_FATAL_ERROR || st == PGRES_PIPELINE_ABORTED;
+  }
+  while (!queue_empty(&batch)) {
+    op *o = first_op(&batch);
+    queue_remove(&o->node);
+    PGresult *res = o->res;
+    o->res = NULL;
+    if (!failed) {
+      stats_query_done(o, conn);
+      op_set_result(o, res, 0); /* committed with its batch */
+      queue_insert_tail(&finish, &o->node);
+    } else if (o->cancel_code == PGTAG_OK) {
+      PQclear(res); /* rolled back with the batch, or never run: again, alone */
+      queue_insert_tail(&again, &o->node);
+    } else {
+      /* Cancelled on purpose (timeout, its request canceled): that is its
+       * outcome, whether the cancel stopped it or it was skipped. */
+      stats_query_done(o, conn);
+      if (res != NULL && PQresultStatus(res) == PGRES_FATAL_ERROR) {
+        op_set_result(o, res, 0);
+      } else {
+        PQclear(res);
+        op_set_error(o, PGTAG_ECONN, NULL, "aborted with its pipeline batch");
+      }
+      queue_insert_tail(&finish, &o->node);
+    }
+  }
+  while (!queue_empty(&again)) { /* in order, ahead of everyone waiting */
+    op *o = queue_data(again.prev, op, node);
+    queue_remove(&o->node);
+    requeue_front(pool, o);
+  }
+  wait_timer_arm(pool);
+  if (conn->state != CONN_BUSY)
+    held_next(pool, conn);
+  else if (!conn_on_wire(conn))
+    recycle(pool, conn);
+  else
+    feed(pool, conn);
+  while (!queue_empty(&finish)) {
+    op *o = first_op(&finish);
+    queue_remove(&o->node);
+    op_finish(o);
+  }
+}
+
+static void on_sync_prepare(uv_prepare_t *handle) {
+  pgtag_pool *pool = handle->data;
+  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
+  for (;;) { /* a failure changes the list: look again from the start */
+    struct conn *open = NULL;
+    queue *q;
+    queue_foreach(q, &pool->conns) {
+      struct conn *conn = queue_data(q, struct conn, node);
+      if (conn->unsynced > 0) {
+        open = conn;
+        break;
+      }
+    }
+    if (open == NULL)
+      break;
+    if (conn_sync(open) != 0) {
+      open->unsynced = 0;
+      pool_on_conn_lost(open, PQerrorMessage(open->pg));
+    }
+  }
+  uv_prepare_stop(handle);
+  pgtag_ctx_leave(previous);
+}
+
+void pool_need_sync(pgtag_pool *pool) {
+  uv_prepare_start(&pool->sync_prepare, on_sync_prepare);
 }
 
 static void release_now(pgtag_pool *pool, struct conn *conn) {
@@ -591,7 +714,7 @@ pgtag_errcode pgtag_release(pgtag_conn h) {
   }
   pgtag_ctx *previous = pgtag_ctx_enter(NULL);
   hold_end(conn, 1);
-  if (conn->inflight != NULL || !queue_empty(&conn->pending))
+  if (conn_on_wire(conn) || !queue_empty(&conn->pending))
     conn->release_pending = 1; /* after the queries queued on it */
   else
     release_now(pool, conn);
@@ -617,7 +740,7 @@ void pool_reclaim(struct conn *conn) {
   conn->reclaiming = 1;
   if (conn->inflight != NULL && conn->inflight->kind == OP_QUERY)
     cancel_inflight(conn, PGTAG_ERECLAIMED);
-  if (conn->inflight != NULL)
+  if (conn_on_wire(conn))
     conn->release_pending = 1; /* once the query is over */
   else
     release_now(pool, conn);
@@ -625,7 +748,7 @@ void pool_reclaim(struct conn *conn) {
 
 void pool_on_cancel_done(struct conn *conn) {
   request_cancel(conn); /* a pipelined query cancelled while this one ran */
-  if (conn->inflight != NULL) {
+  if (conn_on_wire(conn)) {
     if (conn->state == CONN_BUSY)
       feed(conn->pool, conn); /* pipelining resumes */
     return; /* its query has not ended yet: that comes back here */
@@ -820,8 +943,11 @@ static struct conn *least_loaded(const pgtag_pool *pool) {
     struct conn *conn = queue_data(q, struct conn, node);
     if (!pipeline_room(pool, conn))
       continue;
+    uint64_t sent = conn->inflight != NULL ? conn->inflight->sent_ns : UINT64_MAX;
+    uint64_t best_sent = best != NULL && best->inflight != NULL ? best->inflight->sent_ns
+                                                                : UINT64_MAX;
     if (best == NULL || conn->npiped < best->npiped ||
-        (conn->npiped == best->npiped && conn->inflight->sent_ns > best->inflight->sent_ns))
+        (conn->npiped == best->npiped && sent > best_sent))
       best = conn;
   }
   return best;
@@ -966,7 +1092,7 @@ pgtag_errcode pgtag_conn_query_ex(pgtag_conn h, const char *sql, int nparams,
     return PGTAG_OK;
   }
 
-  int send_now = conn->state == CONN_HELD && conn->inflight == NULL && conn->cancel == NULL;
+  int send_now = conn->state == CONN_HELD && !conn_on_wire(conn) && conn->cancel == NULL;
   op *o = op_new(pool, OP_QUERY, sql, nparams, values, !send_now && conn->state == CONN_HELD);
   if (o == NULL)
     return PGTAG_ENOMEM;
@@ -1200,9 +1326,11 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
   uv_timer_init(loop, &pool->retry_timer);
   uv_timer_init(loop, &pool->maint_timer);
   uv_timer_init(loop, &pool->leak_timer);
+  uv_prepare_init(loop, &pool->sync_prepare);
+  pool->sync_prepare.data = pool;
   uv_unref((uv_handle_t *)&pool->leak_timer); /* a report alone is no work */
   uv_idle_init(loop, &pool->defer_idle);
-  pool->handles = 5;
+  pool->handles = 6;
   pool->wait_timer.data = pool->retry_timer.data = pool->maint_timer.data = pool;
   pool->leak_timer.data = pool;
   pool->defer_idle.data = pool;
@@ -1257,6 +1385,7 @@ static void maybe_finish_close(pgtag_pool *pool) {
   uv_close((uv_handle_t *)&pool->retry_timer, on_pool_handle_closed);
   uv_close((uv_handle_t *)&pool->maint_timer, on_pool_handle_closed);
   uv_close((uv_handle_t *)&pool->leak_timer, on_pool_handle_closed);
+  uv_close((uv_handle_t *)&pool->sync_prepare, on_pool_handle_closed);
   uv_close((uv_handle_t *)&pool->defer_idle, on_pool_handle_closed);
 }
 

@@ -47,6 +47,7 @@ struct pgtag_pool {
 
   uv_timer_t maint_timer; /* idle timeout, max lifetime, min_conns */
   uv_timer_t leak_timer;  /* the next hold to pass leak_threshold_ms */
+  uv_prepare_t sync_prepare; /* closes open pipeline batches each turn */
   int leak_checks;        /* holds marked for a check next turn */
 
   int closing;
@@ -73,6 +74,12 @@ void pool_on_connected(struct conn *conn);
 void pool_on_connect_failed(struct conn *conn, const char *message);
 void pool_on_query_done(struct conn *conn, op *o, PGresult *res);
 void pool_on_conn_lost(struct conn *conn, const char *message);
+
+/* The queries of a pipelined batch are complete: its sync point arrived. */
+void pool_on_batch_done(struct conn *conn);
+
+/* A connection has an open batch: close it before the loop blocks. */
+void pool_need_sync(pgtag_pool *pool);
 
 /* Run leak checks (and deferred outcomes) on the next loop turn. */
 void pool_wake(pgtag_pool *pool);

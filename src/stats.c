@@ -33,6 +33,8 @@ void histogram_add(pgtag_histogram *h, uint64_t us) {
 }
 
 void stats_waited(pgtag_pool *pool, op *o) {
+  if (o->solo)
+    return; /* sent again after its batch failed: its wait was counted */
   uint64_t us = o->waiting_ns != 0 ? (uv_hrtime() - o->waiting_ns) / 1000 : 0;
   histogram_add(&pool->stats.acquire_wait, us);
 }
