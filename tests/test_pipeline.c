@@ -100,6 +100,37 @@ static void results_go_to_their_own_requests(void **state) {
   test_pool_close(&loop, pool);
 }
 
+/* A batch is one implicit transaction: when one query in it fails, the
+ * writes before it are rolled back with it and run again alone, so each
+ * takes effect exactly once. */
+static void writes_in_a_failed_batch_happen_once(void **state) {
+  (void)state;
+  pgtag_pool *pool = pipelined_pool(1, 16, 0);
+  rec first = {0}, w[7];
+  memset(w, 0, sizeof w);
+  admin_exec("CREATE TABLE IF NOT EXISTS pgtag_once (x int); TRUNCATE pgtag_once");
+
+  query_in(pool, NULL, "SELECT pg_sleep(0.1)", &first); /* the rest queue behind */
+  for (int i = 0; i < 7; i++) {
+    char v[8];
+    snprintf(v, sizeof v, "%d", i);
+    if (i == 3)
+      query_param_in(pool, NULL, "INSERT INTO pgtag_once VALUES ($1::int / 0)", v, &w[i]);
+    else
+      query_param_in(pool, NULL, "INSERT INTO pgtag_once VALUES ($1::int)", v, &w[i]);
+  }
+  assert_true(run_until(&loop, &completions, 8, 10000));
+  for (int i = 0; i < 7; i++)
+    assert_done(&w[i], NULL, i == 3 ? PGTAG_ESERVER : PGTAG_OK);
+  assert_int_equal(admin_int("SELECT count(*) FROM pgtag_once"), 6);
+  assert_int_equal(admin_int("SELECT count(DISTINCT x) FROM pgtag_once"), 6);
+  pgtag_stats st;
+  pgtag_pool_stats(pool, &st);
+  assert_int_equal(st.queries, 8);
+  assert_int_equal(st.query_time.count, 8);
+  test_pool_close(&loop, pool);
+}
+
 static void transaction_statements_keep_a_connection_to_themselves(void **state) {
   (void)state;
   pgtag_pool *pool = pipelined_pool(1, 8, 0);
@@ -244,6 +275,7 @@ static void lost_connection_fails_each_pipelined_query_once(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup(results_go_to_their_own_requests, setup),
+      cmocka_unit_test_setup(writes_in_a_failed_batch_happen_once, setup),
       cmocka_unit_test_setup(transaction_statements_keep_a_connection_to_themselves, setup),
       cmocka_unit_test_setup(acquire_waits_its_turn, setup),
       cmocka_unit_test_setup(timeout_of_the_first_spares_the_rest, setup),
