@@ -43,11 +43,22 @@ static int append_str(tag_buf *buf, const char *s) {
   return append(buf, s, strlen(s));
 }
 
-static int safe_byte(unsigned char c, int allow_colon) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-         (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
-         c == '~' || (allow_colon && c == ':');
-}
+/* Bytes kept as they are: 1 in both styles, 2 in the prefix style only
+ * (':'); everything else is percent-encoded.  A table: this runs for every
+ * byte of every request ID of every query. */
+static const unsigned char safe[256] = {
+    ['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1, [':'] = 2,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,
+    ['7'] = 1, ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1,
+    ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1,
+    ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1,
+    ['V'] = 1, ['W'] = 1, ['X'] = 1, ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1,
+    ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1,
+    ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1,
+    ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
+};
 
 int tag_encode(tag_buf *buf, const char *value, int allow_colon) {
   static const char hex[] = "0123456789ABCDEF";
@@ -55,9 +66,10 @@ int tag_encode(tag_buf *buf, const char *value, int allow_colon) {
   if (reserve(buf, 3 * n) != 0)
     return -1;
   char *out = buf->data + buf->len;
+  unsigned char keep = allow_colon ? 3 : 1;
   for (size_t i = 0; i < n; i++) {
     unsigned char c = (unsigned char)value[i];
-    if (safe_byte(c, allow_colon)) {
+    if (safe[c] & keep) {
       *out++ = (char)c;
     } else {
       *out++ = '%';
