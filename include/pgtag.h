@@ -289,7 +289,9 @@ typedef struct {
                                 again each on its own, so one failing query
                                 fails nothing else (a function with effects
                                 outside the transaction, nextval() say, may
-                                then run twice).  Statements that change
+                                then run twice, and they come back after
+                                the queries sent meanwhile; otherwise
+                                results come back in the order sent).  Statements that change
                                 transaction or session state (BEGIN,
                                 COMMIT, SET, ...) are never pipelined; held
                                 connections stay exclusive.  1 = off;

@@ -386,8 +386,14 @@ static void read_results(struct conn *conn) {
   PGnotify *n;
   while ((n = PQnotifies(conn->pg)) != NULL)
     PQfreemem(n); /* LISTEN is not ours to serve; don't let them pile up */
-  if (!ok || PQstatus(conn->pg) == CONNECTION_BAD)
+  if (!ok || PQstatus(conn->pg) == CONNECTION_BAD) {
     conn_lost(conn, "connection lost");
+    return;
+  }
+  /* Queries that finished left room in the pipeline before their batch's
+   * sync point came: fill it now, so the backend never waits for us. */
+  if (conn->pipelined && conn->state == CONN_BUSY && conn_on_wire(conn))
+    pool_feed(conn);
 }
 
 static void on_poll(uv_poll_t *handle, int status, int events) {

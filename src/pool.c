@@ -468,6 +468,8 @@ static void feed(pgtag_pool *pool, struct conn *conn) {
   wait_timer_arm(pool);
 }
 
+void pool_feed(struct conn *conn) { feed(conn->pool, conn); }
+
 void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
   pgtag_pool *pool = conn->pool;
   stats_query_done(o, conn);

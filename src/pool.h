@@ -78,6 +78,9 @@ void pool_on_conn_lost(struct conn *conn, const char *message);
 /* The queries of a pipelined batch are complete: its sync point arrived. */
 void pool_on_batch_done(struct conn *conn);
 
+/* Room opened in conn's pipeline: send waiting queries into it. */
+void pool_feed(struct conn *conn);
+
 /* A connection has an open batch: close it before the loop blocks. */
 void pool_need_sync(pgtag_pool *pool);
 
