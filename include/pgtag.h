@@ -435,8 +435,9 @@ typedef struct {
                      < 0 = none */
 } pgtag_query_opts;
 
-/* Run sql on any pooled connection, in the current context.  Waits for a
- * free connection if none is (first in, first out with acquires).
+/* Run sql on any pooled connection, in the current context: a free one; or,
+ * once all max_conns are busy, in the pipeline of one of them (see
+ * pipeline_depth); else it waits (first in, first out with acquires).
  * Returns PGTAG_EINVAL (NULL pool, sql or cb; nparams < 0; values NULL with
  * nparams > 0; called off the loop thread), PGTAG_ECLOSED (pool closing),
  * PGTAG_EQUEUEFULL (max_waiting reached) or PGTAG_ENOMEM. */
