@@ -13,6 +13,9 @@
  *   W3  a burst of C requests (default 10,000) at once against the pool:
  *       pgtag's memory per waiting request, and the completion order.
  *   -d  pipeline_depth (default: the library's); -d 1 turns pipelining off.
+ *   -j  worker threads, each with its own loop and pool (connections and
+ *       requests divided between them), as a server with a loop per
+ *       thread runs pgtag; default 1.
  *   -n  no tag (tag_style NONE), to measure what tagging costs.
  *
  * Heap allocations are counted by wrapping malloc, calloc and realloc at
@@ -22,6 +25,7 @@
 #include "pgtag.h"
 
 #include <malloc.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,32 +48,34 @@ void __wrap_free(void *p);
 static unsigned long long allocs;
 static long long live_bytes;
 
+/* Relaxed atomics: with -j the workers allocate concurrently. */
+static void count(long long bytes, int call) {
+  __atomic_fetch_add(&allocs, (unsigned long long)call, __ATOMIC_RELAXED);
+  __atomic_fetch_add(&live_bytes, bytes, __ATOMIC_RELAXED);
+}
+
 void *__wrap_malloc(size_t n) {
   void *p = __real_malloc(n);
-  allocs++;
-  live_bytes += p ? (long long)malloc_usable_size(p) : 0;
+  count(p ? (long long)malloc_usable_size(p) : 0, 1);
   return p;
 }
 
 void *__wrap_calloc(size_t n, size_t m) {
   void *p = __real_calloc(n, m);
-  allocs++;
-  live_bytes += p ? (long long)malloc_usable_size(p) : 0;
+  count(p ? (long long)malloc_usable_size(p) : 0, 1);
   return p;
 }
 
 void *__wrap_realloc(void *old, size_t n) {
   long long before = old ? (long long)malloc_usable_size(old) : 0;
   void *p = __real_realloc(old, n);
-  allocs++;
-  if (p != NULL)
-    live_bytes += (long long)malloc_usable_size(p) - before;
+  count(p != NULL ? (long long)malloc_usable_size(p) - before : 0, 1);
   return p;
 }
 
 void __wrap_free(void *p) {
   if (p != NULL)
-    live_bytes -= (long long)malloc_usable_size(p);
+    count(-(long long)malloc_usable_size(p), 0);
   __real_free(p);
 }
 
@@ -78,22 +84,23 @@ void __wrap_free(void *p) {
  * ------------------------------------------------------------------------ */
 
 static const char *workload = "W1";
-static int concurrency = 64, pool_size = 8, seconds = 10, depth = 0, tagged = 1;
+static int concurrency = 64, pool_size = 8, seconds = 10, depth = 0, tagged = 1, threads = 1;
 static const char *conninfo;
-
-static uv_loop_t *loop;
-static pgtag_pool *pool;
 static int naccounts = 1000000; /* pgbench scale 10 */
 
+/* Per worker thread (-j): each has its own loop and pool, as a server with
+ * one loop per thread has; the main thread is worker 0. */
 #define LAT_MAX_US 2000000
-static unsigned *latency; /* per microsecond, up to 2 s */
-static unsigned long long lat_over, completed, queries, failures, next_id;
-static uint64_t t_start, t_end;
-static int running = 1, warm;
-static unsigned long long allocs_at_warm, queries_at_warm;
-static struct rusage ru_at_warm;
+static _Thread_local uv_loop_t *loop;
+static _Thread_local pgtag_pool *pool;
+static _Thread_local unsigned *latency; /* per microsecond, up to 2 s */
+static _Thread_local unsigned long long lat_over, completed, queries, failures, next_id;
+static _Thread_local uint64_t t_start, t_end;
+static _Thread_local int running = 1, warm;
+static _Thread_local unsigned long long allocs_at_warm, queries_at_warm;
+static _Thread_local struct rusage ru_at_warm;
 
-static uint64_t rng = 88172645463325252ULL;
+static _Thread_local uint64_t rng = 88172645463325252ULL;
 static unsigned rand_aid(void) {
   rng ^= rng << 13;
   rng ^= rng >> 7;
@@ -135,7 +142,7 @@ typedef struct {
   char aid[16], delta[16], tid[16], bid[16];
 } request;
 
-static request *requests;
+static _Thread_local request *requests;
 static unsigned long long w3_first, w3_done, w3_max_overtaken;
 
 static void request_start(request *r);
@@ -275,7 +282,7 @@ static void request_start(request *r) {
  * Phases: one second of warm-up, then the measured run
  * ------------------------------------------------------------------------ */
 
-static uv_timer_t phase;
+static _Thread_local uv_timer_t phase;
 
 static void on_closed(void *arg) { (void)arg; }
 
@@ -303,24 +310,114 @@ static double cpu_seconds(const struct rusage *a, const struct rusage *b) {
          (double)(b->ru_stime.tv_usec - a->ru_stime.tv_usec) / 1e6;
 }
 
-static void run_steady(void) {
-  for (int i = 0; i < concurrency; i++)
+/* What one worker measured. */
+typedef struct {
+  int index, requests, conns;
+  unsigned long long queries, completed, failures, lat_over, allocs;
+  double elapsed, cpu;
+  unsigned *latency;
+  int failed_to_start;
+} worker;
+
+static pgtag_pool *make_pool(int conns, int max_waiting) {
+  pgtag_pool_config cfg;
+  pgtag_pool *p = NULL;
+  pgtag_pool_config_init(&cfg);
+  cfg.conninfo = conninfo;
+  cfg.name = "bench";
+  cfg.max_conns = conns;
+  cfg.min_conns = conns;
+  cfg.max_waiting = max_waiting;
+  cfg.acquire_timeout_ms = 60000;
+  cfg.tag_style = tagged ? PGTAG_TAG_PREFIX : PGTAG_TAG_NONE;
+  cfg.pipeline_depth = depth;
+  return pgtag_pool_new(loop, &cfg, &p) == PGTAG_OK ? p : NULL;
+}
+
+static void *run_worker(void *arg) {
+  worker *w = arg;
+  uv_loop_t own;
+  loop = w->index == 0 ? uv_default_loop() : &own;
+  if (w->index != 0)
+    uv_loop_init(&own);
+  latency = __real_calloc(LAT_MAX_US, sizeof *latency);
+  requests = __real_calloc((size_t)w->requests, sizeof *requests);
+  next_id = (unsigned long long)w->index << 40; /* IDs unique across workers */
+  rng ^= (uint64_t)w->index * 0x9E3779B97F4A7C15ULL;
+  pool = make_pool(w->conns, w->requests + 1);
+  if (pool == NULL) {
+    w->failed_to_start = 1;
+    return NULL;
+  }
+  for (int i = 0; i < w->requests; i++)
     request_start(&requests[i]);
   uv_timer_init(loop, &phase);
   uv_timer_start(&phase, on_phase, 1000, 0);
   uv_run(loop, UV_RUN_DEFAULT); /* ends once the last requests are done */
 
   struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru); /* the process: all workers, same period */
+  w->elapsed = (double)(t_end - t_start) / 1e9;
+  w->queries = queries - queries_at_warm;
+  w->completed = completed;
+  w->failures = failures;
+  w->lat_over = lat_over;
+  w->latency = latency;
+  w->cpu = cpu_seconds(&ru_at_warm, &ru);
+  w->allocs = allocs - allocs_at_warm;
+  pgtag_pool_close(pool, on_closed, NULL);
+  uv_run(loop, UV_RUN_DEFAULT);
+  __real_free(requests);
+  if (w->index != 0)
+    uv_loop_close(&own);
+  return NULL;
+}
+
+static void run_steady(void) {
+  worker *w = __real_calloc((size_t)threads, sizeof *w);
+  pthread_t *tid = __real_calloc((size_t)threads, sizeof *tid);
+  for (int t = 0; t < threads; t++) {
+    w[t].index = t;
+    w[t].requests = concurrency / threads + (t < concurrency % threads);
+    w[t].conns = pool_size / threads + (t < pool_size % threads);
+  }
+  for (int t = 1; t < threads; t++)
+    pthread_create(&tid[t], NULL, run_worker, &w[t]);
+  run_worker(&w[0]);
+  for (int t = 1; t < threads; t++)
+    pthread_join(tid[t], NULL);
+
+  /* Sums over the workers; CPU and allocations are the process's over the
+   * measured period, as worker 0 saw them. */
+  double qps = 0, rps = 0;
+  unsigned long long q = 0, done = 0, failed = 0;
+  for (int t = 0; t < threads; t++) {
+    if (w[t].failed_to_start) {
+      fprintf(stderr, "pgtag_bench: worker %d could not create its pool\n", t);
+      exit(1);
+    }
+    qps += (double)w[t].queries / w[t].elapsed;
+    rps += (double)w[t].completed / w[t].elapsed;
+    q += w[t].queries;
+    done += w[t].completed;
+    failed += w[t].failures;
+    if (t > 0) {
+      for (int i = 0; i < LAT_MAX_US; i++)
+        w[0].latency[i] += w[t].latency[i];
+      w[0].lat_over += w[t].lat_over;
+    }
+  }
+  latency = w[0].latency;
+  lat_over = w[0].lat_over;
+  failures = failed;
+  struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
-  double elapsed = (double)(t_end - t_start) / 1e9;
-  unsigned long long q = queries - queries_at_warm;
-  printf("workload=%s concurrency=%d pool=%d depth=%d tag=%d seconds=%.2f requests=%llu "
-         "queries=%llu failures=%llu qps=%.0f rps=%.0f p50_us=%llu p99_us=%llu p999_us=%llu "
-         "cpu_us_per_query=%.2f allocs_per_query=%.4f peak_rss_kb=%ld\n",
-         workload, concurrency, pool_size, depth, tagged, elapsed, completed, q, failures,
-         (double)q / elapsed, (double)completed / elapsed, percentile_us(0.50),
-         percentile_us(0.99), percentile_us(0.999), cpu_seconds(&ru_at_warm, &ru) * 1e6 / (double)q,
-         (double)(allocs - allocs_at_warm) / (double)q, ru.ru_maxrss);
+  printf("workload=%s concurrency=%d pool=%d depth=%d tag=%d threads=%d seconds=%.2f "
+         "requests=%llu queries=%llu failures=%llu qps=%.0f rps=%.0f p50_us=%llu p99_us=%llu "
+         "p999_us=%llu cpu_us_per_query=%.2f allocs_per_query=%.4f peak_rss_kb=%ld\n",
+         workload, concurrency, pool_size, depth, tagged, threads, w[0].elapsed, done, q, failed,
+         qps, rps, percentile_us(0.50), percentile_us(0.99), percentile_us(0.999),
+         w[0].cpu * 1e6 / (double)q, (double)w[0].allocs / (double)q, ru.ru_maxrss);
 }
 
 static void run_burst(void) {
@@ -361,7 +458,7 @@ static void run_burst(void) {
 
 int main(int argc, char **argv) {
   int opt;
-  while ((opt = getopt(argc, argv, "w:c:p:t:d:n")) != -1) {
+  while ((opt = getopt(argc, argv, "w:c:p:t:d:j:n")) != -1) {
     switch (opt) {
     case 'w': workload = optarg; break;
     case 'c': concurrency = atoi(optarg); break;
@@ -369,9 +466,10 @@ int main(int argc, char **argv) {
     case 't': seconds = atoi(optarg); break;
     case 'd': depth = atoi(optarg); break;
     case 'n': tagged = 0; break;
+    case 'j': threads = atoi(optarg); break;
     default:
-      fprintf(stderr, "usage: pgtag_bench [-w W1|W2|W3] [-c n] [-p n] [-t s] [-d n] [-n] "
-                      "CONNINFO\n");
+      fprintf(stderr, "usage: pgtag_bench [-w W1|W2|W3] [-c n] [-p n] [-t s] [-d n] [-j n] "
+                      "[-n] CONNINFO\n");
       return 2;
     }
   }
@@ -379,7 +477,8 @@ int main(int argc, char **argv) {
   if (burst && concurrency == 64)
     concurrency = 10000;
   conninfo = optind < argc ? argv[optind] : getenv("PGTAG_TEST_CONNINFO");
-  if (conninfo == NULL || concurrency < 1 || seconds < 1) {
+  if (conninfo == NULL || concurrency < 1 || seconds < 1 || threads < 1 ||
+      threads > pool_size || threads > concurrency) {
     fprintf(stderr, "pgtag_bench: a conninfo (or PGTAG_TEST_CONNINFO) is required\n");
     return 2;
   }
@@ -387,27 +486,22 @@ int main(int argc, char **argv) {
   if (scale != NULL)
     naccounts = atoi(scale);
 
+  if (depth == 0) { /* the library's default, reported as such */
+    pgtag_pool_config defaults;
+    pgtag_pool_config_init(&defaults);
+    depth = defaults.pipeline_depth;
+  }
+  if (!burst) {
+    run_steady();
+    return failures == 0 ? 0 : 1;
+  }
   latency = __real_calloc(LAT_MAX_US, sizeof *latency);
   requests = __real_calloc((size_t)concurrency, sizeof *requests);
   loop = uv_default_loop();
-  pgtag_pool_config cfg;
-  pgtag_pool_config_init(&cfg);
-  cfg.conninfo = conninfo;
-  cfg.name = "bench";
-  cfg.max_conns = pool_size;
-  cfg.min_conns = pool_size;
-  cfg.max_waiting = concurrency + 1;
-  cfg.acquire_timeout_ms = 60000;
-  cfg.tag_style = tagged ? PGTAG_TAG_PREFIX : PGTAG_TAG_NONE;
-  if (depth > 0)
-    cfg.pipeline_depth = depth; /* else the library's default */
-  depth = cfg.pipeline_depth;
-  if (pgtag_pool_new(loop, &cfg, &pool) != PGTAG_OK)
+  pool = make_pool(pool_size, concurrency + 1);
+  if (pool == NULL)
     return 1;
-  if (burst)
-    run_burst();
-  else
-    run_steady();
+  run_burst();
   pgtag_pool_close(pool, on_closed, NULL);
   uv_run(loop, UV_RUN_DEFAULT);
   return failures == 0 ? 0 : 1;

@@ -9,8 +9,11 @@
 #   W1            pgtag, 64 requests over 8 connections, no pipelining (-d 1)
 #                 vs pgbench -c 8 (-M extended: unnamed statements, as pgtag)
 #   W1 default    the same with the default pipeline_depth
-#   W1 pipelined  pgtag, 64 requests over 2 connections, 16 deep
-#                 vs pgbench -c 2 with \startpipeline / 16 queries / \endpipeline
+#   W1 pipelined  pgtag, 64 requests over 2 connections, 16 deep, with one
+#                 loop thread (-j 1) and with two (-j 2: a loop and a pool of
+#                 one connection each, as pgbench -j 2 has a thread each)
+#                 vs pgbench -c 2 -j 2 with \startpipeline / 16 queries /
+#                 \endpipeline
 #   tagging       pgtag W1 with the tag vs without
 # plus W2 and W3 on their own.  Every pair runs twice, alternating, and the
 # best of each side counts: the machine is shared and noisy.
@@ -83,7 +86,9 @@ a1=$(pgbench_qps 8 "$work/select.sql" 1); b1=$(pgtag_qps -c 64 -p 8 -d 1)
 a2=$(pgbench_qps 8 "$work/select.sql" 1); b2=$(pgtag_qps -c 64 -p 8 -d 1)
 d1=$(pgtag_qps -c 64 -p 8); d2=$(pgtag_qps -c 64 -p 8)
 pa1=$(pgbench_qps 2 "$work/pipeline.sql" 16); pb1=$(pgtag_qps -c 64 -p 2 -d 16)
+pj1=$(pgtag_qps -c 64 -p 2 -d 16 -j 2)
 pa2=$(pgbench_qps 2 "$work/pipeline.sql" 16); pb2=$(pgtag_qps -c 64 -p 2 -d 16)
+pj2=$(pgtag_qps -c 64 -p 2 -d 16 -j 2)
 n1=$(pgtag_qps -c 64 -p 8 -d 1 -n); n2=$(pgtag_qps -c 64 -p 8 -d 1 -n)
 ./build/pgtag_bench -t "$secs" -w W2 "$conninfo"
 ./build/pgtag_bench -w W3 "$conninfo"
@@ -91,12 +96,15 @@ n1=$(pgtag_qps -c 64 -p 8 -d 1 -n); n2=$(pgtag_qps -c 64 -p 8 -d 1 -n)
 rm -rf "$work"
 
 pg=$(best "$a1" "$a2"); pt=$(best "$b1" "$b2")
-pgp=$(best "$pa1" "$pa2"); ptp=$(best "$pb1" "$pb2")
+pgp=$(best "$pa1" "$pa2"); ptp=$(best "$pb1" "$pb2"); ptj=$(best "$pj1" "$pj2")
 untagged=$(best "$n1" "$n2")
 dflt=$(best "$d1" "$d2")
 echo
 echo "W1: pgtag $pt q/s, pgbench (8 connections) $pg q/s: ratio $(ratio "$pt" "$pg")"
 echo "W1 default pipeline_depth: pgtag $dflt q/s: $(ratio "$dflt" "$pg") x pgbench (8 connections)"
-echo "W1 pipelined: pgtag $ptp q/s, pgbench pipelined (2 connections, 16 deep) $pgp q/s:" \
-     "ratio $(ratio "$ptp" "$pgp"); versus pgbench with 8 connections: $(ratio "$ptp" "$pg")"
+echo "W1 pipelined, 2 loop threads: pgtag $ptj q/s, pgbench pipelined (2 connections," \
+     "16 deep, 2 threads) $pgp q/s: ratio $(ratio "$ptj" "$pgp");" \
+     "versus pgbench with 8 connections: $(ratio "$ptj" "$pg")"
+echo "W1 pipelined, 1 loop thread: pgtag $ptp q/s: ratio $(ratio "$ptp" "$pgp");" \
+     "versus pgbench with 8 connections: $(ratio "$ptp" "$pg")"
 echo "tagging: pgtag with the tag $pt q/s, without $untagged q/s: ratio $(ratio "$pt" "$untagged")"
