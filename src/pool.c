@@ -470,6 +470,27 @@ static void feed(pgtag_pool *pool, struct conn *conn) {
 
 void pool_feed(struct conn *conn) { feed(conn->pool, conn); }
 
+/* Put o back at the head of the line, to be sent again with a sync point
+ * of its own.  It takes the deadline of the one it goes ahead of, so that
+ * deadlines still rise along the line. */
+static void requeue_front(pgtag_pool *pool, op *o) {
+  o->solo = 1;
+  o->deadline = queue_empty(&pool->waiters) ? 0 : first_op(&pool->waiters)->deadline;
+  queue_insert_head(&pool->waiters, &o->node);
+  pool->nwaiting++;
+}
+
+/* The results of one query or batch were handled: what the connection
+ * does next. */
+static void after_results(pgtag_pool *pool, struct conn *conn) {
+  if (conn->state != CONN_BUSY)
+    held_next(pool, conn);
+  else if (!conn_on_wire(conn))
+    recycle(pool, conn);
+  else
+    feed(pool, conn);
+}
+
 void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
   pgtag_pool *pool = conn->pool;
   stats_query_done(o, conn);
@@ -515,8 +536,7 @@ void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
      * rolled back (its own implicit transaction), so it goes again. */
     PQclear(res);
     o->resent = 1;
-    queue_insert_head(&pool->waiters, &o->node);
-    pool->nwaiting++;
+    requeue_front(pool, o);
     wait_timer_arm(pool);
     o = NULL;
   } else if (conn->reclaiming) {
@@ -527,24 +547,9 @@ void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
   } else {
     op_set_result(o, res, 0);
   }
-  if (conn->state != CONN_BUSY)
-    held_next(pool, conn);
-  else if (!conn_on_wire(conn))
-    recycle(pool, conn);
-  else
-    feed(pool, conn);
+  after_results(pool, conn);
   if (o != NULL)
     op_finish(o);
-}
-
-/* Put o back at the head of the line, to be sent again with a sync point
- * of its own.  It takes the deadline of the one it goes ahead of, so that
- * deadlines still rise along the line. */
-static void requeue_front(pgtag_pool *pool, op *o) {
-  o->solo = 1;
-  o->deadline = queue_empty(&pool->waiters) ? 0 : first_op(&pool->waiters)->deadline;
-  queue_insert_head(&pool->waiters, &o->node);
-  pool->nwaiting++;
 }
 
 void pool_on_batch_done(struct conn *conn) {
@@ -602,12 +607,7 @@ void pool_on_batch_done(struct conn *conn) {
     requeue_front(pool, o);
   }
   wait_timer_arm(pool);
-  if (conn->state != CONN_BUSY)
-    held_next(pool, conn);
-  else if (!conn_on_wire(conn))
-    recycle(pool, conn);
-  else
-    feed(pool, conn);
+  after_results(pool, conn);
   while (!queue_empty(&finish)) {
     op *o = first_op(&finish);
     queue_remove(&o->node);
