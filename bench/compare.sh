@@ -55,11 +55,13 @@ cat >"$work/select.sql" <<EOF
 \set aid random(1, 1000000)
 /* requestId=$id */ SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
 EOF
+# Each query of the pipeline draws its own aid, as every pgtag request does:
+# sixteen reads of one row would be cheaper for the server than sixteen rows.
 {
-  echo '\set aid random(1, 1000000)'
+  for i in $(seq 16); do echo "\\set aid$i random(1, 1000000)"; done
   echo '\startpipeline'
-  for _ in $(seq 16); do
-    echo "/* requestId=$id */ SELECT abalance FROM pgbench_accounts WHERE aid = :aid;"
+  for i in $(seq 16); do
+    echo "/* requestId=$id */ SELECT abalance FROM pgbench_accounts WHERE aid = :aid$i;"
   done
   echo '\endpipeline'
 } >"$work/pipeline.sql"
