@@ -32,6 +32,10 @@
 #include <libpq-fe.h>
 #include <uv.h>
 
+/* PGTAG_VERSION_MAJOR, _MINOR, _PATCH and PGTAG_VERSION_STRING: the version
+ * of this header (generated from the build's one version number). */
+#include "pgtag_version.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -41,6 +45,11 @@ extern "C" {
 #if defined(__GNUC__)
 #pragma GCC visibility push(default)
 #endif
+
+/* The version of the library linked at run time, "MAJOR.MINOR.PATCH"
+ * (static; never NULL).  It can differ from PGTAG_VERSION_STRING, the
+ * header's, only in MINOR and PATCH: the SONAME changes with MAJOR. */
+const char *pgtag_version(void);
 
 /* ------------------------------------------------------------------------
  * Errors
