@@ -389,6 +389,7 @@ typedef struct {
                       was lost and that wait for their holder's release */
   int connecting;  /* connection attempt under way */
   int waiting;     /* operations waiting for a connection */
+  int max_conns;   /* the pool's max_conns */
   uint64_t acquired;        /* acquire callbacks given a connection */
   uint64_t queries;         /* queries completed, any outcome */
   uint64_t errors;          /* operations ended with an error */
@@ -419,6 +420,16 @@ void pgtag_pool_stats(const pgtag_pool *pool, pgtag_stats *out);
  * the whole text (like snprintf: a result >= len means buf was too small);
  * -1 for a NULL pool. */
 int pgtag_pool_metrics(const pgtag_pool *pool, char *buf, size_t len);
+
+/* The same text for n pools at once, from snapshots (stats[i], taken with
+ * pgtag_pool_stats, labelled pool="names[i]"): each metric family once,
+ * with a sample per pool, as the format requires.  For a server with a
+ * pool per loop thread: each thread snapshots its own pool, under the
+ * application's lock, and any thread formats them; pgtag touches no pool
+ * here.  Same buffer rules and return value as pgtag_pool_metrics; -1 for
+ * n < 0, NULL arrays with n > 0, or a NULL buf with len > 0. */
+int pgtag_stats_metrics(const pgtag_stats *stats, const char *const *names, int n,
+                        char *buf, size_t len);
 
 /* ------------------------------------------------------------------------
  * Queries

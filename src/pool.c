@@ -1412,4 +1412,5 @@ void pgtag_pool_stats(const pgtag_pool *pool, pgtag_stats *out) {
   out->held = pool->count[CONN_HELD] + pool->count[CONN_LOST];
   out->connecting = pool->count[CONN_CONNECTING];
   out->waiting = pool->nwaiting;
+  out->max_conns = pool->cfg.max_conns;
 }

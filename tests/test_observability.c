@@ -359,6 +359,9 @@ static int parse_metrics(const char *text, sample *out, int max) {
       assert_int_equal(sscanf(line + 7, "%95s %31s", name, type), 2);
       assert_true(strcmp(type, "counter") == 0 || strcmp(type, "gauge") == 0 ||
                   strcmp(type, "histogram") == 0);
+      for (int i = 0; i < ntyped; i++) /* no family twice */
+        assert_string_not_equal(typed[i], name);
+      assert_true(ntyped < 64);
       snprintf(typed[ntyped++], sizeof typed[0], "%s", name);
       continue;
     }
@@ -463,6 +466,26 @@ static void metrics_in_prometheus_format(void **state) {
   assert_int_equal(pgtag_pool_metrics(NULL, text, sizeof text), -1);
   assert_int_equal(pgtag_histogram_bound_us(0), 100);
   assert_int_equal(pgtag_histogram_bound_us(PGTAG_HISTOGRAM_BUCKETS), 0);
+
+  /* several pools' snapshots: each family once, a sample per pool */
+  pgtag_stats two[2] = {st, st};
+  two[1].queries = 42;
+  const char *names[2] = {"w0", "w1"};
+  len = pgtag_stats_metrics(two, names, 2, text, sizeof text);
+  assert_int_equal(len, (int)strlen(text));
+  static sample s2[256];
+  n = parse_metrics(text, s2, 256);
+  assert_int_equal(find(s2, n, "pgtag_queries_total", "pool=\"w0\""), 3);
+  assert_int_equal(find(s2, n, "pgtag_queries_total", "pool=\"w1\""), 42);
+  assert_int_equal(find(s2, n, "pgtag_connections_max", "pool=\"w1\""), 2);
+  const char *type = strstr(text, "# TYPE pgtag_queries_total counter\n");
+  assert_non_null(type);
+  assert_null(strstr(type + 1, "# TYPE pgtag_queries_total"));
+  assert_int_equal(pgtag_stats_metrics(NULL, names, 2, text, sizeof text), -1);
+  assert_int_equal(pgtag_stats_metrics(two, names, -1, text, sizeof text), -1);
+  /* no pools: the families, no samples */
+  assert_int_equal(pgtag_stats_metrics(NULL, NULL, 0, text, sizeof text), (int)strlen(text));
+  assert_int_equal(parse_metrics(text, s2, 256), 0);
   pgtag_release(acq.conn);
   test_pool_close(&loop, pool);
 }
