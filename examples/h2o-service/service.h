@@ -1,0 +1,95 @@
+/*
+ * An HTTP service on h2o (its libuv backend) that uses pgtag the way we
+ * recommend: one loop and one pgtag pool per worker thread, a pgtag
+ * context per HTTP request, ended when the response has been sent.
+ */
+#ifndef SERVICE_H
+#define SERVICE_H
+
+#include <h2o.h>
+#include <jansson.h>
+#include <pgtag.h>
+#include <stdatomic.h>
+
+typedef struct service service;
+typedef struct request request;
+
+/* An accepted TCP connection: h2o's socket and the uv handle under it. */
+typedef struct client {
+  uv_tcp_t tcp;
+  h2o_socket_t *sock;
+  struct client *prev, *next;
+} client;
+
+/* One thread: its loop, its h2o context, its listening socket, its pool. */
+typedef struct {
+  service *svc;
+  int index;
+  uv_thread_t thread;
+  uv_loop_t loop;
+  h2o_context_t h2o;
+  h2o_accept_ctx_t accept;
+  uv_tcp_t listener;
+  int listen_fd;
+  uv_async_t stop;       /* the main thread asks for a graceful stop */
+  uv_timer_t snapshot;   /* copies the pool's statistics for /metrics */
+  uv_timer_t watch;      /* looks for clients gone while their request runs */
+  client *clients;       /* open connections */
+  request *waiting;      /* requests not answered yet */
+  pgtag_pool *pool;
+  char pool_name[32];
+  int inflight;          /* requests accepted and not yet finished */
+  int stopping;
+} worker;
+
+struct service {
+  h2o_globalconf_t config;
+  const char *conninfo;
+  int pool_size;
+  int demo_leak;         /* --demo-leak: a route forgets its connection */
+  worker *workers;
+  int nworkers;
+  uv_mutex_t stats_lock; /* guards stats: each worker writes its own slot */
+  pgtag_stats *stats;
+  const char **pool_names;
+  atomic_ullong accepted;  /* requests whose handler ran */
+  atomic_ullong responded; /* of those, the ones whose response was sent */
+};
+
+/* One HTTP request, from its handler to the end of its response.  It
+ * outlives the h2o request when the client goes away, until the last of
+ * its pgtag callbacks has run. */
+struct request {
+  worker *w;
+  h2o_req_t *req;   /* NULL once h2o disposed of the request */
+  int fd;           /* the client's socket (HTTP/1), or -1 */
+  request *prev, *next; /* in w->waiting until answered */
+  pgtag_ctx *ctx;
+  int pending;      /* pgtag operations whose callback has not run yet */
+  int replied;
+  int gone;         /* the client went away before the response */
+  pgtag_conn conn;  /* a held connection (transfer), or all zero */
+  int failed;       /* a statement of the transaction failed */
+  long long id, from, to, amount; /* the route's arguments */
+  long long balance[2];           /* transfer: from's and to's, locked */
+  long long bid;
+};
+
+/* request.c */
+int request_handle(h2o_handler_t *self, h2o_req_t *req);
+void request_reply(request *r, int status, json_t *body);
+void request_reply_text(request *r, int status, const char *type, const char *body, size_t len);
+int request_begin_op(request *r, pgtag_errcode submitted);
+int request_end_op(request *r);
+void request_release(request *r);
+void request_forget_conn(request *r);
+void request_watch_clients(uv_timer_t *t);
+
+/* main.c */
+void worker_maybe_close_pool(worker *w);
+int worker_client_fd(worker *w, h2o_socket_t *sock);
+
+/* routes.c */
+void route(request *r, h2o_iovec_t method, h2o_iovec_t path);
+
+#endif
