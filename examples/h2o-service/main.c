@@ -29,7 +29,7 @@ static void log_line(pgtag_log_level level, const char *msg, void *arg) {
 
 static void on_client_closed(uv_handle_t *h) {
   client *c = (client *)h;
-  worker *w = h->data;
+  worker *w = c->w;
   if (c->prev != NULL)
     c->prev->next = c->next;
   else if (w->clients == c)
@@ -47,7 +47,7 @@ static void on_accept(uv_stream_t *listener, int status) {
   if (c == NULL)
     return;
   uv_tcp_init(listener->loop, &c->tcp);
-  c->tcp.data = w;
+  c->w = w;
   if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
     uv_close((uv_handle_t *)&c->tcp, (uv_close_cb)free);
     return;
@@ -79,10 +79,17 @@ static void on_snapshot(uv_timer_t *t) {
   uv_mutex_unlock(&w->svc->stats_lock);
 }
 
+/* Once the pool is closed and the last request answered, the loop stops;
+ * the connections clients still hold open are h2o's to drop. */
+void worker_maybe_stop(worker *w) {
+  if (w->pool_closed && w->inflight == 0)
+    uv_stop(&w->loop);
+}
+
 static void on_pool_closed(void *arg) {
   worker *w = arg;
-  /* Connections that clients keep open are h2o's; the loop just stops. */
-  uv_stop(&w->loop);
+  w->pool_closed = 1;
+  worker_maybe_stop(w);
 }
 
 /* Once stopping and no request is left, the pool closes: requests that
@@ -267,9 +274,7 @@ int main(int argc, char **argv) {
   for (int i = 0; i < svc.nworkers; i++)
     uv_thread_join(&svc.workers[i].thread);
 
-  unsigned long long accepted = atomic_load(&svc.accepted);
-  unsigned long long responded = atomic_load(&svc.responded);
-  fprintf(stderr, "service: stopped; requests accepted %llu, answered %llu\n", accepted,
-          responded);
+  fprintf(stderr, "service: stopped; requests accepted %llu, answered %llu, clients gone %llu\n",
+          atomic_load(&svc.accepted), atomic_load(&svc.responded), atomic_load(&svc.gone));
   return 0;
 }

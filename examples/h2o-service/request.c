@@ -64,11 +64,11 @@ static void finish(request *r) {
   unwatch(r);
   pgtag_ctx_end(r->ctx); /* a connection still held now is reported */
   pgtag_ctx_unref(r->ctx);
-  if (r->replied && !r->gone)
-    atomic_fetch_add(&w->svc->responded, 1);
+  atomic_fetch_add(r->gone ? &w->svc->gone : &w->svc->responded, 1);
   free(r);
   w->inflight--;
   worker_maybe_close_pool(w);
+  worker_maybe_stop(w);
 }
 
 /* The request is over once h2o is done with it (response sent, or client

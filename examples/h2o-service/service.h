@@ -15,14 +15,17 @@ typedef struct service service;
 typedef struct request request;
 
 /* An accepted TCP connection: h2o's socket and the uv handle under it. */
+typedef struct worker worker;
+
 typedef struct client {
-  uv_tcp_t tcp;
+  uv_tcp_t tcp;     /* h2o owns tcp.data */
+  worker *w;
   h2o_socket_t *sock;
   struct client *prev, *next;
 } client;
 
 /* One thread: its loop, its h2o context, its listening socket, its pool. */
-typedef struct {
+struct worker {
   service *svc;
   int index;
   uv_thread_t thread;
@@ -40,7 +43,8 @@ typedef struct {
   char pool_name[32];
   int inflight;          /* requests accepted and not yet finished */
   int stopping;
-} worker;
+  int pool_closed;
+};
 
 struct service {
   h2o_globalconf_t config;
@@ -54,6 +58,7 @@ struct service {
   const char **pool_names;
   atomic_ullong accepted;  /* requests whose handler ran */
   atomic_ullong responded; /* of those, the ones whose response was sent */
+  atomic_ullong gone;      /* of those, the ones whose client went away */
 };
 
 /* One HTTP request, from its handler to the end of its response.  It
@@ -87,6 +92,7 @@ void request_watch_clients(uv_timer_t *t);
 
 /* main.c */
 void worker_maybe_close_pool(worker *w);
+void worker_maybe_stop(worker *w);
 int worker_client_fd(worker *w, h2o_socket_t *sock);
 
 /* routes.c */

@@ -1,0 +1,276 @@
+#!/usr/bin/env bash
+# examples/h2o-service end to end, over real HTTP (curl, wrk), against the
+# throwaway server in PGTAG_TEST_CONNINFO with pgbench tables and every
+# statement logged.
+#
+#   tests/e2e_service.sh BUILD_DIR     prints TAP lines; exits 1 on a failure
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=$(cd "${1:?usage: e2e_service.sh BUILD_DIR}" && pwd)
+: "${PGTAG_TEST_CONNINFO:?set PGTAG_TEST_CONNINFO}"
+: "${PGTAG_TEST_PGDATA:?set PGTAG_TEST_PGDATA}"
+service=$build/pgtag_h2o_service
+work=$(mktemp -d /tmp/pgtag-e2e.XXXXXX)
+chmod 755 "$work"
+svc_pid=""
+cleanup() {
+  [ -n "$svc_pid" ] && kill -KILL "$svc_pid" 2>/dev/null
+  psql_q "ALTER SYSTEM RESET log_statement" >/dev/null 2>&1
+  psql_q "SELECT pg_reload_conf()" >/dev/null 2>&1
+  [ -n "${KEEP:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+n=0 failed=0
+
+ok() { n=$((n + 1)); echo "ok $n - $1"; }
+not_ok() { # not_ok NAME [DETAIL FILE]
+  n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"
+  [ -n "${2:-}" ] && [ -f "$2" ] && tail -30 "$2" | sed 's/^/# /'
+}
+check() { # check NAME COMMAND...
+  local name=$1; shift
+  if "$@" >"$work/out" 2>&1; then ok "$name"; else not_ok "$name" "$work/out"; fi
+}
+psql_q() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$PGTAG_TEST_CONNINFO" -c "$1"; }
+server_log=$(dirname "$PGTAG_TEST_PGDATA")/server.log
+
+[ -x "$service" ] || { not_ok "pgtag_h2o_service was built"; echo "1..$n"; exit 1; }
+
+# ---- the database: pgbench tables, every statement logged ----------------
+pgbench -i -s 1 -q "$PGTAG_TEST_CONNINFO" >"$work/pgbench.log" 2>&1 ||
+  { not_ok "pgbench -i" "$work/pgbench.log"; echo "1..$n"; exit 1; }
+psql_q "ALTER SYSTEM SET log_statement = 'all'" && psql_q "SELECT pg_reload_conf()" >/dev/null
+sleep 0.2
+log_from=$(($(stat -c %s "$server_log") + 1))
+new_log() { tail -c +"$log_from" "$server_log"; }
+
+start_service() { # start_service [ARGS...]: sets svc_pid and url
+  "$service" --port 0 --threads 2 --pool-size 4 "$@" "$PGTAG_TEST_CONNINFO" \
+    >"$work/service.out" 2>"$work/service.err" &
+  svc_pid=$!
+  for _ in $(seq 100); do
+    url=$(sed -nE 's|^listening on (http://[0-9.]+:[0-9]+) .*|\1|p' "$work/service.out")
+    [ -n "$url" ] && return 0
+    sleep 0.05
+  done
+  return 1
+}
+start_service --demo-leak || { not_ok "the service starts" "$work/service.err"; echo "1..$n"; exit 1; }
+ok "the service starts and says where it listens ($url)"
+
+check "GET /healthz answers 200" \
+  bash -c "curl -sf '$url/healthz' | jq -e '.status == \"ok\"'"
+
+# ---- 200 concurrent requests, each with its own ID ----------------------
+# Odd i: GET /accounts/<7i+1> (one query); even i: GET /branches/1/summary
+# (two queries, the second submitted from the first's callback).
+mkdir -p "$work/par"
+for i in $(seq 1 200); do
+  if [ $((i % 2)) = 1 ]; then path="/accounts/$((7 * i + 1))"; else path="/branches/1/summary"; fi
+  [ "$i" = 1 ] || echo next
+  printf 'url = "%s%s"\nheader = "X-Request-Id: e2e-%d"\noutput = "%s/par/%d.body"\ndump-header = "%s/par/%d.head"\n' \
+    "$url" "$path" "$i" "$work" "$i" "$work" "$i"
+done >"$work/par.cfg"
+curl -s --parallel --parallel-immediate --parallel-max 200 -K "$work/par.cfg" 2>"$work/curl.err"
+concurrent_ids() {
+  local bad=0
+  for i in $(seq 1 200); do
+    grep -qi "^x-request-id: e2e-$i"$'\r'"\?$" "$work/par/$i.head" &&
+      grep -q "^HTTP/1.1 200" "$work/par/$i.head" &&
+      jq -e --arg id "e2e-$i" '.request_id == $id' "$work/par/$i.body" >/dev/null ||
+      { echo "request e2e-$i: wrong or missing answer"; bad=1; }
+  done
+  return $bad
+}
+check "200 concurrent requests: each answer carries its own X-Request-Id" concurrent_ids
+
+# In the server log each query is "execute <unnamed>: /* requestId=... */ ..."
+# followed by its parameters.  Every request's queries carry its own ID:
+# the account query's parameter is the account that request asked for, and
+# a summary request's two queries both carry its ID.
+logged_ids() {
+  sleep 0.3
+  new_log >"$work/log1"
+  awk '
+    match($0, /\[[0-9]+\]/) { pid = substr($0, RSTART, RLENGTH) }
+    /execute <unnamed>: \/\* requestId=e2e-[0-9]+ / {
+      match($0, /requestId=e2e-[0-9]+ /); id = substr($0, RSTART + 14, RLENGTH - 15)
+      count[id]++; last[pid] = id; acct[pid] = ($0 ~ /FROM pgbench_accounts WHERE aid/); next }
+    /DETAIL:  parameters: \$1 = / {
+      if (pid in last && acct[pid]) {
+        match($0, /\$1 = '\''[0-9]+'\''/); p = substr($0, RSTART + 6, RLENGTH - 7)
+        if (p != 7 * last[pid] + 1) { print "request e2e-" last[pid] " logged with aid " p; bad = 1 }
+        checked++
+      }
+      delete last[pid] }
+    END {
+      for (i = 1; i <= 200; i++) {
+        want = (i % 2) ? 1 : 2
+        if (count[i] != want) { print "request e2e-" i ": " count[i] + 0 " tagged queries, want " want; bad = 1 }
+      }
+      if (checked != 100) { print "checked " checked " account parameters, want 100"; bad = 1 }
+      exit bad }' "$work/log1"
+}
+check "server log: every query of the 200 requests carries its own request ID, never another's" logged_ids
+
+# ---- hostile request IDs -----------------------------------------------
+accounts_before=$(psql_q "SELECT count(*) FROM pgbench_accounts")
+log_from=$(($(stat -c %s "$server_log") + 1))
+big=$(head -c 10240 /dev/zero | tr '\0' 'x')
+hostile() {
+  local i=0 id code bad=0
+  for id in '*/ DROP TABLE pgbench_accounts; --' '/*' '*/' "$big" "it's \"quoted\"" \
+            '100%25%00%2A%2F' "a'); DROP TABLE pgbench_accounts; --"; do
+    i=$((i + 1))
+    code=$(curl -s -o "$work/h$i.body" -D "$work/h$i.head" -w '%{http_code}' \
+           -H "X-Request-Id: $id" "$url/accounts/$i")
+    [ "$code" = 200 ] || { echo "ID #$i: HTTP $code"; bad=1; }
+    echoed=$(sed -nE 's/^[Xx]-[Rr]equest-[Ii]d: (.*)\r$/\1/p' "$work/h$i.head")
+    # kept when visible ASCII of at most 128 bytes, else replaced by a UUID
+    if [ ${#id} -le 128 ] && ! [[ $id =~ [^!-~] ]]; then
+      [ "$echoed" = "$id" ] || { echo "ID #$i not echoed: $echoed"; bad=1; }
+    else
+      [[ $echoed =~ ^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$ ]] ||
+        { echo "ID #$i not replaced by a UUID: $echoed"; bad=1; }
+    fi
+  done
+  sleep 0.3
+  [ "$(psql_q "SELECT count(*) FROM pgbench_accounts")" = "$accounts_before" ] ||
+    { echo "pgbench_accounts changed"; bad=1; }
+  # every statement the service sent starts with the tag and is the SELECT
+  new_log | grep -E 'execute <unnamed>:' >"$work/hostile.log"
+  [ "$(wc -l <"$work/hostile.log")" -ge 7 ] || { echo "statements missing from the log"; bad=1; }
+  if grep -vE 'execute <unnamed>: /\* requestId=[^ ]* route=GET%20%2Faccounts%2F%7Bid%7D \*/ SELECT aid, bid, abalance FROM pgbench_accounts WHERE aid = \$1$' \
+       "$work/hostile.log"; then
+    echo "a statement above is not the tagged SELECT"; bad=1
+  fi
+  return $bad
+}
+check "hostile X-Request-Id values are served and nothing else reaches the database" hostile
+
+check "a valid traceparent goes into the tag; an invalid one does not" bash -c "
+  curl -sf -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' \
+    -H 'X-Request-Id: tp-good' '$url/accounts/3' >/dev/null &&
+  curl -sf -H 'traceparent: 00-00000000000000000000000000000000-00f067aa0ba902b7-01' \
+    -H 'X-Request-Id: tp-bad' '$url/accounts/3' >/dev/null && sleep 0.3 &&
+  tail -c +$log_from '$server_log' | grep -q 'requestId=tp-good route=GET%20%2Faccounts%2F%7Bid%7D traceparent=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 \*/' &&
+  tail -c +$log_from '$server_log' | grep 'requestId=tp-bad ' | grep -vq traceparent"
+
+# ---- transfers ------------------------------------------------------------
+psql_q "UPDATE pgbench_accounts SET abalance = 100000 WHERE aid <= 4; TRUNCATE pgbench_history"
+sum_before=$(psql_q "SELECT sum(abalance) FROM pgbench_accounts")
+transfer() { # transfer BODY: prints the HTTP code
+  curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+    -d "$1" "$url/transfer"
+}
+check "transfer: 400 on bad input, 404 on a missing account" bash -c "
+  [ \$(curl -s -o /dev/null -w '%{http_code}' -X POST -d 'not json' '$url/transfer') = 400 ] &&
+  [ \$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{\"from\":1,\"to\":1,\"amount\":5}' '$url/transfer') = 400 ] &&
+  [ \$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{\"from\":1,\"to\":2,\"amount\":-5}' '$url/transfer') = 400 ] &&
+  [ \$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{\"from\":1,\"to\":2}' '$url/transfer') = 400 ] &&
+  [ \$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{\"from\":1,\"to\":99999999,\"amount\":5}' '$url/transfer') = 404 ]"
+
+# 120 transfers at once among accounts 1 to 4, both ways, amounts 1..120
+for i in $(seq 1 120); do
+  [ "$i" = 1 ] || echo next
+  printf 'url = "%s/transfer"\nrequest = "POST"\ndata = "{\\"from\\":%d,\\"to\\":%d,\\"amount\\":%d}"\nheader = "X-Request-Id: tr-%d"\noutput = "%s/par/tr%d.body"\nwrite-out = "%%{http_code}\\n"\n' \
+    "$url" $(((i % 4) + 1)) $((((i + 1 + i / 4) % 4) + 1)) "$i" "$i" "$work" "$i"
+done >"$work/tr.cfg"
+# (from and to differ: i%4 and (i+1+i/4)%4 can coincide; those are 400s)
+curl -s --parallel --parallel-max 120 -K "$work/tr.cfg" >"$work/tr.codes" 2>"$work/curl.err"
+transfers() {
+  local n200 want
+  n200=$(grep -c '^200$' "$work/tr.codes")
+  want=$(for i in $(seq 1 120); do [ $(((i % 4) + 1)) != $((((i + 1 + i / 4) % 4) + 1)) ] && echo; done | wc -l)
+  echo "200s: $n200 of $want valid transfers; codes: $(sort "$work/tr.codes" | uniq -c | tr '\n' ' ')"
+  [ "$n200" = "$want" ] || return 1
+  [ "$(psql_q "SELECT sum(abalance) FROM pgbench_accounts")" = "$sum_before" ] ||
+    { echo "the sum of balances changed"; return 1; }
+  [ "$(psql_q "SELECT count(*) = $want AND count(DISTINCT delta) = $want FROM pgbench_history")" = t ] ||
+    { echo "pgbench_history: $(psql_q "SELECT count(*), count(DISTINCT delta) FROM pgbench_history")"; return 1; }
+}
+check "concurrent transfers: balances sum unchanged, each transfer once in pgbench_history" transfers
+
+# ---- --demo-leak: insufficient funds forgets its connection --------------
+leak() {
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'X-Request-Id: leaky-1' \
+        -d '{"from":5,"to":6,"amount":1}' "$url/transfer")" = 409 ] || return 1
+  sleep 0.3
+  grep -E 'request leaky-1: .*leak' "$work/service.err" ||
+    { echo "no leak report for leaky-1"; cat "$work/service.err"; return 1; }
+  grep -E 'request leaky-1: .*routes\.c:[0-9]+' "$work/service.err" >/dev/null &&
+    curl -s "$url/metrics" | grep -E '^pgtag_reclaimed_total' | awk '{s += $2} END {exit !(s >= 1)}'
+}
+check "--demo-leak: the forgotten connection is reported with its request ID and acquire site, and reclaimed" leak
+
+# ---- a client that goes away ----------------------------------------------
+gone() {
+  # a transfer that waits for a row lock, and a client that gives up
+  psql -X -q -d "$PGTAG_TEST_CONNINFO" \
+    -c "BEGIN; SELECT 1 FROM pgbench_accounts WHERE aid = 1 FOR UPDATE; SELECT pg_sleep(3); COMMIT" \
+    >/dev/null 2>&1 &
+  local locker=$!
+  sleep 0.3
+  curl -s -m 1 -X POST -H 'X-Request-Id: gone-1' -d '{"from":1,"to":2,"amount":1}' \
+    "$url/transfer"
+  sleep 0.5
+  local waiting
+  waiting=$(psql_q "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%requestId=gone-1 %' AND state = 'active' AND pid <> pg_backend_pid()")
+  wait "$locker"
+  [ "$waiting" = 0 ] || { echo "the query of gone-1 still runs on the server"; return 1; }
+  grep -q 'request gone-1: client gone, 1 operation(s) canceled' "$work/service.err" ||
+    { echo "no cancel"; return 1; }
+  if grep -E 'request gone-1: .*leak' "$work/service.err"; then echo "leak reported"; return 1; fi
+  [ "$(psql_q "SELECT count(*) FROM pgbench_history WHERE delta = -1 AND aid = 1 AND mtime > now() - interval '10 s'")" = 0 ]
+}
+check "a client that hangs up: its query is cancelled on the server, its connection released, no leak report" gone
+
+metrics() {
+  curl -sf "$url/metrics" >"$work/metrics" || return 1
+  [ "$(grep -c '^# TYPE pgtag_queries_total counter$' "$work/metrics")" = 1 ] &&
+    grep -qE '^pgtag_queries_total\{pool="worker-0"\} [0-9]+$' "$work/metrics" &&
+    grep -qE '^pgtag_queries_total\{pool="worker-1"\} [0-9]+$' "$work/metrics" &&
+    awk '/^pgtag_queries_total/ {s += $2} END {exit !(s >= 500)}' "$work/metrics" &&
+    awk '/^pgtag_canceled_total/ {s += $2} END {exit !(s >= 1)}' "$work/metrics"
+}
+check "GET /metrics: one family per metric, a sample per worker's pool, the counts add up" metrics
+
+# ---- SIGTERM under load ---------------------------------------------------
+sigterm() {
+  psql -X -q -d "$PGTAG_TEST_CONNINFO" \
+    -c "BEGIN; SELECT 1 FROM pgbench_accounts WHERE aid = 3 FOR UPDATE; SELECT pg_sleep(1.5); COMMIT" \
+    >/dev/null 2>&1 &
+  local locker=$! i pids=()
+  sleep 0.2
+  wrk -t 2 -c 32 -d 3s "$url/accounts/9" >"$work/wrk.out" 2>&1 &
+  local wrk_pid=$!
+  # ten transfers that wait for the lock, so they are under way at SIGTERM
+  for i in $(seq 1 10); do
+    curl -s -o "$work/term$i.body" -w '%{http_code}\n' -X POST \
+      -d "{\"from\":3,\"to\":4,\"amount\":$((1000 + i))}" "$url/transfer" >"$work/term$i.code" &
+    pids+=($!)
+  done
+  sleep 0.5
+  kill -TERM "$svc_pid"
+  local rc=0
+  wait "$svc_pid" || rc=$?
+  svc_pid=""
+  wait "${pids[@]}"
+  wait "$locker" "$wrk_pid"
+  echo "exit code $rc; $(tail -1 "$work/service.err")"
+  [ "$rc" = 0 ] || return 1
+  for i in $(seq 1 10); do
+    [ "$(cat "$work/term$i.code")" = 200 ] && jq -e '.amount > 1000' "$work/term$i.body" >/dev/null ||
+      { echo "transfer $i: $(cat "$work/term$i.code") $(cat "$work/term$i.body")"; return 1; }
+  done
+  # every request whose handler ran was answered, or its client had gone
+  tail -1 "$work/service.err" |
+    awk '/requests accepted/ { a = $5; b = $7; g = $10; gsub(",", "", a); gsub(",", "", b); exit !(a == b + g && a > 100) }'
+}
+check "SIGTERM under load: exit 0, every request accepted was answered" sigterm
+
+check "no sanitizer report from the service" \
+  bash -c "! grep -E 'ERROR: (Address|Leak)Sanitizer|runtime error:' '$work/service.err'"
+
+echo "1..$n"
+[ "$failed" -eq 0 ]
