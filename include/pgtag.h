@@ -1,4 +1,6 @@
-/*
+/**
+ * @file pgtag.h
+ *
  * pgtag: an asynchronous PostgreSQL connection pool for libuv programs that
  * knows which request every query belongs to.
  *
@@ -46,45 +48,48 @@ extern "C" {
 #pragma GCC visibility push(default)
 #endif
 
-/* The version of the library linked at run time, "MAJOR.MINOR.PATCH"
+/** The version of the library linked at run time, "MAJOR.MINOR.PATCH"
  * (static; never NULL).  It can differ from PGTAG_VERSION_STRING, the
- * header's, only in MINOR and PATCH: the SONAME changes with MAJOR. */
+ * header's, only in MINOR and PATCH: the SONAME changes with MAJOR.
+ * Thread: any. */
 const char *pgtag_version(void);
 
 /* ------------------------------------------------------------------------
  * Errors
  * ------------------------------------------------------------------------ */
 
+/** What an operation or a call ended with. */
 typedef enum {
-  PGTAG_OK = 0,
-  PGTAG_EINVAL,      /* a bad argument, or a call on the wrong object state */
-  PGTAG_ESERVER,     /* the server answered with an error (see sqlstate) */
-  PGTAG_ECONN,       /* the connection failed or was lost */
-  PGTAG_ETIMEDOUT,   /* no connection became free within acquire_timeout_ms,
+  PGTAG_OK = 0,      /**< success */
+  PGTAG_EINVAL,      /**< a bad argument, or a call on the wrong object state */
+  PGTAG_ESERVER,     /**< the server answered with an error (see sqlstate) */
+  PGTAG_ECONN,       /**< the connection failed or was lost */
+  PGTAG_ETIMEDOUT,   /**< no connection became free within acquire_timeout_ms,
                         or a query ran past its statement timeout */
-  PGTAG_ECANCELED,   /* its request was canceled (pgtag_ctx_cancel) */
-  PGTAG_ECLOSED,     /* the pool is closing or closed */
-  PGTAG_EQUEUEFULL,  /* max_waiting operations already wait for a connection */
-  PGTAG_ERECLAIMED,  /* the pool took the connection back from its holder */
-  PGTAG_ENOMEM       /* out of memory */
+  PGTAG_ECANCELED,   /**< its request was canceled (pgtag_ctx_cancel) */
+  PGTAG_ECLOSED,     /**< the pool is closing or closed */
+  PGTAG_EQUEUEFULL,  /**< max_waiting operations already wait for a connection */
+  PGTAG_ERECLAIMED,  /**< the pool took the connection back from its holder */
+  PGTAG_ENOMEM       /**< out of memory */
 } pgtag_errcode;
 
-/* How many codes there are: the size of pgtag_stats.errors_by_code. */
+/** How many codes there are: the size of pgtag_stats.errors_by_code. */
 #define PGTAG_NERRCODES 10
 
-/* What went wrong with an operation.  Owned by pgtag, valid only during the
+/** What went wrong with an operation.  Owned by pgtag, valid only during the
  * callback it is passed to. */
 typedef struct {
-  pgtag_errcode code;
-  /* The server's SQLSTATE when the server sent one: always for ESERVER, and
+  pgtag_errcode code; /**< never PGTAG_OK */
+  /** The server's SQLSTATE when the server sent one: always for ESERVER, and
    * for ECONN when the server said why it closed the connection (57P01 for
    * pg_terminate_backend, for instance).  NULL otherwise. */
   const char *sqlstate;
-  /* A human-readable message, never NULL. */
+  /** A human-readable message, never NULL. */
   const char *message;
 } pgtag_error;
 
-/* A static string naming the code ("invalid argument", ...); never NULL. */
+/** A static string naming the code ("invalid argument", ...); never NULL.
+ * Thread: any. */
 const char *pgtag_strerror(pgtag_errcode code);
 
 /* ------------------------------------------------------------------------
@@ -95,99 +100,118 @@ const char *pgtag_strerror(pgtag_errcode code);
  * drops it exactly once, after that operation's callback has returned.
  * ------------------------------------------------------------------------ */
 
+/** A request's context: its ID, its tags, what it holds and what it did.
+ * Opaque; made by pgtag_ctx_new. */
 typedef struct pgtag_ctx pgtag_ctx;
 
-/* Longest request ID or tag value kept, in bytes; longer ones are cut. */
+/** Longest request ID or tag value kept, in bytes; longer ones are cut. */
 #define PGTAG_VALUE_MAX 256
-/* Most extra tags one context holds. */
+/** Most extra tags one context holds. */
 #define PGTAG_TAGS_MAX 16
 
-/* A new context with one reference, owned by the caller.  request_id is
+/** A new context with one reference, owned by the caller.  request_id is
  * copied (cut at PGTAG_VALUE_MAX bytes); NULL or "" generates a random UUID.
  * The ID may hold any bytes: the tag encoder makes it safe.  Returns NULL
- * only when out of memory. */
+ * only when out of memory.
+ * Thread: any; the context then belongs to the thread that uses it. */
 pgtag_ctx *pgtag_ctx_new(const char *request_id);
 
-/* Set (or, with value NULL, remove) an extra tag such as route, tenant or
+/** Set (or, with value NULL, remove) an extra tag such as route, tenant or
  * traceparent.  key: 1 to 32 characters from [A-Za-z0-9_.-]; value: any
  * string, copied, cut at PGTAG_VALUE_MAX bytes.  Operations already
  * submitted pick up the change if they have not been sent yet.
  * Returns PGTAG_EINVAL for a bad key or when PGTAG_TAGS_MAX tags are set,
- * PGTAG_ENOMEM when out of memory. */
+ * PGTAG_ENOMEM when out of memory.
+ * Thread: the context's (its pools' loop thread). */
 pgtag_errcode pgtag_ctx_set(pgtag_ctx *ctx, const char *key, const char *value);
 
-/* The value of an extra tag, or NULL.  Borrowed: valid until the tag is
- * changed or the context freed. */
+/** The value of an extra tag, or NULL.  Borrowed: valid until the tag is
+ * changed or the context freed.
+ * Thread: the context's (its pools' loop thread). */
 const char *pgtag_ctx_get(const pgtag_ctx *ctx, const char *key);
 
-/* The request ID, never NULL for a valid context.  Borrowed. */
+/** The request ID, never NULL for a valid context.  Borrowed.
+ * Thread: the context's (its pools' loop thread). */
 const char *pgtag_ctx_request_id(const pgtag_ctx *ctx);
 
-/* Take a reference; returns ctx (NULL stays NULL). */
+/** Take a reference; returns ctx (NULL stays NULL).
+ * Thread: the context's (its pools' loop thread). */
 pgtag_ctx *pgtag_ctx_ref(pgtag_ctx *ctx);
 
-/* Drop a reference; the last one frees the context.  NULL is ignored. */
+/** Drop a reference; the last one frees the context.  NULL is ignored.
+ * Thread: the context's (its pools' loop thread). */
 void pgtag_ctx_unref(pgtag_ctx *ctx);
 
-/* The request is over.  Does not drop a reference.  Every connection the
+/** The request is over.  Does not drop a reference.  Every connection the
  * request still holds, in any pool, is reported as leaked (see leak
  * detection) once the current callback has returned, so releasing it
  * before the end of this loop iteration still counts as in time.  Dropping
  * the last reference held outside pgtag (pgtag_ctx_unref) while holding
  * connections counts as ending the request: keep a reference for as long
- * as the request runs.  A second call does nothing. */
+ * as the request runs.  A second call does nothing.
+ * Thread: the context's (its pools' loop thread). */
 void pgtag_ctx_end(pgtag_ctx *ctx);
 
-/* Nonzero once pgtag_ctx_end was called. */
+/** Nonzero once pgtag_ctx_end was called.
+ * Thread: the context's (its pools' loop thread). */
 int pgtag_ctx_ended(const pgtag_ctx *ctx);
 
-/* The context current on this thread, or NULL.  Borrowed. */
+/** The context current on this thread, or NULL.  Borrowed.
+ * Thread: any; each thread has its own current context. */
 pgtag_ctx *pgtag_ctx_current(void);
 
-/* Make ctx (may be NULL) current and return the previous one, which the
+/** Make ctx (may be NULL) current and return the previous one, which the
  * caller hands back to pgtag_ctx_leave.  No reference is taken: the caller
- * keeps ctx alive while it is current. */
+ * keeps ctx alive while it is current.
+ * Thread: any; each thread has its own current context. */
 pgtag_ctx *pgtag_ctx_enter(pgtag_ctx *ctx);
 
-/* Restore the context that pgtag_ctx_enter returned. */
+/** Restore the context that pgtag_ctx_enter returned.
+ * Thread: any; each thread has its own current context. */
 void pgtag_ctx_leave(pgtag_ctx *previous);
 
-/* fn(arg) with ctx current, then the previous context restored. */
+/** fn(arg) with ctx current, then the previous context restored.
+ * Thread: any; each thread has its own current context. */
 void pgtag_ctx_run(pgtag_ctx *ctx, void (*fn)(void *arg), void *arg);
 
-/* What one request did in the database, across all pools. */
+/** What one request did in the database, across all pools. */
 typedef struct {
-  uint64_t queries;     /* queries completed, any outcome */
-  uint64_t errors;      /* of those, the ones that failed */
-  uint64_t db_time_us;  /* summed, each from being sent to its result */
-  uint64_t slowest_us;
-  char slowest_sql[201]; /* the slowest one's text, without the tag, cut
+  uint64_t queries;     /**< queries completed, any outcome */
+  uint64_t errors;      /**< of those, the ones that failed */
+  uint64_t db_time_us;  /**< summed, each from being sent to its result */
+  uint64_t slowest_us;   /**< the slowest query, sent to result */
+  char slowest_sql[201]; /**< the slowest one's text, without the tag, cut
                             at 200 bytes; "" when none ran */
 } pgtag_request_stats;
 
-/* Copy ctx's statistics into out (zeros for NULL ctx). */
+/** Copy ctx's statistics into out (zeros for NULL ctx).
+ * Thread: the context's (its pools' loop thread). */
 void pgtag_ctx_stats(const pgtag_ctx *ctx, pgtag_request_stats *out);
 
 /* ------------------------------------------------------------------------
  * Pool
  * ------------------------------------------------------------------------ */
 
+/** A pool of connections to one server, on one uv loop.  Opaque; made by
+ * pgtag_pool_new, freed by pgtag_pool_close. */
 typedef struct pgtag_pool pgtag_pool;
 
+/** Where and how the tag goes into the SQL. */
 typedef enum {
-  PGTAG_TAG_PREFIX = 0,   /* "/ * requestId=abc route=x * / SELECT ..." */
-  PGTAG_TAG_SQLCOMMENTER, /* "SELECT ... / *requestId='abc',route='x'* /" */
-  PGTAG_TAG_NONE          /* send the SQL unchanged */
+  PGTAG_TAG_PREFIX = 0,   /**< "/ * requestId=abc route=x * / SELECT ..." */
+  PGTAG_TAG_SQLCOMMENTER, /**< "SELECT ... / *requestId='abc',route='x'* /" */
+  PGTAG_TAG_NONE          /**< send the SQL unchanged */
 } pgtag_tag_style;
 
+/** How much a log line matters. */
 typedef enum {
-  PGTAG_LOG_DEBUG = 0,
-  PGTAG_LOG_INFO,
-  PGTAG_LOG_WARN,
-  PGTAG_LOG_ERROR
+  PGTAG_LOG_DEBUG = 0, /**< connection events, retries */
+  PGTAG_LOG_INFO,      /**< pool opened and closed */
+  PGTAG_LOG_WARN,      /**< slow queries, leaks, N+1, lost connections */
+  PGTAG_LOG_ERROR      /**< misuse of the API */
 } pgtag_log_level;
 
-/* Receives every message pgtag logs, each as one line: no trailing newline,
+/** Receives every message pgtag logs, each as one line: no trailing newline,
  * control characters replaced, starting with "request <id>: " when a
  * request's context is current (slow queries, leak and N+1 reports).  msg
  * is valid only during the call. */
@@ -203,91 +227,98 @@ typedef void (*pgtag_log_fn)(pgtag_log_level level, const char *msg, void *arg);
  * its holder releases later is reported again as returned.
  * ------------------------------------------------------------------------ */
 
+/** Why a held connection is reported. */
 typedef enum {
-  PGTAG_LEAK_REQUEST_ENDED = 0, /* its request ended while holding it */
-  PGTAG_LEAK_THRESHOLD,         /* held longer than leak_threshold_ms */
-  PGTAG_LEAK_RETURNED           /* a reported connection was released */
+  PGTAG_LEAK_REQUEST_ENDED = 0, /**< its request ended while holding it */
+  PGTAG_LEAK_THRESHOLD,         /**< held longer than leak_threshold_ms */
+  PGTAG_LEAK_RETURNED           /**< a reported connection was released */
 } pgtag_leak_kind;
 
+/** What the pool does with a connection whose request ended holding it. */
 typedef enum {
-  PGTAG_LEAK_REPORT = 0, /* report only; the connection stays with its holder */
-  PGTAG_LEAK_RECLAIM     /* at request end, also take it back: cancel the
+  PGTAG_LEAK_REPORT = 0, /**< report only; the connection stays with its holder */
+  PGTAG_LEAK_RECLAIM     /**< at request end, also take it back: cancel the
                             running query on the server, roll back, return
                             the connection to the pool; the holder's handle
                             is dead from then on (ERECLAIMED) */
 } pgtag_leak_policy;
 
+/** The transaction state of a held connection, as libpq last saw it. */
 typedef enum {
-  PGTAG_TX_IDLE = 0, /* no transaction open */
-  PGTAG_TX_ACTIVE,   /* a query is running */
-  PGTAG_TX_INTRANS,  /* inside a transaction, between statements */
-  PGTAG_TX_INERROR,  /* inside a failed transaction */
-  PGTAG_TX_UNKNOWN   /* the connection was lost */
+  PGTAG_TX_IDLE = 0, /**< no transaction open */
+  PGTAG_TX_ACTIVE,   /**< a query is running */
+  PGTAG_TX_INTRANS,  /**< inside a transaction, between statements */
+  PGTAG_TX_INERROR,  /**< inside a failed transaction */
+  PGTAG_TX_UNKNOWN   /**< the connection was lost */
 } pgtag_tx_state;
 
+/** One tag of a context, as a leak report lists them. */
 typedef struct {
-  const char *key;
-  const char *value;
+  const char *key;   /**< the tag's key */
+  const char *value; /**< its value */
 } pgtag_tag;
 
-/* One report.  Everything is owned by pgtag, valid only during the hook. */
+/** One report.  Everything is owned by pgtag, valid only during the hook. */
 typedef struct {
-  pgtag_leak_kind kind;
-  const char *pool_name;
-  const char *request_id;  /* NULL when acquired outside any request */
-  const pgtag_tag *tags;   /* the context's other tags, sorted by key */
-  int ntags;
-  const char *file;        /* the pgtag_acquire call site */
-  int line;
-  const char *func;
-  uint64_t held_ms;        /* since the acquire was granted */
-  int backend_pid;         /* the server process it held (0 if unknown) */
-  const char *last_sql;    /* last statement sent on it, without the tag,
+  pgtag_leak_kind kind;    /**< why it is reported */
+  const char *pool_name;   /**< the pool's name */
+  const char *request_id;  /**< NULL when acquired outside any request */
+  const pgtag_tag *tags;   /**< the context's other tags, sorted by key */
+  int ntags;               /**< how many tags */
+  const char *file;        /**< the pgtag_acquire call site */
+  int line;                /**< its line */
+  const char *func;        /**< its function */
+  uint64_t held_ms;        /**< since the acquire was granted */
+  int backend_pid;         /**< the server process it held (0 if unknown) */
+  const char *last_sql;    /**< last statement sent on it, without the tag,
                               cut at 200 bytes; "" if none */
-  pgtag_tx_state tx_state;
-  int reclaimed;           /* nonzero: the pool is taking it back now */
-  const char *const *frames; /* leak_backtrace: the acquire's call stack,
+  pgtag_tx_state tx_state; /**< the transaction state left on it */
+  int reclaimed;           /**< nonzero: the pool is taking it back now */
+  const char *const *frames; /**< leak_backtrace: the acquire's call stack,
                               symbolised, innermost first; else NULL */
-  int nframes;
+  int nframes;             /**< how many frames */
 } pgtag_leak;
 
-/* Receives leak reports, from the loop, with the leaking request's context
+/** Receives leak reports, from the loop, with the leaking request's context
  * current. */
 typedef void (*pgtag_leak_fn)(const pgtag_leak *leak, void *arg);
 
-/* A static name for kind ("request ended", ...); never NULL. */
+/** A static name for kind ("request ended", ...); never NULL.
+ * Thread: any. */
 const char *pgtag_leak_kind_name(pgtag_leak_kind kind);
 
+/** How a pool behaves.  Fill it with pgtag_pool_config_init, then set what
+ * you need; pgtag_pool_new copies it. */
 typedef struct {
-  const char *conninfo;      /* libpq connection string; copied.  Required. */
-  const char *name;          /* names the pool in logs; default "pgtag" */
-  int min_conns;             /* kept open at all times; default 0 */
-  int max_conns;             /* upper bound, >= 1; default 10 */
-  int acquire_timeout_ms;    /* longest wait for a connection; 0 = no limit;
+  const char *conninfo;      /**< libpq connection string; copied.  Required. */
+  const char *name;          /**< names the pool in logs; default "pgtag" */
+  int min_conns;             /**< kept open at all times; default 0 */
+  int max_conns;             /**< upper bound, >= 1; default 10 */
+  int acquire_timeout_ms;    /**< longest wait for a connection; 0 = no limit;
                                 default 10000 */
-  int max_waiting;           /* most operations waiting for a connection;
+  int max_waiting;           /**< most operations waiting for a connection;
                                 0 = no limit; default 10000 */
-  int connect_timeout_ms;    /* longest connection attempt; 0 = no limit;
+  int connect_timeout_ms;    /**< longest connection attempt; 0 = no limit;
                                 default 5000 */
-  int idle_timeout_ms;       /* close connections idle this long while more
+  int idle_timeout_ms;       /**< close connections idle this long while more
                                 than min_conns are open; 0 = never;
                                 default 30000 */
-  int max_lifetime_ms;       /* retire connections this old once idle;
+  int max_lifetime_ms;       /**< retire connections this old once idle;
                                 0 = never; default 0 */
-  int reconnect_base_ms;     /* after a failed connection attempt, wait
+  int reconnect_base_ms;     /**< after a failed connection attempt, wait
                                 this long before the next, doubling with
                                 each failure in a row up to
                                 reconnect_max_ms; every delay is drawn at
                                 random from its upper half, so pools that
                                 lost the same server do not retry in step;
                                 default 100 */
-  int reconnect_max_ms;      /* default 5000 */
-  int statement_timeout_ms;  /* longest a query may run, from the moment it
+  int reconnect_max_ms;      /**< default 5000 */
+  int statement_timeout_ms;  /**< longest a query may run, from the moment it
                                 is sent; on expiry it is cancelled on the
                                 server and fails with PGTAG_ETIMEDOUT;
                                 0 = no limit; default 0.  Per query:
                                 pgtag_query_opts */
-  int pipeline_depth;        /* once all max_conns connections are busy,
+  int pipeline_depth;        /**< once all max_conns connections are busy,
                                 pgtag_query calls of different requests
                                 share them, up to this many in flight on
                                 each (libpq pipeline mode).  Queries sent in
@@ -305,129 +336,138 @@ typedef struct {
                                 COMMIT, SET, ...) are never pipelined; held
                                 connections stay exclusive.  1 = off;
                                 default 4 */
-  int tcp_keepalive_s;       /* TCP connections: probe a silent peer after
+  int tcp_keepalive_s;       /**< TCP connections: probe a silent peer after
                                 this many idle seconds, every s/6 (at least
                                 1 s), give up after 3 probes; also the
                                 libpq tcp_user_timeout.  Settings in
                                 conninfo win.  0 = leave libpq's and the
                                 kernel's defaults; default 60 */
-  pgtag_tag_style tag_style; /* default PGTAG_TAG_PREFIX */
-  const char *tag_key;       /* key of the request ID, 1 to 32 characters
+  pgtag_tag_style tag_style; /**< default PGTAG_TAG_PREFIX */
+  const char *tag_key;       /**< key of the request ID, 1 to 32 characters
                                 from [A-Za-z0-9_.-]; default "requestId" */
-  pgtag_log_fn log;          /* default: WARN and above to stderr */
-  void *log_arg;
-  pgtag_log_level log_level; /* least level passed to log; default WARN */
+  pgtag_log_fn log;          /**< default: WARN and above to stderr */
+  void *log_arg;             /**< passed to log */
+  pgtag_log_level log_level; /**< least level passed to log; default WARN */
 
-  /* Leak detection.  With no on_leak hook, each report is one WARN line
+  /** Leak detection.  With no on_leak hook, each report is one WARN line
    * through log. */
-  int leak_threshold_ms;     /* report connections held longer; 0 = off;
+  int leak_threshold_ms;     /**< report connections held longer; 0 = off;
                                 default 0 */
-  pgtag_leak_policy leak_policy; /* default PGTAG_LEAK_REPORT */
-  int leak_backtrace;        /* nonzero: capture the call stack of every
+  pgtag_leak_policy leak_policy; /**< default PGTAG_LEAK_REPORT */
+  int leak_backtrace;        /**< nonzero: capture the call stack of every
                                 acquire (backtrace(3); costs a few
                                 microseconds per acquire; link with
                                 -rdynamic for function names) */
-  pgtag_leak_fn on_leak;
-  void *on_leak_arg;
+  pgtag_leak_fn on_leak;     /**< receives leak reports; NULL: a WARN log line each */
+  void *on_leak_arg;         /**< passed to on_leak */
 
-  /* Observability. */
-  int slow_query_ms;         /* log a WARN line for every query slower than
+  /** Observability. */
+  int slow_query_ms;         /**< log a WARN line for every query slower than
                                 this, with its request ID, duration, backend
                                 and text; 0 = off; default 0 */
-  int n_plus_one_threshold;  /* report once when one request runs the same
+  int n_plus_one_threshold;  /**< report once when one request runs the same
                                 statement text (tag stripped) more than this
                                 many times: the N+1 pattern; 0 = off;
                                 default 0 */
+  /** Receives N+1 reports, from the loop, with the request's context
+   * current; NULL: a WARN log line.  sql is valid during the call. */
   void (*on_n_plus_one)(const char *request_id, const char *sql,
                         uint64_t count, void *arg);
-                             /* receives N+1 reports, from the loop, with the
-                                request's context current; NULL: a WARN log
-                                line.  sql is valid during the call */
-  void *on_n_plus_one_arg;
+  void *on_n_plus_one_arg;   /**< passed to on_n_plus_one */
 } pgtag_pool_config;
 
-/* Fill cfg with the defaults above (conninfo NULL). */
+/** Fill cfg with the defaults above (conninfo NULL).
+ * Thread: any. */
 void pgtag_pool_config_init(pgtag_pool_config *cfg);
 
-/* Create a pool on loop.  The config is copied; strings too.  Opens
+/** Create a pool on loop.  The config is copied; strings too.  Opens
  * min_conns connections in the background.  Returns PGTAG_EINVAL for a NULL
  * argument, an unparsable conninfo, max_conns < 1, min_conns outside
  * [0, max_conns], a negative timeout or limit, a bad tag_key or an unknown
- * enum value; PGTAG_ENOMEM when out of memory.  *out is set only on PGTAG_OK. */
+ * enum value; PGTAG_ENOMEM when out of memory.  *out is set only on PGTAG_OK.
+ * Thread: the one that runs loop; the pool belongs to it. */
 pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
                              pgtag_pool **out);
 
-/* Begin closing.  Operations waiting for a connection fail with
+/** Begin closing.  Operations waiting for a connection fail with
  * PGTAG_ECLOSED; queries already sent finish normally; idle connections
  * close at once; held ones when their holder releases them (a release after
  * close has begun is valid), or at once, whatever the leak_policy, when
  * their request has already ended (leaked: nobody will release them).
  * Once every handle is closed, done(arg) runs (done may be NULL) and the
  * pool is freed: after that the loop holds no pgtag handle and the pool
- * must not be used.  A second call is ignored. */
+ * must not be used.  A second call is ignored.
+ * Thread: the pool's loop thread. */
 void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg);
 
-/* A histogram of durations: buckets[i] counts values above bound i-1 and
+/** A histogram of durations: buckets[i] counts values above bound i-1 and
  * at most pgtag_histogram_bound_us(i); values above the last bound count
  * only in count. */
 #define PGTAG_HISTOGRAM_BUCKETS 16
+/** A histogram of durations (see PGTAG_HISTOGRAM_BUCKETS). */
 typedef struct {
-  uint64_t count;
-  uint64_t sum_us;
-  uint64_t buckets[PGTAG_HISTOGRAM_BUCKETS];
+  uint64_t count;  /**< values recorded */
+  uint64_t sum_us; /**< their sum */
+  uint64_t buckets[PGTAG_HISTOGRAM_BUCKETS]; /**< not cumulative */
 } pgtag_histogram;
 
-/* Upper bound of bucket i in microseconds (100 us ... 10 s); 0 outside
- * [0, PGTAG_HISTOGRAM_BUCKETS). */
+/** Upper bound of bucket i in microseconds (100 us ... 10 s); 0 outside
+ * [0, PGTAG_HISTOGRAM_BUCKETS).
+ * Thread: any. */
 uint64_t pgtag_histogram_bound_us(int i);
 
+/** A snapshot of a pool: its connections now, and counters since it was
+ * made. */
 typedef struct {
-  int total;       /* open connections: connecting, idle, busy or held */
-  int idle;        /* in the pool, free */
-  int busy;        /* running a one-shot query or being reset */
-  int held;        /* acquired by a request, including ones whose connection
+  int total;       /**< open connections: connecting, idle, busy or held */
+  int idle;        /**< in the pool, free */
+  int busy;        /**< running a one-shot query or being reset */
+  int held;        /**< acquired by a request, including ones whose connection
                       was lost and that wait for their holder's release */
-  int connecting;  /* connection attempt under way */
-  int waiting;     /* operations waiting for a connection */
-  int max_conns;   /* the pool's max_conns */
-  uint64_t acquired;        /* acquire callbacks given a connection */
-  uint64_t queries;         /* queries completed, any outcome */
-  uint64_t errors;          /* operations ended with an error */
-  uint64_t timeouts;        /* waits ended by acquire_timeout_ms */
-  uint64_t statement_timeouts; /* queries ended by a statement timeout */
-  uint64_t canceled;        /* operations ended by pgtag_ctx_cancel */
-  uint64_t connects;        /* connections established */
-  uint64_t connect_failures;/* connection attempts that failed */
-  uint64_t leaks_ended;     /* leak reports, by kind */
-  uint64_t leaks_threshold;
-  uint64_t leaks_returned;
-  uint64_t reclaimed;       /* connections taken back from their holder */
-  uint64_t conns_lost;      /* established connections that died */
-  uint64_t reconnects;      /* connections established to replace them */
-  uint64_t errors_by_code[PGTAG_NERRCODES]; /* operations ended, by code */
-  pgtag_histogram acquire_wait; /* submit to getting a connection */
-  pgtag_histogram query_time;   /* sent to result */
+  int connecting;  /**< connection attempt under way */
+  int waiting;     /**< operations waiting for a connection */
+  int max_conns;   /**< the pool's max_conns */
+  uint64_t acquired;        /**< acquire callbacks given a connection */
+  uint64_t queries;         /**< queries completed, any outcome */
+  uint64_t errors;          /**< operations ended with an error */
+  uint64_t timeouts;        /**< waits ended by acquire_timeout_ms */
+  uint64_t statement_timeouts; /**< queries ended by a statement timeout */
+  uint64_t canceled;        /**< operations ended by pgtag_ctx_cancel */
+  uint64_t connects;        /**< connections established */
+  uint64_t connect_failures;/**< connection attempts that failed */
+  uint64_t leaks_ended;     /**< leak reports, by kind */
+  uint64_t leaks_threshold;  /**< see leaks_ended */
+  uint64_t leaks_returned;   /**< see leaks_ended */
+  uint64_t reclaimed;       /**< connections taken back from their holder */
+  uint64_t conns_lost;      /**< established connections that died */
+  uint64_t reconnects;      /**< connections established to replace them */
+  uint64_t errors_by_code[PGTAG_NERRCODES]; /**< operations ended, by code */
+  pgtag_histogram acquire_wait; /**< submit to getting a connection */
+  pgtag_histogram query_time;   /**< sent to result */
 } pgtag_stats;
 
-/* A snapshot of the pool's state; valid until the pool is freed. */
+/** A snapshot of the pool's state; valid until the pool is freed.
+ * Thread: the pool's loop thread (other threads: snapshot under your own lock, see pgtag_stats_metrics). */
 void pgtag_pool_stats(const pgtag_pool *pool, pgtag_stats *out);
 
-/* The pool's statistics in the Prometheus text exposition format (0.0.4),
+/** The pool's statistics in the Prometheus text exposition format (0.0.4),
  * every series labelled pool="<name>": connections by state, waiters,
  * counters (queries, errors by code, timeouts, connects, losses, leaks,
  * reclaims) and the two histograms, in seconds.  Writes at most len bytes
  * into buf, always NUL-terminated when len > 0, and returns the length of
  * the whole text (like snprintf: a result >= len means buf was too small);
- * -1 for a NULL pool. */
+ * -1 for a NULL pool.
+ * Thread: the pool's loop thread (other threads: snapshot under your own lock, see pgtag_stats_metrics). */
 int pgtag_pool_metrics(const pgtag_pool *pool, char *buf, size_t len);
 
-/* The same text for n pools at once, from snapshots (stats[i], taken with
+/** The same text for n pools at once, from snapshots (stats[i], taken with
  * pgtag_pool_stats, labelled pool="names[i]"): each metric family once,
  * with a sample per pool, as the format requires.  For a server with a
  * pool per loop thread: each thread snapshots its own pool, under the
  * application's lock, and any thread formats them; pgtag touches no pool
  * here.  Same buffer rules and return value as pgtag_pool_metrics; -1 for
- * n < 0, NULL arrays with n > 0, or a NULL buf with len > 0. */
+ * n < 0, NULL arrays with n > 0, or a NULL buf with len > 0.
+ * Thread: any. */
 int pgtag_stats_metrics(const pgtag_stats *stats, const char *const *names, int n,
                         char *buf, size_t len);
 
@@ -447,38 +487,43 @@ int pgtag_stats_metrics(const pgtag_stats *stats, const char *const *names, int 
  * query was cancelled on the server, SQLSTATE 57014), otherwise NULL.
  * ------------------------------------------------------------------------ */
 
+/** Receives a query's outcome, from the loop, in the context the query was
+ * submitted in.  res and err are pgtag's, valid during the call. */
 typedef void (*pgtag_result_cb)(PGresult *res, const pgtag_error *err, void *arg);
 
-/* Options for one query; a NULL pointer means all defaults. */
+/** Options for one query; a NULL pointer means all defaults. */
 typedef struct {
-  int timeout_ms; /* statement timeout: 0 = the pool's statement_timeout_ms,
+  int timeout_ms; /**< statement timeout: 0 = the pool's statement_timeout_ms,
                      < 0 = none */
 } pgtag_query_opts;
 
-/* Run sql on any pooled connection, in the current context: a free one; or,
+/** Run sql on any pooled connection, in the current context: a free one; or,
  * once all max_conns are busy, in the pipeline of one of them (see
  * pipeline_depth); else it waits (first in, first out with acquires).
  * Returns PGTAG_EINVAL (NULL pool, sql or cb; nparams < 0; values NULL with
  * nparams > 0; called off the loop thread), PGTAG_ECLOSED (pool closing),
- * PGTAG_EQUEUEFULL (max_waiting reached) or PGTAG_ENOMEM. */
+ * PGTAG_EQUEUEFULL (max_waiting reached) or PGTAG_ENOMEM.
+ * Thread: the pool's loop thread. */
 pgtag_errcode pgtag_query(pgtag_pool *pool, const char *sql, int nparams,
                           const char *const *values, pgtag_result_cb cb,
                           void *arg);
 
-/* pgtag_query with options (opts may be NULL). */
+/** pgtag_query with options (opts may be NULL).
+ * Thread: the pool's loop thread. */
 pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
                              const char *const *values,
                              const pgtag_query_opts *opts, pgtag_result_cb cb,
                              void *arg);
 
-/* Cancel everything the request ctx has under way, in every pool of this
+/** Cancel everything the request ctx has under way, in every pool of this
  * thread: operations waiting for a connection, and queries queued behind
  * another on its held connections, fail with PGTAG_ECANCELED (from the
  * loop, never inside this call); queries running are cancelled on the
  * server (PQcancel, on the libuv thread pool) and fail with PGTAG_ECANCELED
  * once it confirms, or report their real outcome if they finished first.
  * Connections the request holds stay held.  For a client that went away.
- * Returns how many operations it canceled. */
+ * Returns how many operations it canceled.
+ * Thread: the context's (its pools' loop thread). */
 int pgtag_ctx_cancel(pgtag_ctx *ctx);
 
 /* ------------------------------------------------------------------------
@@ -492,54 +537,62 @@ int pgtag_ctx_cancel(pgtag_ctx *ctx);
  * to pgtag for as long as their pool exists.  The fields are pgtag's.
  * ------------------------------------------------------------------------ */
 
+/** A held connection: one acquisition, passed by value. */
 typedef struct {
-  void *impl_;
-  uint64_t gen_;
+  void *impl_;   /**< pgtag's */
+  uint64_t gen_; /**< pgtag's */
 } pgtag_conn;
 
-/* On success conn is yours until pgtag_release and err is NULL; on failure
+/** On success conn is yours until pgtag_release and err is NULL; on failure
  * conn is a dead handle (all zero) and err says why (ETIMEDOUT, ECLOSED...). */
 typedef void (*pgtag_acquire_cb)(pgtag_conn conn, const pgtag_error *err, void *arg);
 
-/* Take a connection for the current request.  The macro records the call
+/** Take a connection for the current request.  The macro records the call
  * site (file, line, function) for leak reports.  Same errors as
  * pgtag_query. */
 #define pgtag_acquire(pool, cb, arg) \
   pgtag_acquire_at((pool), (cb), (arg), __FILE__, __LINE__, __func__)
 
+/** What pgtag_acquire calls: the same, with the call site given.
+ * Thread: the pool's loop thread. */
 pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
                                const char *file, int line, const char *func);
 
-/* Run sql on a held connection, in the context current now.  Queries on one
+/** Run sql on a held connection, in the context current now.  Queries on one
  * connection run one after another in submission order.  If the connection
  * was lost, the callback gets PGTAG_ECONN; if the pool reclaimed it,
  * PGTAG_ERECLAIMED.  Returns PGTAG_EINVAL for bad arguments or a handle that
- * is not held (released already, or never valid). */
+ * is not held (released already, or never valid).
+ * Thread: the pool's loop thread. */
 pgtag_errcode pgtag_conn_query(pgtag_conn conn, const char *sql, int nparams,
                                const char *const *values, pgtag_result_cb cb,
                                void *arg);
 
-/* pgtag_conn_query with options (opts may be NULL). */
+/** pgtag_conn_query with options (opts may be NULL).
+ * Thread: the pool's loop thread. */
 pgtag_errcode pgtag_conn_query_ex(pgtag_conn conn, const char *sql, int nparams,
                                   const char *const *values,
                                   const pgtag_query_opts *opts,
                                   pgtag_result_cb cb, void *arg);
 
-/* Nonzero while conn is held: acquired, and neither released nor
- * reclaimed.  A held connection may still have been lost. */
+/** Nonzero while conn is held: acquired, and neither released nor
+ * reclaimed.  A held connection may still have been lost.
+ * Thread: the pool's loop thread. */
 int pgtag_conn_held(pgtag_conn conn);
 
-/* The server process ID of a held connection; 0 if it is not held or was
- * lost. */
+/** The server process ID of a held connection; 0 if it is not held or was
+ * lost.
+ * Thread: the pool's loop thread. */
 int pgtag_conn_backend_pid(pgtag_conn conn);
 
-/* Give the connection back.  Queries still queued on it run first and their
+/** Give the connection back.  Queries still queued on it run first and their
  * callbacks fire as usual.  A connection left inside a transaction (open or
  * failed) is rolled back before anyone else gets it; a lost one is replaced.
  * Returns PGTAG_OK; PGTAG_ERECLAIMED when the pool had already taken it back
  * (nothing is done: the late release of a reclaimed connection is
  * harmless); PGTAG_EINVAL, logged, for a handle that is not held (released
- * twice, say) or a call off the loop thread. */
+ * twice, say) or a call off the loop thread.
+ * Thread: the pool's loop thread. */
 pgtag_errcode pgtag_release(pgtag_conn conn);
 
 #if defined(__GNUC__)
