@@ -3,7 +3,7 @@
  * pool per worker thread.
  *
  *   pgtag_h2o_service [--host H] [--port P] [--threads N] [--pool-size N]
- *                     [--demo-leak] CONNINFO
+ *                     [--demo-leak] [--no-tag] CONNINFO
  *
  * Port 0 picks a free one; the first line on stdout says which.  SIGINT or
  * SIGTERM: stop accepting, finish the requests already accepted, close the
@@ -128,6 +128,7 @@ static void worker_run(void *arg) {
   cfg.acquire_timeout_ms = 5000;
   cfg.statement_timeout_ms = 10000;
   cfg.leak_policy = PGTAG_LEAK_RECLAIM; /* a leaked connection comes back */
+  cfg.tag_style = svc->no_tag ? PGTAG_TAG_NONE : PGTAG_TAG_PREFIX;
   cfg.log = log_line;
   cfg.log_arg = w;
   cfg.log_level = PGTAG_LOG_WARN;
@@ -201,7 +202,7 @@ static void on_signal(uv_signal_t *s, int signum) {
 
 static void usage(void) {
   fprintf(stderr, "usage: pgtag_h2o_service [--host H] [--port P] [--threads N] "
-                  "[--pool-size N] [--demo-leak] CONNINFO\n");
+                  "[--pool-size N] [--demo-leak] [--no-tag] CONNINFO\n");
   exit(2);
 }
 
@@ -224,6 +225,8 @@ int main(int argc, char **argv) {
       svc.pool_size = atoi(argv[++i]);
     else if (strcmp(argv[i], "--demo-leak") == 0)
       svc.demo_leak = 1;
+    else if (strcmp(argv[i], "--no-tag") == 0)
+      svc.no_tag = 1;
     else if (argv[i][0] != '-' && svc.conninfo == NULL)
       svc.conninfo = argv[i];
     else

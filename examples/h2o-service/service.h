@@ -51,6 +51,7 @@ struct service {
   const char *conninfo;
   int pool_size;
   int demo_leak;         /* --demo-leak: a route forgets its connection */
+  int no_tag;            /* --no-tag: SQL sent untagged (benchmark only) */
   worker *workers;
   int nworkers;
   uv_mutex_t stats_lock; /* guards stats: each worker writes its own slot */
