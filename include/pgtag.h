@@ -342,6 +342,20 @@ typedef struct {
                                 libpq tcp_user_timeout.  Settings in
                                 conninfo win.  0 = leave libpq's and the
                                 kernel's defaults; default 60 */
+  int transaction_pooler;    /**< nonzero: conninfo points at a transaction
+                                pooler (PgBouncer with pool_mode =
+                                transaction), so a connection's server
+                                process changes from one transaction to the
+                                next: backend pids are reported as unknown
+                                (0) in leak reports, logs and
+                                pgtag_conn_backend_pid instead of the
+                                pooler's made-up ones.  pgtag never keeps
+                                session state on a pooled connection
+                                (unnamed statements, no SET), and cancel
+                                requests go through the pooler, which
+                                forwards them.  Pipelining stays on (tested
+                                with PgBouncer 1.18, see the README);
+                                default 0 */
   pgtag_tag_style tag_style; /**< default PGTAG_TAG_PREFIX */
   const char *tag_key;       /**< key of the request ID, 1 to 32 characters
                                 from [A-Za-z0-9_.-]; default "requestId" */

@@ -34,8 +34,8 @@ static void cancel_after(uv_work_t *work, int status) {
   if (status != 0 || !c->ok) {
     char msg[256];
     text_line(msg, sizeof msg, status != 0 ? uv_strerror(status) : c->error);
-    pool_log(pool, PGTAG_LOG_WARN, "cancel request for backend %d failed: %s",
-             c->backend_pid, msg);
+    pool_log(pool, PGTAG_LOG_WARN, "cancel request for %s failed: %s",
+             backend_text(c->backend_pid).s, msg);
   }
   free(c);
   if (conn != NULL) {

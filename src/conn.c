@@ -89,8 +89,8 @@ static void on_notice(void *arg, const PGresult *res) {
   struct conn *conn = arg;
   char msg[512];
   text_line(msg, sizeof msg, PQresultErrorMessage(res));
-  pool_log(conn->pool, PGTAG_LOG_INFO, "server notice (backend %d): %s",
-           conn->backend_pid, msg);
+  pool_log(conn->pool, PGTAG_LOG_INFO, "server notice (%s): %s",
+           backend_text(conn->backend_pid).s, msg);
 }
 
 static void on_connect_timeout(uv_timer_t *timer) {
@@ -175,7 +175,8 @@ static void connect_step(struct conn *conn) {
       }
       conn->pipelined = 1;
     }
-    conn->backend_pid = PQbackendPID(conn->pg);
+    /* Behind a transaction pooler the pid is the pooler's invention. */
+    conn->backend_pid = conn->pool->cfg.transaction_pooler ? 0 : PQbackendPID(conn->pg);
     pool_on_connected(conn);
     return;
   case PGRES_POLLING_READING:

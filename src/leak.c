@@ -146,16 +146,16 @@ static void log_leak(const pgtag_pool *pool, const pgtag_leak *l) {
   switch (l->kind) {
   case PGTAG_LEAK_REQUEST_ENDED:
   case PGTAG_LEAK_THRESHOLD:
-    pool_log(pool, PGTAG_LOG_WARN, "leak: %s %s a connection (backend %d) %s %llu ms ago; "
+    pool_log(pool, PGTAG_LOG_WARN, "leak: %s %s a connection (%s) %s %llu ms ago; "
              "%s; last query: %s%s%s",
              who, l->kind == PGTAG_LEAK_REQUEST_ENDED ? "ended while holding" : "has held for too long",
-             l->backend_pid, site, (unsigned long long)l->held_ms,
+             backend_text(l->backend_pid).s, site, (unsigned long long)l->held_ms,
              tx_state_text(l->tx_state), sql[0] ? sql : "(none)",
              l->reclaimed ? "; taking it back" : "", frames);
     break;
   case PGTAG_LEAK_RETURNED:
-    pool_log(pool, PGTAG_LOG_WARN, "leak: %s returned the connection (backend %d) %s after %llu ms",
-             who, l->backend_pid, site, (unsigned long long)l->held_ms);
+    pool_log(pool, PGTAG_LOG_WARN, "leak: %s returned the connection (%s) %s after %llu ms",
+             who, backend_text(l->backend_pid).s, site, (unsigned long long)l->held_ms);
     break;
   }
 }

@@ -14,6 +14,15 @@ static const char *level_name(pgtag_log_level level) {
   return "?";
 }
 
+backend_name backend_text(int pid) {
+  backend_name b;
+  if (pid > 0)
+    snprintf(b.s, sizeof b.s, "backend %d", pid);
+  else
+    snprintf(b.s, sizeof b.s, "backend unknown");
+  return b;
+}
+
 void text_line(char *buf, size_t len, const char *msg) {
   size_t n = 0;
   if (len == 0)

@@ -193,8 +193,8 @@ static void log_lost(pgtag_pool *pool, struct conn *conn) {
   char msg[256];
   count_lost(pool);
   text_line(msg, sizeof msg, conn->pg ? PQerrorMessage(conn->pg) : "");
-  pool_log(pool, PGTAG_LOG_WARN, "connection to backend %d lost: %s",
-           conn->backend_pid, msg);
+  pool_log(pool, PGTAG_LOG_WARN, "connection to %s lost: %s",
+           backend_text(conn->backend_pid).s, msg);
 }
 
 /* Unlink and close a connection that has no operation left on it. */
@@ -274,7 +274,7 @@ void pool_on_connected(struct conn *conn) {
     pool->replacements_due--;
     pool->stats.reconnects++;
   }
-  pool_log(pool, PGTAG_LOG_DEBUG, "connected (backend %d)", conn->backend_pid);
+  pool_log(pool, PGTAG_LOG_DEBUG, "connected (%s)", backend_text(conn->backend_pid).s);
   make_available(pool, conn);
 }
 
@@ -337,8 +337,8 @@ void pool_on_conn_lost(struct conn *conn, const char *why) {
   char message[256];
   text_line(message, sizeof message, why); /* why may live in conn->pg */
 
-  pool_log(pool, PGTAG_LOG_WARN, "connection to backend %d lost: %s",
-           conn->backend_pid, message);
+  pool_log(pool, PGTAG_LOG_WARN, "connection to %s lost: %s",
+           backend_text(conn->backend_pid).s, message);
   count_lost(pool);
   conn->inflight = NULL;
   if (o != NULL && o->kind == OP_RESET) {
@@ -788,8 +788,8 @@ static void request_cancel(struct conn *conn) {
   if (cancel_start(conn) == 0)
     conn->canceled = 1;
   else
-    pool_log(conn->pool, PGTAG_LOG_WARN, "cannot send a cancel request for backend %d",
-             conn->backend_pid);
+    pool_log(conn->pool, PGTAG_LOG_WARN, "cannot send a cancel request for %s",
+             backend_text(conn->backend_pid).s);
 }
 
 /* Cancel the query in flight on the server; it ends with why.  If the

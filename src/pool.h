@@ -69,6 +69,14 @@ void pool_log(const pgtag_pool *pool, pgtag_log_level level, const char *fmt, ..
  * ("...\n\tThis probably means..."); log lines and callbacks get one. */
 void text_line(char *buf, size_t len, const char *msg);
 
+/* "backend 1234" for log lines, or "backend unknown" when the pid is not
+ * known (0: behind a transaction pooler, or not connected).  By value, so
+ * a call can sit in an argument list: backend_text(pid).s. */
+typedef struct {
+  char s[24];
+} backend_name;
+backend_name backend_text(int pid);
+
 /* Hooks from conn.c; each runs from the loop. */
 void pool_on_connected(struct conn *conn);
 void pool_on_connect_failed(struct conn *conn, const char *message);

@@ -110,8 +110,8 @@ void stats_query_done(op *o, struct conn *conn) {
   if (slow) {
     char sql[LAST_SQL_MAX + 1];
     text_line(sql, sizeof sql, text);
-    pool_log(pool, PGTAG_LOG_WARN, "slow query: %llu ms on backend %d: %s",
-             (unsigned long long)(us / 1000), conn->backend_pid, sql);
+    pool_log(pool, PGTAG_LOG_WARN, "slow query: %llu ms on %s: %s",
+             (unsigned long long)(us / 1000), backend_text(conn->backend_pid).s, sql);
   }
   if (count) {
     char sql[LAST_SQL_MAX + 1];

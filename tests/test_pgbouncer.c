@@ -1,0 +1,309 @@
+/* Behind Debian's PgBouncer in transaction mode (tests/pgbouncer.sh starts
+ * it in front of the test server, with 4 server connections): every query
+ * reaches the real server with its own request's tag, pipelined or not;
+ * a transaction on a held connection stays on one server process; a
+ * statement timeout's cancel goes through the pooler; no session state is
+ * left on server connections; backend pids are unknown in pooler mode. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "conn.h"
+#include "harness.h"
+#include "pool.h"
+
+static uv_loop_t loop;
+static char bouncer_dir[256];
+static char bouncer_conninfo[512];
+
+static int group_setup(void **state) {
+  (void)state;
+  const char *server = getenv("PGHOST");
+  if (server == NULL)
+    return -1;
+  snprintf(bouncer_dir, sizeof bouncer_dir, "/tmp/pgtag-bouncer.XXXXXX");
+  if (mkdtemp(bouncer_dir) == NULL || chmod(bouncer_dir, 0755) != 0)
+    return -1; /* as root, PgBouncer runs as postgres: it must get in */
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "'%s/tests/pgbouncer.sh' start '%s/b' '%s' 4", PGTAG_SOURCE_DIR,
+           bouncer_dir, server);
+  if (system(cmd) != 0)
+    return -1; /* a test that needs the pooler and cannot start it fails */
+  snprintf(cmd, sizeof cmd, "%s/b/port", bouncer_dir);
+  FILE *f = fopen(cmd, "r");
+  int port = 0;
+  if (f == NULL || fscanf(f, "%d", &port) != 1)
+    return -1;
+  fclose(f);
+  snprintf(bouncer_conninfo, sizeof bouncer_conninfo,
+           "host=%s/b port=%d user=postgres dbname=postgres", bouncer_dir, port);
+  return 0;
+}
+
+static int group_teardown(void **state) {
+  (void)state;
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "'%s/tests/pgbouncer.sh' stop '%s/b'; rm -rf '%s'",
+           PGTAG_SOURCE_DIR, bouncer_dir, bouncer_dir);
+  return system(cmd) == 0 ? 0 : -1;
+}
+
+static int setup(void **state) {
+  (void)state;
+  completions = 0;
+  return uv_loop_init(&loop);
+}
+
+static pgtag_pool *bouncer_pool(int max_conns, int depth, int pooler_mode) {
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.conninfo = bouncer_conninfo;
+  cfg.max_conns = max_conns;
+  cfg.pipeline_depth = depth;
+  cfg.transaction_pooler = pooler_mode;
+  cfg.log_level = PGTAG_LOG_ERROR;
+  return test_pool_new(&loop, &cfg);
+}
+
+static pgtag_errcode query_param_in(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql,
+                                    const char *param, rec *r) {
+  const char *vals[1] = {param};
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
+  pgtag_errcode rc = SUBMIT(pgtag_query(pool, sql, 1, vals, rec_result, r));
+  pgtag_ctx_leave(prev);
+  return rc;
+}
+
+/* The deepest pipeline seen on any connection, sampled every iteration. */
+static int deepest;
+static void sample_depth(uv_check_t *check) {
+  pgtag_pool *pool = check->data;
+  for (queue *q = queue_head(&pool->conns); q != &pool->conns; q = q->next) {
+    struct conn *c = queue_data(q, struct conn, node);
+    if (c->npiped + 1 > deepest && c->inflight != NULL)
+      deepest = c->npiped + 1;
+  }
+}
+
+/* 64 concurrent requests over a pool of 8 through 4 server connections:
+ * each gets its own parameter back and the server ran it under its own
+ * tag; one of them fails (division by zero) and fails nothing else. */
+static void requests_through_the_pooler(int depth) {
+  enum { N = 64 };
+  pgtag_pool *pool = bouncer_pool(8, depth, 1);
+  uv_check_t check;
+  uv_check_init(&loop, &check);
+  check.data = pool;
+  uv_check_start(&check, sample_depth);
+  uv_unref((uv_handle_t *)&check);
+  deepest = 0;
+  pgtag_ctx *ctx[N];
+  rec r[N];
+  char param[N][16];
+  memset(r, 0, sizeof r);
+  for (int round = 0; round < 3; round++) {
+    completions = 0;
+    memset(r, 0, sizeof r);
+    for (int i = 0; i < N; i++) {
+      char id[32];
+      snprintf(id, sizeof id, "bouncer-%d-%d", round, i);
+      ctx[i] = pgtag_ctx_new(id);
+      snprintf(param[i], sizeof param[i], "%d", i == 17 ? 0 : 1000 + i);
+      assert_int_equal(query_param_in(pool, ctx[i],
+                                      "SELECT (1000000 / $1::int)::text || ' ' || $1, "
+                                      "current_query()",
+                                      param[i], &r[i]),
+                       PGTAG_OK);
+    }
+    assert_true(run_until(&loop, &completions, N, 20000));
+    for (int i = 0; i < N; i++) {
+      if (i == 17) {
+        assert_done(&r[i], ctx[i], PGTAG_ESERVER);
+        assert_string_equal(r[i].sqlstate, "22012");
+      } else {
+        assert_done(&r[i], ctx[i], PGTAG_OK);
+        char want[64], tag[64];
+        snprintf(want, sizeof want, "%d %d", 1000000 / (1000 + i), 1000 + i);
+        assert_string_equal(r[i].value, want);
+        snprintf(tag, sizeof tag, "/* requestId=%s */", pgtag_ctx_request_id(ctx[i]));
+        assert_non_null(strstr(r[i].value2, tag));
+      }
+      pgtag_ctx_unref(ctx[i]);
+    }
+  }
+  pgtag_stats st;
+  pgtag_pool_stats(pool, &st);
+  assert_int_equal(st.queries, 3 * N);
+  assert_int_equal(st.conns_lost, 0);
+  /* pipelined when asked to, one at a time otherwise */
+  if (depth > 1)
+    assert_true(deepest > 1);
+  else
+    assert_int_equal(deepest, 1);
+  uv_close((uv_handle_t *)&check, NULL);
+  test_pool_close(&loop, pool);
+}
+
+static void tagged_requests_without_pipelining(void **state) {
+  (void)state;
+  requests_through_the_pooler(1);
+}
+
+static void tagged_requests_pipelined_16_deep(void **state) {
+  (void)state;
+  requests_through_the_pooler(16);
+}
+
+/* Eight requests each run a transaction on a held connection at once,
+ * through 4 server connections: within a transaction every statement sees
+ * the same server process and transaction ID. */
+static void held_transaction_stays_on_one_backend(void **state) {
+  (void)state;
+  enum { N = 8, STEPS = 4 };
+  pgtag_pool *pool = bouncer_pool(N, 4, 1);
+  pgtag_ctx *ctx[N];
+  rec acq[N], step[N][STEPS], begin[N], commit[N];
+  memset(acq, 0, sizeof acq);
+  memset(step, 0, sizeof step);
+  memset(begin, 0, sizeof begin);
+  memset(commit, 0, sizeof commit);
+  for (int i = 0; i < N; i++) {
+    char id[32];
+    snprintf(id, sizeof id, "tx-%d", i);
+    ctx[i] = pgtag_ctx_new(id);
+    assert_int_equal(acquire_in(pool, ctx[i], &acq[i]), PGTAG_OK);
+  }
+  assert_true(run_until(&loop, &completions, N, 10000));
+  for (int i = 0; i < N; i++) {
+    assert_done(&acq[i], ctx[i], PGTAG_OK);
+    assert_int_equal(pgtag_conn_backend_pid(acq[i].conn), 0); /* unknown behind a pooler */
+    assert_int_equal(conn_query_in(acq[i].conn, ctx[i], "BEGIN", &begin[i]), PGTAG_OK);
+    for (int s = 0; s < STEPS; s++)
+      assert_int_equal(conn_query_in(acq[i].conn, ctx[i],
+                                     "SELECT pg_backend_pid()::text, txid_current()::text "
+                                     "FROM pg_sleep(0.01)",
+                                     &step[i][s]),
+                       PGTAG_OK);
+    assert_int_equal(conn_query_in(acq[i].conn, ctx[i], "COMMIT", &commit[i]), PGTAG_OK);
+  }
+  assert_true(run_until(&loop, &completions, N + N * (STEPS + 2), 20000));
+  for (int i = 0; i < N; i++) {
+    assert_done(&begin[i], ctx[i], PGTAG_OK);
+    assert_done(&commit[i], ctx[i], PGTAG_OK);
+    for (int s = 0; s < STEPS; s++) {
+      assert_done(&step[i][s], ctx[i], PGTAG_OK);
+      assert_string_equal(step[i][s].value, step[i][0].value);   /* one backend */
+      assert_string_equal(step[i][s].value2, step[i][0].value2); /* one transaction */
+    }
+    assert_int_equal(pgtag_release(acq[i].conn), PGTAG_OK);
+    pgtag_ctx_unref(ctx[i]);
+  }
+  test_pool_close(&loop, pool);
+}
+
+/* The statement timeout cancels the query on the real server: PgBouncer
+ * forwards the cancel request to the backend running it. */
+static void statement_timeout_cancels_through_the_pooler(void **state) {
+  (void)state;
+  pgtag_pool *pool = bouncer_pool(2, 1, 1);
+  pgtag_ctx *ctx = pgtag_ctx_new("bouncer-timeout");
+  rec r = {0};
+  pgtag_query_opts opts = {.timeout_ms = 300};
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
+  uint64_t t0 = now_ms();
+  assert_int_equal(pgtag_query_ex(pool, "SELECT pg_sleep(30)", 0, NULL, &opts, rec_result, &r),
+                   PGTAG_OK);
+  pgtag_ctx_leave(prev);
+  assert_true(run_until(&loop, &completions, 1, 10000));
+  assert_done(&r, ctx, PGTAG_ETIMEDOUT);
+  assert_string_equal(r.sqlstate, "57014");
+  assert_true(now_ms() - t0 < 3000);
+  assert_int_equal(admin_int("SELECT count(*) FROM pg_stat_activity "
+                             "WHERE query LIKE '%requestId=bouncer-timeout %pg_sleep%' "
+                             "AND state = 'active' AND pid <> pg_backend_pid()"),
+                   0);
+  /* the pool goes on: the next query runs */
+  rec next = {0};
+  assert_int_equal(query_in(pool, ctx, "SELECT 1", &next), PGTAG_OK);
+  assert_true(run_until(&loop, &completions, 2, 5000));
+  assert_done(&next, ctx, PGTAG_OK);
+  pgtag_ctx_unref(ctx);
+  test_pool_close(&loop, pool);
+}
+
+/* pgtag leaves nothing behind on the server connections PgBouncer shares:
+ * no named prepared statement, no setting changed from its default. */
+static void no_session_state_on_server_connections(void **state) {
+  (void)state;
+  pgtag_pool *pool = bouncer_pool(4, 4, 1);
+  pgtag_ctx *ctx = pgtag_ctx_new("bouncer-state");
+  enum { N = 40 };
+  rec r[N];
+  memset(r, 0, sizeof r);
+  for (int i = 0; i < N; i++)
+    assert_int_equal(query_in(pool, ctx,
+                              i % 2 ? "SELECT count(*)::text FROM pg_prepared_statements"
+                                    : "SELECT count(*)::text FROM pg_settings "
+                                      "WHERE source = 'session'",
+                              &r[i]),
+                     PGTAG_OK);
+  assert_true(run_until(&loop, &completions, N, 10000));
+  for (int i = 0; i < N; i++) {
+    assert_done(&r[i], ctx, PGTAG_OK);
+    assert_string_equal(r[i].value, "0");
+  }
+  pgtag_ctx_unref(ctx);
+  test_pool_close(&loop, pool);
+}
+
+static pgtag_leak seen_leak;
+static int leaks;
+static void on_leak(const pgtag_leak *l, void *arg) {
+  (void)arg;
+  seen_leak = *l;
+  leaks++;
+}
+
+/* In pooler mode a leak report says the backend is unknown (0), not the
+ * pid PgBouncer made up. */
+static void leak_report_has_no_made_up_pid(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.conninfo = bouncer_conninfo;
+  cfg.transaction_pooler = 1;
+  cfg.on_leak = on_leak;
+  cfg.log_level = PGTAG_LOG_ERROR;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  pgtag_ctx *ctx = pgtag_ctx_new("bouncer-leak");
+  rec acq = {0};
+  leaks = 0;
+  assert_int_equal(acquire_in(pool, ctx, &acq), PGTAG_OK);
+  assert_true(run_until(&loop, &completions, 1, 5000));
+  assert_done(&acq, ctx, PGTAG_OK);
+  pgtag_ctx_end(ctx);
+  run_for(&loop, 50);
+  assert_int_equal(leaks, 1);
+  assert_int_equal(seen_leak.backend_pid, 0);
+  assert_int_equal(pgtag_release(acq.conn), PGTAG_OK);
+  pgtag_ctx_unref(ctx);
+  test_pool_close(&loop, pool);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup(tagged_requests_without_pipelining, setup),
+      cmocka_unit_test_setup(tagged_requests_pipelined_16_deep, setup),
+      cmocka_unit_test_setup(held_transaction_stays_on_one_backend, setup),
+      cmocka_unit_test_setup(statement_timeout_cancels_through_the_pooler, setup),
+      cmocka_unit_test_setup(no_session_state_on_server_connections, setup),
+      cmocka_unit_test_setup(leak_report_has_no_made_up_pid, setup),
+  };
+  return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
