@@ -491,9 +491,41 @@ static void after_results(pgtag_pool *pool, struct conn *conn) {
     feed(pool, conn);
 }
 
+/* A write refused (SQLSTATE 25006) because the server itself is read-only
+ * now: a standby, or a primary that failover demoted or fenced
+ * (default_transaction_read_only turned on).  PostgreSQL 14 and later
+ * report both settings to the client as they change.  A transaction the
+ * application made read-only (BEGIN READ ONLY) changes neither. */
+static int server_read_only(const struct conn *conn, const PGresult *res) {
+  if (res == NULL || PQresultStatus(res) != PGRES_FATAL_ERROR)
+    return 0;
+  const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+  if (state == NULL || strcmp(state, "25006") != 0)
+    return 0;
+  const char *standby = PQparameterStatus(conn->pg, "in_hot_standby");
+  const char *fenced = PQparameterStatus(conn->pg, "default_transaction_read_only");
+  return (standby != NULL && strcmp(standby, "on") == 0) ||
+         (fenced != NULL && strcmp(fenced, "on") == 0);
+}
+
 void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
   pgtag_pool *pool = conn->pool;
   stats_query_done(o, conn);
+
+  if (o->kind != OP_RESET && server_read_only(conn, res)) {
+    /* Its connections are no use for writes any more: this query and the
+     * others on the connection fail once with PGTAG_ECONN (SQLSTATE 25006
+     * kept), and the pool connects again, with backoff; a conninfo with
+     * target_session_attrs=read-write then finds the writable server. */
+    if (conn->inflight != NULL) {
+      queue_insert_head(&conn->piped, &conn->inflight->node);
+      conn->npiped++;
+    }
+    conn->inflight = o;
+    conn->result = res;
+    pool_on_conn_lost(conn, "the server is read-only now (a standby, or a demoted primary)");
+    return;
+  }
 
   if (PQstatus(conn->pg) == CONNECTION_BAD) {
     /* libpq returns the final NULL only after ReadyForQuery, so a query

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 int in_submit;
@@ -75,6 +76,95 @@ int admin_int(const char *sql) {
   char v[64];
   admin_value(sql, v, sizeof v);
   return atoi(v);
+}
+
+static PGresult *run_on(const char *conninfo, const char *sql, PGconn **out) {
+  PGconn *c = PQconnectdb(conninfo);
+  if (PQstatus(c) != CONNECTION_OK) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", PQerrorMessage(c));
+    PQfinish(c);
+    fail_msg("connection to %s failed: %s", conninfo, msg);
+  }
+  PQsetNoticeProcessor(c, ignore_notice, NULL);
+  PGresult *res = PQexec(c, sql);
+  ExecStatusType st = PQresultStatus(res);
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", PQresultErrorMessage(res));
+    PQclear(res);
+    PQfinish(c);
+    fail_msg("query on %s failed: %s: %s", conninfo, sql, msg);
+  }
+  *out = c;
+  return res;
+}
+
+int admin_int_on(const char *conninfo, const char *sql) {
+  PGconn *c;
+  PGresult *res = run_on(conninfo, sql, &c);
+  int v = PQntuples(res) > 0 && PQnfields(res) > 0 ? atoi(PQgetvalue(res, 0, 0)) : 0;
+  PQclear(res);
+  PQfinish(c);
+  return v;
+}
+
+void admin_exec_on(const char *conninfo, const char *sql) {
+  PGconn *c;
+  PQclear(run_on(conninfo, sql, &c));
+  PQfinish(c);
+}
+
+static void shell(const char *line) {
+  if (system(line) != 0)
+    fail_msg("%s failed", line);
+}
+
+static int read_port(const char *dir) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/port", dir);
+  FILE *f = fopen(path, "r");
+  int port = 0;
+  if (f == NULL || fscanf(f, "%d", &port) != 1)
+    fail_msg("no port in %s", path);
+  fclose(f);
+  return port;
+}
+
+void pair_start(server_pair *p) {
+  char line[1024];
+  snprintf(p->dir, sizeof p->dir, "/tmp/pgtag-pair.XXXXXX");
+  if (mkdtemp(p->dir) == NULL || chmod(p->dir, 0755) != 0)
+    fail_msg("mkdtemp failed");
+  snprintf(line, sizeof line, "'%s/tests/pgserver.sh' start '%s/p' && "
+           "'%s/tests/pgserver.sh' standby '%s/s' '%s/p'",
+           PGTAG_SOURCE_DIR, p->dir, PGTAG_SOURCE_DIR, p->dir, p->dir);
+  shell(line);
+  char d[300];
+  snprintf(d, sizeof d, "%s/p", p->dir);
+  p->primary_port = read_port(d);
+  snprintf(d, sizeof d, "%s/s", p->dir);
+  p->standby_port = read_port(d);
+  snprintf(p->primary, sizeof p->primary, "host=%s/p port=%d user=postgres dbname=postgres",
+           p->dir, p->primary_port);
+  snprintf(p->standby, sizeof p->standby, "host=%s/s port=%d user=postgres dbname=postgres",
+           p->dir, p->standby_port);
+}
+
+void pair_ctl(server_pair *p, const char *side, const char *cmd, const char *arg) {
+  char line[1024];
+  snprintf(line, sizeof line, "'%s/tests/pgserver.sh' %s '%s/%s' %s", PGTAG_SOURCE_DIR, cmd,
+           p->dir, side, arg ? arg : "");
+  shell(line);
+}
+
+void pair_stop(server_pair *p) {
+  char line[1024];
+  snprintf(line, sizeof line, "'%s/tests/pgserver.sh' stop '%s/s' immediate; "
+           "'%s/tests/pgserver.sh' stop '%s/p' immediate; rm -rf '%s'",
+           PGTAG_SOURCE_DIR, p->dir, PGTAG_SOURCE_DIR, p->dir, p->dir);
+  if (system(line) != 0)
+    fail_msg("%s failed", line);
 }
 
 static void on_deadline(uv_timer_t *t) { *(int *)t->data = 1; }

@@ -70,6 +70,25 @@ void assert_done(const rec *r, pgtag_ctx *ctx, pgtag_errcode code);
 
 uint64_t now_ms(void);
 
+/* One query on a fresh blocking connection to conninfo; the first column
+ * of the first row as an int (0 for none).  Fails the test on error. */
+int admin_int_on(const char *conninfo, const char *sql);
+void admin_exec_on(const char *conninfo, const char *sql);
+
+/* A primary and a streaming standby of it (tests/pgserver.sh start and
+ * standby), each on its own socket directory and port, under a temporary
+ * directory: for the failover and replica tests. */
+typedef struct {
+  char dir[256];
+  char primary[512];  /* conninfo of each */
+  char standby[512];
+  int primary_port, standby_port;
+} server_pair;
+void pair_start(server_pair *p);
+/* tests/pgserver.sh cmd on one side ("p" or "s"), e.g. stop immediate. */
+void pair_ctl(server_pair *p, const char *side, const char *cmd, const char *arg);
+void pair_stop(server_pair *p);
+
 /* Restart the test server (pg_ctl restart -m mode); returns once it is up. */
 void server_restart(const char *mode);
 /* tests/pgserver.sh cmd (stop, up, restart) on the test server. */

@@ -3,16 +3,22 @@
 #
 #   tests/pgserver.sh start DIR    initdb into DIR, start on a unix socket in DIR
 #                                  and a free loopback port; writes DIR/env
-#   tests/pgserver.sh stop DIR     stop it (DIR is left for the caller to remove)
+#   tests/pgserver.sh stop DIR [fast|immediate]
+#                                  stop it (DIR is left for the caller to remove)
 #   tests/pgserver.sh restart DIR [fast|immediate]
 #   tests/pgserver.sh up DIR       start the stopped cluster in DIR again
+#   tests/pgserver.sh standby DIR PRIMARY_DIR
+#                                  a streaming standby of the server in
+#                                  PRIMARY_DIR (pg_basebackup -R), started
+#                                  on its own socket and free port
+#   tests/pgserver.sh promote DIR  promote the standby in DIR
 #
 # DIR/env holds PGTAG_TEST_CONNINFO, PGHOST, PGPORT, PGUSER and PGDATABASE.
 # As root the server runs as the postgres user, which owns DIR.
 set -euo pipefail
 
-cmd=${1:?usage: pgserver.sh start|stop|restart|up DIR}
-dir=${2:?usage: pgserver.sh start|stop|restart|up DIR}
+cmd=${1:?usage: pgserver.sh start|stop|restart|up|standby|promote DIR}
+dir=${2:?usage: pgserver.sh start|stop|restart|up|standby|promote DIR}
 bindir=$(ls -d /usr/lib/postgresql/15/bin 2>/dev/null || true)
 [ -n "$bindir" ] || { echo "pgserver.sh: PostgreSQL 15 is not installed" >&2; exit 1; }
 
@@ -24,26 +30,9 @@ pg_ctl_run() { as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" "$@
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-case "$cmd" in
-start)
-  mkdir -p "$dir"
-  [ "$(id -u)" = 0 ] && chown postgres: "$dir"
-  chmod 700 "$dir"
-  as_owner "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust \
-    --encoding=UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
-    { cat "$dir/initdb.log" >&2; exit 1; }
-  cat >>"$dir/data/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$dir'
-max_connections = 200
-shared_preload_libraries = 'pg_stat_statements'
-compute_query_id = on
-pg_stat_statements.track = all
-fsync = off
-synchronous_commit = off
-full_page_writes = off
-log_line_prefix = '%m [%p] '
-CONF
+# Start the cluster in $dir on a free port; sets port, writes $dir/port and
+# $dir/env.
+start_on_free_port() {
   for try in 1 2 3 4 5 6 7 8 9 10; do
     port=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
     port_in_use "$port" && continue
@@ -69,11 +58,49 @@ export PGTAG_TEST_CONNINFO='host=$dir port=$port user=postgres dbname=postgres'
 export PGTAG_TEST_PGDATA='$dir/data'
 ENV
   chmod 644 "$dir/env"
+}
+
+case "$cmd" in
+start)
+  mkdir -p "$dir"
+  [ "$(id -u)" = 0 ] && chown postgres: "$dir"
+  chmod 700 "$dir"
+  as_owner "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust \
+    --encoding=UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
+    { cat "$dir/initdb.log" >&2; exit 1; }
+  cat >>"$dir/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+max_connections = 200
+shared_preload_libraries = 'pg_stat_statements'
+compute_query_id = on
+pg_stat_statements.track = all
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+log_line_prefix = '%m [%p] '
+CONF
+  start_on_free_port
   PGHOST=$dir PGPORT=$port psql -X -q -U postgres -d postgres -v ON_ERROR_STOP=1 \
     -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' >/dev/null
   ;;
 stop)
-  [ -d "$dir/data" ] && pg_ctl_run -w -t 60 -m fast stop >/dev/null 2>&1 || true
+  [ -d "$dir/data" ] && pg_ctl_run -w -t 60 -m "${3:-fast}" stop >/dev/null 2>&1 || true
+  ;;
+standby)
+  primary=${3:?usage: pgserver.sh standby DIR PRIMARY_DIR}
+  mkdir -p "$dir"
+  [ "$(id -u)" = 0 ] && chown postgres: "$dir"
+  chmod 700 "$dir"
+  as_owner "$bindir/pg_basebackup" -D "$dir/data" -R -X stream -c fast \
+    -h "$primary" -p "$(cat "$primary/port")" -U postgres >"$dir/basebackup.log" 2>&1 ||
+    { cat "$dir/basebackup.log" >&2; exit 1; }
+  # Its own socket directory and port: later lines win.
+  echo "unix_socket_directories = '$dir'" >>"$dir/data/postgresql.conf"
+  start_on_free_port
+  ;;
+promote)
+  as_owner "$bindir/pg_ctl" -D "$dir/data" -w -t 60 promote >/dev/null
   ;;
 restart)
   pg_ctl_run -w -t 60 -m "${3:-fast}" restart >/dev/null
