@@ -609,6 +609,95 @@ int pgtag_conn_backend_pid(pgtag_conn conn);
  * Thread: the pool's loop thread. */
 pgtag_errcode pgtag_release(pgtag_conn conn);
 
+/* ------------------------------------------------------------------------
+ * Read replicas
+ *
+ * A cluster is a primary pool and a pool per replica, on one loop.  Reads
+ * marked PGTAG_READ_ONLY go to the healthy replica with the least work
+ * outstanding, whose replay lag is within max_replica_lag_ms; everything
+ * else, and reads when no replica qualifies, go to the primary.  Once a
+ * request has sent a write (or taken a connection) through the cluster,
+ * its later reads go to the primary too: it reads its own writes.  Each
+ * replica's lag is sampled every lag_check_interval_ms by a query on its
+ * own pool, never on the caller's path.
+ * ------------------------------------------------------------------------ */
+
+/** A primary and its read replicas.  Opaque; made by pgtag_cluster_new,
+ * freed by pgtag_cluster_close. */
+typedef struct pgtag_cluster pgtag_cluster;
+
+/** How a cluster behaves.  Fill it with pgtag_cluster_config_init. */
+typedef struct {
+  pgtag_pool_config primary;   /**< the primary's pool; every replica pool
+                                  gets a copy with its own conninfo and the
+                                  name "<name>/replica<i>" */
+  const char *const *replicas; /**< the conninfo of each replica; copied */
+  int nreplicas;               /**< 0 or more */
+  int max_replica_lag_ms;      /**< skip a replica whose replay is further
+                                  behind; default 1000 */
+  int lag_check_interval_ms;   /**< how often each lag is sampled; a replica
+                                  not heard from for 3 intervals is
+                                  unhealthy; default 250 */
+} pgtag_cluster_config;
+
+/** pgtag_cluster_query flag: the statement only reads, a replica may run
+ * it. */
+#define PGTAG_READ_ONLY 1
+
+/** Fill cfg with the defaults above (pgtag_pool_config_init for primary;
+ * no replicas).
+ * Thread: any. */
+void pgtag_cluster_config_init(pgtag_cluster_config *cfg);
+
+/** Create a cluster on loop: the primary pool and a pool per replica, as
+ * pgtag_pool_new would.  Returns PGTAG_EINVAL (a NULL argument, a bad pool
+ * configuration, nreplicas < 0, a NULL replica conninfo, a lag setting
+ * < 1) or PGTAG_ENOMEM; *out is set only on PGTAG_OK.
+ * Thread: the one that runs loop. */
+pgtag_errcode pgtag_cluster_new(uv_loop_t *loop, const pgtag_cluster_config *cfg,
+                                pgtag_cluster **out);
+
+/** pgtag_query on the cluster: with PGTAG_READ_ONLY on a replica when one
+ * qualifies and the current request has not written through the cluster;
+ * otherwise on the primary (and then, without PGTAG_READ_ONLY, the
+ * request counts as having written).  Same errors as pgtag_query.
+ * Thread: the cluster's loop thread. */
+pgtag_errcode pgtag_cluster_query(pgtag_cluster *cluster, int flags, const char *sql,
+                                  int nparams, const char *const *values,
+                                  pgtag_result_cb cb, void *arg);
+
+/** Take a connection on the primary for the current request (a
+ * transaction), which from then on reads its own writes.  The macro
+ * records the call site, as pgtag_acquire does.
+ * Thread: the cluster's loop thread. */
+#define pgtag_cluster_acquire(cluster, cb, arg) \
+  pgtag_cluster_acquire_at((cluster), (cb), (arg), __FILE__, __LINE__, __func__)
+
+/** What pgtag_cluster_acquire calls.
+ * Thread: the cluster's loop thread. */
+pgtag_errcode pgtag_cluster_acquire_at(pgtag_cluster *cluster, pgtag_acquire_cb cb,
+                                       void *arg, const char *file, int line,
+                                       const char *func);
+
+/** The primary's pool (statistics, metrics; queries sent on it directly
+ * are not seen by read-your-writes), or NULL.  Borrowed.
+ * Thread: the cluster's loop thread. */
+pgtag_pool *pgtag_cluster_primary(pgtag_cluster *cluster);
+
+/** Replica i's pool, or NULL outside [0, nreplicas).  Borrowed.
+ * Thread: the cluster's loop thread. */
+pgtag_pool *pgtag_cluster_replica(pgtag_cluster *cluster, int i);
+
+/** Replica i's replay lag in milliseconds at its last sample, or -1 when
+ * it is not healthy (not heard from, not in recovery, or unreachable).
+ * Thread: the cluster's loop thread. */
+int pgtag_cluster_replica_lag_ms(const pgtag_cluster *cluster, int i);
+
+/** Close every pool of the cluster (pgtag_pool_close), then run done(arg)
+ * (may be NULL) and free the cluster.  A second call is ignored.
+ * Thread: the cluster's loop thread. */
+void pgtag_cluster_close(pgtag_cluster *cluster, void (*done)(void *arg), void *arg);
+
 #if defined(__GNUC__)
 #pragma GCC visibility pop
 #endif

@@ -34,6 +34,8 @@ struct pgtag_ctx {
                     key, so encoders need not sort */
   pgtag_request_stats stats;
   ctx_statement *statements; /* CTX_STATEMENTS of them once counting */
+  uint64_t wrote; /* clusters it wrote through (one bit each, cluster.c):
+                     its reads there go to the primary from then on */
   char id_buf[CTX_ID_INLINE];
 };
 

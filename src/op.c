@@ -117,6 +117,8 @@ op *op_new(pgtag_pool *pool, op_kind kind, const char *sql, int nparams,
   o->kind = (uint8_t)kind;
   o->pool = pool;
   o->ctx = kind == OP_RESET ? NULL : pgtag_ctx_ref(pgtag_ctx_current());
+  if (kind != OP_RESET)
+    pool->outstanding++;
   if (kind == OP_ACQUIRE)
     return o;
   o->sql = sql;
@@ -192,6 +194,8 @@ void op_set_result(op *o, PGresult *res, int lost) {
 }
 
 static void op_free(op *o) {
+  if (o->kind != OP_RESET)
+    o->pool->outstanding--;
   if (o->kind == OP_ACQUIRE)
     free(o->frames);
   else

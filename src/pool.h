@@ -32,6 +32,8 @@ struct pgtag_pool {
 
   queue waiters; /* ops waiting for a connection, first in first out */
   int nwaiting;
+  int outstanding; /* queries and acquires whose callback has not run:
+                      the load a cluster routes reads by */
   uv_timer_t wait_timer; /* fires at the first waiter's deadline */
 
   queue deferred;   /* ops whose outcome is known, callback not yet run */

@@ -1,0 +1,276 @@
+/* Read replicas on a real primary and streaming standby: read-only
+ * queries land on the standby with their own tags; a standby whose replay
+ * is paused while the primary writes falls behind the lag limit and reads
+ * move to the primary, then come back; a request that wrote reads from the
+ * primary; a standby that is down is skipped. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+
+static uv_loop_t loop;
+static server_pair pair;
+
+static int group_setup(void **state) {
+  (void)state;
+  pair_start(&pair);
+  admin_exec_on(pair.primary, "CREATE TABLE replicated (id serial, note text)");
+  return 0;
+}
+
+static int group_teardown(void **state) {
+  (void)state;
+  pair_stop(&pair);
+  return 0;
+}
+
+static int setup(void **state) {
+  (void)state;
+  completions = 0;
+  return uv_loop_init(&loop);
+}
+
+static pgtag_cluster *cluster_new(int max_lag_ms) {
+  pgtag_cluster_config cfg;
+  pgtag_cluster_config_init(&cfg);
+  test_config(&cfg.primary);
+  cfg.primary.conninfo = pair.primary;
+  cfg.primary.name = "app";
+  cfg.primary.log_level = PGTAG_LOG_ERROR;
+  const char *replicas[] = {pair.standby};
+  cfg.replicas = replicas;
+  cfg.nreplicas = 1;
+  cfg.max_replica_lag_ms = max_lag_ms;
+  cfg.lag_check_interval_ms = 50;
+  pgtag_cluster *c = NULL;
+  assert_int_equal(pgtag_cluster_new(&loop, &cfg, &c), PGTAG_OK);
+  return c;
+}
+
+static void on_closed(void *arg) { *(int *)arg = 1; }
+
+/* Close, wait for done, and check the loop is left with nothing. */
+static void cluster_close(pgtag_cluster *c) {
+  int done = 0;
+  pgtag_cluster_close(c, on_closed, &done);
+  assert_true(run_until(&loop, &done, 1, 10000));
+  assert_int_equal(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* Wait until replica 0's lag satisfies want (1: sampled and within limit,
+ * 0: sampled and beyond it, -1: not healthy). */
+static int wait_lag(pgtag_cluster *c, int limit, int want, int timeout_ms) {
+  uint64_t end = now_ms() + (uint64_t)timeout_ms;
+  while (now_ms() < end) {
+    int lag = pgtag_cluster_replica_lag_ms(c, 0);
+    if ((want == 1 && lag >= 0 && lag <= limit) || (want == 0 && lag > limit) ||
+        (want == -1 && lag < 0))
+      return 1;
+    run_for(&loop, 20);
+  }
+  return 0;
+}
+
+/* Which server ran a query: its port.  Read-only, in ctx. */
+static void read_in(pgtag_cluster *c, pgtag_ctx *ctx, rec *r) {
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
+  assert_int_equal(SUBMIT(pgtag_cluster_query(c, PGTAG_READ_ONLY,
+                                              "SELECT current_setting('port'), current_query()",
+                                              0, NULL, rec_result, r)),
+                   PGTAG_OK);
+  pgtag_ctx_leave(prev);
+}
+
+static void write_in(pgtag_cluster *c, pgtag_ctx *ctx, rec *r) {
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
+  assert_int_equal(SUBMIT(pgtag_cluster_query(c, 0,
+                                              "INSERT INTO replicated (note) VALUES ('w') "
+                                              "RETURNING current_setting('port')",
+                                              0, NULL, rec_result, r)),
+                   PGTAG_OK);
+  pgtag_ctx_leave(prev);
+}
+
+static void reads_land_on_the_replica_with_their_tags(void **state) {
+  (void)state;
+  pgtag_cluster *c = cluster_new(1000);
+  assert_true(wait_lag(c, 1000, 1, 5000));
+  enum { N = 20 };
+  pgtag_ctx *ctx[N];
+  rec r[N], w = {0};
+  memset(r, 0, sizeof r);
+  for (int i = 0; i < N; i++) {
+    char id[32];
+    snprintf(id, sizeof id, "reader-%d", i);
+    ctx[i] = pgtag_ctx_new(id);
+    read_in(c, ctx[i], &r[i]);
+  }
+  pgtag_ctx *writer = pgtag_ctx_new("writer");
+  write_in(c, writer, &w);
+  assert_true(run_until(&loop, &completions, N + 1, 10000));
+  for (int i = 0; i < N; i++) {
+    assert_done(&r[i], ctx[i], PGTAG_OK);
+    assert_int_equal(atoi(r[i].value), pair.standby_port);
+    char tag[64];
+    snprintf(tag, sizeof tag, "/* requestId=reader-%d */", i);
+    assert_non_null(strstr(r[i].value2, tag)); /* the standby saw its own tag */
+    pgtag_ctx_unref(ctx[i]);
+  }
+  assert_done(&w, writer, PGTAG_OK);
+  assert_int_equal(atoi(w.value), pair.primary_port); /* writes on the primary */
+  pgtag_ctx_unref(writer);
+  pgtag_stats st;
+  pgtag_pool_stats(pgtag_cluster_replica(c, 0), &st);
+  assert_true(st.queries >= N);
+  cluster_close(c);
+}
+
+static void a_request_that_wrote_reads_its_writes(void **state) {
+  (void)state;
+  pgtag_cluster *c = cluster_new(1000);
+  assert_true(wait_lag(c, 1000, 1, 5000));
+  pgtag_ctx *a = pgtag_ctx_new("ryw-a"), *b = pgtag_ctx_new("ryw-b");
+  rec before = {0}, w = {0};
+  read_in(c, a, &before);
+  assert_true(run_until(&loop, &completions, 1, 5000));
+  assert_int_equal(atoi(before.value), pair.standby_port);
+  write_in(c, a, &w);
+  assert_true(run_until(&loop, &completions, 2, 5000));
+  assert_done(&w, a, PGTAG_OK);
+  rec after = {0}, other = {0};
+  read_in(c, a, &after);   /* a wrote: the primary */
+  read_in(c, b, &other);   /* b did not: the replica */
+  assert_true(run_until(&loop, &completions, 4, 5000));
+  assert_done(&after, a, PGTAG_OK);
+  assert_done(&other, b, PGTAG_OK);
+  assert_int_equal(atoi(after.value), pair.primary_port);
+  assert_int_equal(atoi(other.value), pair.standby_port);
+
+  /* a transaction taken through the cluster counts as a write */
+  pgtag_ctx *t = pgtag_ctx_new("ryw-tx");
+  rec acq = {0}, read_after = {0};
+  pgtag_ctx *prev = pgtag_ctx_enter(t);
+  assert_int_equal(pgtag_cluster_acquire(c, rec_acquire, &acq), PGTAG_OK);
+  pgtag_ctx_leave(prev);
+  assert_true(run_until(&loop, &completions, 5, 5000));
+  assert_done(&acq, t, PGTAG_OK);
+  pgtag_release(acq.conn);
+  read_in(c, t, &read_after);
+  assert_true(run_until(&loop, &completions, 6, 5000));
+  assert_int_equal(atoi(read_after.value), pair.primary_port);
+  pgtag_ctx_unref(a);
+  pgtag_ctx_unref(b);
+  pgtag_ctx_unref(t);
+  cluster_close(c);
+}
+
+static void a_lagging_replica_is_skipped_until_it_catches_up(void **state) {
+  (void)state;
+  enum { LIMIT = 300 };
+  pgtag_cluster *c = cluster_new(LIMIT);
+  assert_true(wait_lag(c, LIMIT, 1, 5000));
+  admin_exec_on(pair.standby, "SELECT pg_wal_replay_pause()");
+  /* the primary writes on while the standby replays nothing */
+  uint64_t end = now_ms() + 5000;
+  int lagging = 0;
+  while (!lagging && now_ms() < end) {
+    admin_exec_on(pair.primary, "INSERT INTO replicated (note) VALUES ('while paused')");
+    lagging = wait_lag(c, LIMIT, 0, 100);
+  }
+  assert_true(lagging);
+  rec r = {0};
+  pgtag_ctx *ctx = pgtag_ctx_new("lag-1");
+  read_in(c, ctx, &r);
+  assert_true(run_until(&loop, &completions, 1, 5000));
+  assert_done(&r, ctx, PGTAG_OK);
+  assert_int_equal(atoi(r.value), pair.primary_port); /* moved to the primary */
+
+  admin_exec_on(pair.standby, "SELECT pg_wal_replay_resume()");
+  assert_true(wait_lag(c, LIMIT, 1, 5000));
+  rec back = {0};
+  pgtag_ctx *ctx2 = pgtag_ctx_new("lag-2");
+  read_in(c, ctx2, &back);
+  assert_true(run_until(&loop, &completions, 2, 5000));
+  assert_done(&back, ctx2, PGTAG_OK);
+  assert_int_equal(atoi(back.value), pair.standby_port); /* and back */
+  pgtag_ctx_unref(ctx);
+  pgtag_ctx_unref(ctx2);
+  cluster_close(c);
+}
+
+static void bad_cluster_arguments(void **state) {
+  (void)state;
+  pgtag_cluster_config cfg;
+  pgtag_cluster_config_init(&cfg);
+  test_config(&cfg.primary);
+  pgtag_cluster *c = NULL;
+  const char *bad[] = {"nosuchkeyword=1"};
+  const char *null_one[] = {NULL};
+  assert_int_equal(pgtag_cluster_new(NULL, &cfg, &c), PGTAG_EINVAL);
+  assert_int_equal(pgtag_cluster_new(&loop, NULL, &c), PGTAG_EINVAL);
+  assert_int_equal(pgtag_cluster_new(&loop, &cfg, NULL), PGTAG_EINVAL);
+  cfg.nreplicas = -1;
+  assert_int_equal(pgtag_cluster_new(&loop, &cfg, &c), PGTAG_EINVAL);
+  cfg.nreplicas = 1;
+  cfg.replicas = null_one;
+  assert_int_equal(pgtag_cluster_new(&loop, &cfg, &c), PGTAG_EINVAL);
+  cfg.replicas = bad;
+  assert_int_equal(pgtag_cluster_new(&loop, &cfg, &c), PGTAG_EINVAL);
+  cfg.replicas = (const char *[]){pair.standby};
+  cfg.max_replica_lag_ms = 0;
+  assert_int_equal(pgtag_cluster_new(&loop, &cfg, &c), PGTAG_EINVAL);
+  cfg.max_replica_lag_ms = 100;
+  cfg.primary.max_conns = 0; /* the pool's own checks */
+  assert_int_equal(pgtag_cluster_new(&loop, &cfg, &c), PGTAG_EINVAL);
+  assert_null(c);
+  rec r = {0};
+  assert_int_equal(pgtag_cluster_query(NULL, 0, "SELECT 1", 0, NULL, rec_result, &r),
+                   PGTAG_EINVAL);
+  assert_null(pgtag_cluster_primary(NULL));
+  assert_null(pgtag_cluster_replica(NULL, 0));
+  assert_int_equal(pgtag_cluster_replica_lag_ms(NULL, 0), -1);
+  pgtag_cluster_close(NULL, NULL, NULL);
+  assert_int_equal(r.calls, 0);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* Runs last: it stops the standby. */
+static void a_replica_that_is_down_is_skipped(void **state) {
+  (void)state;
+  pgtag_cluster *c = cluster_new(1000);
+  assert_true(wait_lag(c, 1000, 1, 5000));
+  rec r = {0}, flags = {0};
+  pgtag_ctx *ctx = pgtag_ctx_new("down");
+  /* unknown flags are refused */
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
+  assert_int_equal(pgtag_cluster_query(c, 0x100, "SELECT 1", 0, NULL, rec_result, &flags),
+                   PGTAG_EINVAL);
+  pgtag_ctx_leave(prev);
+  pair_ctl(&pair, "s", "stop", "immediate");
+  assert_true(wait_lag(c, 1000, -1, 5000));
+  read_in(c, ctx, &r);
+  assert_true(run_until(&loop, &completions, 1, 5000));
+  assert_done(&r, ctx, PGTAG_OK);
+  assert_int_equal(atoi(r.value), pair.primary_port);
+  assert_int_equal(flags.calls, 0);
+  pgtag_ctx_unref(ctx);
+  cluster_close(c);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup(reads_land_on_the_replica_with_their_tags, setup),
+      cmocka_unit_test_setup(a_request_that_wrote_reads_its_writes, setup),
+      cmocka_unit_test_setup(a_lagging_replica_is_skipped_until_it_catches_up, setup),
+      cmocka_unit_test_setup(bad_cluster_arguments, setup),
+      cmocka_unit_test_setup(a_replica_that_is_down_is_skipped, setup),
+  };
+  return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
