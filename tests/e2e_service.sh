@@ -272,5 +272,49 @@ check "SIGTERM under load: exit 0, every request accepted was answered" sigterm
 check "no sanitizer report from the service" \
   bash -c "! grep -E 'ERROR: (Address|Leak)Sanitizer|runtime error:' '$work/service.err'"
 
+# ---- behind PgBouncer in transaction mode --------------------------------
+bouncer() {
+  "$root/tests/pgbouncer.sh" start "$work/bouncer" "$(dirname "$PGTAG_TEST_PGDATA")" 4 || return 1
+  # shellcheck disable=SC1091
+  source "$work/bouncer/env"
+  "$service" --port 0 --threads 2 --pool-size 4 --transaction-pooler \
+    "$PGTAG_BOUNCER_CONNINFO" >"$work/service.out" 2>"$work/service.err" &
+  svc_pid=$!
+  url=""
+  for _ in $(seq 100); do
+    url=$(sed -nE 's|^listening on (http://[0-9.]+:[0-9]+) .*|\1|p' "$work/service.out")
+    [ -n "$url" ] && break
+    sleep 0.05
+  done
+  [ -n "$url" ] || return 1
+  log_from=$(($(stat -c %s "$server_log") + 1))
+  for i in $(seq 1 50); do
+    [ "$i" = 1 ] || echo next
+    printf 'url = "%s/accounts/%d"\nheader = "X-Request-Id: pgb-%d"\noutput = "%s/par/pgb%d.body"\n' \
+      "$url" "$((7 * i + 1))" "$i" "$work" "$i"
+  done >"$work/pgb.cfg"
+  curl -s --parallel --parallel-max 50 -K "$work/pgb.cfg" 2>/dev/null
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'X-Request-Id: pgb-tx' \
+         -d '{"from":7,"to":8,"amount":1}' "$url/transfer")
+  [ "$code" = 409 ] || [ "$code" = 200 ] || { echo "transfer: HTTP $code"; return 1; }
+  kill -TERM "$svc_pid"; wait "$svc_pid"; local rc=$?; svc_pid=""
+  "$root/tests/pgbouncer.sh" stop "$work/bouncer"
+  [ "$rc" = 0 ] || { echo "service exit code $rc"; return 1; }
+  sleep 0.3
+  for i in $(seq 1 50); do
+    jq -e --arg id "pgb-$i" '.request_id == $id and .id > 0' "$work/par/pgb$i.body" >/dev/null ||
+      { echo "pgb-$i: $(cat "$work/par/pgb$i.body")"; return 1; }
+    # the server's log shows the query with its own ID and its own account
+    tail -c +"$log_from" "$server_log" | grep -A1 "requestId=pgb-$i route=" |
+      grep -q "parameters: \$1 = '$((7 * i + 1))'" || { echo "pgb-$i not in the server log"; return 1; }
+  done
+  # the transfer's statements all ran in one server process
+  [ "$(tail -c +"$log_from" "$server_log" | grep 'requestId=pgb-tx ' |
+       sed -nE 's/.*\[([0-9]+)\].*/\1/p' | sort -u | wc -l)" = 1 ] ||
+    { echo "the transfer's statements ran on several backends"; return 1; }
+}
+check "behind PgBouncer (transaction mode): every query reaches the server with its own ID, a transaction on one backend" bouncer
+
 echo "1..$n"
 [ "$failed" -eq 0 ]

@@ -3,7 +3,7 @@
  * pool per worker thread.
  *
  *   pgtag_h2o_service [--host H] [--port P] [--threads N] [--pool-size N]
- *                     [--demo-leak] [--no-tag] CONNINFO
+ *                     [--demo-leak] [--no-tag] [--transaction-pooler] CONNINFO
  *
  * Port 0 picks a free one; the first line on stdout says which.  SIGINT or
  * SIGTERM: stop accepting, finish the requests already accepted, close the
@@ -129,6 +129,7 @@ static void worker_run(void *arg) {
   cfg.statement_timeout_ms = 10000;
   cfg.leak_policy = PGTAG_LEAK_RECLAIM; /* a leaked connection comes back */
   cfg.tag_style = svc->no_tag ? PGTAG_TAG_NONE : PGTAG_TAG_PREFIX;
+  cfg.transaction_pooler = svc->transaction_pooler; /* CONNINFO is PgBouncer */
   cfg.log = log_line;
   cfg.log_arg = w;
   cfg.log_level = PGTAG_LOG_WARN;
@@ -202,7 +203,8 @@ static void on_signal(uv_signal_t *s, int signum) {
 
 static void usage(void) {
   fprintf(stderr, "usage: pgtag_h2o_service [--host H] [--port P] [--threads N] "
-                  "[--pool-size N] [--demo-leak] [--no-tag] CONNINFO\n");
+                  "[--pool-size N] [--demo-leak] [--no-tag] [--transaction-pooler] "
+                  "CONNINFO\n");
   exit(2);
 }
 
@@ -227,6 +229,8 @@ int main(int argc, char **argv) {
       svc.demo_leak = 1;
     else if (strcmp(argv[i], "--no-tag") == 0)
       svc.no_tag = 1;
+    else if (strcmp(argv[i], "--transaction-pooler") == 0)
+      svc.transaction_pooler = 1;
     else if (argv[i][0] != '-' && svc.conninfo == NULL)
       svc.conninfo = argv[i];
     else

@@ -52,6 +52,7 @@ struct service {
   int pool_size;
   int demo_leak;         /* --demo-leak: a route forgets its connection */
   int no_tag;            /* --no-tag: SQL sent untagged (benchmark only) */
+  int transaction_pooler; /* --transaction-pooler: CONNINFO is PgBouncer */
   worker *workers;
   int nworkers;
   uv_mutex_t stats_lock; /* guards stats: each worker writes its own slot */
