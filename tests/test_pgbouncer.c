@@ -80,15 +80,76 @@ static pgtag_errcode query_param_in(pgtag_pool *pool, pgtag_ctx *ctx, const char
   return rc;
 }
 
-/* The deepest pipeline seen on any connection, sampled every iteration. */
-static int deepest;
+/* The deepest pipeline seen on any connection, and how often a new batch
+ * went out behind one whose sync point was still unanswered (several sync
+ * points outstanding on one pooler connection), sampled every iteration
+ * after the callbacks have sent their queries. */
+static int deepest, overlapping;
 static void sample_depth(uv_check_t *check) {
   pgtag_pool *pool = check->data;
   for (queue *q = queue_head(&pool->conns); q != &pool->conns; q = q->next) {
     struct conn *c = queue_data(q, struct conn, node);
-    if (c->npiped + 1 > deepest && c->inflight != NULL)
+    if (c->inflight == NULL)
+      continue;
+    if (c->npiped + 1 > deepest)
       deepest = c->npiped + 1;
+    if (c->unsynced > 0 && c->npiped + 1 > c->unsynced)
+      overlapping++;
   }
+}
+
+/* Continuous load, as requests arrive at a server: new ones every
+ * millisecond whatever is in flight, so a connection gets a new batch
+ * while its last one is still out; every callback checks its result. */
+typedef struct {
+  pgtag_pool *pool;
+  int submitted, completed, wrong, next;
+} load;
+
+typedef struct {
+  load *l;
+  pgtag_ctx *ctx;
+  int n;
+  int calls;
+} load_req;
+
+static void load_submit(load *l);
+
+static void load_done(PGresult *res, const pgtag_error *err, void *arg) {
+  load_req *r = arg;
+  load *l = r->l;
+  l->completed++;
+  char want[64], tag[64];
+  snprintf(want, sizeof want, "%d", r->n);
+  snprintf(tag, sizeof tag, "/* requestId=%s */", pgtag_ctx_request_id(r->ctx));
+  if (++r->calls != 1 || err != NULL || pgtag_ctx_current() != r->ctx ||
+      strcmp(PQgetvalue(res, 0, 0), want) != 0 || strstr(PQgetvalue(res, 0, 1), tag) == NULL)
+    l->wrong++;
+  pgtag_ctx_unref(r->ctx);
+  free(r);
+}
+
+static void on_arrivals(uv_timer_t *t) {
+  load *l = t->data;
+  for (int i = 0; i < 64 && l->submitted - l->completed < 512; i++)
+    load_submit(l);
+}
+
+static void load_submit(load *l) {
+  load_req *r = calloc(1, sizeof *r);
+  r->l = l;
+  r->n = l->next++;
+  char id[32], param[16];
+  snprintf(id, sizeof id, "flow-%d", r->n);
+  snprintf(param, sizeof param, "%d", r->n);
+  r->ctx = pgtag_ctx_new(id);
+  const char *vals[1] = {param};
+  pgtag_ctx *prev = pgtag_ctx_enter(r->ctx);
+  if (pgtag_query(l->pool, "SELECT $1::text, current_query()", 1, vals, load_done, r) !=
+      PGTAG_OK)
+    fail_msg("submit refused");
+  pgtag_ctx_leave(prev);
+  l->submitted++;
 }
 
 /* 64 concurrent requests over a pool of 8 through 4 server connections:
@@ -137,9 +198,25 @@ static void requests_through_the_pooler(int depth) {
       pgtag_ctx_unref(ctx[i]);
     }
   }
+  /* then a second of continuous load */
+  load l = {.pool = pool};
+  uv_timer_t arrivals;
+  uv_timer_init(&loop, &arrivals);
+  arrivals.data = &l;
+  uv_timer_start(&arrivals, on_arrivals, 0, 1);
+  run_for(&loop, 1000);
+  uv_close((uv_handle_t *)&arrivals, NULL);
+  for (int i = 0; i < 500 && l.completed < l.submitted; i++)
+    run_for(&loop, 10);
+  print_message("depth %d: %d requests in a second, deepest pipeline %d, %d samples with "
+                "sync points overlapping\n", depth, l.completed, deepest, overlapping);
+  assert_int_equal(l.completed, l.submitted);
+  assert_int_equal(l.wrong, 0);
+  assert_true(l.completed > 2 * N);
+
   pgtag_stats st;
   pgtag_pool_stats(pool, &st);
-  assert_int_equal(st.queries, 3 * N);
+  assert_int_equal(st.queries, 3 * N + (uint64_t)l.completed);
   assert_int_equal(st.conns_lost, 0);
   /* pipelined when asked to, one at a time otherwise */
   if (depth > 1)
@@ -158,6 +235,59 @@ static void tagged_requests_without_pipelining(void **state) {
 static void tagged_requests_pipelined_16_deep(void **state) {
   (void)state;
   requests_through_the_pooler(16);
+}
+
+/* Three batches on one connection through the pooler, each sent while the
+ * one before is still running: three sync points outstanding at once.  A
+ * pooler that gave the server connection back at the first one would
+ * lose or misroute the rest; every query gets its own result. */
+static void batches_overlap_on_one_connection(void **state) {
+  (void)state;
+  enum { BATCHES = 3, PER = 4 };
+  pgtag_pool *pool = bouncer_pool(1, 16, 1);
+  uv_check_t check;
+  uv_check_init(&loop, &check);
+  check.data = pool;
+  uv_check_start(&check, sample_depth);
+  uv_unref((uv_handle_t *)&check);
+  deepest = overlapping = 0;
+  rec warm = {0};
+  assert_int_equal(query_in(pool, NULL, "SELECT 1", &warm), PGTAG_OK);
+  assert_true(run_until(&loop, &completions, 1, 5000)); /* connected */
+  pgtag_ctx *ctx[BATCHES * PER];
+  rec r[BATCHES * PER];
+  char param[BATCHES * PER][16];
+  memset(r, 0, sizeof r);
+  for (int b = 0; b < BATCHES; b++) {
+    for (int i = b * PER; i < (b + 1) * PER; i++) {
+      char id[32];
+      snprintf(id, sizeof id, "overlap-%d", i);
+      ctx[i] = pgtag_ctx_new(id);
+      snprintf(param[i], sizeof param[i], "%d", 500 + i);
+      /* the first batch's first query is slow: the others queue behind it */
+      assert_int_equal(query_param_in(pool, ctx[i],
+                                      i == 0 ? "SELECT $1::text, current_query() "
+                                               "FROM pg_sleep(0.3)"
+                                             : "SELECT $1::text, current_query()",
+                                      param[i], &r[i]),
+                       PGTAG_OK);
+    }
+    run_for(&loop, 30); /* its sync point goes out; the next batch comes later */
+  }
+  assert_true(run_until(&loop, &completions, 1 + BATCHES * PER, 10000));
+  /* all twelve in flight at once, sent in three loop iterations: three
+   * sync points outstanding on the one connection */
+  assert_int_equal(deepest, BATCHES * PER);
+  for (int i = 0; i < BATCHES * PER; i++) {
+    assert_done(&r[i], ctx[i], PGTAG_OK);
+    assert_string_equal(r[i].value, param[i]);
+    char tag[64];
+    snprintf(tag, sizeof tag, "/* requestId=overlap-%d */", i);
+    assert_non_null(strstr(r[i].value2, tag));
+    pgtag_ctx_unref(ctx[i]);
+  }
+  uv_close((uv_handle_t *)&check, NULL);
+  test_pool_close(&loop, pool);
 }
 
 /* Eight requests each run a transaction on a held connection at once,
@@ -300,6 +430,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup(tagged_requests_without_pipelining, setup),
       cmocka_unit_test_setup(tagged_requests_pipelined_16_deep, setup),
+      cmocka_unit_test_setup(batches_overlap_on_one_connection, setup),
       cmocka_unit_test_setup(held_transaction_stays_on_one_backend, setup),
       cmocka_unit_test_setup(statement_timeout_cancels_through_the_pooler, setup),
       cmocka_unit_test_setup(no_session_state_on_server_connections, setup),
