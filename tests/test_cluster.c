@@ -16,16 +16,29 @@
 
 static uv_loop_t loop;
 static server_pair pair;
+static char standby2[512]; /* a second standby of the same primary */
+static int standby2_port;
 
 static int group_setup(void **state) {
   (void)state;
   pair_start(&pair);
+  char path[600];
+  snprintf(path, sizeof path, "'%s/p'", pair.dir);
+  pair_ctl(&pair, "s2", "standby", path);
+  snprintf(path, sizeof path, "%s/s2/port", pair.dir);
+  FILE *f = fopen(path, "r");
+  if (f == NULL || fscanf(f, "%d", &standby2_port) != 1)
+    return -1;
+  fclose(f);
+  snprintf(standby2, sizeof standby2, "host=%s/s2 port=%d user=postgres dbname=postgres",
+           pair.dir, standby2_port);
   admin_exec_on(pair.primary, "CREATE TABLE replicated (id serial, note text)");
   return 0;
 }
 
 static int group_teardown(void **state) {
   (void)state;
+  pair_ctl(&pair, "s2", "stop", "immediate");
   pair_stop(&pair);
   return 0;
 }
@@ -36,21 +49,26 @@ static int setup(void **state) {
   return uv_loop_init(&loop);
 }
 
-static pgtag_cluster *cluster_new(int max_lag_ms) {
+static pgtag_cluster *cluster_of(const char *const *replicas, int n, int max_lag_ms) {
   pgtag_cluster_config cfg;
   pgtag_cluster_config_init(&cfg);
   test_config(&cfg.primary);
   cfg.primary.conninfo = pair.primary;
   cfg.primary.name = "app";
   cfg.primary.log_level = PGTAG_LOG_ERROR;
-  const char *replicas[] = {pair.standby};
   cfg.replicas = replicas;
-  cfg.nreplicas = 1;
+  cfg.nreplicas = n;
   cfg.max_replica_lag_ms = max_lag_ms;
   cfg.lag_check_interval_ms = 50;
   pgtag_cluster *c = NULL;
   assert_int_equal(pgtag_cluster_new(&loop, &cfg, &c), PGTAG_OK);
   return c;
+}
+
+static pgtag_cluster *cluster_new(int max_lag_ms) {
+  static const char *replicas[1];
+  replicas[0] = pair.standby;
+  return cluster_of(replicas, 1, max_lag_ms);
 }
 
 static void on_closed(void *arg) { *(int *)arg = 1; }
@@ -205,6 +223,41 @@ static void a_lagging_replica_is_skipped_until_it_catches_up(void **state) {
   cluster_close(c);
 }
 
+/* Two replicas: reads go to the one with less outstanding, so 40 slow
+ * reads sent at once split 20 and 20. */
+static void reads_spread_over_replicas_by_load(void **state) {
+  (void)state;
+  const char *replicas[] = {pair.standby, standby2};
+  pgtag_cluster *c = cluster_of(replicas, 2, 1000);
+  uint64_t end = now_ms() + 5000;
+  while (now_ms() < end &&
+         (pgtag_cluster_replica_lag_ms(c, 0) < 0 || pgtag_cluster_replica_lag_ms(c, 1) < 0))
+    run_for(&loop, 20);
+  assert_true(pgtag_cluster_replica_lag_ms(c, 1) >= 0);
+  enum { N = 40 };
+  rec r[N];
+  memset(r, 0, sizeof r);
+  pgtag_ctx *ctx = pgtag_ctx_new("spread");
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
+  for (int i = 0; i < N; i++)
+    assert_int_equal(pgtag_cluster_query(c, PGTAG_READ_ONLY,
+                                         "SELECT current_setting('port') FROM pg_sleep(0.02)",
+                                         0, NULL, rec_result, &r[i]),
+                     PGTAG_OK);
+  pgtag_ctx_leave(prev);
+  assert_true(run_until(&loop, &completions, N, 10000));
+  int on1 = 0, on2 = 0;
+  for (int i = 0; i < N; i++) {
+    assert_done(&r[i], ctx, PGTAG_OK);
+    on1 += atoi(r[i].value) == pair.standby_port;
+    on2 += atoi(r[i].value) == standby2_port;
+  }
+  assert_int_equal(on1, N / 2);
+  assert_int_equal(on2, N / 2);
+  pgtag_ctx_unref(ctx);
+  cluster_close(c);
+}
+
 static void bad_cluster_arguments(void **state) {
   (void)state;
   pgtag_cluster_config cfg;
@@ -269,6 +322,7 @@ int main(void) {
       cmocka_unit_test_setup(reads_land_on_the_replica_with_their_tags, setup),
       cmocka_unit_test_setup(a_request_that_wrote_reads_its_writes, setup),
       cmocka_unit_test_setup(a_lagging_replica_is_skipped_until_it_catches_up, setup),
+      cmocka_unit_test_setup(reads_spread_over_replicas_by_load, setup),
       cmocka_unit_test_setup(bad_cluster_arguments, setup),
       cmocka_unit_test_setup(a_replica_that_is_down_is_skipped, setup),
   };
