@@ -316,5 +316,63 @@ bouncer() {
 }
 check "behind PgBouncer (transaction mode): every query reaches the server with its own ID, a transaction on one backend" bouncer
 
+# ---- a read replica -------------------------------------------------------
+replica() {
+  # a streaming standby of the test server; it logs every statement too
+  "$root/tests/pgserver.sh" standby "$work/standby" "$(dirname "$PGTAG_TEST_PGDATA")" ||
+    return 1
+  local standby_conninfo standby_log="$work/standby/server.log"
+  standby_conninfo="host=$work/standby port=$(cat "$work/standby/port") user=postgres dbname=postgres"
+  "$service" --port 0 --threads 2 --pool-size 4 --replica "$standby_conninfo" \
+    "$PGTAG_TEST_CONNINFO" >"$work/service.out" 2>"$work/service.err" &
+  svc_pid=$!
+  url=""
+  for _ in $(seq 100); do
+    url=$(sed -nE 's|^listening on (http://[0-9.]+:[0-9]+) .*|\1|p' "$work/service.out")
+    [ -n "$url" ] && break
+    sleep 0.05
+  done
+  [ -n "$url" ] || return 1
+  # both workers have heard from the replica (healthz says which answered)
+  local seen=""
+  for _ in $(seq 200); do
+    w=$(curl -s "$url/healthz" | jq -r 'select(.replicas[0].lag_ms >= 0) | .worker')
+    [ -n "$w" ] && [[ " $seen " != *" $w "* ]] && seen="$seen $w"
+    [ "$(wc -w <<<"$seen")" = 2 ] && break
+    sleep 0.02
+  done
+  [ "$(wc -w <<<"$seen")" = 2 ] || { echo "the replica never became healthy for both workers"; return 1; }
+  local primary_from standby_from
+  primary_from=$(($(stat -c %s "$server_log") + 1))
+  standby_from=$(($(stat -c %s "$standby_log") + 1))
+  for i in $(seq 1 20); do
+    curl -sf -H "X-Request-Id: rep-$i" "$url/accounts/$i" >/dev/null || return 1
+  done
+  curl -sf -H "X-Request-Id: rep-sum" "$url/branches/1/summary" >/dev/null || return 1
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'X-Request-Id: rep-tx' \
+         -d '{"from":1,"to":2,"amount":1}' "$url/transfer")
+  [ "$code" = 200 ] || { echo "transfer: HTTP $code"; return 1; }
+  kill -TERM "$svc_pid"; wait "$svc_pid"; local rc=$?; svc_pid=""
+  sleep 0.3
+  "$root/tests/pgserver.sh" stop "$work/standby" immediate
+  [ "$rc" = 0 ] || { echo "service exit code $rc"; return 1; }
+  for i in $(seq 1 20); do
+    tail -c +"$standby_from" "$standby_log" | grep -q "requestId=rep-$i route=" ||
+      { echo "rep-$i is not in the standby's log"; return 1; }
+    if tail -c +"$primary_from" "$server_log" | grep -q "requestId=rep-$i route="; then
+      echo "rep-$i ran on the primary"; return 1
+    fi
+  done
+  [ "$(tail -c +"$standby_from" "$standby_log" | grep -c 'requestId=rep-sum route=')" = 2 ] ||
+    { echo "the summary's two queries are not both on the standby"; return 1; }
+  tail -c +"$primary_from" "$server_log" | grep -q 'requestId=rep-tx route=.*FOR UPDATE' ||
+    { echo "the transfer is not on the primary"; return 1; }
+  if tail -c +"$standby_from" "$standby_log" | grep -q 'requestId=rep-tx '; then
+    echo "the transfer touched the standby"; return 1
+  fi
+}
+check "with --replica: reads run on the standby with their tags, the transfer on the primary" replica
+
 echo "1..$n"
 [ "$failed" -eq 0 ]

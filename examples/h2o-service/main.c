@@ -3,7 +3,11 @@
  * pool per worker thread.
  *
  *   pgtag_h2o_service [--host H] [--port P] [--threads N] [--pool-size N]
- *                     [--demo-leak] [--no-tag] [--transaction-pooler] CONNINFO
+ *                     [--demo-leak] [--no-tag] [--transaction-pooler]
+ *                     [--replica CONNINFO]... CONNINFO
+ *
+ * Reads (GET routes) go to a --replica when one is healthy and not
+ * lagging; writes and transactions to CONNINFO.
  *
  * Port 0 picks a free one; the first line on stdout says which.  SIGINT or
  * SIGTERM: stop accepting, finish the requests already accepted, close the
@@ -72,12 +76,21 @@ int worker_client_fd(worker *w, h2o_socket_t *sock) {
   return -1;
 }
 
-static void on_snapshot(uv_timer_t *t) {
-  worker *w = t->data;
-  uv_mutex_lock(&w->svc->stats_lock);
-  pgtag_pool_stats(w->pool, &w->svc->stats[w->index]);
-  uv_mutex_unlock(&w->svc->stats_lock);
+/* Copies this worker's pools' statistics where /metrics, on any worker,
+ * reads them. */
+void worker_snapshot(worker *w) {
+  service *svc = w->svc;
+  if (w->db == NULL)
+    return;
+  int per = 1 + svc->nreplicas;
+  uv_mutex_lock(&svc->stats_lock);
+  pgtag_pool_stats(pgtag_cluster_primary(w->db), &svc->stats[w->index * per]);
+  for (int i = 0; i < svc->nreplicas; i++)
+    pgtag_pool_stats(pgtag_cluster_replica(w->db, i), &svc->stats[w->index * per + 1 + i]);
+  uv_mutex_unlock(&svc->stats_lock);
 }
+
+static void on_snapshot(uv_timer_t *t) { worker_snapshot(t->data); }
 
 /* Once the pool is closed and the last request answered, the loop stops;
  * the connections clients still hold open are h2o's to drop. */
@@ -92,17 +105,17 @@ static void on_pool_closed(void *arg) {
   worker_maybe_stop(w);
 }
 
-/* Once stopping and no request is left, the pool closes: requests that
+/* Once stopping and no request is left, the pools close: requests that
  * arrive later on kept-alive connections get 503. */
 void worker_maybe_close_pool(worker *w) {
-  if (!w->stopping || w->inflight > 0 || w->pool == NULL)
+  if (!w->stopping || w->inflight > 0 || w->db == NULL)
     return;
   uv_timer_stop(&w->snapshot);
   uv_timer_stop(&w->watch);
-  on_snapshot(&w->snapshot);
-  pgtag_pool *pool = w->pool;
-  w->pool = NULL;
-  pgtag_pool_close(pool, on_pool_closed, w);
+  worker_snapshot(w);
+  pgtag_cluster *db = w->db;
+  w->db = NULL;
+  pgtag_cluster_close(db, on_pool_closed, w);
 }
 
 static void on_stop(uv_async_t *a) {
@@ -120,10 +133,13 @@ static void on_stop(uv_async_t *a) {
 static void worker_run(void *arg) {
   worker *w = arg;
   service *svc = w->svc;
-  pgtag_pool_config cfg;
-  pgtag_pool_config_init(&cfg);
+  pgtag_cluster_config cc;
+  pgtag_cluster_config_init(&cc);
+  cc.replicas = svc->replicas;
+  cc.nreplicas = svc->nreplicas;
+  pgtag_pool_config cfg = cc.primary;
   cfg.conninfo = svc->conninfo;
-  cfg.name = w->pool_name;
+  cfg.name = w->pool_names[0];
   cfg.max_conns = svc->pool_size;
   cfg.acquire_timeout_ms = 5000;
   cfg.statement_timeout_ms = 10000;
@@ -133,9 +149,10 @@ static void worker_run(void *arg) {
   cfg.log = log_line;
   cfg.log_arg = w;
   cfg.log_level = PGTAG_LOG_WARN;
-  pgtag_errcode rc = pgtag_pool_new(&w->loop, &cfg, &w->pool);
+  cc.primary = cfg;
+  pgtag_errcode rc = pgtag_cluster_new(&w->loop, &cc, &w->db);
   if (rc != PGTAG_OK) {
-    fprintf(stderr, "pgtag_pool_new: %s\n", pgtag_strerror(rc));
+    fprintf(stderr, "pgtag_cluster_new: %s\n", pgtag_strerror(rc));
     exit(1);
   }
   uv_timer_start(&w->snapshot, on_snapshot, 0, 200);
@@ -149,8 +166,13 @@ static int worker_init(worker *w) {
   h2o_context_init(&w->h2o, &w->loop, &svc->config);
   w->accept.ctx = &w->h2o;
   w->accept.hosts = svc->config.hosts;
-  snprintf(w->pool_name, sizeof w->pool_name, "worker-%d", w->index);
-  svc->pool_names[w->index] = w->pool_name;
+  int per = 1 + svc->nreplicas;
+  snprintf(w->pool_names[0], sizeof w->pool_names[0], "worker-%d", w->index);
+  svc->pool_names[w->index * per] = w->pool_names[0];
+  for (int i = 0; i < svc->nreplicas; i++) {
+    snprintf(w->pool_names[1 + i], sizeof w->pool_names[0], "worker-%d/replica%d", w->index, i);
+    svc->pool_names[w->index * per + 1 + i] = w->pool_names[1 + i];
+  }
 
 
   uv_tcp_init(&w->loop, &w->listener);
@@ -204,7 +226,7 @@ static void on_signal(uv_signal_t *s, int signum) {
 static void usage(void) {
   fprintf(stderr, "usage: pgtag_h2o_service [--host H] [--port P] [--threads N] "
                   "[--pool-size N] [--demo-leak] [--no-tag] [--transaction-pooler] "
-                  "CONNINFO\n");
+                  "[--replica CONNINFO]... CONNINFO\n");
   exit(2);
 }
 
@@ -231,6 +253,8 @@ int main(int argc, char **argv) {
       svc.no_tag = 1;
     else if (strcmp(argv[i], "--transaction-pooler") == 0)
       svc.transaction_pooler = 1;
+    else if (strcmp(argv[i], "--replica") == 0 && more && svc.nreplicas < 8)
+      svc.replicas[svc.nreplicas++] = argv[++i];
     else if (argv[i][0] != '-' && svc.conninfo == NULL)
       svc.conninfo = argv[i];
     else
@@ -249,8 +273,9 @@ int main(int argc, char **argv) {
   handler->on_req = request_handle;
 
   svc.workers = calloc((size_t)svc.nworkers, sizeof *svc.workers);
-  svc.stats = calloc((size_t)svc.nworkers, sizeof *svc.stats);
-  svc.pool_names = calloc((size_t)svc.nworkers, sizeof *svc.pool_names);
+  svc.npools = svc.nworkers * (1 + svc.nreplicas);
+  svc.stats = calloc((size_t)svc.npools, sizeof *svc.stats);
+  svc.pool_names = calloc((size_t)svc.npools, sizeof *svc.pool_names);
   uv_mutex_init(&svc.stats_lock);
   for (int i = 0; i < svc.nworkers; i++) {
     worker *w = &svc.workers[i];
@@ -272,8 +297,8 @@ int main(int argc, char **argv) {
   uv_signal_start(&sigint, on_signal, SIGINT);
   uv_signal_start(&sigterm, on_signal, SIGTERM);
 
-  printf("listening on http://%s:%d (%d workers, %d connections each)\n", host, port,
-         svc.nworkers, svc.pool_size);
+  printf("listening on http://%s:%d (%d workers, %d connections each, %d replicas)\n", host,
+         port, svc.nworkers, svc.pool_size, svc.nreplicas);
   fflush(stdout);
   for (int i = 0; i < svc.nworkers; i++)
     uv_thread_create(&svc.workers[i].thread, worker_run, &svc.workers[i]);

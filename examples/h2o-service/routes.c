@@ -69,9 +69,11 @@ static void get_account(request *r) {
   char id[24];
   snprintf(id, sizeof id, "%lld", r->id);
   const char *params[] = {id};
-  request_begin_op(r, pgtag_query(r->w->pool,
-                                  "SELECT aid, bid, abalance FROM pgbench_accounts WHERE aid = $1",
-                                  1, params, on_account, r));
+  /* A read: a replica may serve it (--replica), unless this request wrote. */
+  request_begin_op(r, pgtag_cluster_query(r->w->db, PGTAG_READ_ONLY,
+                                          "SELECT aid, bid, abalance FROM pgbench_accounts "
+                                          "WHERE aid = $1",
+                                          1, params, on_account, r));
 }
 
 /* ---- GET /branches/{id}/summary: two queries, the second chained ------- */
@@ -105,19 +107,20 @@ static void on_branch(PGresult *res, const pgtag_error *err, void *arg) {
   /* Submitted from a callback: pgtag made this request's context current
    * again, so this query is tagged with the same request ID. */
   const char *params[] = {PQgetvalue(res, 0, 0)};
-  request_begin_op(r, pgtag_query(r->w->pool,
-                                  "SELECT count(*), coalesce(sum(tbalance), 0) "
-                                  "FROM pgbench_tellers WHERE bid = $1",
-                                  1, params, on_tellers, r));
+  request_begin_op(r, pgtag_cluster_query(r->w->db, PGTAG_READ_ONLY,
+                                          "SELECT count(*), coalesce(sum(tbalance), 0) "
+                                          "FROM pgbench_tellers WHERE bid = $1",
+                                          1, params, on_tellers, r));
 }
 
 static void get_branch_summary(request *r) {
   char id[24];
   snprintf(id, sizeof id, "%lld", r->id);
   const char *params[] = {id};
-  request_begin_op(r, pgtag_query(r->w->pool,
-                                  "SELECT bid, bbalance FROM pgbench_branches WHERE bid = $1",
-                                  1, params, on_branch, r));
+  request_begin_op(r, pgtag_cluster_query(r->w->db, PGTAG_READ_ONLY,
+                                          "SELECT bid, bbalance FROM pgbench_branches "
+                                          "WHERE bid = $1",
+                                          1, params, on_branch, r));
 }
 
 /* ---- POST /transfer: a transaction on a held connection ---------------- */
@@ -262,7 +265,8 @@ static void post_transfer(request *r) {
                           "positive integers, from != to");
     return;
   }
-  request_begin_op(r, pgtag_acquire(r->w->pool, on_acquired, r));
+  /* A transaction: on the primary, always. */
+  request_begin_op(r, pgtag_cluster_acquire(r->w->db, on_acquired, r));
 }
 
 /* ---- GET /metrics, GET /healthz ---------------------------------------- */
@@ -270,10 +274,9 @@ static void post_transfer(request *r) {
 static void get_metrics(request *r) {
   service *svc = r->w->svc;
   static _Thread_local char text[1 << 16];
+  worker_snapshot(r->w); /* this worker's, fresh; the others' are 200 ms old at most */
   uv_mutex_lock(&svc->stats_lock);
-  if (r->w->pool != NULL)
-    pgtag_pool_stats(r->w->pool, &svc->stats[r->w->index]); /* fresh for this one */
-  int len = pgtag_stats_metrics(svc->stats, svc->pool_names, svc->nworkers, text, sizeof text);
+  int len = pgtag_stats_metrics(svc->stats, svc->pool_names, svc->npools, text, sizeof text);
   uv_mutex_unlock(&svc->stats_lock);
   if (len < 0 || (size_t)len >= sizeof text) {
     request_reply(r, 500, json_pack("{s:s}", "error", "metrics too long"));
@@ -284,11 +287,17 @@ static void get_metrics(request *r) {
 
 static void get_healthz(request *r) {
   pgtag_stats st = {0};
-  if (r->w->pool != NULL)
-    pgtag_pool_stats(r->w->pool, &st);
-  request_reply(r, r->w->pool != NULL ? 200 : 503,
-                json_pack("{s:s,s:i,s:i}", "status", r->w->pool != NULL ? "ok" : "stopping",
-                          "connections", st.total, "waiting", st.waiting));
+  pgtag_pool *primary = pgtag_cluster_primary(r->w->db);
+  if (primary != NULL)
+    pgtag_pool_stats(primary, &st);
+  json_t *replicas = json_array();
+  for (int i = 0; primary != NULL && i < r->w->svc->nreplicas; i++)
+    json_array_append_new(replicas, json_pack("{s:i}", "lag_ms",
+                                              pgtag_cluster_replica_lag_ms(r->w->db, i)));
+  request_reply(r, primary != NULL ? 200 : 503,
+                json_pack("{s:s,s:i,s:i,s:i,s:o}", "status",
+                          primary != NULL ? "ok" : "stopping", "worker", r->w->index,
+                          "connections", st.total, "waiting", st.waiting, "replicas", replicas));
 }
 
 void route(request *r, h2o_iovec_t method, h2o_iovec_t path) {

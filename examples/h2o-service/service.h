@@ -1,7 +1,8 @@
 /*
  * An HTTP service on h2o (its libuv backend) that uses pgtag the way we
- * recommend: one loop and one pgtag pool per worker thread, a pgtag
- * context per HTTP request, ended when the response has been sent.
+ * recommend: one loop and one pgtag pool per worker thread (a cluster:
+ * the primary's pool and one per read replica), a pgtag context per HTTP
+ * request, ended when the response has been sent.
  */
 #ifndef SERVICE_H
 #define SERVICE_H
@@ -39,8 +40,9 @@ struct worker {
   uv_timer_t watch;      /* looks for clients gone while their request runs */
   client *clients;       /* open connections */
   request *waiting;      /* requests not answered yet */
-  pgtag_pool *pool;
-  char pool_name[32];
+  pgtag_cluster *db;     /* the primary's pool and one per --replica;
+                            NULL once closing */
+  char pool_names[1 + 8][48]; /* for /metrics: worker-N, worker-N/replicaI */
   int inflight;          /* requests accepted and not yet finished */
   int stopping;
   int pool_closed;
@@ -53,11 +55,14 @@ struct service {
   int demo_leak;         /* --demo-leak: a route forgets its connection */
   int no_tag;            /* --no-tag: SQL sent untagged (benchmark only) */
   int transaction_pooler; /* --transaction-pooler: CONNINFO is PgBouncer */
+  const char *replicas[8]; /* --replica CONNINFO: reads may go there */
+  int nreplicas;
   worker *workers;
   int nworkers;
-  uv_mutex_t stats_lock; /* guards stats: each worker writes its own slot */
-  pgtag_stats *stats;
+  uv_mutex_t stats_lock; /* guards stats: each worker writes its own slots */
+  pgtag_stats *stats;      /* 1 + nreplicas per worker */
   const char **pool_names;
+  int npools;              /* nworkers * (1 + nreplicas) */
   atomic_ullong accepted;  /* requests whose handler ran */
   atomic_ullong responded; /* of those, the ones whose response was sent */
   atomic_ullong gone;      /* of those, the ones whose client went away */
@@ -95,6 +100,7 @@ void request_watch_clients(uv_timer_t *t);
 /* main.c */
 void worker_maybe_close_pool(worker *w);
 void worker_maybe_stop(worker *w);
+void worker_snapshot(worker *w);
 int worker_client_fd(worker *w, h2o_socket_t *sock);
 
 /* routes.c */
