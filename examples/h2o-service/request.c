@@ -78,8 +78,6 @@ static void maybe_finish(request *r) {
     finish(r);
 }
 
-/* h2o frees a request's memory pool when its response has been sent, or
- * when the client closed the connection first. */
 /* The client went away: its queries are cancelled (waiting ones at once,
  * running ones on the server) and its connection given back, so the end of
  * the request reports no leak. */
@@ -94,6 +92,8 @@ static void client_gone(request *r) {
           r->w->index, pgtag_ctx_request_id(r->ctx), n);
 }
 
+/* h2o frees a request's memory pool when its response has been sent, or
+ * when the client closed the connection first. */
 static void on_disposed(void *slot) {
   request *r = *(request **)slot;
   r->req = NULL;
