@@ -103,6 +103,7 @@ typedef struct {
   server_pair *pair;
   int fence;           /* fence the primary read-only instead of stopping it */
   writer *w;
+  volatile uint64_t broken_at; /* now_ms() when the primary stopped writing */
   volatile int done;
 } failover;
 
@@ -110,6 +111,7 @@ static void *failover_thread(void *arg) {
   failover *f = arg;
   struct timespec pause = {0, 300 * 1000000};
   nanosleep(&pause, NULL);
+  f->broken_at = now_ms();
   if (f->fence) {
     /* what a failover tool does to a primary it cannot stop */
     admin_exec_on(f->pair->primary, "ALTER SYSTEM SET default_transaction_read_only = on");
@@ -171,10 +173,18 @@ static void failover_under_writes(int fence) {
   pgtag_stats st;
   pgtag_pool_stats(w->pool, &st);
   print_message("%s: %d writes, %d ok, %d ECONN (%d of them 25006), %d lost connections, "
-                "%d reconnects; the new primary took a write %lld ms after the promotion\n",
+                "%d reconnects, %d failed connection attempts; the new primary took a write "
+                "%lld ms after the promotion\n",
                 fence ? "fenced primary" : "stopped primary", w->submitted, w->ok, w->econn,
                 w->read_only, (int)st.conns_lost, (int)st.reconnects,
+                (int)st.connect_failures,
                 w->first_ok_after ? (long long)(w->first_ok_after - w->since) : -1LL);
+  /* No reconnect storm: while no server was writable the pool backed off
+   * (50 ms doubling to 500 ms), with at most one round of max_conns
+   * attempts per backoff delay (250 ms at least once at the cap), not an
+   * attempt per waiting request or per failed write. */
+  uint64_t outage_ms = w->first_ok_after - f.broken_at;
+  assert_true(st.connect_failures <= (uint64_t)cfg.max_conns * (2 + outage_ms / 250));
   if (w->other > 0)
     fail_msg("%d unexpected outcomes, last: %s", w->other, w->other_msg);
   assert_int_equal(w->completed, w->submitted); /* every operation ended once */
