@@ -44,10 +44,11 @@ sleep 0.2
 log_from=$(($(stat -c %s "$server_log") + 1))
 new_log() { tail -c +"$log_from" "$server_log"; }
 
-start_service() { # start_service [ARGS...]: sets svc_pid and url
-  "$service" --port 0 --threads 2 --pool-size 4 "$@" "$PGTAG_TEST_CONNINFO" \
+start_service() { # start_service ARGS... CONNINFO: sets svc_pid and url
+  "$service" --port 0 --threads 2 --pool-size 4 "$@" \
     >"$work/service.out" 2>"$work/service.err" &
   svc_pid=$!
+  url=""
   for _ in $(seq 100); do
     url=$(sed -nE 's|^listening on (http://[0-9.]+:[0-9]+) .*|\1|p' "$work/service.out")
     [ -n "$url" ] && return 0
@@ -55,7 +56,7 @@ start_service() { # start_service [ARGS...]: sets svc_pid and url
   done
   return 1
 }
-start_service --demo-leak || { not_ok "the service starts" "$work/service.err"; echo "1..$n"; exit 1; }
+start_service --demo-leak "$PGTAG_TEST_CONNINFO" || { not_ok "the service starts" "$work/service.err"; echo "1..$n"; exit 1; }
 ok "the service starts and says where it listens ($url)"
 
 check "GET /healthz answers 200" \
@@ -277,16 +278,7 @@ bouncer() {
   "$root/tests/pgbouncer.sh" start "$work/bouncer" "$(dirname "$PGTAG_TEST_PGDATA")" 4 || return 1
   # shellcheck disable=SC1091
   source "$work/bouncer/env"
-  "$service" --port 0 --threads 2 --pool-size 4 --transaction-pooler \
-    "$PGTAG_BOUNCER_CONNINFO" >"$work/service.out" 2>"$work/service.err" &
-  svc_pid=$!
-  url=""
-  for _ in $(seq 100); do
-    url=$(sed -nE 's|^listening on (http://[0-9.]+:[0-9]+) .*|\1|p' "$work/service.out")
-    [ -n "$url" ] && break
-    sleep 0.05
-  done
-  [ -n "$url" ] || return 1
+  start_service --transaction-pooler "$PGTAG_BOUNCER_CONNINFO" || return 1
   log_from=$(($(stat -c %s "$server_log") + 1))
   for i in $(seq 1 50); do
     [ "$i" = 1 ] || echo next
@@ -323,16 +315,7 @@ replica() {
     return 1
   local standby_conninfo standby_log="$work/standby/server.log"
   standby_conninfo="host=$work/standby port=$(cat "$work/standby/port") user=postgres dbname=postgres"
-  "$service" --port 0 --threads 2 --pool-size 4 --replica "$standby_conninfo" \
-    "$PGTAG_TEST_CONNINFO" >"$work/service.out" 2>"$work/service.err" &
-  svc_pid=$!
-  url=""
-  for _ in $(seq 100); do
-    url=$(sed -nE 's|^listening on (http://[0-9.]+:[0-9]+) .*|\1|p' "$work/service.out")
-    [ -n "$url" ] && break
-    sleep 0.05
-  done
-  [ -n "$url" ] || return 1
+  start_service --replica "$standby_conninfo" "$PGTAG_TEST_CONNINFO" || return 1
   # both workers have heard from the replica (healthz says which answered)
   local seen=""
   for _ in $(seq 200); do

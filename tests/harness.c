@@ -267,6 +267,15 @@ pgtag_errcode query_in(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql, rec *r
   return rc;
 }
 
+pgtag_errcode query_param_in(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql,
+                             const char *param, rec *r) {
+  const char *vals[1] = {param};
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
+  pgtag_errcode rc = SUBMIT(pgtag_query(pool, sql, 1, vals, rec_result, r));
+  pgtag_ctx_leave(prev);
+  return rc;
+}
+
 pgtag_errcode acquire_in_at(pgtag_pool *pool, pgtag_ctx *ctx, rec *r, const char *file,
                             int line, const char *func) {
   pgtag_ctx *prev = pgtag_ctx_enter(ctx);

@@ -59,6 +59,9 @@ void rec_acquire(pgtag_conn conn, const pgtag_error *err, void *arg);
 /* Submit with ctx current, as a request would. */
 pgtag_errcode query_in(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql, rec *r);
 pgtag_errcode conn_query_in(pgtag_conn conn, pgtag_ctx *ctx, const char *sql, rec *r);
+/* query_in with one parameter, $1. */
+pgtag_errcode query_param_in(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql,
+                             const char *param, rec *r);
 /* A macro, so leak reports name the test's line, as pgtag_acquire would. */
 #define acquire_in(pool, ctx, r) \
   acquire_in_at((pool), (ctx), (r), __FILE__, __LINE__, __func__)

@@ -71,15 +71,6 @@ static pgtag_pool *bouncer_pool(int max_conns, int depth, int pooler_mode) {
   return test_pool_new(&loop, &cfg);
 }
 
-static pgtag_errcode query_param_in(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql,
-                                    const char *param, rec *r) {
-  const char *vals[1] = {param};
-  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
-  pgtag_errcode rc = SUBMIT(pgtag_query(pool, sql, 1, vals, rec_result, r));
-  pgtag_ctx_leave(prev);
-  return rc;
-}
-
 /* The deepest pipeline seen on any connection, and how often a new batch
  * went out behind one whose sync point was still unanswered (several sync
  * points outstanding on one pooler connection), sampled every iteration

@@ -49,15 +49,6 @@ static struct conn *only_conn(pgtag_pool *pool) {
   return queue_data(queue_head(&pool->conns), struct conn, node);
 }
 
-static pgtag_errcode query_param_in(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql,
-                                    const char *param, rec *r) {
-  const char *vals[1] = {param};
-  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
-  pgtag_errcode rc = SUBMIT(pgtag_query(pool, sql, 1, vals, rec_result, r));
-  pgtag_ctx_leave(prev);
-  return rc;
-}
-
 static void results_go_to_their_own_requests(void **state) {
   (void)state;
   enum { N = 40 };
