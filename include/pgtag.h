@@ -63,7 +63,10 @@ typedef enum {
   PGTAG_OK = 0,      /**< success */
   PGTAG_EINVAL,      /**< a bad argument, or a call on the wrong object state */
   PGTAG_ESERVER,     /**< the server answered with an error (see sqlstate) */
-  PGTAG_ECONN,       /**< the connection failed or was lost */
+  PGTAG_ECONN,       /**< the connection failed or was lost, or its
+                        server stopped taking writes (a standby, or a
+                        demoted or fenced primary: sqlstate 25006, and the
+                        pool replaces the connection) */
   PGTAG_ETIMEDOUT,   /**< no connection became free within acquire_timeout_ms,
                         or a query ran past its statement timeout */
   PGTAG_ECANCELED,   /**< its request was canceled (pgtag_ctx_cancel) */
