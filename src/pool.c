@@ -508,6 +508,20 @@ static int server_read_only(const struct conn *conn, const PGresult *res) {
          (fenced != NULL && strcmp(fenced, "on") == 0);
 }
 
+/* The connection is done for while o, whose result res is, was being
+ * delivered: o goes back in front as the query in flight (the next one, if
+ * it had come up, back into the pipeline), so it fails with the others,
+ * keeping the server's SQLSTATE from res. */
+static void lost_with(struct conn *conn, op *o, PGresult *res, const char *why) {
+  if (conn->inflight != NULL) {
+    queue_insert_head(&conn->piped, &conn->inflight->node);
+    conn->npiped++;
+  }
+  conn->inflight = o;
+  conn->result = res;
+  pool_on_conn_lost(conn, why);
+}
+
 void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
   pgtag_pool *pool = conn->pool;
   stats_query_done(o, conn);
@@ -517,13 +531,7 @@ void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
      * others on the connection fail once with PGTAG_ECONN (SQLSTATE 25006
      * kept), and the pool connects again, with backoff; a conninfo with
      * target_session_attrs=read-write then finds the writable server. */
-    if (conn->inflight != NULL) {
-      queue_insert_head(&conn->piped, &conn->inflight->node);
-      conn->npiped++;
-    }
-    conn->inflight = o;
-    conn->result = res;
-    pool_on_conn_lost(conn, "the server is read-only now (a standby, or a demoted primary)");
+    lost_with(conn, o, res, "the server is read-only now (a standby, or a demoted primary)");
     return;
   }
 
@@ -534,13 +542,7 @@ void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
     int completed = o->kind != OP_RESET && res != NULL &&
                     PQresultStatus(res) != PGRES_FATAL_ERROR;
     if (!completed) {
-      if (conn->inflight != NULL) { /* the next one had come up: put it back */
-        queue_insert_head(&conn->piped, &conn->inflight->node);
-        conn->npiped++;
-      }
-      conn->inflight = o;
-      conn->result = res;
-      pool_on_conn_lost(conn, PQerrorMessage(conn->pg));
+      lost_with(conn, o, res, PQerrorMessage(conn->pg));
       return;
     }
     op_set_result(o, res, 0);
