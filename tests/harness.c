@@ -120,7 +120,7 @@ static void shell(const char *line) {
     fail_msg("%s failed", line);
 }
 
-static int read_port(const char *dir) {
+int dir_port(const char *dir) {
   char path[512];
   snprintf(path, sizeof path, "%s/port", dir);
   FILE *f = fopen(path, "r");
@@ -142,9 +142,9 @@ void pair_start(server_pair *p) {
   shell(line);
   char d[300];
   snprintf(d, sizeof d, "%s/p", p->dir);
-  p->primary_port = read_port(d);
+  p->primary_port = dir_port(d);
   snprintf(d, sizeof d, "%s/s", p->dir);
-  p->standby_port = read_port(d);
+  p->standby_port = dir_port(d);
   snprintf(p->primary, sizeof p->primary, "host=%s/p port=%d user=postgres dbname=postgres",
            p->dir, p->primary_port);
   snprintf(p->standby, sizeof p->standby, "host=%s/s port=%d user=postgres dbname=postgres",

@@ -81,6 +81,10 @@ void admin_exec_on(const char *conninfo, const char *sql);
 /* A primary and a streaming standby of it (tests/pgserver.sh start and
  * standby), each on its own socket directory and port, under a temporary
  * directory: for the failover and replica tests. */
+/* The port a server of tests/pgserver.sh or tests/pgbouncer.sh started in
+ * dir listens on (dir/port); fails the test when there is none. */
+int dir_port(const char *dir);
+
 typedef struct {
   char dir[256];
   char primary[512];  /* conninfo of each */

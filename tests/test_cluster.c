@@ -25,11 +25,8 @@ static int group_setup(void **state) {
   char path[600];
   snprintf(path, sizeof path, "'%s/p'", pair.dir);
   pair_ctl(&pair, "s2", "standby", path);
-  snprintf(path, sizeof path, "%s/s2/port", pair.dir);
-  FILE *f = fopen(path, "r");
-  if (f == NULL || fscanf(f, "%d", &standby2_port) != 1)
-    return -1;
-  fclose(f);
+  snprintf(path, sizeof path, "%s/s2", pair.dir);
+  standby2_port = dir_port(path);
   snprintf(standby2, sizeof standby2, "host=%s/s2 port=%d user=postgres dbname=postgres",
            pair.dir, standby2_port);
   admin_exec_on(pair.primary, "CREATE TABLE replicated (id serial, note text)");

@@ -35,12 +35,8 @@ static int group_setup(void **state) {
            bouncer_dir, server);
   if (system(cmd) != 0)
     return -1; /* a test that needs the pooler and cannot start it fails */
-  snprintf(cmd, sizeof cmd, "%s/b/port", bouncer_dir);
-  FILE *f = fopen(cmd, "r");
-  int port = 0;
-  if (f == NULL || fscanf(f, "%d", &port) != 1)
-    return -1;
-  fclose(f);
+  snprintf(cmd, sizeof cmd, "%s/b", bouncer_dir);
+  int port = dir_port(cmd);
   snprintf(bouncer_conninfo, sizeof bouncer_conninfo,
            "host=%s/b port=%d user=postgres dbname=postgres", bouncer_dir, port);
   return 0;
