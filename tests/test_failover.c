@@ -153,7 +153,10 @@ static void failover_under_writes(int fence) {
   w->pool = test_pool_new(&loop, &cfg);
   for (int i = 0; i < CONCURRENCY; i++)
     write_submit(w);
-  run_for(&loop, 200);
+  /* writes flow before the failover (under valgrind, connecting alone can
+   * take longer than the whole load does natively) */
+  for (int i = 0; i < 500 && w->ok <= CONCURRENCY; i++)
+    run_for(&loop, 20);
   assert_true(w->ok > CONCURRENCY);
 
   failover f = {.pair = &pair, .fence = fence, .w = w};
