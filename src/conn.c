@@ -140,8 +140,8 @@ struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
   queue_init(&conn->node);
   queue_init(&conn->idle_node);
   queue_init(&conn->pending);
-  queue_init(&conn->piped);
-  queue_init(&conn->done);
+  queue_init(&conn->wire);
+  queue_init(&conn->staged);
   uv_timer_init(pool->loop, &conn->timer);
   pool->handles++;
   conn->timer.data = conn;
@@ -216,8 +216,8 @@ static void note_sql(struct conn *conn, const char *sql) {
 }
 
 void conn_arm_timeout(struct conn *conn) {
-  op *o = conn->inflight;
-  int timeout = o->kind == OP_RESET ? RESET_TIMEOUT_MS : o->timeout_ms;
+  op *o = conn_head(conn);
+  int timeout = o->kind == OP_RESET ? RESET_TIMEOUT_MS : o->kind == OP_OPENER ? 0 : o->timeout_ms;
   if (o->cancel_code != PGTAG_OK) /* cancelled while it waited in the pipeline */
     timeout = 1;
   if (timeout <= 0) {
@@ -230,144 +230,257 @@ void conn_arm_timeout(struct conn *conn) {
                  used < (uint64_t)timeout ? (uint64_t)timeout - used : 0, 0);
 }
 
-int conn_sync(struct conn *conn) {
-  if (!PQpipelineSync(conn->pg)) /* libpq 15: it flushes too */
-    return -1;
-  conn->unsynced = 0;
-  int flushed = PQflush(conn->pg);
-  if (flushed < 0)
-    return -1;
-  conn->want_write = flushed == 1;
-  return conn_watch(conn, conn->want_write);
+/* What the pipelining rules count, for statements on the wire or staged. */
+static void count_op(struct conn *conn, const op *o, int d) {
+  if (op_internal(o->kind))
+    return;
+  conn->unproven += d * o->unproven;
+  conn->signalable += d * o->signalable;
+  conn->writes += d * (o->kind == OP_QUERY && !o->reads);
 }
 
-/* Pipelined one-shot queries go out in batches: those sent in one loop
- * iteration share one sync point, written (and flushed, one system call)
- * before the loop blocks.  libpq 15's PQpipelineSync flushes every time,
- * so a sync per query would cost a send() per query here and a flush per
- * query on the server.  A batch is one implicit transaction, so its
- * results are held until its sync point has arrived (committed), and a
- * batch with a failure is not delivered as such: its other queries, rolled
- * back with it, are sent again each with a sync point of its own (solo),
- * so that one failing query fails nothing else.  Everything else (held
- * connections, statements that change transaction state, the pool's
- * ROLLBACK, resent queries) is solo. */
-static int batched(const struct conn *conn, const op *o) {
-  return conn->pipelined && conn->state == CONN_BUSY && o->kind == OP_QUERY && !o->solo &&
-         !o->exclusive;
+void conn_unstage(struct conn *conn, op *o) {
+  queue_remove(&o->node);
+  conn->nstaged--;
+  count_op(conn, o, -1);
 }
 
-int conn_send(struct conn *conn, op *o) {
-  pgtag_pool *pool = conn->pool;
-  int batch = batched(conn, o);
-  if (conn->pipelined && !batch && conn->unsynced > 0 && conn_sync(conn) != 0)
-    return -1; /* close the open batch before a solo query */
-  const char *text = tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key,
-                                o->ctx, o->sql);
-  if (text == NULL)
-    text = o->sql; /* out of memory for the tag: the query still runs */
-  if (!PQsendQueryParams(conn->pg, text, o->nparams, NULL, o->values, NULL,
-                         NULL, 0))
-    return -1;
-  if (batch) {
-    if (conn->unsynced++ == 0)
-      pool_need_sync(pool);
-  } else {
-    if (conn->pipelined && !PQpipelineSync(conn->pg))
-      return -1;
-    int flushed = PQflush(conn->pg);
-    if (flushed < 0)
-      return -1;
-    conn->want_write = flushed == 1;
-  }
-  if (o->kind != OP_RESET) {
-    o->sent_ns = uv_hrtime();
+void conn_mark_signalable(struct conn *conn, op *o) {
+  if (o->signalable)
+    return;
+  o->signalable = 1;
+  if (queue_linked(&o->node))
+    conn->signalable++;
+}
+
+/* o is on its way to the server: it joins the wire behind what is there. */
+static void wire_append(struct conn *conn, op *o) {
+  uint64_t now = uv_hrtime();
+  if (!op_internal(o->kind))
+    o->sent_ns = now; /* what the statistics measure from */
+  o->start_ns = now;
+  o->at_risk = conn->cancel != NULL; /* a cancel under way may hit it */
+  int first = queue_empty(&conn->wire);
+  queue_insert_tail(&conn->wire, &o->node);
+  if (!op_internal(o->kind)) {
+    conn->nwire++;
     note_sql(conn, o->sql);
   }
-  if (conn->inflight != NULL) {
-    queue_insert_tail(&conn->piped, &o->node);
-    conn->npiped++;
-  } else {
-    conn->inflight = o;
-    conn_arm_timeout(conn);
-  }
   conn->exclusive |= o->exclusive;
-  if (conn_watch(conn, conn->want_write) != 0) {
-    if (conn->inflight == o) {
-      conn->inflight = NULL;
-    } else {
-      queue_remove(&o->node);
-      conn->npiped--;
-    }
-    return -1;
-  }
-  return 0;
+  if (first)
+    conn_arm_timeout(conn);
 }
 
-/* The query in flight is complete: the next pipelined one comes up. */
-static op *next_inflight(struct conn *conn) {
-  op *o = conn->inflight;
+/* The head's results are complete: it leaves the wire, and the next one's
+ * own time starts now (or when it was sent, if later). */
+static op *wire_pop(struct conn *conn) {
+  op *o = conn_head(conn);
+  queue_remove(&o->node);
+  if (!op_internal(o->kind))
+    conn->nwire--;
+  count_op(conn, o, -1);
   uv_timer_stop(&conn->timer); /* statement timeout or cancel grace */
-  conn->inflight = NULL;
   conn->exclusive = 0;
-  if (!queue_empty(&conn->piped)) {
-    conn->inflight = queue_data(queue_head(&conn->piped), op, node);
-    queue_remove(&conn->inflight->node);
-    conn->npiped--;
-    conn->exclusive = conn->inflight->exclusive;
+  op *next = conn_head(conn);
+  if (next != NULL) {
+    uint64_t now = uv_hrtime();
+    next->start_ns = next->sent_ns > now ? next->sent_ns : now;
+    conn->exclusive = next->exclusive;
     conn_arm_timeout(conn);
   }
   return o;
 }
 
-/* Read what arrived; complete the query in flight once libpq has its last
- * result.  Returns after any callback that closed the connection. */
+/* PQsendQueryParams with the tag of o's context. */
+static int put_query(struct conn *conn, op *o) {
+  pgtag_pool *pool = conn->pool;
+  const char *text = o->sql;
+  if (!op_internal(o->kind)) {
+    text = tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key, o->ctx, o->sql);
+    if (text == NULL)
+      text = o->sql; /* out of memory for the tag: the query still runs */
+  }
+  return PQsendQueryParams(conn->pg, text, o->nparams, NULL, o->values, NULL, NULL, 0) ? 0 : -1;
+}
+
+static int flush_out(struct conn *conn) {
+  int flushed = PQflush(conn->pg);
+  if (flushed < 0)
+    return -1;
+  conn->want_write = flushed == 1;
+  return 0;
+}
+
+/* The sync point that closes what was sent since the last one. */
+static int put_sync(struct conn *conn) {
+  if (!PQpipelineSync(conn->pg)) /* libpq 15: it flushes too */
+    return -1;
+  conn->nsyncs++;
+  return 0;
+}
+
+/* A read that may go out in a batch with others of this loop turn. */
+static int stageable(const struct conn *conn, const op *o) {
+  return conn->pipelined && conn->state == CONN_BUSY && o->kind == OP_QUERY && o->reads &&
+         !o->solo && !o->exclusive && !conn->no_batch;
+}
+
+/* The statement that opens a batch: its implicit transaction is read-only
+ * from here on, so a read that writes after all fails before it has any
+ * effect, and no read holds a lock another request's write could wait
+ * for.  set_config rather than SET TRANSACTION, which warns outside an
+ * explicit transaction block.  It also says the isolation level: under a
+ * serializable default, reads that share a transaction could fail
+ * together, so they stop sharing. */
+#define OPENER_SQL                                                          \
+  "SELECT set_config('transaction_read_only', 'on', true), "               \
+  "current_setting('transaction_isolation')"
+
+int conn_send(struct conn *conn, op *o) {
+  if (stageable(conn, o)) {
+    queue_insert_tail(&conn->staged, &o->node);
+    count_op(conn, o, +1);
+    if (conn->nstaged++ == 0)
+      pool_need_sync(conn->pool);
+    if (conn_watch(conn, conn->want_write) != 0) {
+      queue_remove(&o->node);
+      conn->nstaged--;
+      count_op(conn, o, -1);
+      return -1;
+    }
+    return 0;
+  }
+  /* Alone, behind whatever is staged, which goes out first to keep the
+   * order of submission. */
+  if (conn->nstaged > 0 && conn_flush_staged(conn) != 0)
+    return -1;
+  if (put_query(conn, o) != 0 || (conn->pipelined && put_sync(conn) != 0) ||
+      flush_out(conn) != 0)
+    return -1;
+  count_op(conn, o, +1);
+  wire_append(conn, o);
+  if (conn_watch(conn, conn->want_write) != 0) {
+    queue_remove(&o->node);
+    count_op(conn, o, -1);
+    if (!op_internal(o->kind))
+      conn->nwire--;
+    return -1;
+  }
+  return 0;
+}
+
+int conn_flush_staged(struct conn *conn) {
+  int n = conn->nstaged, failed = 0;
+  op *opener = NULL;
+  if (n == 0)
+    return 0;
+  if (n > 1)
+    opener = op_new(conn->pool, OP_OPENER, OPENER_SQL, 0, NULL, 0);
+  /* Out of memory for the opener: each read gets a sync point of its own. */
+  int batch = opener != NULL;
+  if (batch) {
+    failed |= put_query(conn, opener) != 0 || !PQsendFlushRequest(conn->pg);
+    wire_append(conn, opener);
+  }
+  while (!queue_empty(&conn->staged)) {
+    op *o = queue_data(queue_head(&conn->staged), op, node);
+    queue_remove(&o->node);
+    conn->nstaged--;
+    o->batched = (uint8_t)batch;
+    failed |= put_query(conn, o) != 0;
+    if (!batch)
+      failed |= put_sync(conn) != 0;
+    else if (!queue_empty(&conn->staged))
+      /* The server holds results until a sync point unless asked: with a
+       * flush after each read, each result comes as it is ready, so a
+       * fast read never waits for a slow one behind it, and the pool
+       * sees which statement is running (its timeout, its own time). */
+      failed |= !PQsendFlushRequest(conn->pg);
+    wire_append(conn, o); /* on the wire even if sending failed: it fails with it */
+  }
+  if (batch)
+    failed |= put_sync(conn) != 0;
+  if (failed || flush_out(conn) != 0)
+    return -1;
+  return conn_watch(conn, conn->want_write);
+}
+
+/* The opener's result: the isolation level it reports. */
+static void opener_done(struct conn *conn, op *o, PGresult *res) {
+  if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+      PQnfields(res) == 2 && strcmp(PQgetvalue(res, 0, 1), "serializable") == 0)
+    conn->no_batch = 1;
+  PQclear(res);
+  op_discard(o);
+}
+
+/* A statement's results are complete, or its sync point has come. */
+static void deliver(struct conn *conn, op *o, PGresult *res) {
+  pool_on_query_done(conn, o, res);
+}
+
+/* Read what arrived; complete the head once libpq has its last result.
+ * A read of a batch is delivered then (read-only: nothing to commit);
+ * anything else once its sync point has arrived (committed).  Returns
+ * after any callback that closed the connection. */
 static void read_results(struct conn *conn) {
   int ok = PQconsumeInput(conn->pg);
   while (conn_on_wire(conn) && !PQisBusy(conn->pg)) {
     PGresult *res = PQgetResult(conn->pg);
-    if (!conn->pipelined && res == NULL) {
-      /* The NULL after a query's results comes after ReadyForQuery. */
+    if (res == NULL) {
+      if (!conn->got_result || queue_empty(&conn->wire))
+        break; /* nothing more yet: wait for input */
+      /* The NULL that ends the head's results (outside pipeline mode it
+       * comes after ReadyForQuery). */
       PGresult *last = conn->result;
       conn->result = NULL;
-      pool_on_query_done(conn, next_inflight(conn), last);
-      if (conn->state == CONN_CLOSED || conn->state == CONN_LOST)
-        return;
-      continue;
-    }
-    if (res == NULL) {
-      if (!conn->got_result || conn->inflight == NULL)
-        break; /* nothing more yet: wait for input */
-      /* In a pipeline the NULL ends one query's results: it waits for its
-       * batch's sync point. */
-      op *o = next_inflight(conn);
-      o->res = conn->result;
-      conn->result = NULL;
       conn->got_result = 0;
-      queue_insert_tail(&conn->done, &o->node);
-      conn->ndone++;
+      op *o = wire_pop(conn);
+      if (o->kind == OP_OPENER) {
+        opener_done(conn, o, last);
+      } else if (!conn->pipelined || o->batched) {
+        deliver(conn, o, last);
+        if (conn->state == CONN_CLOSED || conn->state == CONN_LOST)
+          return;
+      } else {
+        o->res = last; /* delivered at its sync point, next */
+        conn->synced = o;
+      }
       continue;
     }
     if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
       PQclear(res);
-      if (conn->ndone > 0) {
-        pool_on_batch_done(conn);
-        if (conn->state == CONN_CLOSED || conn->state == CONN_LOST)
-          return;
+      conn->nsyncs--;
+      op *o = conn->synced;
+      conn->synced = NULL;
+      if (o != NULL) {
+        PGresult *r = o->res;
+        o->res = NULL;
+        deliver(conn, o, r);
+      } else {
+        pool_on_sync(conn);
       }
+      if (conn->state == CONN_CLOSED || conn->state == CONN_LOST)
+        return;
       continue;
     }
     conn->got_result = 1;
     ExecStatusType st = PQresultStatus(res);
-    if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
+    if ((st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) &&
+        !queue_empty(&conn->wire)) {
       /* The connection is stuck in COPY mode: fail the query, drop it. */
-      op *o = conn->inflight;
+      op *o = wire_pop(conn);
       uv_timer_stop(&conn->timer);
       stats_query_done(o, conn);
-      conn->inflight = NULL;
       conn->exclusive = 0;
       PQclear(conn->result);
       conn->result = NULL;
+      if (op_internal(o->kind)) {
+        PQclear(res);
+        op_discard(o);
+        pool_on_conn_lost(conn, "COPY is not supported by pgtag");
+        return;
+      }
       op_set_result(o, res, 0);
       pool_on_conn_lost(conn, "COPY is not supported by pgtag");
       op_finish(o);
@@ -391,8 +504,8 @@ static void read_results(struct conn *conn) {
     conn_lost(conn, "connection lost");
     return;
   }
-  /* Queries that finished left room in the pipeline before their batch's
-   * sync point came: fill it now, so the backend never waits for us. */
+  /* Statements that finished left room in the pipeline: fill it now, so
+   * the backend never waits for us. */
   if (conn->pipelined && conn->state == CONN_BUSY && conn_on_wire(conn))
     pool_feed(conn);
 }

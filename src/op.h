@@ -18,8 +18,13 @@ struct conn;
 typedef enum {
   OP_QUERY,   /* pgtag_query or pgtag_conn_query */
   OP_ACQUIRE, /* pgtag_acquire */
-  OP_RESET    /* the pool's own ROLLBACK on a released connection */
+  OP_RESET,   /* the pool's own ROLLBACK on a released connection */
+  OP_OPENER   /* the pool's own statement that makes a batch read-only */
 } op_kind;
+
+/* The pool's own statements: no callback, no context, not counted. */
+static inline int op_internal(int kind) { return kind == OP_RESET || kind == OP_OPENER; }
+
 
 typedef struct op {
   queue node; /* in pool->waiters, conn->pending, pool->deferred or the
@@ -39,9 +44,18 @@ typedef struct op {
   uint8_t cancel_code; /* cancelled on purpose: ETIMEDOUT, ECANCELED... */
   uint8_t exclusive;   /* changes transaction or session state: never
                           shares a connection */
-  uint8_t resent;      /* sent again once after a stray cancel */
+  uint8_t reads;       /* a plain read: may share a read-only batch */
+  uint8_t resent;      /* times sent again (never run, or hit by a stray
+                          cancel: see pipeline.c) */
   uint8_t cancel_sent; /* a cancel request went out for it */
   uint8_t solo;        /* pipelined: gets a sync point of its own */
+  uint8_t batched;     /* sent in a read-only batch: its result is final
+                          when it arrives */
+  uint8_t unproven;    /* its statement is not known to be fast */
+  uint8_t signalable;  /* may be cancelled on the server: a timeout, or a
+                          cancel requested (counted in conn->signalable) */
+  uint8_t at_risk;     /* on the wire behind a statement a cancel request
+                          was sent for: a 57014 may be that cancel's */
   char sqlstate[6];
   uint32_t size;       /* bytes allocated for it, arguments included */
   union {
@@ -51,7 +65,10 @@ typedef struct op {
       const char *sql;
       const char *const *values;
       PGresult *res;
-      uint64_t sent_ns; /* uv_hrtime() when sent; 0 once accounted for */
+      uint64_t sent_ns;  /* uv_hrtime() when sent; 0 once accounted for */
+      uint64_t start_ns; /* when the server could start it: sent, or the
+                            statement ahead of it on the connection done */
+      uint64_t hash;     /* of sql (untagged): the pool's statement memory */
       int nparams;
       int timeout_ms; /* statement timeout once sent; 0 = none */
     };
@@ -81,17 +98,17 @@ void op_set_error(op *o, pgtag_errcode code, const char *sqlstate,
  * keeps res (pgtag owns it from here).  lost: the connection is gone. */
 void op_set_result(op *o, PGresult *res, int lost);
 
+/* Nonzero when res is an error that ends the session (severity FATAL or
+ * PANIC: pg_terminate_backend, a server shutting down): the connection is
+ * being closed. */
+int op_result_ends_session(const PGresult *res);
+
 /* Run the callback, with the captured context current, then free
  * everything the op owns.  Called exactly once per op, from the loop. */
 void op_finish(op *o);
 
 /* Free an op whose callback must not run (the submitting call failed). */
 void op_discard(op *o);
-
-/* Nonzero when sql's first keyword changes transaction or session state
- * (BEGIN, COMMIT, SET, LOCK, ...): such a query must not share a
- * connection with other requests' queries. */
-int op_sql_exclusive(const char *sql);
 
 /* Free the pool's cache of op records (when the pool is freed). */
 void op_cache_free(pgtag_pool *pool);

@@ -4,6 +4,7 @@
 
 #include "conn.h"
 #include "op.h"
+#include "pipeline.h"
 #include "queue.h"
 
 #include <pthread.h>
@@ -30,6 +31,7 @@ struct pgtag_pool {
   queue idle;    /* CONN_IDLE ones, most recently used first */
   int count[CONN_NSTATES];
 
+  pipeline_stmt *stmts; /* what is known of statement texts (pipeline.h) */
   queue waiters; /* ops waiting for a connection, first in first out */
   int nwaiting;
   int outstanding; /* queries and acquires whose callback has not run:
@@ -85,8 +87,9 @@ void pool_on_connect_failed(struct conn *conn, const char *message);
 void pool_on_query_done(struct conn *conn, op *o, PGresult *res);
 void pool_on_conn_lost(struct conn *conn, const char *message);
 
-/* The queries of a pipelined batch are complete: its sync point arrived. */
-void pool_on_batch_done(struct conn *conn);
+/* A sync point arrived with nothing to deliver (a batch's reads were
+ * delivered as they came): the connection may be free now. */
+void pool_on_sync(struct conn *conn);
 
 /* Room opened in conn's pipeline: send waiting queries into it. */
 void pool_feed(struct conn *conn);

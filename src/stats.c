@@ -83,11 +83,15 @@ static void n_plus_one(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql) {
              slot->count, sql);
 }
 
-void stats_query_done(op *o, struct conn *conn) {
-  if (o->sent_ns == 0)
-    return;
+uint64_t stats_query_done(op *o, struct conn *conn) {
+  if (o->sent_ns == 0 || op_internal(o->kind))
+    return 0;
   pgtag_pool *pool = o->pool;
-  uint64_t us = (uv_hrtime() - o->sent_ns) / 1000;
+  /* Its own time: from when the server could start it, not from when it
+   * was sent behind another request's statement in the pipeline. */
+  uint64_t from = o->start_ns > o->sent_ns ? o->start_ns : o->sent_ns;
+  uint64_t now = uv_hrtime();
+  uint64_t us = now > from ? (now - from) / 1000 : 0;
   o->sent_ns = 0;
   histogram_add(&pool->stats.query_time, us);
 
@@ -105,7 +109,7 @@ void stats_query_done(op *o, struct conn *conn) {
   int slow = pool->cfg.slow_query_ms > 0 && us >= (uint64_t)pool->cfg.slow_query_ms * 1000;
   int count = pool->cfg.n_plus_one_threshold > 0 && ctx != NULL;
   if (!slow && !count)
-    return;
+    return us;
   pgtag_ctx *previous = pgtag_ctx_enter(ctx); /* the log line names the request */
   if (slow) {
     char sql[LAST_SQL_MAX + 1];
@@ -119,6 +123,7 @@ void stats_query_done(op *o, struct conn *conn) {
     n_plus_one(pool, ctx, sql);
   }
   pgtag_ctx_leave(previous);
+  return us;
 }
 
 void stats_op_finished(op *o) {

@@ -1,0 +1,131 @@
+/* Auto-pipelining's rules (pipeline.h says what they promise). */
+#include "pipeline.h"
+
+#include "pool.h"
+#include "sqlkind.h"
+
+#include <assert.h>
+#include <string.h>
+
+/* FNV-1a: statement texts are short, and this runs once per query. */
+static uint64_t text_hash(const char *s) {
+  uint64_t h = 14695981039346656037ULL;
+  for (; *s != '\0'; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+  return h != 0 ? h : 1;
+}
+
+static pipeline_stmt *slot_of(const pgtag_pool *pool, uint64_t hash) {
+  return &pool->stmts[hash & (PIPELINE_STMTS - 1)];
+}
+
+static int proven_fast(const pipeline_stmt *s) {
+  return s->runs > 0 && s->last_us <= PIPELINE_FAST_US && s->avg_us <= PIPELINE_FAST_US;
+}
+
+void pipeline_classify(pgtag_pool *pool, op *o) {
+  if (pool->cfg.pipeline_depth <= 1 || o->sql == NULL)
+    return;
+  o->hash = text_hash(o->sql);
+  pipeline_stmt *s = slot_of(pool, o->hash);
+  if (s->hash != o->hash) {
+    memset(s, 0, sizeof *s);
+    s->hash = o->hash;
+    s->kind = (uint8_t)sql_kind_of(o->sql);
+  }
+  o->exclusive = s->kind == SQL_EXCLUSIVE;
+  o->reads = s->kind == SQL_READ && !s->writes;
+  o->unproven = !proven_fast(s);
+}
+
+int pipeline_accepts(const pgtag_pool *pool, const struct conn *conn, op *o, uint64_t now_ns) {
+  if (!conn->pipelined || conn->state != CONN_BUSY || conn->exclusive || conn->cancel != NULL ||
+      o->exclusive || conn->nwire + conn->nstaged >= pool->cfg.pipeline_depth)
+    return 0;
+  /* Behind a statement not known to be fast, a fast one could wait for a
+   * slow one: the head-of-line wait pipelining must not add. */
+  if (conn->unproven > 0)
+    return 0;
+  /* A cancel request stops whatever runs when it arrives: a write must not
+   * be the one running then. */
+  if (!o->reads && conn->signalable > 0)
+    return 0;
+  const op *head = conn_head(conn);
+  if (head != NULL && now_ns > head->start_ns &&
+      now_ns - head->start_ns > (uint64_t)PIPELINE_FAST_US * 1000)
+    return 0; /* known fast, yet running long now */
+  /* Its own status may have changed while it waited. */
+  if (o->hash != 0) {
+    const pipeline_stmt *s = slot_of(pool, o->hash);
+    o->unproven = s->hash != o->hash || !proven_fast(s);
+  }
+  return 1;
+}
+
+void pipeline_learn(pgtag_pool *pool, const op *o, uint64_t us) {
+  if (o->hash == 0)
+    return;
+  pipeline_stmt *s = slot_of(pool, o->hash);
+  if (s->hash != o->hash)
+    return; /* its slot went to another statement meanwhile */
+  uint32_t v = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+  s->avg_us = s->runs == 0 ? v : (uint32_t)(((uint64_t)s->avg_us * 3 + v) / 4);
+  s->last_us = v;
+  if (s->runs < UINT32_MAX)
+    s->runs++;
+}
+
+/* Sending one statement again must end: every round at least one
+ * statement of a batch completes, and a stray cancel is rare; this bounds
+ * the rest. */
+#define RESEND_MAX 3
+
+int pipeline_resend(pgtag_pool *pool, const struct conn *conn, op *o, const PGresult *res,
+                    int server_read_only) {
+  if (o->kind != OP_QUERY || conn->state != CONN_BUSY || o->cancel_code != PGTAG_OK ||
+      o->resent >= RESEND_MAX || o->sql == NULL)
+    return 0;
+  ExecStatusType st = res != NULL ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+  if (st == PGRES_PIPELINE_ABORTED)
+    return 1; /* skipped: it never ran */
+  if (st != PGRES_FATAL_ERROR)
+    return 0;
+  const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+  if (state == NULL)
+    return 0;
+  if (o->batched && strcmp(state, "25006") == 0 && !server_read_only) {
+    /* It writes after all (a function called by a SELECT): refused by the
+     * batch's read-only transaction before it had any effect.  It runs
+     * alone, now and from now on. */
+    if (o->hash != 0 && slot_of(pool, o->hash)->hash == o->hash)
+      slot_of(pool, o->hash)->writes = 1;
+    o->reads = 0;
+    return 1;
+  }
+  /* A read that a cancel meant for another statement stopped: nothing of
+   * it took effect. */
+  return o->at_risk && o->reads && strcmp(state, "57014") == 0;
+}
+
+int pipeline_cancel_safe(const struct conn *conn) {
+  if (conn->state != CONN_BUSY)
+    return 1;
+  const queue *q;
+  int first = 1;
+  queue_foreach(q, &conn->wire) {
+    const op *o = queue_data(q, op, node);
+    if (!first && o->kind == OP_QUERY && !o->reads)
+      return 0;
+    first = 0;
+  }
+  return 1;
+}
+
+void pipeline_mark_at_risk(struct conn *conn) {
+  queue *q;
+  queue_foreach(q, &conn->wire) {
+    op *o = queue_data(q, op, node);
+    if (o != conn_head(conn))
+      o->at_risk = 1;
+  }
+}
