@@ -316,29 +316,41 @@ typedef struct {
                                 lost the same server do not retry in step;
                                 default 100 */
   int reconnect_max_ms;      /**< default 5000 */
-  int statement_timeout_ms;  /**< longest a query may run, from the moment it
-                                is sent; on expiry it is cancelled on the
+  int statement_timeout_ms;  /**< longest a query may run, from the moment
+                                the server can start it (sent, or the
+                                statement ahead of it on the connection
+                                done: waiting behind others does not
+                                count); on expiry it is cancelled on the
                                 server and fails with PGTAG_ETIMEDOUT;
                                 0 = no limit; default 0.  Per query:
                                 pgtag_query_opts */
   int pipeline_depth;        /**< once all max_conns connections are busy,
                                 pgtag_query calls of different requests
-                                share them, up to this many in flight on
-                                each (libpq pipeline mode).  Queries sent in
-                                one loop iteration share a sync point and
-                                their results are delivered once it has
-                                arrived (committed); if one of them fails,
-                                the others, rolled back with it, are run
-                                again each on its own, so one failing query
-                                fails nothing else (a function with effects
-                                outside the transaction, nextval() say, may
-                                then run twice, and they come back after
-                                the queries sent meanwhile; otherwise
-                                results come back in the order sent).  Statements that change
+                                share them, up to this many statements under
+                                way on each (libpq pipeline mode), and each
+                                still does what it would do on a connection
+                                of its own (see "Pipelining" in the README):
+                                only plain reads share a sync point, in a
+                                read-only transaction, and each is delivered
+                                as its result arrives; every other statement
+                                has a sync point, its own implicit
+                                transaction, to itself; a statement joins a
+                                pipeline only behind statements known to be
+                                fast (pipeline_fast_ms); a cancel or a
+                                timeout never fails another request's
+                                statement.  Statements that change
                                 transaction or session state (BEGIN,
                                 COMMIT, SET, ...) are never pipelined; held
                                 connections stay exclusive.  1 = off;
                                 default 4 */
+  int pipeline_fast_ms;      /**< with pipeline_depth > 1: a statement
+                                joins a connection's pipeline only behind
+                                statements whose recent runs took at most
+                                this long, from when the server could start
+                                them to their result, and none of which has
+                                been running longer; so no query waits
+                                behind another request's slow one.  1 to
+                                3600000; default 5 */
   int tcp_keepalive_s;       /**< TCP connections: probe a silent peer after
                                 this many idle seconds, every s/6 (at least
                                 1 s), give up after 3 probes; also the

@@ -53,6 +53,7 @@ struct conn {
   int signalable; /* ... that may be cancelled on the server */
   int writes;     /* ... that may write */
   int no_batch;   /* reads get a sync point each (serializable default) */
+  uint64_t chunk_ns; /* results held back together: the first one's start */
   int got_result; /* the head has sent a result already */
   int exclusive;  /* the head must not share the connection */
   queue pending; /* held: queries submitted behind it */
@@ -63,8 +64,6 @@ struct conn {
   hold hold;    /* held: who took it, from where, when */
   struct cancel *cancel; /* a cancel request under way on the thread pool */
   int reclaiming; /* taken back from its holder: finish, roll back, reuse */
-  int canceled;   /* a cancel was sent: one more round trip before reuse,
-                     so it cannot hit the next request's query */
   int recycle_pending; /* back to the pool once the cancel request is done */
 
   uint64_t created; /* uv_now() */
@@ -107,6 +106,19 @@ static inline op *conn_head(const struct conn *conn) {
   return queue_empty(&conn->wire) ? NULL : queue_data(queue_head(&conn->wire), op, node);
 }
 
+/* The statement the server runs now, as far as the pool can tell: the
+ * first on the wire that is not a batch's opener, which takes no time
+ * (and whose result the server may hold back with the batch's). */
+static inline op *conn_running(const struct conn *conn) {
+  const queue *q;
+  queue_foreach(q, &conn->wire) {
+    op *o = queue_data(q, op, node);
+    if (o->kind != OP_OPENER)
+      return o;
+  }
+  return NULL;
+}
+
 /* Something is under way: statements sent or staged, or a sync point not
  * yet answered. */
 static inline int conn_on_wire(const struct conn *conn) {
@@ -114,8 +126,13 @@ static inline int conn_on_wire(const struct conn *conn) {
          conn->synced != NULL;
 }
 
-/* (Re)start the statement timer for the head. */
+/* (Re)start the connection's timer at the earliest deadline on its wire
+ * (op.h), or stop it. */
 void conn_arm_timeout(struct conn *conn);
+
+/* Cancels that could not go out (another under way, or not safe while
+ * something was on the wire) are tried again now. */
+void conn_retry_cancels(struct conn *conn);
 
 /* Take o, staged, off conn: it will not be sent. */
 void conn_unstage(struct conn *conn, op *o);

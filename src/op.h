@@ -36,7 +36,10 @@ typedef struct op {
     pgtag_acquire_cb acquire;
   } cb;
   void *arg;
-  uint64_t deadline;   /* uv_now() by which a wait fails; 0 = none */
+  uint64_t deadline;   /* uv_now(): waiting, when the wait fails; on the
+                          wire, when the pool must act on it (its timeout,
+                          a cancel's grace, a cancel not yet sent); 0 =
+                          never */
   uint64_t waiting_ns; /* uv_hrtime() when it began to wait; 0 = never */
   char *message;       /* the error, one line; NULL: the code's name */
   uint8_t kind;        /* op_kind */
@@ -56,6 +59,10 @@ typedef struct op {
                           cancel requested (counted in conn->signalable) */
   uint8_t at_risk;     /* on the wire behind a statement a cancel request
                           was sent for: a 57014 may be that cancel's */
+  uint8_t running;     /* the server can run it now (conn_running) */
+  uint8_t held;        /* sent with no sync point or flush after it: the
+                          server may hold its result back until the next
+                          statement's is ready too */
   char sqlstate[6];
   uint32_t size;       /* bytes allocated for it, arguments included */
   union {
@@ -68,6 +75,9 @@ typedef struct op {
       uint64_t sent_ns;  /* uv_hrtime() when sent; 0 once accounted for */
       uint64_t start_ns; /* when the server could start it: sent, or the
                             statement ahead of it on the connection done */
+      uint64_t chunk_ns; /* its result came with others the server held
+                            back together: when the first of them could
+                            start (conn.c); 0 otherwise */
       uint64_t hash;     /* of sql (untagged): the pool's statement memory */
       int nparams;
       int timeout_ms; /* statement timeout once sent; 0 = none */

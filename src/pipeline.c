@@ -15,12 +15,16 @@ static uint64_t text_hash(const char *s) {
   return h != 0 ? h : 1;
 }
 
+static uint32_t pool_fast_us(const pgtag_pool *pool) {
+  return (uint32_t)pool->cfg.pipeline_fast_ms * 1000;
+}
+
 static pipeline_stmt *slot_of(const pgtag_pool *pool, uint64_t hash) {
   return &pool->stmts[hash & (PIPELINE_STMTS - 1)];
 }
 
-static int proven_fast(const pipeline_stmt *s) {
-  return s->runs > 0 && s->last_us <= PIPELINE_FAST_US && s->avg_us <= PIPELINE_FAST_US;
+static int proven_fast(const pipeline_stmt *s, uint32_t fast_us) {
+  return s->runs > 0 && s->last_us <= fast_us && s->avg_us <= fast_us;
 }
 
 void pipeline_classify(pgtag_pool *pool, op *o) {
@@ -35,7 +39,7 @@ void pipeline_classify(pgtag_pool *pool, op *o) {
   }
   o->exclusive = s->kind == SQL_EXCLUSIVE;
   o->reads = s->kind == SQL_READ && !s->writes;
-  o->unproven = !proven_fast(s);
+  o->unproven = !proven_fast(s, pool_fast_us(pool));
 }
 
 int pipeline_accepts(const pgtag_pool *pool, const struct conn *conn, op *o, uint64_t now_ns) {
@@ -52,12 +56,12 @@ int pipeline_accepts(const pgtag_pool *pool, const struct conn *conn, op *o, uin
     return 0;
   const op *head = conn_head(conn);
   if (head != NULL && now_ns > head->start_ns &&
-      now_ns - head->start_ns > (uint64_t)PIPELINE_FAST_US * 1000)
+      now_ns - head->start_ns > (uint64_t)pool_fast_us(pool) * 1000)
     return 0; /* known fast, yet running long now */
   /* Its own status may have changed while it waited. */
   if (o->hash != 0) {
     const pipeline_stmt *s = slot_of(pool, o->hash);
-    o->unproven = s->hash != o->hash || !proven_fast(s);
+    o->unproven = s->hash != o->hash || !proven_fast(s, pool_fast_us(pool));
   }
   return 1;
 }
@@ -107,25 +111,25 @@ int pipeline_resend(pgtag_pool *pool, const struct conn *conn, op *o, const PGre
   return o->at_risk && o->reads && strcmp(state, "57014") == 0;
 }
 
-int pipeline_cancel_safe(const struct conn *conn) {
+int pipeline_cancel_safe(const struct conn *conn, const op *target) {
   if (conn->state != CONN_BUSY)
     return 1;
+  if (target != conn_running(conn))
+    return 0; /* it waits for its turn */
   const queue *q;
-  int first = 1;
   queue_foreach(q, &conn->wire) {
     const op *o = queue_data(q, op, node);
-    if (!first && o->kind == OP_QUERY && !o->reads)
+    if (o != target && o->kind == OP_QUERY && !o->reads)
       return 0;
-    first = 0;
   }
   return 1;
 }
 
-void pipeline_mark_at_risk(struct conn *conn) {
+void pipeline_mark_at_risk(struct conn *conn, const op *target) {
   queue *q;
   queue_foreach(q, &conn->wire) {
     op *o = queue_data(q, op, node);
-    if (o != conn_head(conn))
+    if (o != target)
       o->at_risk = 1;
   }
 }

@@ -14,13 +14,15 @@
  *     is delivered at once.  Reads the server skipped after another one
  *     failed never ran: they are sent again.
  *   - No head-of-line waits: a statement joins a connection's pipeline
- *     only behind statements whose last runs were fast and none of which
- *     has run long already.
+ *     only behind statements whose last runs were fast (pipeline_fast_ms)
+ *     and none of which has run long already.
  *   - A cancel request (a statement timeout, pgtag_ctx_cancel) goes out
- *     only when nothing but reads of other requests is behind its target
- *     on the wire, and nothing joins a connection while one is under way;
+ *     only when nothing but reads of other requests is on the wire with
+ *     its target, and nothing joins a connection while one is under way;
  *     a read that such a cancel hit instead of its target is sent again.
- *     A write is never pipelined behind a statement that may be cancelled. */
+ *     A write is never pipelined behind a statement that may be cancelled.
+ *   - The server sends a batch's results at its sync point, and is asked
+ *     to send what it has before a statement not known to be fast. */
 #ifndef PGTAG_PIPELINE_H
 #define PGTAG_PIPELINE_H
 
@@ -28,11 +30,6 @@
 #include "op.h"
 
 #include <stdint.h>
-
-/* A statement counts as fast when its last run, and its runs on average,
- * took at most this long from the moment the server could start it to its
- * result (chosen by measurement: see the README's pipelining section). */
-#define PIPELINE_FAST_US 5000
 
 /* What the pool remembers about a statement text (tag excluded). */
 typedef struct {
@@ -64,12 +61,13 @@ void pipeline_learn(pgtag_pool *pool, const op *o, uint64_t us);
 int pipeline_resend(pgtag_pool *pool, const struct conn *conn, op *o, const PGresult *res,
                     int server_read_only);
 
-/* A cancel request may go out for conn's head now: nothing behind it on
- * the wire may write (held connections: always; they are one request's). */
-int pipeline_cancel_safe(const struct conn *conn);
+/* A cancel request may go out for target, on conn's wire, now: it is the
+ * head, and nothing else on the wire may write (held connections: always;
+ * they are one request's). */
+int pipeline_cancel_safe(const struct conn *conn, const op *target);
 
-/* A cancel request is going out for conn's head: what is behind it on the
- * wire may be hit instead. */
-void pipeline_mark_at_risk(struct conn *conn);
+/* A cancel request is going out for target: whatever else is on the wire
+ * may be hit instead. */
+void pipeline_mark_at_risk(struct conn *conn, const op *target);
 
 #endif

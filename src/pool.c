@@ -21,7 +21,7 @@ static void make_available(pgtag_pool *pool, struct conn *conn);
 static void feed(pgtag_pool *pool, struct conn *conn);
 static void release_now(pgtag_pool *pool, struct conn *conn);
 static void recycle(pgtag_pool *pool, struct conn *conn);
-static void cancel_head(struct conn *conn, pgtag_errcode why);
+static void cancel_op(struct conn *conn, op *o, pgtag_errcode why);
 
 /* Every connection struct not yet closed, lost ones included: the pool
  * cannot finish closing while any is left. */
@@ -292,7 +292,7 @@ void pool_on_connect_failed(struct conn *conn, const char *message) {
  * and every connection once the pool is closing, are closed instead. */
 static void make_available(pgtag_pool *pool, struct conn *conn) {
   uint64_t now = uv_now(pool->loop);
-  conn->reclaiming = conn->canceled = 0;
+  conn->reclaiming = 0;
   int expired = pool->cfg.max_lifetime_ms > 0 &&
                 now - conn->created >= (uint64_t)pool->cfg.max_lifetime_ms;
   if (pool->closing || expired) {
@@ -390,6 +390,7 @@ void pool_on_conn_lost(struct conn *conn, const char *why) {
   conn->nwire = conn->nstaged = conn->nsyncs = 0;
   conn->unproven = conn->signalable = conn->writes = 0;
   conn->got_result = conn->exclusive = 0;
+  conn->chunk_ns = 0;
   if (conn->state == CONN_HELD) {
     /* Its holder still has the pointer: keep the struct until release. */
     set_state(conn, CONN_LOST);
@@ -501,6 +502,12 @@ static int server_read_only(const struct conn *conn, const PGresult *res) {
          (fenced != NULL && strcmp(fenced, "on") == 0);
 }
 
+static int res_sqlstate_is(const PGresult *res, const char *sqlstate) {
+  const char *state = res != NULL && PQresultStatus(res) == PGRES_FATAL_ERROR
+                          ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+  return state != NULL && strcmp(state, sqlstate) == 0;
+}
+
 /* The connection is done for while o, whose result res is, was being
  * delivered: o fails first, then the others, keeping the server's SQLSTATE
  * from res. */
@@ -560,6 +567,9 @@ void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
     return;
   }
 
+  if (o->batched && o->timeout_ms > 0 && o->cancel_code == PGTAG_OK && !o->at_risk &&
+      res_sqlstate_is(res, "57014"))
+    o->cancel_code = PGTAG_ETIMEDOUT; /* the server enforced its timeout */
   if (pipeline_resend(pool, conn, o, res, 0)) {
     /* It had no effect (pipeline.h): it goes again, first in line. */
     PQclear(res);
@@ -568,6 +578,8 @@ void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
     o = NULL;
   } else {
     uint64_t us = stats_query_done(o, conn);
+    if (o->chunk_ns != 0 && (uv_hrtime() - o->chunk_ns) / 1000 > us)
+      us = (uv_hrtime() - o->chunk_ns) / 1000; /* held back with others: conn.c, wire_pop */
     if (res != NULL && PQresultStatus(res) != PGRES_PIPELINE_ABORTED)
       pipeline_learn(pool, o, us);
     if (conn->reclaiming) {
@@ -621,10 +633,13 @@ static void release_now(pgtag_pool *pool, struct conn *conn) {
 }
 
 /* A connection nobody holds, with nothing in flight, goes back to the pool:
- * at once if it is clean; after a ROLLBACK if a transaction was left open
- * or a cancel was sent (that round trip, made once the cancel request has
- * reached the server, keeps a late cancel off the next request's query);
- * a lost or unknown one is replaced. */
+ * at once if it is clean; after a ROLLBACK if a transaction was left open;
+ * a lost or unknown one is replaced.  A cancel request under way is waited
+ * for: once PQcancel returns, the postmaster has signalled the backend,
+ * and a backend drops a cancel that finds it waiting for a command, so a
+ * late cancel cannot hit the next request's query.  (No ROLLBACK for it:
+ * outside a transaction the server would only warn "there is no
+ * transaction in progress".) */
 static void recycle(pgtag_pool *pool, struct conn *conn) {
   if (conn->cancel != NULL) {
     conn->recycle_pending = 1; /* pool_on_cancel_done comes back */
@@ -632,15 +647,12 @@ static void recycle(pgtag_pool *pool, struct conn *conn) {
   }
   PGTransactionStatusType ts =
       conn->state == CONN_LOST ? PQTRANS_UNKNOWN : PQtransactionStatus(conn->pg);
-  if (ts == PQTRANS_IDLE && !conn->canceled) {
+  if (ts == PQTRANS_IDLE) {
     make_available(pool, conn);
     return;
   }
-  if ((ts == PQTRANS_IDLE || ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) &&
-      !pool->closing) {
-    /* Whatever the holder left open must not leak into the next request.
-     * After a cancel, this round trip also makes sure the cancel signal has
-     * reached the backend before anyone else's query can. */
+  if ((ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) && !pool->closing) {
+    /* Whatever the holder left open must not leak into the next request. */
     op *o = op_new(pool, OP_RESET, "ROLLBACK", 0, NULL, 0);
     set_state(conn, CONN_RESETTING);
     if (o != NULL && conn_send(conn, o) == 0)
@@ -712,7 +724,7 @@ void pool_reclaim(struct conn *conn) {
   }
   conn->reclaiming = 1;
   if (conn_head(conn) != NULL && conn_head(conn)->kind == OP_QUERY)
-    cancel_head(conn, PGTAG_ERECLAIMED);
+    cancel_op(conn, conn_head(conn), PGTAG_ERECLAIMED);
   if (conn_on_wire(conn))
     conn->release_pending = 1; /* once the query is over */
   else
@@ -720,9 +732,7 @@ void pool_reclaim(struct conn *conn) {
 }
 
 void pool_on_cancel_done(struct conn *conn) {
-  op *head = conn_head(conn);
-  if (head != NULL && head->cancel_code != PGTAG_OK && !head->cancel_sent)
-    cancel_head(conn, head->cancel_code); /* it came up while that one ran */
+  conn_retry_cancels(conn); /* those that waited for this one */
   if (conn_on_wire(conn)) {
     if (conn->state == CONN_BUSY)
       feed(conn->pool, conn); /* pipelining resumes */
@@ -740,64 +750,64 @@ void pool_on_cancel_done(struct conn *conn) {
  * Timeouts and cancellation
  * ------------------------------------------------------------------------ */
 
-static void on_cancel_grace(uv_timer_t *timer) {
-  struct conn *conn = timer->data;
-  char msg[128];
-  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
-  snprintf(msg, sizeof msg, "the cancelled query did not end within %d ms",
-           CANCEL_GRACE_MS);
-  pool_on_conn_lost(conn, msg);
-  pgtag_ctx_leave(previous);
-}
-
-/* Send the cancel request the head needs, unless one is still under way
- * (one at a time per connection: pool_on_cancel_done comes back for a
- * head that came up meanwhile) or it could stop another request's write
- * (pipeline_cancel_safe: the head then runs to its end, and reports how
- * it ended).  Returns nonzero when a cancel request went out for it. */
-static int request_cancel(struct conn *conn) {
-  op *o = conn_head(conn);
-  if (o == NULL || op_internal(o->kind) || o->cancel_code == PGTAG_OK)
-    return 0;
+/* Send the cancel request o needs, unless it went out already, another
+ * is under way (one at a time per connection), or it could stop another
+ * request's write or disturb other requests for nothing
+ * (pipeline_cancel_safe).  Those are tried again when the wire changes or
+ * the cancel under way is done (conn_retry_cancels); a query whose cancel
+ * never gets safe runs to its end and reports how it ended.  Once sent,
+ * the server has CANCEL_GRACE_MS to end it before the connection is given
+ * up (hung, or unreachable for the cancel request). */
+static void request_cancel(struct conn *conn, op *o) {
   if (o->cancel_sent)
-    return 1;
-  if (conn->cancel != NULL || !pipeline_cancel_safe(conn))
-    return 0;
+    return;
+  if (conn->cancel != NULL || !pipeline_cancel_safe(conn, o)) {
+    o->deadline = 0;
+    return;
+  }
   o->cancel_sent = 1;
-  pipeline_mark_at_risk(conn);
-  if (cancel_start(conn) == 0)
-    conn->canceled = 1;
-  else
+  o->deadline = uv_now(conn->pool->loop) + CANCEL_GRACE_MS;
+  pipeline_mark_at_risk(conn, o);
+  if (cancel_start(conn) != 0)
     pool_log(conn->pool, PGTAG_LOG_WARN, "cannot send a cancel request for %s",
              backend_text(conn->backend_pid).s);
-  return 1;
 }
 
-/* Cancel the head on the server; it ends with why.  If the server does not
- * end it within CANCEL_GRACE_MS (hung, or unreachable for the cancel
- * request), the connection is given up. */
-static void cancel_head(struct conn *conn, pgtag_errcode why) {
-  op *o = conn_head(conn);
+/* Cancel o, on conn's wire, on the server; it ends with why. */
+static void cancel_op(struct conn *conn, op *o, pgtag_errcode why) {
   if (o->cancel_code == PGTAG_OK) {
     o->cancel_code = why;
     conn_mark_signalable(conn, o);
   }
-  if (request_cancel(conn))
-    uv_timer_start(&conn->timer, on_cancel_grace, CANCEL_GRACE_MS, 0);
+  request_cancel(conn, o);
+  conn_arm_timeout(conn);
 }
 
 void pool_on_statement_timeout(struct conn *conn) {
-  op *o = conn_head(conn);
-  if (o == NULL || o->kind == OP_OPENER)
-    return;
-  if (o->kind == OP_RESET) {
-    char msg[96];
-    snprintf(msg, sizeof msg, "the server did not answer ROLLBACK within %d ms",
-             RESET_TIMEOUT_MS);
-    pool_on_conn_lost(conn, msg);
-    return;
+  uint64_t now = uv_now(conn->pool->loop);
+  queue *q;
+  queue_foreach(q, &conn->wire) {
+    op *o = queue_data(q, op, node);
+    if (o->deadline == 0 || o->deadline > now)
+      continue;
+    char msg[128];
+    if (o->kind == OP_RESET || o->cancel_sent) {
+      if (o->kind == OP_RESET)
+        snprintf(msg, sizeof msg, "the server did not answer ROLLBACK within %d ms",
+                 RESET_TIMEOUT_MS);
+      else
+        snprintf(msg, sizeof msg, "the cancelled query did not end within %d ms",
+                 CANCEL_GRACE_MS);
+      pool_on_conn_lost(conn, msg);
+      return;
+    }
+    if (o->cancel_code == PGTAG_OK) {
+      o->cancel_code = PGTAG_ETIMEDOUT;
+      conn_mark_signalable(conn, o);
+    }
+    request_cancel(conn, o);
   }
-  cancel_head(conn, PGTAG_ETIMEDOUT);
+  conn_arm_timeout(conn);
 }
 
 /* The pools of this thread, for pgtag_ctx_cancel. */
@@ -846,19 +856,14 @@ static int pool_cancel_ctx(pgtag_pool *pool, pgtag_ctx *ctx) {
     /* Not sent yet: they fail now. */
     n += cancel_queued(pool, conn, &conn->pending, ctx);
     n += cancel_queued(pool, conn, &conn->staged, ctx);
-    /* On the wire: the head is cancelled on the server, the others once
-     * they come up (their timer fires at once then). */
+    /* On the wire: cancelled on the server (the head at once, the
+     * others once they come up). */
     queue *p;
     queue_foreach(p, &conn->wire) {
       op *o = queue_data(p, op, node);
       if (o->ctx != ctx || o->kind != OP_QUERY || o->cancel_code != PGTAG_OK)
         continue;
-      if (o == conn_head(conn)) {
-        cancel_head(conn, PGTAG_ECANCELED);
-      } else {
-        o->cancel_code = PGTAG_ECANCELED;
-        conn_mark_signalable(conn, o);
-      }
+      cancel_op(conn, o, PGTAG_ECANCELED);
       n++;
     }
   }
@@ -1191,6 +1196,7 @@ void pgtag_pool_config_init(pgtag_pool_config *cfg) {
   cfg->reconnect_max_ms = 5000;
   cfg->tcp_keepalive_s = 60;
   cfg->pipeline_depth = 4;
+  cfg->pipeline_fast_ms = 5;
   cfg->idle_timeout_ms = 30000;
   cfg->tag_style = PGTAG_TAG_PREFIX;
   cfg->tag_key = "requestId";
@@ -1217,6 +1223,8 @@ static const char *config_problem(const pgtag_pool_config *cfg) {
     return "unknown log_level";
   if (cfg->pipeline_depth < 0 || cfg->pipeline_depth > 1024)
     return "pipeline_depth must be between 1 and 1024";
+  if (cfg->pipeline_depth > 1 && (cfg->pipeline_fast_ms < 1 || cfg->pipeline_fast_ms > 3600000))
+    return "pipeline_fast_ms must be between 1 and 3600000";
   if (cfg->reconnect_base_ms < 0 || cfg->reconnect_max_ms < 0 ||
       cfg->statement_timeout_ms < 0 || cfg->tcp_keepalive_s < 0)
     return "timeouts and limits must not be negative";
