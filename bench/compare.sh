@@ -15,6 +15,12 @@
 #                 vs pgbench -c 2 -j 2 with \startpipeline / 16 queries /
 #                 \endpipeline
 #   tagging       pgtag W1 with the tag vs without
+#   hot rows      64 requests of one UPDATE ... WHERE id = $1 on 4 rows (and
+#                 on 100), a pool of 4: the default config vs depth 1, with
+#                 the deadlocks the server broke and an exactly-once check
+#   slow mix      64 requests of the point select plus a 200 ms query every
+#                 100 ms, a pool of 4: the default config vs depth 1, with
+#                 the fast queries that took 100 ms or more
 # plus W2 and W3 on their own.  Every pair runs twice, alternating, and the
 # best of each side counts: the machine is shared and noisy.
 set -euo pipefail
@@ -92,6 +98,19 @@ pj1=$(pgtag_qps -c 64 -p 2 -d 16 -j 2)
 pa2=$(pgbench_qps 2 "$work/pipeline.sql" 16); pb2=$(pgtag_qps -c 64 -p 2 -d 16)
 pj2=$(pgtag_qps -c 64 -p 2 -d 16 -j 2)
 n1=$(pgtag_qps -c 64 -p 8 -d 1 -n); n2=$(pgtag_qps -c 64 -p 8 -d 1 -n)
+# The pipelining safety workloads: every run prints its own check line.
+pgtag_check() { # pgtag_check ARGS...: the qps line, then the check line, to stderr
+  local out
+  out=$(./build/pgtag_bench -t "$secs" "$@" "$conninfo")
+  echo "$out" >&2
+  sed -nE 's/.* qps=([0-9]+) .*/\1/p' <<<"$out"
+}
+h4d1=$(pgtag_check -w HOT -c 64 -p 4 -d 1); h4=$(pgtag_check -w HOT -c 64 -p 4)
+h4d1b=$(pgtag_check -w HOT -c 64 -p 4 -d 1); h4b=$(pgtag_check -w HOT -c 64 -p 4)
+h100d1=$(pgtag_check -w HOT -r 100 -c 64 -p 4 -d 1); h100=$(pgtag_check -w HOT -r 100 -c 64 -p 4)
+h100d1b=$(pgtag_check -w HOT -r 100 -c 64 -p 4 -d 1); h100b=$(pgtag_check -w HOT -r 100 -c 64 -p 4)
+s1=$(pgtag_check -w SLOW -c 64 -p 4 -d 1); s2=$(pgtag_check -w SLOW -c 64 -p 4)
+s1b=$(pgtag_check -w SLOW -c 64 -p 4 -d 1); s2b=$(pgtag_check -w SLOW -c 64 -p 4)
 ./build/pgtag_bench -t "$secs" -w W2 "$conninfo"
 ./build/pgtag_bench -w W3 "$conninfo"
 ./build/pgtag_bench -w W3 -p 1 "$conninfo"
@@ -110,3 +129,10 @@ echo "W1 pipelined, 2 loop threads: pgtag $ptj q/s, pgbench pipelined (2 connect
 echo "W1 pipelined, 1 loop thread: pgtag $ptp q/s: ratio $(ratio "$ptp" "$pgp");" \
      "versus pgbench with 8 connections: $(ratio "$ptp" "$pg")"
 echo "tagging: pgtag with the tag $pt q/s, without $untagged q/s: ratio $(ratio "$pt" "$untagged")"
+hot4=$(best "$h4" "$h4b"); hot4d1=$(best "$h4d1" "$h4d1b")
+hot100=$(best "$h100" "$h100b"); hot100d1=$(best "$h100d1" "$h100d1b")
+slow=$(best "$s2" "$s2b"); slowd1=$(best "$s1" "$s1b")
+echo "hot rows (4): default $hot4 q/s, depth 1 $hot4d1 q/s: ratio $(ratio "$hot4" "$hot4d1")"
+echo "hot rows (100): default $hot100 q/s, depth 1 $hot100d1 q/s: ratio $(ratio "$hot100" "$hot100d1")"
+echo "slow mix: default $slow fast q/s, depth 1 $slowd1 fast q/s: ratio $(ratio "$slow" "$slowd1")"
+echo "(deadlocks, exactly-once and the fast queries over 100 ms: the 'hot' and 'slow' lines above)"

@@ -18,6 +18,31 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+/* The statement that opens a batch: its implicit transaction is read-only
+ * from here on, so a read that writes after all fails before it has any
+ * effect, and no read holds a lock another request's write could wait
+ * for.  set_config rather than SET TRANSACTION, which warns outside an
+ * explicit transaction block.  It also says the isolation level: under a
+ * serializable default, reads that share a transaction could fail
+ * together, so they stop sharing.  $1, when not empty, is the reads'
+ * statement timeout, which the server then enforces on each of them from
+ * when it starts (a cancel from the pool could stop whichever read the
+ * server runs when it arrives).  Prepared once per connection, it costs
+ * the server a bind and an execute per batch, not a parse and a plan;
+ * behind a transaction pooler, where a prepared statement does not
+ * outlive the transaction, it is sent as text each time. */
+#define OPENER_NAME "pgtag_batch_opener"
+#define OPENER_SQL                                                                  \
+  "SELECT set_config('transaction_read_only', 'on', true), "                       \
+  "current_setting('transaction_isolation'), "                                     \
+  "CASE WHEN $1 <> '' THEN set_config('statement_timeout', $1, true) END"
+
+enum {
+  OPENER_TEXT = -1,  /* sent as text: behind a pooler, or the name is taken */
+  OPENER_UNPREPARED, /* to be prepared with the next batch */
+  OPENER_PREPARED
+};
+
 static void on_poll(uv_poll_t *handle, int status, int events);
 
 static void on_poll_closed(uv_handle_t *handle) {
@@ -168,6 +193,7 @@ static void connect_step(struct conn *conn) {
       return;
     }
     PQsetNoticeReceiver(conn->pg, on_notice, conn);
+    conn->opener = conn->pool->cfg.transaction_pooler ? OPENER_TEXT : OPENER_UNPREPARED;
     if (conn->pool->cfg.pipeline_depth > 1) {
       if (!PQenterPipelineMode(conn->pg)) {
         pool_on_connect_failed(conn, PQerrorMessage(conn->pg));
@@ -316,7 +342,7 @@ static op *wire_pop(struct conn *conn, int held_back) {
   if (next != NULL) {
     /* A batch's opener takes no time: the read after it starts with it,
      * though its result may come only with the batch's. */
-    uint64_t ended = o->kind == OP_OPENER ? o->start_ns : now;
+    uint64_t ended = op_instant(o->kind) ? o->start_ns : now;
     next->start_ns = next->sent_ns > ended ? next->sent_ns : ended;
     conn->exclusive = next->exclusive;
   }
@@ -327,10 +353,15 @@ static op *wire_pop(struct conn *conn, int held_back) {
   return o;
 }
 
-/* PQsendQueryParams with the tag of o's context. */
+/* PQsendQueryParams with the tag of o's context; the pool's own
+ * statements as they are. */
 static int put_query(struct conn *conn, op *o) {
   pgtag_pool *pool = conn->pool;
   const char *text = o->sql;
+  if (o->kind == OP_PREPARE)
+    return PQsendPrepare(conn->pg, OPENER_NAME, OPENER_SQL, 1, NULL) ? 0 : -1;
+  if (o->kind == OP_OPENER && conn->opener == OPENER_PREPARED)
+    return PQsendQueryPrepared(conn->pg, OPENER_NAME, 1, o->values, NULL, NULL, 0) ? 0 : -1;
   if (!op_internal(o->kind)) {
     text = tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key, o->ctx, o->sql);
     if (text == NULL)
@@ -360,23 +391,6 @@ static int stageable(const struct conn *conn, const op *o) {
   return conn->pipelined && conn->state == CONN_BUSY && o->kind == OP_QUERY && o->reads &&
          !o->solo && !o->exclusive && !conn->no_batch;
 }
-
-/* The statement that opens a batch: its implicit transaction is read-only
- * from here on, so a read that writes after all fails before it has any
- * effect, and no read holds a lock another request's write could wait
- * for.  set_config rather than SET TRANSACTION, which warns outside an
- * explicit transaction block.  It also says the isolation level: under a
- * serializable default, reads that share a transaction could fail
- * together, so they stop sharing.  With the reads' statement timeout, the
- * server enforces it on each of them, from when it starts: a cancel from
- * the pool could stop whichever read the server runs when it arrives. */
-#define OPENER_SQL                                                          \
-  "SELECT set_config('transaction_read_only', 'on', true), "               \
-  "current_setting('transaction_isolation')"
-#define OPENER_TIMEOUT_SQL                                                  \
-  "SELECT set_config('transaction_read_only', 'on', true), "               \
-  "current_setting('transaction_isolation'), "                             \
-  "set_config('statement_timeout', $1, true)"
 
 int conn_send(struct conn *conn, op *o) {
   if (stageable(conn, o)) {
@@ -417,15 +431,23 @@ static int flush_batch(struct conn *conn, int n) {
   op *opener = NULL;
   const op *first = queue_data(queue_head(&conn->staged), op, node);
   if (n > 1) {
-    char ms[16];
+    char ms[16] = "";
     const char *values[1] = {ms};
-    snprintf(ms, sizeof ms, "%d", first->timeout_ms);
-    opener = first->timeout_ms > 0 ? op_new(conn->pool, OP_OPENER, OPENER_TIMEOUT_SQL, 1, values, 1)
-                                   : op_new(conn->pool, OP_OPENER, OPENER_SQL, 0, NULL, 0);
+    if (first->timeout_ms > 0)
+      snprintf(ms, sizeof ms, "%d", first->timeout_ms);
+    opener = op_new(conn->pool, OP_OPENER, OPENER_SQL, 1, values, 1);
   }
   /* Alone, or out of memory for the opener: a sync point each. */
   int batch = opener != NULL;
   op *before = NULL; /* the statement sent last in this batch */
+  if (batch && conn->opener == OPENER_UNPREPARED) {
+    op *prepare = op_new(conn->pool, OP_PREPARE, NULL, 0, NULL, 0);
+    if (prepare != NULL) {
+      failed |= put_query(conn, prepare) != 0;
+      wire_append(conn, prepare);
+      conn->opener = OPENER_PREPARED; /* unless its result says otherwise */
+    }
+  }
   if (batch) {
     failed |= put_query(conn, opener) != 0;
     wire_append(conn, opener);
@@ -480,11 +502,27 @@ int conn_flush_staged(struct conn *conn) {
   return conn_watch(conn, conn->want_write);
 }
 
-/* The opener's result: the isolation level it reports. */
+/* The opener's result: the isolation level it reports.  Should it fail
+ * (its batch's reads are then sent again: pipeline_resend), so that the
+ * prepared one is gone (DISCARD ALL or DEALLOCATE on a held connection),
+ * it is prepared again with the next batch.  Should preparing it fail
+ * (the name is taken), this connection sends it as text. */
 static void opener_done(struct conn *conn, op *o, PGresult *res) {
-  if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
-      PQnfields(res) == 2 && strcmp(PQgetvalue(res, 0, 1), "serializable") == 0)
-    conn->no_batch = 1;
+  ExecStatusType st = res != NULL ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+  const char *state = st == PGRES_FATAL_ERROR && res != NULL
+                          ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+  if (o->kind == OP_PREPARE && st == PGRES_FATAL_ERROR)
+    conn->opener = state != NULL && strcmp(state, "42P05") == 0 ? OPENER_TEXT
+                                                               : OPENER_UNPREPARED;
+  if (o->kind == OP_OPENER && st == PGRES_FATAL_ERROR && state != NULL &&
+      strcmp(state, "26000") == 0 && conn->opener == OPENER_PREPARED)
+    conn->opener = OPENER_UNPREPARED;
+  if (o->kind == OP_OPENER && st == PGRES_TUPLES_OK) {
+    if (PQntuples(res) != 1 || PQnfields(res) != 3 || strcmp(PQgetvalue(res, 0, 0), "on") != 0)
+      conn->opener = OPENER_TEXT; /* not ours: someone prepared that name */
+    else if (strcmp(PQgetvalue(res, 0, 1), "serializable") == 0)
+      conn->no_batch = 1;
+  }
   PQclear(res);
   op_discard(o);
 }
@@ -511,7 +549,7 @@ static void read_results(struct conn *conn) {
       conn->result = NULL;
       conn->got_result = 0;
       op *o = wire_pop(conn, conn_head(conn)->held && !PQisBusy(conn->pg));
-      if (o->kind == OP_OPENER) {
+      if (op_instant(o->kind)) {
         opener_done(conn, o, last);
       } else if (!conn->pipelined || o->batched) {
         deliver(conn, o, last);

@@ -53,6 +53,7 @@ struct conn {
   int signalable; /* ... that may be cancelled on the server */
   int writes;     /* ... that may write */
   int no_batch;   /* reads get a sync point each (serializable default) */
+  int opener;     /* the batch opener here: OPENER_UNPREPARED, ... (conn.c) */
   uint64_t chunk_ns; /* results held back together: the first one's start */
   int got_result; /* the head has sent a result already */
   int exclusive;  /* the head must not share the connection */
@@ -113,7 +114,7 @@ static inline op *conn_running(const struct conn *conn) {
   const queue *q;
   queue_foreach(q, &conn->wire) {
     op *o = queue_data(q, op, node);
-    if (o->kind != OP_OPENER)
+    if (!op_instant(o->kind))
       return o;
   }
   return NULL;

@@ -19,11 +19,15 @@ typedef enum {
   OP_QUERY,   /* pgtag_query or pgtag_conn_query */
   OP_ACQUIRE, /* pgtag_acquire */
   OP_RESET,   /* the pool's own ROLLBACK on a released connection */
-  OP_OPENER   /* the pool's own statement that makes a batch read-only */
+  OP_OPENER,  /* the pool's own statement that makes a batch read-only */
+  OP_PREPARE  /* preparing the opener on a connection */
 } op_kind;
 
 /* The pool's own statements: no callback, no context, not counted. */
-static inline int op_internal(int kind) { return kind == OP_RESET || kind == OP_OPENER; }
+static inline int op_internal(int kind) { return kind >= OP_RESET; }
+
+/* The pool's own statements that take the server no time to speak of. */
+static inline int op_instant(int kind) { return kind == OP_OPENER || kind == OP_PREPARE; }
 
 
 typedef struct op {

@@ -424,6 +424,57 @@ static void select_of_a_writing_function_runs_once(void **state) {
   test_pool_close(&loop, pool);
 }
 
+/* One batch of three reads of different requests; each must succeed. */
+static void batch_of_three(pgtag_pool *pool, const char *sql) {
+  rec r[3];
+  memset(r, 0, sizeof r);
+  int base = completions;
+  for (int i = 0; i < 3; i++) {
+    char v[8];
+    snprintf(v, sizeof v, "%d", i);
+    query_param_in(pool, NULL, sql, v, &r[i]);
+  }
+  assert_int_equal(in_pipeline(pool), 3);
+  assert_true(run_until(&loop, &completions, base + 3, 5000));
+  for (int i = 0; i < 3; i++) {
+    char v[8];
+    snprintf(v, sizeof v, "%d", i);
+    assert_done(&r[i], NULL, PGTAG_OK);
+    assert_string_equal(r[i].value, v);
+  }
+}
+
+/* Statements on a held connection that throw away prepared statements,
+ * or take the name of the one pgtag prepares to open batches: batches on
+ * that connection afterwards still run, and run right. */
+static void batch_opener_survives_what_a_holder_does(void **state) {
+  (void)state;
+  pgtag_pool *pool = pipelined_pool(1, 8, 0);
+  const char *const stmts[] = {"SELECT $1::text"};
+  warm(pool, stmts, 1);
+  batch_of_three(pool, stmts[0]); /* prepares the opener */
+  const char *const wipe[] = {"DEALLOCATE ALL", "DISCARD ALL",
+                              "PREPARE pgtag_batch_opener(text) AS SELECT 1, 2, 3"};
+  for (int w = 0; w < 3; w++) {
+    rec acq = {0}, done = {0};
+    acquire_in(pool, NULL, &acq);
+    assert_true(run_until(&loop, &acq.calls, 1, 5000));
+    if (w == 2) { /* the name taken: first the opener must be gone */
+      conn_query_in(acq.conn, NULL, "DEALLOCATE ALL", &done);
+      assert_true(run_until(&loop, &done.calls, 1, 5000));
+      memset(&done, 0, sizeof done);
+    }
+    conn_query_in(acq.conn, NULL, wipe[w], &done);
+    assert_true(run_until(&loop, &done.calls, 1, 5000));
+    assert_int_equal(done.code, PGTAG_OK);
+    assert_int_equal(pgtag_release(acq.conn), PGTAG_OK);
+    batch_of_three(pool, stmts[0]); /* the opener fails: the reads go again */
+    batch_of_three(pool, stmts[0]); /* prepared again, or sent as text */
+  }
+  assert_int_equal(only_conn(pool)->opener, -1); /* the name is taken: text */
+  test_pool_close(&loop, pool);
+}
+
 /* A read's result is delivered when it arrives: a fast read does not wait
  * for a slow one sent behind it, even in one batch.  Default settings. */
 static void read_result_arrives_while_a_slow_read_of_its_batch_runs(void **state) {
@@ -743,6 +794,7 @@ int main(void) {
       cmocka_unit_test_setup(lost_connection_fails_each_pipelined_query_once, setup),
       cmocka_unit_test_setup(writes_of_different_requests_never_share_a_transaction, setup),
       cmocka_unit_test_setup(select_of_a_writing_function_runs_once, setup),
+      cmocka_unit_test_setup(batch_opener_survives_what_a_holder_does, setup),
       cmocka_unit_test_setup(read_result_arrives_while_a_slow_read_of_its_batch_runs, setup),
       cmocka_unit_test_setup(request_stats_charge_only_own_time, setup),
       cmocka_unit_test_setup(fast_reads_never_wait_behind_a_slow_one, setup),
