@@ -181,8 +181,10 @@ void pgtag_ctx_run(pgtag_ctx *ctx, void (*fn)(void *arg), void *arg);
 typedef struct {
   uint64_t queries;     /**< queries completed, any outcome */
   uint64_t errors;      /**< of those, the ones that failed */
-  uint64_t db_time_us;  /**< summed, each from being sent to its result */
-  uint64_t slowest_us;   /**< the slowest query, sent to result */
+  uint64_t db_time_us;  /**< summed, each its own time: from when the server
+                           could start it (sent, and the statement ahead of
+                           it on the connection done) to its result */
+  uint64_t slowest_us;   /**< the slowest query, its own time */
   char slowest_sql[201]; /**< the slowest one's text, without the tag, cut
                             at 200 bytes; "" when none ran */
 } pgtag_request_stats;
@@ -472,7 +474,8 @@ typedef struct {
   uint64_t reconnects;      /**< connections established to replace them */
   uint64_t errors_by_code[PGTAG_NERRCODES]; /**< operations ended, by code */
   pgtag_histogram acquire_wait; /**< submit to getting a connection */
-  pgtag_histogram query_time;   /**< sent to result */
+  pgtag_histogram query_time;   /**< each query's own time (see
+                                   pgtag_request_stats.db_time_us) */
 } pgtag_stats;
 
 /** A snapshot of the pool's state; valid until the pool is freed.
@@ -527,8 +530,9 @@ typedef struct {
 } pgtag_query_opts;
 
 /** Run sql on any pooled connection, in the current context: a free one; or,
- * once all max_conns are busy, in the pipeline of one of them (see
- * pipeline_depth); else it waits (first in, first out with acquires).
+ * once all max_conns are busy, in the pipeline of one of them, where it
+ * does what it would do on a connection of its own (see pipeline_depth);
+ * else it waits (first in, first out with acquires).
  * Returns PGTAG_EINVAL (NULL pool, sql or cb; nparams < 0; values NULL with
  * nparams > 0; called off the loop thread), PGTAG_ECLOSED (pool closing),
  * PGTAG_EQUEUEFULL (max_waiting reached) or PGTAG_ENOMEM.
@@ -545,12 +549,16 @@ pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
                              void *arg);
 
 /** Cancel everything the request ctx has under way, in every pool of this
- * thread: operations waiting for a connection, and queries queued behind
- * another on its held connections, fail with PGTAG_ECANCELED (from the
- * loop, never inside this call); queries running are cancelled on the
- * server (PQcancel, on the libuv thread pool) and fail with PGTAG_ECANCELED
- * once it confirms, or report their real outcome if they finished first.
- * Connections the request holds stay held.  For a client that went away.
+ * thread: operations waiting for a connection, and queries not yet sent
+ * (queued on its held connections, or about to go out in a pipeline), fail
+ * with PGTAG_ECANCELED (from the loop, never inside this call); queries
+ * sent are cancelled on the server (PQcancel, on the libuv thread pool)
+ * when their turn comes, and fail with PGTAG_ECANCELED once it confirms,
+ * or report their real outcome if they finished first.  A cancel request
+ * never fails another request's statement: one that could hit another
+ * request's write pipelined on the same connection is not sent, and that
+ * query runs to its end.  Connections the request holds stay held.  For a
+ * client that went away.
  * Returns how many operations it canceled.
  * Thread: the context's (its pools' loop thread). */
 int pgtag_ctx_cancel(pgtag_ctx *ctx);
