@@ -117,15 +117,24 @@ static void defer_error(pgtag_pool *pool, op *o, pgtag_errcode code,
 
 static void on_wait_timeout(uv_timer_t *timer);
 
+/* The timer fires at the first waiter's deadline, or earlier: deadlines
+ * rise along the line, so a timer set for an earlier waiter that got a
+ * connection since is left to fire, and on_wait_timeout sets it again.
+ * That spares a timer-heap update per query under load.  While nobody
+ * waits it does not keep the loop alive. */
 static void wait_timer_arm(pgtag_pool *pool) {
+  uv_timer_t *t = &pool->wait_timer;
   if (queue_empty(&pool->waiters) || first_op(&pool->waiters)->deadline == 0) {
-    uv_timer_stop(&pool->wait_timer);
+    uv_unref((uv_handle_t *)t);
     return;
   }
   uint64_t deadline = first_op(&pool->waiters)->deadline;
+  uv_ref((uv_handle_t *)t);
+  if (uv_is_active((uv_handle_t *)t) && pool->wait_timer_at <= deadline)
+    return;
   uint64_t now = uv_now(pool->loop);
-  uv_timer_start(&pool->wait_timer, on_wait_timeout,
-                 deadline > now ? deadline - now : 0, 0);
+  pool->wait_timer_at = deadline;
+  uv_timer_start(t, on_wait_timeout, deadline > now ? deadline - now : 0, 0);
 }
 
 static void waiter_add(pgtag_pool *pool, op *o) {

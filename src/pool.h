@@ -36,7 +36,8 @@ struct pgtag_pool {
   int nwaiting;
   int outstanding; /* queries and acquires whose callback has not run:
                       the load a cluster routes reads by */
-  uv_timer_t wait_timer; /* fires at the first waiter's deadline */
+  uv_timer_t wait_timer; /* fires at the first waiter's deadline, or before */
+  uint64_t wait_timer_at; /* uv_now() it is set for */
 
   queue deferred;   /* ops whose outcome is known, callback not yet run */
   queue op_cache[OP_SIZE_CLASSES]; /* free op records for reuse (op.c) */

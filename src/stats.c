@@ -103,7 +103,10 @@ uint64_t stats_query_done(op *o, struct conn *conn) {
     ctx->stats.db_time_us += us;
     if (us >= ctx->stats.slowest_us) {
       ctx->stats.slowest_us = us;
-      snprintf(ctx->stats.slowest_sql, sizeof ctx->stats.slowest_sql, "%.200s", text);
+      /* No printf: a request's first query takes this path, so most do. */
+      size_t n = strnlen(text, sizeof ctx->stats.slowest_sql - 1);
+      memcpy(ctx->stats.slowest_sql, text, n);
+      ctx->stats.slowest_sql[n] = '\0';
     }
   }
   int slow = pool->cfg.slow_query_ms > 0 && us >= (uint64_t)pool->cfg.slow_query_ms * 1000;
