@@ -116,13 +116,8 @@ int pipeline_cancel_safe(const struct conn *conn, const op *target) {
     return 1;
   if (target != conn_running(conn))
     return 0; /* it waits for its turn */
-  const queue *q;
-  queue_foreach(q, &conn->wire) {
-    const op *o = queue_data(q, op, node);
-    if (o != target && o->kind == OP_QUERY && !o->reads)
-      return 0;
-  }
-  return 1;
+  int target_writes = target->kind == OP_QUERY && !target->reads;
+  return conn->writes - target_writes == 0;
 }
 
 void pipeline_mark_at_risk(struct conn *conn, const op *target) {
