@@ -353,6 +353,34 @@ typedef struct {
                                 been running longer; so no query waits
                                 behind another request's slow one.  1 to
                                 3600000; default 5 */
+  int statement_cache;       /**< statements each connection keeps prepared
+                                on its server process, least recently used
+                                first out: a query whose text (tag excluded)
+                                is prepared there goes out as
+                                "<tag> EXECUTE _pgtag_<n>('value', ...)",
+                                the values quoted by pgtag, so the server
+                                runs a plan it keeps instead of parsing and
+                                planning the text, and the tag stays in the
+                                text pg_stat_activity and the log show.  A
+                                new text is prepared just ahead of its
+                                first use, in the same pipeline.  Used for
+                                SELECT, INSERT, UPDATE, DELETE, MERGE,
+                                VALUES, TABLE and WITH statements whose
+                                values come to at most 8 KB and are valid
+                                in the client encoding, with
+                                standard_conforming_strings on; anything
+                                else goes as an unnamed statement, as does
+                                a query with pgtag_query_opts.no_cache.
+                                The server's refusals for the cache's
+                                reasons (the statement was deallocated, its
+                                plan no longer fits after ALTER TABLE) are
+                                recovered from by preparing it again and
+                                running the query once more, since nothing
+                                of it ran; inside a transaction block the
+                                error aborted, the query fails with it.
+                                The names _pgtag_* are pgtag's.  0 = off;
+                                off behind a transaction_pooler; default
+                                256 */
   int tcp_keepalive_s;       /**< TCP connections: probe a silent peer after
                                 this many idle seconds, every s/6 (at least
                                 1 s), give up after 3 probes; also the
@@ -527,6 +555,8 @@ typedef void (*pgtag_result_cb)(PGresult *res, const pgtag_error *err, void *arg
 typedef struct {
   int timeout_ms; /**< statement timeout: 0 = the pool's statement_timeout_ms,
                      < 0 = none */
+  int no_cache;   /**< nonzero: send it as an unnamed statement, not through
+                     the statement cache (statement_cache) */
 } pgtag_query_opts;
 
 /** Run sql on any pooled connection, in the current context: a free one; or,

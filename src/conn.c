@@ -9,11 +9,13 @@
 #include "conn.h"
 
 #include "pool.h"
+#include "sqlkind.h"
 #include "stats.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <errno.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -194,7 +196,13 @@ static void connect_step(struct conn *conn) {
     }
     PQsetNoticeReceiver(conn->pg, on_notice, conn);
     conn->opener = conn->pool->cfg.transaction_pooler ? OPENER_TEXT : OPENER_UNPREPARED;
-    if (conn->pool->cfg.pipeline_depth > 1) {
+    /* A pooled server connection changes from one transaction to the
+     * next: what is prepared on one is not on the others. */
+    if (!conn->pool->cfg.transaction_pooler)
+      stmtcache_init(&conn->stmts, conn->pool->cfg.statement_cache);
+    /* Pipeline mode for pipelining, and for the cache, whose prepare goes
+     * out just ahead of the statement's first use. */
+    if (conn->pool->cfg.pipeline_depth > 1 || conn->stmts.slots != NULL) {
       if (!PQenterPipelineMode(conn->pg)) {
         pool_on_connect_failed(conn, PQerrorMessage(conn->pg));
         return;
@@ -353,8 +361,48 @@ static op *wire_pop(struct conn *conn, int held_back) {
   return o;
 }
 
-/* PQsendQueryParams with the tag of o's context; the pool's own
- * statements as they are. */
+/* A statement that throws away what is prepared on the server process:
+ * what the cache and the opener know is gone once it has run. */
+static int discards_prepared(const char *sql) {
+  while (*sql == ' ' || *sql == '\t' || *sql == '\n' || *sql == '\r')
+    sql++;
+  return strncasecmp(sql, "DISCARD", 7) == 0 || strncasecmp(sql, "DEALLOCATE", 10) == 0;
+}
+
+/* Send a query of the application's through the statement cache: the
+ * DEALLOCATE of the statement it evicts and its own prepare when it is
+ * new, then the tagged EXECUTE.  Returns 0 or -1, or 1 when it must go the
+ * old way instead. */
+static int put_cached(struct conn *conn, op *o) {
+  pgtag_pool *pool = conn->pool;
+  stmt_plan plan;
+  if (o->uncached || conn->stmts.slots == NULL || o->sql == NULL)
+    return 1;
+  if (o->hash == 0)
+    o->hash = sql_hash(o->sql);
+  if (stmtcache_plan(&conn->stmts, conn->pg, o->hash, o->sql, o->nparams, o->values, &plan) != 0)
+    return 1;
+  o->steps = 0;
+  o->stmt_id = plan.id;
+  if (plan.dealloc != NULL) {
+    if (!PQsendQueryParams(conn->pg, plan.dealloc, 0, NULL, NULL, NULL, NULL, 0))
+      return -1;
+    o->steps |= OP_STEP_DEALLOC;
+  }
+  if (plan.prepare_name != NULL) {
+    if (!PQsendPrepare(conn->pg, plan.prepare_name, o->sql, o->nparams, NULL))
+      return -1;
+    o->steps |= OP_STEP_PREPARE;
+  }
+  const char *text = tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key, o->ctx,
+                                plan.execute);
+  if (text == NULL)
+    text = plan.execute; /* out of memory for the tag: the query still runs */
+  return PQsendQueryParams(conn->pg, text, 0, NULL, NULL, NULL, NULL, 0) ? 0 : -1;
+}
+
+/* PQsendQueryParams with the tag of o's context (through the statement
+ * cache when it can); the pool's own statements as they are. */
 static int put_query(struct conn *conn, op *o) {
   pgtag_pool *pool = conn->pool;
   const char *text = o->sql;
@@ -363,6 +411,16 @@ static int put_query(struct conn *conn, op *o) {
   if (o->kind == OP_OPENER && conn->opener == OPENER_PREPARED)
     return PQsendQueryPrepared(conn->pg, OPENER_NAME, 1, o->values, NULL, NULL, 0) ? 0 : -1;
   if (!op_internal(o->kind)) {
+    o->stmt_id = 0;
+    o->steps = 0;
+    int rc = put_cached(conn, o);
+    if (rc != 1)
+      return rc;
+    if (discards_prepared(o->sql)) {
+      stmtcache_clear(&conn->stmts);
+      if (conn->opener == OPENER_PREPARED)
+        conn->opener = OPENER_UNPREPARED;
+    }
     text = tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key, o->ctx, o->sql);
     if (text == NULL)
       text = o->sql; /* out of memory for the tag: the query still runs */
@@ -468,7 +526,7 @@ static int flush_batch(struct conn *conn, int n) {
      * 1.6 with). */
     if (batch && i > 0 && o->unproven)
       failed |= !PQsendFlushRequest(conn->pg);
-    o->batched = (uint8_t)batch;
+    o->batched = batch != 0;
     failed |= put_query(conn, o) != 0;
     if (!batch)
       failed |= put_sync(conn) != 0;
@@ -527,6 +585,32 @@ static void opener_done(struct conn *conn, op *o, PGresult *res) {
   op_discard(o);
 }
 
+/* A command a query sent through the statement cache had ahead of its
+ * EXECUTE is done.  The DEALLOCATE of an evicted statement may fail: that
+ * one only stays unused.  A prepare that failed is forgotten; its error
+ * (a syntax error, say) is the query's outcome, and the EXECUTE behind it
+ * is skipped. */
+static void cached_step_done(struct conn *conn, op *o) {
+  PGresult *r = conn->result;
+  conn->result = NULL;
+  conn->got_result = 0;
+  if (o->steps & OP_STEP_DEALLOC) {
+    o->steps &= (uint8_t)~OP_STEP_DEALLOC;
+    PQclear(r);
+    return;
+  }
+  o->steps &= (uint8_t)~OP_STEP_PREPARE;
+  if (r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK) {
+    PQclear(r);
+    return;
+  }
+  stmtcache_forget(&conn->stmts, o->hash, o->stmt_id);
+  if (r != NULL && PQresultStatus(r) == PGRES_FATAL_ERROR)
+    conn->result = r; /* an error wins over what comes after it */
+  else
+    PQclear(r);
+}
+
 /* A statement's results are complete, or its sync point has come. */
 static void deliver(struct conn *conn, op *o, PGresult *res) {
   pool_on_query_done(conn, o, res);
@@ -543,6 +627,10 @@ static void read_results(struct conn *conn) {
     if (res == NULL) {
       if (!conn->got_result || queue_empty(&conn->wire))
         break; /* nothing more yet: wait for input */
+      if (conn_head(conn)->steps != 0) {
+        cached_step_done(conn, conn_head(conn));
+        continue;
+      }
       /* The NULL that ends the head's results (outside pipeline mode it
        * comes after ReadyForQuery). */
       PGresult *last = conn->result;
@@ -691,6 +779,7 @@ int conn_poll_update(struct conn *conn) {
 }
 
 void conn_shut(struct conn *conn) {
+  stmtcache_free(&conn->stmts); /* they went with the server process */
   poll_close(conn);
   uv_timer_stop(&conn->timer);
   PQclear(conn->result);

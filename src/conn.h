@@ -6,6 +6,7 @@
 #include "leak.h"
 #include "op.h"
 #include "queue.h"
+#include "stmtcache.h"
 #include "tag.h"
 
 #include <stdint.h>
@@ -54,6 +55,7 @@ struct conn {
   int writes;     /* ... that may write */
   int no_batch;   /* reads get a sync point each (serializable default) */
   int opener;     /* the batch opener here: OPENER_UNPREPARED, ... (conn.c) */
+  stmt_cache stmts; /* statements prepared on this server process */
   uint64_t chunk_ns; /* results held back together: the first one's start */
   int got_result; /* the head has sent a result already */
   int exclusive;  /* the head must not share the connection */

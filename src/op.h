@@ -23,6 +23,11 @@ typedef enum {
   OP_PREPARE  /* preparing the opener on a connection */
 } op_kind;
 
+/* Commands a query sent through the statement cache may have ahead of its
+ * EXECUTE, in this order. */
+#define OP_STEP_DEALLOC 1 /* DEALLOCATE of the statement it evicted */
+#define OP_STEP_PREPARE 2 /* preparing its own */
+
 /* The pool's own statements: no callback, no context, not counted. */
 static inline int op_internal(int kind) { return kind >= OP_RESET; }
 
@@ -49,24 +54,30 @@ typedef struct op {
   uint8_t kind;        /* op_kind */
   uint8_t code;        /* pgtag_errcode: the outcome */
   uint8_t cancel_code; /* cancelled on purpose: ETIMEDOUT, ECANCELED... */
-  uint8_t exclusive;   /* changes transaction or session state: never
-                          shares a connection */
-  uint8_t reads;       /* a plain read: may share a read-only batch */
   uint8_t resent;      /* times sent again (never run, or hit by a stray
-                          cancel: see pipeline.c) */
-  uint8_t cancel_sent; /* a cancel request went out for it */
-  uint8_t solo;        /* pipelined: gets a sync point of its own */
-  uint8_t batched;     /* sent in a read-only batch: its result is final
-                          when it arrives */
-  uint8_t unproven;    /* its statement is not known to be fast */
-  uint8_t signalable;  /* may be cancelled on the server: a timeout, or a
-                          cancel requested (counted in conn->signalable) */
-  uint8_t at_risk;     /* on the wire behind a statement a cancel request
-                          was sent for: a 57014 may be that cancel's */
-  uint8_t running;     /* the server can run it now (conn_running) */
-  uint8_t held;        /* sent with no sync point or flush after it: the
-                          server may hold its result back until the next
-                          statement's is ready too */
+                          cancel: see pipeline.c; refused for the
+                          statement cache's reasons: pool.c) */
+  uint8_t steps;       /* sent through the statement cache: the commands
+                          ahead of its EXECUTE whose results are still to
+                          come (OP_STEP_*) */
+  unsigned exclusive : 1;   /* changes transaction or session state: never
+                               shares a connection */
+  unsigned reads : 1;       /* a plain read: may share a read-only batch */
+  unsigned cancel_sent : 1; /* a cancel request went out for it */
+  unsigned solo : 1;        /* pipelined: gets a sync point of its own */
+  unsigned batched : 1;     /* sent in a read-only batch: its result is
+                               final when it arrives */
+  unsigned unproven : 1;    /* its statement is not known to be fast */
+  unsigned signalable : 1;  /* may be cancelled on the server: a timeout, or
+                               a cancel requested (conn->signalable) */
+  unsigned at_risk : 1;     /* on the wire with a statement a cancel request
+                               was sent for: a 57014 may be that cancel's */
+  unsigned running : 1;     /* the server can run it now (conn_running) */
+  unsigned held : 1;        /* sent with no sync point or flush after it:
+                               the server may hold its result back until
+                               the next statement's is ready too */
+  unsigned uncached : 1;    /* bypasses the statement cache
+                               (pgtag_query_opts) */
   char sqlstate[6];
   uint32_t size;       /* bytes allocated for it, arguments included */
   union {
@@ -85,6 +96,7 @@ typedef struct op {
       uint64_t hash;     /* of sql (untagged): the pool's statement memory */
       int nparams;
       int timeout_ms; /* statement timeout once sent; 0 = none */
+      uint32_t stmt_id; /* sent through the statement cache: which; 0 = not */
     };
     struct { /* OP_ACQUIRE */
       const char *file; /* the call site */

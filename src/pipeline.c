@@ -7,20 +7,14 @@
 #include <assert.h>
 #include <string.h>
 
-/* FNV-1a: statement texts are short, and this runs once per query. */
-static uint64_t text_hash(const char *s) {
-  uint64_t h = 14695981039346656037ULL;
-  for (; *s != '\0'; s++)
-    h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-  return h != 0 ? h : 1;
-}
-
 static uint32_t pool_fast_us(const pgtag_pool *pool) {
   return (uint32_t)pool->cfg.pipeline_fast_ms * 1000;
 }
 
+/* NULL for a pool that does not pipeline (it keeps no statement memory;
+ * o->hash may be set all the same, by the statement cache). */
 static pipeline_stmt *slot_of(const pgtag_pool *pool, uint64_t hash) {
-  return &pool->stmts[hash & (PIPELINE_STMTS - 1)];
+  return pool->stmts != NULL ? &pool->stmts[hash & (PIPELINE_STMTS - 1)] : NULL;
 }
 
 static int proven_fast(const pipeline_stmt *s, uint32_t fast_us) {
@@ -30,7 +24,7 @@ static int proven_fast(const pipeline_stmt *s, uint32_t fast_us) {
 void pipeline_classify(pgtag_pool *pool, op *o) {
   if (pool->cfg.pipeline_depth <= 1 || o->sql == NULL)
     return;
-  o->hash = text_hash(o->sql);
+  o->hash = sql_hash(o->sql);
   pipeline_stmt *s = slot_of(pool, o->hash);
   if (s->hash != o->hash) {
     memset(s, 0, sizeof *s);
@@ -59,18 +53,15 @@ int pipeline_accepts(const pgtag_pool *pool, const struct conn *conn, op *o, uin
       now_ns - head->start_ns > (uint64_t)pool_fast_us(pool) * 1000)
     return 0; /* known fast, yet running long now */
   /* Its own status may have changed while it waited. */
-  if (o->hash != 0) {
-    const pipeline_stmt *s = slot_of(pool, o->hash);
+  const pipeline_stmt *s = slot_of(pool, o->hash);
+  if (o->hash != 0 && s != NULL)
     o->unproven = s->hash != o->hash || !proven_fast(s, pool_fast_us(pool));
-  }
   return 1;
 }
 
 void pipeline_learn(pgtag_pool *pool, const op *o, uint64_t us) {
-  if (o->hash == 0)
-    return;
   pipeline_stmt *s = slot_of(pool, o->hash);
-  if (s->hash != o->hash)
+  if (o->hash == 0 || s == NULL || s->hash != o->hash)
     return; /* its slot went to another statement meanwhile */
   uint32_t v = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
   s->avg_us = s->runs == 0 ? v : (uint32_t)(((uint64_t)s->avg_us * 3 + v) / 4);
@@ -101,8 +92,9 @@ int pipeline_resend(pgtag_pool *pool, const struct conn *conn, op *o, const PGre
     /* It writes after all (a function called by a SELECT): refused by the
      * batch's read-only transaction before it had any effect.  It runs
      * alone, now and from now on. */
-    if (o->hash != 0 && slot_of(pool, o->hash)->hash == o->hash)
-      slot_of(pool, o->hash)->writes = 1;
+    pipeline_stmt *s = slot_of(pool, o->hash);
+    if (o->hash != 0 && s != NULL && s->hash == o->hash)
+      s->writes = 1;
     o->reads = 0;
     return 1;
   }

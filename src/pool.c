@@ -517,6 +517,30 @@ static int res_sqlstate_is(const PGresult *res, const char *sqlstate) {
   return state != NULL && strcmp(state, sqlstate) == 0;
 }
 
+/* The server refused o, sent through the statement cache, before running
+ * it, for a reason of the cache's: its statement was gone (26000, after a
+ * DEALLOCATE or DISCARD the pool did not see), its plan no longer fits
+ * (0A000 "cached plan must not change result type", after an ALTER TABLE;
+ * the English message is what tells it apart), or its name was taken by
+ * someone else's (42P05).  The cache forgets what it must, and o may go
+ * again, once: unless the error aborted the transaction block it ran in. */
+static int cache_refused(struct conn *conn, op *o, const PGresult *res) {
+  if (o->stmt_id == 0 || o->sql == NULL || o->resent >= 2 || o->cancel_code != PGTAG_OK ||
+      (conn->state != CONN_BUSY && conn->state != CONN_HELD) || conn->reclaiming)
+    return 0;
+  if (res_sqlstate_is(res, "26000")) {
+    stmtcache_clear(&conn->stmts);
+  } else if (res_sqlstate_is(res, "0A000")) {
+    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    if (msg == NULL || strstr(msg, "cached plan must not change result type") == NULL)
+      return 0;
+    stmtcache_forget(&conn->stmts, o->hash, o->stmt_id);
+  } else if (!res_sqlstate_is(res, "42P05")) {
+    return 0;
+  }
+  return PQtransactionStatus(conn->pg) != PQTRANS_INERROR;
+}
+
 /* The connection is done for while o, whose result res is, was being
  * delivered: o fails first, then the others, keeping the server's SQLSTATE
  * from res. */
@@ -579,7 +603,19 @@ void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
   if (o->batched && o->timeout_ms > 0 && o->cancel_code == PGTAG_OK && !o->at_risk &&
       res_sqlstate_is(res, "57014"))
     o->cancel_code = PGTAG_ETIMEDOUT; /* the server enforced its timeout */
-  if (pipeline_resend(pool, conn, o, res, 0)) {
+  if (cache_refused(conn, o, res)) {
+    /* Nothing of it ran: it goes again, first in line (held: first on
+     * its connection), and is prepared again. */
+    PQclear(res);
+    if (conn->state == CONN_BUSY) {
+      requeue_front(pool, o);
+      wait_timer_arm(pool);
+    } else {
+      o->resent++;
+      queue_insert_head(&conn->pending, &o->node);
+    }
+    o = NULL;
+  } else if (pipeline_resend(pool, conn, o, res, 0)) {
     /* It had no effect (pipeline.h): it goes again, first in line. */
     PQclear(res);
     requeue_front(pool, o);
@@ -986,8 +1022,17 @@ static op *query_op_new(pgtag_pool *pool, const char *sql, int nparams,
   o->arg = arg;
   o->timeout_ms = timeout_of(pool, opts);
   o->signalable = o->timeout_ms > 0;
+  o->uncached = opts != NULL && opts->no_cache;
   pipeline_classify(pool, o);
   return o;
+}
+
+/* A query keeps its own copy of its text and values, beyond the call that
+ * submitted it, when it may be sent again: pipelined (its batch may skip
+ * it), or through the statement cache (the server may refuse it for the
+ * cache's reasons: pool_on_query_done). */
+static int keeps_args(const pgtag_pool *pool) {
+  return pool->cfg.pipeline_depth > 1 || (pool->cfg.statement_cache > 0 && !pool->cfg.transaction_pooler);
 }
 
 pgtag_errcode pgtag_query(pgtag_pool *pool, const char *sql, int nparams,
@@ -1011,7 +1056,7 @@ pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
     /* A free connection: send now, straight from the caller's memory
      * (pipelining keeps a copy: others may be sent behind it, and the
      * statistics and a resend need its text). */
-    int keep = pool->cfg.pipeline_depth > 1;
+    int keep = keeps_args(pool);
     op *o = query_op_new(pool, sql, nparams, values, opts, cb, arg, keep);
     if (o == NULL) {
       queue_insert_head(&pool->idle, &conn->idle_node);
@@ -1112,12 +1157,14 @@ pgtag_errcode pgtag_conn_query_ex(pgtag_conn h, const char *sql, int nparams,
   }
 
   int send_now = conn->state == CONN_HELD && !conn_on_wire(conn) && conn->cancel == NULL;
-  op *o = op_new(pool, OP_QUERY, sql, nparams, values, !send_now && conn->state == CONN_HELD);
+  int keep = conn->state == CONN_HELD && (!send_now || keeps_args(pool));
+  op *o = op_new(pool, OP_QUERY, sql, nparams, values, keep);
   if (o == NULL)
     return PGTAG_ENOMEM;
   o->cb.result = cb;
   o->arg = arg;
   o->timeout_ms = timeout_of(pool, opts);
+  o->uncached = opts != NULL && opts->no_cache;
 
   if (conn->state == CONN_LOST) {
     defer_error(pool, o, PGTAG_ECONN, "connection lost");
@@ -1128,8 +1175,10 @@ pgtag_errcode pgtag_conn_query_ex(pgtag_conn h, const char *sql, int nparams,
     return PGTAG_OK;
   }
   if (conn_send(conn, o) == 0) {
-    o->sql = NULL;
-    o->values = NULL;
+    if (!keep) {
+      o->sql = NULL;
+      o->values = NULL;
+    }
     return PGTAG_OK;
   }
   /* Broken before anything was sent: the holder hears it through this
@@ -1206,6 +1255,7 @@ void pgtag_pool_config_init(pgtag_pool_config *cfg) {
   cfg->tcp_keepalive_s = 60;
   cfg->pipeline_depth = 4;
   cfg->pipeline_fast_ms = 5;
+  cfg->statement_cache = 256;
   cfg->idle_timeout_ms = 30000;
   cfg->tag_style = PGTAG_TAG_PREFIX;
   cfg->tag_key = "requestId";
@@ -1234,6 +1284,8 @@ static const char *config_problem(const pgtag_pool_config *cfg) {
     return "pipeline_depth must be between 1 and 1024";
   if (cfg->pipeline_depth > 1 && (cfg->pipeline_fast_ms < 1 || cfg->pipeline_fast_ms > 3600000))
     return "pipeline_fast_ms must be between 1 and 3600000";
+  if (cfg->statement_cache < 0 || cfg->statement_cache > 100000)
+    return "statement_cache must be between 0 and 100000";
   if (cfg->reconnect_base_ms < 0 || cfg->reconnect_max_ms < 0 ||
       cfg->statement_timeout_ms < 0 || cfg->tcp_keepalive_s < 0)
     return "timeouts and limits must not be negative";

@@ -136,6 +136,22 @@ static int word_in(const lexer *lx, const char *const *list, size_t n) {
 
 #define IN(lx, list) word_in((lx), (list), sizeof(list) / sizeof((list)[0]))
 
+/* What PREPARE takes (and so what SQL's EXECUTE runs). */
+static const char *const preparable_words[] = {"select", "insert", "update", "delete",
+                                               "merge",  "values", "table",  "with"};
+
+int sql_preparable(const char *sql) {
+  lexer lx = {sql, NULL, 0};
+  return sql != NULL && next_word(&lx) && IN(&lx, preparable_words);
+}
+
+uint64_t sql_hash(const char *s) {
+  uint64_t h = 14695981039346656037ULL;
+  for (; *s != '\0'; s++)
+    h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+  return h != 0 ? h : 1;
+}
+
 sql_kind sql_kind_of(const char *sql) {
   lexer lx = {sql, NULL, 0};
   if (sql == NULL || !next_word(&lx))

@@ -4,6 +4,8 @@
 #ifndef PGTAG_SQLKIND_H
 #define PGTAG_SQLKIND_H
 
+#include <stdint.h>
+
 typedef enum {
   SQL_READ,     /* a plain read: may share a read-only batch */
   SQL_WRITE,    /* may write, lock or have an effect: a sync point of its own */
@@ -22,5 +24,12 @@ typedef enum {
  * that writes all the same (a function with effects) is caught at run time
  * by the read-only batch it runs in (pipeline.c). */
 sql_kind sql_kind_of(const char *sql);
+
+/* Nonzero when sql is a statement SQL's EXECUTE can run once prepared:
+ * SELECT, INSERT, UPDATE, DELETE, MERGE, VALUES, TABLE or WITH. */
+int sql_preparable(const char *sql);
+
+/* A statement text's identity for the pool's tables (FNV-1a; never 0). */
+uint64_t sql_hash(const char *sql);
 
 #endif

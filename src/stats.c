@@ -8,6 +8,7 @@
 #include "context.h"
 #include "op.h"
 #include "pool.h"
+#include "sqlkind.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,19 +40,11 @@ void stats_waited(pgtag_pool *pool, op *o) {
   histogram_add(&pool->stats.acquire_wait, us);
 }
 
-/* FNV-1a: short statements, no need for more. */
-static uint64_t text_hash(const char *s) {
-  uint64_t h = 14695981039346656037ULL;
-  for (; *s != '\0'; s++)
-    h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-  return h != 0 ? h : 1;
-}
-
 /* Count the statement in its request; when one count passes the threshold,
  * report once.  A full table gives the least repeated slot to the newcomer:
  * a statement repeated enough to matter keeps its place. */
 static void n_plus_one(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql) {
-  uint64_t h = text_hash(sql);
+  uint64_t h = sql_hash(sql);
   if (ctx->statements == NULL) {
     ctx->statements = calloc(CTX_STATEMENTS, sizeof *ctx->statements);
     if (ctx->statements == NULL)
