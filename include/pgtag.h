@@ -366,7 +366,7 @@ typedef struct {
                                 first use, in the same pipeline.  Used for
                                 SELECT, INSERT, UPDATE, DELETE, MERGE,
                                 VALUES, TABLE and WITH statements whose
-                                values come to at most 8 KB and are valid
+                                values come to at most 4 KB and are valid
                                 in the client encoding, with
                                 standard_conforming_strings on; anything
                                 else goes as an unnamed statement, as does
