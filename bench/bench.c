@@ -2,7 +2,7 @@
  * line of key=value pairs per run, for scripts (bench/compare.sh).
  *
  *   pgtag_bench [-w W1|W2|W3|HOT|SLOW] [-c concurrency] [-p pool] [-t seconds]
- *               [-d pipeline_depth] [-r rows] [-n] CONNINFO
+ *               [-d pipeline_depth] [-r rows] [-n] [-u] CONNINFO
  *
  *   W1  C concurrent requests over a pool of P connections; each request
  *       gets a fresh context with its own request ID, runs one tagged point
@@ -27,6 +27,8 @@
  *       requests divided between them), as a server with a loop per
  *       thread runs pgtag; default 1.
  *   -n  no tag (tag_style NONE), to measure what tagging costs.
+ *   -u  no statement cache (statement_cache 0): every query an unnamed
+ *       statement, as before the cache.
  *
  * Heap allocations are counted by wrapping malloc, calloc and realloc at
  * link time (-Wl,--wrap): only calls from code linked statically, that is
@@ -95,6 +97,7 @@ void __wrap_free(void *p) {
 
 static const char *workload = "W1";
 static int concurrency = 64, pool_size = 8, seconds = 10, depth = 0, tagged = 1, threads = 1;
+static int cached = 1;
 static const char *conninfo;
 static int naccounts = 1000000; /* pgbench scale 10 */
 static int hot_rows = 4;       /* HOT: rows the updates share */
@@ -396,6 +399,8 @@ static pgtag_pool *make_pool(int conns, int max_waiting) {
   cfg.acquire_timeout_ms = 60000;
   cfg.tag_style = tagged ? PGTAG_TAG_PREFIX : PGTAG_TAG_NONE;
   cfg.pipeline_depth = depth;
+  if (!cached)
+    cfg.statement_cache = 0;
   return pgtag_pool_new(loop, &cfg, &p) == PGTAG_OK ? p : NULL;
 }
 
@@ -481,10 +486,11 @@ static void run_steady(void) {
   failures = failed;
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
-  printf("workload=%s concurrency=%d pool=%d depth=%d tag=%d threads=%d seconds=%.2f "
+  printf("workload=%s concurrency=%d pool=%d depth=%d tag=%d cache=%d threads=%d seconds=%.2f "
          "requests=%llu queries=%llu failures=%llu qps=%.0f rps=%.0f p50_us=%llu p99_us=%llu "
          "p999_us=%llu cpu_us_per_query=%.2f allocs_per_query=%.4f peak_rss_kb=%ld\n",
-         workload, concurrency, pool_size, depth, tagged, threads, w[0].elapsed, done, q, failed,
+         workload, concurrency, pool_size, depth, tagged, cached, threads, w[0].elapsed, done, q,
+         failed,
          qps, rps, percentile_us(0.50), percentile_us(0.99), percentile_us(0.999),
          w[0].cpu * 1e6 / (double)q, (double)w[0].allocs / (double)q, ru.ru_maxrss);
 }
@@ -591,7 +597,7 @@ static void run_burst(void) {
 
 int main(int argc, char **argv) {
   int opt;
-  while ((opt = getopt(argc, argv, "w:c:p:t:d:j:r:n")) != -1) {
+  while ((opt = getopt(argc, argv, "w:c:p:t:d:j:r:nu")) != -1) {
     switch (opt) {
     case 'w': workload = optarg; break;
     case 'c': concurrency = atoi(optarg); break;
@@ -599,11 +605,12 @@ int main(int argc, char **argv) {
     case 't': seconds = atoi(optarg); break;
     case 'd': depth = atoi(optarg); break;
     case 'n': tagged = 0; break;
+    case 'u': cached = 0; break;
     case 'j': threads = atoi(optarg); break;
     case 'r': hot_rows = atoi(optarg); break;
     default:
       fprintf(stderr, "usage: pgtag_bench [-w W1|W2|W3|HOT|SLOW] [-c n] [-p n] [-t s] [-d n] "
-                      "[-j n] [-r rows] [-n] CONNINFO\n");
+                      "[-j n] [-r rows] [-n] [-u] CONNINFO\n");
       return 2;
     }
   }

@@ -73,16 +73,16 @@ static int append(tag_buf *b, const char *s, size_t n) {
  * whitespace runs made one space, and the comment's delimiters broken up
  * ("*" "/" becomes "* /"), so the text cannot end the comment or open a
  * nested one.  '*' and '/' are never part of a multibyte character in
- * PostgreSQL's client encodings. */
+ * PostgreSQL's client encodings.  Written into out, which has room for
+ * 2 * STMT_EXCERPT_MAX + 8 bytes; returns its length. */
 #define STMT_EXCERPT_MAX 200
+#define STMT_EXCERPT_ROOM (2 * STMT_EXCERPT_MAX + 8)
 
-static int append_excerpt(tag_buf *b, PGconn *pg, const char *sql) {
-  int enc = PQclientEncoding(pg);
-  if (append(b, " /* ", 4) != 0 || reserve(b, STMT_EXCERPT_MAX * 2 + 8) != 0)
-    return -1;
-  char *out = b->data + b->len;
+static size_t write_excerpt(char *out, const char *sql, int enc) {
   size_t used = 0;
   int space = 0;
+  memcpy(out, " /* ", 4);
+  out += 4;
   for (const char *p = sql; *p != '\0';) {
     int n = PQmblen(p, enc);
     if (n < 1)
@@ -103,19 +103,37 @@ static int append_excerpt(tag_buf *b, PGconn *pg, const char *sql) {
       out[used++] = ' ';
     p += n;
   }
-  b->len += used;
-  return append(b, " */", 3);
+  memcpy(out + used, " */", 4);
+  return used + 7;
+}
+
+/* A new entry for sql: its text, then its excerpt, in one allocation. */
+static int entry_fill(stmt_entry *e, uint64_t hash, const char *sql, uint32_t id, int enc) {
+  size_t len = strlen(sql);
+  char *block = malloc(len + 1 + STMT_EXCERPT_ROOM);
+  if (block == NULL)
+    return -1;
+  memcpy(block, sql, len + 1);
+  write_excerpt(block + len + 1, sql, enc);
+  e->hash = hash;
+  e->sql = block;
+  e->excerpt = block + len + 1;
+  e->excerpt_enc = enc;
+  e->id = id;
+  e->head_len = (uint8_t)snprintf(e->head, sizeof e->head, "EXECUTE _pgtag_%u", id);
+  return 0;
 }
 
 /* "EXECUTE _pgtag_<id>('v1', NULL, ...) / * sql * /" into c->text.
  * Returns -1 when it must go the old way. */
-static int build_execute(stmt_cache *c, PGconn *pg, uint32_t id, const char *sql, int nparams,
+static int build_execute(stmt_cache *c, PGconn *pg, stmt_entry *e, int nparams,
                          const char *const *values) {
-  char head[40];
-  int n = snprintf(head, sizeof head, "EXECUTE _pgtag_%u", id);
   tag_buf *b = &c->text;
+  int enc = PQclientEncoding(pg);
+  if (e->excerpt_enc != enc) /* SET client_encoding on a held connection */
+    write_excerpt(e->excerpt, e->sql, e->excerpt_enc = enc);
   b->len = 0;
-  if (append(b, head, (size_t)n) != 0)
+  if (append(b, e->head, e->head_len) != 0)
     return -1;
   size_t literals = 0;
   for (int i = 0; i < nparams; i++) {
@@ -143,7 +161,7 @@ static int build_execute(stmt_cache *c, PGconn *pg, uint32_t id, const char *sql
   }
   if (nparams > 0 && append(b, ")", 1) != 0)
     return -1;
-  return append_excerpt(b, pg, sql);
+  return append(b, e->excerpt, strlen(e->excerpt));
 }
 
 int stmtcache_plan(stmt_cache *c, PGconn *pg, uint64_t hash, const char *sql, int nparams,
@@ -164,28 +182,32 @@ int stmtcache_plan(stmt_cache *c, PGconn *pg, uint64_t hash, const char *sql, in
     if (s->hash == 0 || (victim->hash != 0 && s->used < victim->used))
       victim = s;
   }
-  uint32_t id = e != NULL ? e->id : c->next_id + 1;
-  if (build_execute(c, pg, id, sql, nparams, values) != 0)
-    return -1;
-  plan->execute = c->text.data;
   plan->prepare_name = NULL;
   plan->dealloc = NULL;
   if (e == NULL) {
-    char *copy = strdup(sql);
-    if (copy == NULL)
+    /* Its values must be quotable before anything is evicted for it. */
+    stmt_entry fresh;
+    memset(&fresh, 0, sizeof fresh);
+    if (entry_fill(&fresh, hash, sql, c->next_id + 1, PQclientEncoding(pg)) != 0)
       return -1;
+    if (build_execute(c, pg, &fresh, nparams, values) != 0) {
+      free(fresh.sql);
+      return -1;
+    }
     if (victim->hash != 0) {
       snprintf(c->dealloc_sql, sizeof c->dealloc_sql, "DEALLOCATE _pgtag_%u", victim->id);
       plan->dealloc = c->dealloc_sql;
       entry_free(victim);
     }
+    *victim = fresh;
     e = victim;
-    e->hash = hash;
-    e->sql = copy;
-    e->id = ++c->next_id;
-    snprintf(c->prepare_name, sizeof c->prepare_name, "_pgtag_%u", e->id);
+    c->next_id++;
+    memcpy(c->prepare_name, e->head + 8, (size_t)e->head_len - 8 + 1); /* "_pgtag_<id>" */
     plan->prepare_name = c->prepare_name;
+  } else if (build_execute(c, pg, e, nparams, values) != 0) {
+    return -1;
   }
+  plan->execute = c->text.data;
   e->used = ++c->clock;
   plan->id = e->id;
   return 0;

@@ -28,10 +28,14 @@
 #define STMT_LITERALS_MAX 4096
 
 typedef struct {
-  uint64_t hash; /* of sql; 0: a free slot */
-  char *sql;     /* the text prepared, owned */
-  uint32_t id;   /* names it: _pgtag_<id> */
-  uint32_t used; /* the cache's clock at its last use */
+  uint64_t hash;     /* of sql; 0: a free slot */
+  char *sql;         /* the text prepared, owned; its excerpt follows it */
+  char *excerpt;     /* " / * the text * /", in excerpt_enc (stmtcache.c) */
+  uint32_t id;       /* names it: _pgtag_<id> */
+  uint32_t used;     /* the cache's clock at its last use */
+  int excerpt_enc;   /* the client encoding the excerpt was cut for */
+  uint8_t head_len;
+  char head[27];     /* "EXECUTE _pgtag_<id>" */
 } stmt_entry;
 
 typedef struct {
