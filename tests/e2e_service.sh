@@ -33,6 +33,11 @@ check() { # check NAME COMMAND...
 }
 psql_q() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$PGTAG_TEST_CONNINFO" -c "$1"; }
 server_log=$(dirname "$PGTAG_TEST_PGDATA")/server.log
+# The checks search a log slice as a file, not as `tail ... | grep -q`: with
+# pipefail (this shell's; not a bash -c's) grep -q, quitting at its first
+# match, kills tail with SIGPIPE whenever tail has more than one write
+# (8 KB) to make, and a line that is there reads as missing.
+log_since() { tail -c +"$2" "$1" >"$3"; } # log_since LOG OFFSET FILE
 
 [ -x "$service" ] || { not_ok "pgtag_h2o_service was built"; echo "1..$n"; exit 1; }
 
@@ -294,15 +299,17 @@ bouncer() {
   "$root/tests/pgbouncer.sh" stop "$work/bouncer"
   [ "$rc" = 0 ] || { echo "service exit code $rc"; return 1; }
   sleep 0.3
+  log_since "$server_log" "$log_from" "$work/bouncer.log"
   for i in $(seq 1 50); do
     jq -e --arg id "pgb-$i" '.request_id == $id and .id > 0' "$work/par/pgb$i.body" >/dev/null ||
       { echo "pgb-$i: $(cat "$work/par/pgb$i.body")"; return 1; }
     # the server's log shows the query with its own ID and its own account
-    tail -c +"$log_from" "$server_log" | grep -A1 "requestId=pgb-$i route=" |
-      grep -q "parameters: \$1 = '$((7 * i + 1))'" || { echo "pgb-$i not in the server log"; return 1; }
+    grep -A1 "requestId=pgb-$i route=" "$work/bouncer.log" >"$work/pgb.lines"
+    grep -q "parameters: \$1 = '$((7 * i + 1))'" "$work/pgb.lines" ||
+      { echo "pgb-$i not in the server log"; return 1; }
   done
   # the transfer's statements all ran in one server process
-  [ "$(tail -c +"$log_from" "$server_log" | grep 'requestId=pgb-tx ' |
+  [ "$(grep 'requestId=pgb-tx ' "$work/bouncer.log" |
        sed -nE 's/.*\[([0-9]+)\].*/\1/p' | sort -u | wc -l)" = 1 ] ||
     { echo "the transfer's statements ran on several backends"; return 1; }
 }
@@ -340,18 +347,20 @@ replica() {
   sleep 0.3
   "$root/tests/pgserver.sh" stop "$work/standby" immediate
   [ "$rc" = 0 ] || { echo "service exit code $rc"; return 1; }
+  log_since "$standby_log" "$standby_from" "$work/rep-standby.log"
+  log_since "$server_log" "$primary_from" "$work/rep-primary.log"
   for i in $(seq 1 20); do
-    tail -c +"$standby_from" "$standby_log" | grep -q "requestId=rep-$i route=" ||
+    grep -q "requestId=rep-$i route=" "$work/rep-standby.log" ||
       { echo "rep-$i is not in the standby's log"; return 1; }
-    if tail -c +"$primary_from" "$server_log" | grep -q "requestId=rep-$i route="; then
+    if grep -q "requestId=rep-$i route=" "$work/rep-primary.log"; then
       echo "rep-$i ran on the primary"; return 1
     fi
   done
-  [ "$(tail -c +"$standby_from" "$standby_log" | grep -c 'requestId=rep-sum route=')" = 2 ] ||
+  [ "$(grep -c 'requestId=rep-sum route=' "$work/rep-standby.log")" = 2 ] ||
     { echo "the summary's two queries are not both on the standby"; return 1; }
-  tail -c +"$primary_from" "$server_log" | grep -q 'requestId=rep-tx route=.*FOR UPDATE' ||
+  grep -q 'requestId=rep-tx route=.*FOR UPDATE' "$work/rep-primary.log" ||
     { echo "the transfer is not on the primary"; return 1; }
-  if tail -c +"$standby_from" "$standby_log" | grep -q 'requestId=rep-tx '; then
+  if grep -q 'requestId=rep-tx ' "$work/rep-standby.log"; then
     echo "the transfer touched the standby"; return 1
   fi
 }
