@@ -323,10 +323,13 @@ replica() {
   local standby_conninfo standby_log="$work/standby/server.log"
   standby_conninfo="host=$work/standby port=$(cat "$work/standby/port") user=postgres dbname=postgres"
   start_service --replica "$standby_conninfo" "$PGTAG_TEST_CONNINFO" || return 1
-  # both workers have heard from the replica (healthz says which answered)
+  # both workers have heard from the replica and have it within the lag
+  # limit (1000 ms, the service's default), so reads go there; healthz says
+  # which worker answered
   local seen=""
   for _ in $(seq 200); do
-    w=$(curl -s "$url/healthz" | jq -r 'select(.replicas[0].lag_ms >= 0) | .worker')
+    w=$(curl -s "$url/healthz" |
+        jq -r 'select(.replicas[0].lag_ms | . >= 0 and . <= 1000) | .worker')
     [ -n "$w" ] && [[ " $seen " != *" $w "* ]] && seen="$seen $w"
     [ "$(wc -w <<<"$seen")" = 2 ] && break
     sleep 0.02
