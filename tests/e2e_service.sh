@@ -15,6 +15,8 @@ chmod 755 "$work"
 svc_pid=""
 cleanup() {
   [ -n "$svc_pid" ] && kill -KILL "$svc_pid" 2>/dev/null
+  # a check that failed half-way leaves its standby running
+  "$root/tests/pgserver.sh" stop "$work/standby" immediate >/dev/null 2>&1
   psql_q "ALTER SYSTEM RESET log_statement" >/dev/null 2>&1
   psql_q "SELECT pg_reload_conf()" >/dev/null 2>&1
   [ -n "${KEEP:-}" ] || rm -rf "$work"
@@ -326,15 +328,22 @@ replica() {
   # both workers have heard from the replica and have it within the lag
   # limit (1000 ms, the service's default), so reads go there; healthz says
   # which worker answered
-  local seen=""
+  local seen="" health
   for _ in $(seq 200); do
-    w=$(curl -s "$url/healthz" |
-        jq -r 'select(.replicas[0].lag_ms | . >= 0 and . <= 1000) | .worker')
+    health=$(curl -s "$url/healthz")
+    w=$(jq -r 'select(.replicas[0].lag_ms | . >= 0 and . <= 1000) | .worker' <<<"$health")
     [ -n "$w" ] && [[ " $seen " != *" $w "* ]] && seen="$seen $w"
     [ "$(wc -w <<<"$seen")" = 2 ] && break
     sleep 0.02
   done
-  [ "$(wc -w <<<"$seen")" = 2 ] || { echo "the replica never became healthy for both workers"; return 1; }
+  [ "$(wc -w <<<"$seen")" = 2 ] || {
+    echo "the replica never became healthy for both workers (healthy:$seen); last healthz: $health"
+    echo "standby received, replayed, paused: $(psql -X -At -d "$standby_conninfo" -c \
+      "SELECT pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), pg_is_wal_replay_paused()" 2>&1)"
+    echo "primary flushed, inserted: $(psql_q "SELECT pg_current_wal_flush_lsn(), pg_current_wal_insert_lsn()" 2>&1)"
+    tail -5 "$work/service.err"
+    return 1
+  }
   local primary_from standby_from
   primary_from=$(($(stat -c %s "$server_log") + 1))
   standby_from=$(($(stat -c %s "$standby_log") + 1))
