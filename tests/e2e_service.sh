@@ -217,13 +217,23 @@ gone() {
   psql -X -q -d "$PGTAG_TEST_CONNINFO" \
     -c "BEGIN; SELECT 1 FROM pgbench_accounts WHERE aid = 1 FOR UPDATE; SELECT pg_sleep(3); COMMIT" \
     >/dev/null 2>&1 &
-  local locker=$!
-  sleep 0.3
+  local locker=$! i
+  # the transfer must find the row locked: wait for the locker's sleep, not
+  # a fixed time (psql took over 0.3 s to get there on a busy machine)
+  for i in $(seq 250); do
+    [ "$(psql_q "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE '%FOR UPDATE; SELECT pg_sleep(3)%'")" = 1 ] && break
+    sleep 0.02
+  done
   curl -s -m 1 -X POST -H 'X-Request-Id: gone-1' -d '{"from":1,"to":2,"amount":1}' \
     "$url/transfer"
-  sleep 0.5
-  local waiting
-  waiting=$(psql_q "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%requestId=gone-1 %' AND state = 'active' AND pid <> pg_backend_pid()")
+  # the cancel, while the locker still holds the row (once it commits, a
+  # query that was not cancelled goes through and pgbench_history shows it)
+  local waiting=1
+  while kill -0 "$locker" 2>/dev/null; do
+    waiting=$(psql_q "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%requestId=gone-1 %' AND state = 'active' AND pid <> pg_backend_pid()")
+    [ "$waiting" = 0 ] && break
+    sleep 0.05
+  done
   wait "$locker"
   [ "$waiting" = 0 ] || { echo "the query of gone-1 still runs on the server"; return 1; }
   grep -q 'request gone-1: client gone, 1 operation(s) canceled' "$work/service.err" ||
