@@ -672,7 +672,10 @@ pgtag_errcode pgtag_release(pgtag_conn conn);
  * request has sent a write (or taken a connection) through the cluster,
  * its later reads go to the primary too: it reads its own writes.  Each
  * replica's lag is sampled every lag_check_interval_ms by a query on its
- * own pool, never on the caller's path.
+ * own pool, never on the caller's path: the lag is how long the oldest WAL
+ * the replica has received but not yet replayed has been waiting, by the
+ * cluster's clock (not the time since the last commit it replayed, which
+ * a quiet primary inflates).
  * ------------------------------------------------------------------------ */
 
 /** A primary and its read replicas.  Opaque; made by pgtag_cluster_new,
@@ -741,8 +744,12 @@ pgtag_pool *pgtag_cluster_primary(pgtag_cluster *cluster);
  * Thread: the cluster's loop thread. */
 pgtag_pool *pgtag_cluster_replica(pgtag_cluster *cluster, int i);
 
-/** Replica i's replay lag in milliseconds at its last sample, or -1 when
- * it is not healthy (not heard from, not in recovery, or unreachable).
+/** Replica i's replay lag in milliseconds at its last sample: how long the
+ * oldest WAL it has received and not yet replayed has been waiting (0 when
+ * it has replayed all it received; up to one lag_check_interval_ms low).
+ * -1 when it is not healthy (not heard from, not in recovery, or
+ * unreachable) or its lag cannot be told (not streaming; or behind at the
+ * cluster's first sample, until it replays what it had then).
  * Thread: the cluster's loop thread. */
 int pgtag_cluster_replica_lag_ms(const pgtag_cluster *cluster, int i);
 

@@ -7,21 +7,52 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Replay lag in ms, 0 when everything received is replayed (an idle
- * primary does not make a replica look late), -1 on a server that is not
- * in recovery (promoted: not a replica of this primary any more). */
-#define LAG_SQL                                                                  \
-  "SELECT CASE WHEN NOT pg_is_in_recovery() THEN -1 "                            \
-  "WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() " \
-  "THEN 0 ELSE coalesce((extract(epoch FROM clock_timestamp() - "                \
-  "pg_last_xact_replay_timestamp()) * 1000)::bigint, 2147483647) END"
+/* Replay lag is the age of the oldest WAL a replica has received and not
+ * yet replayed, by the cluster's clock: each sample reads how far the
+ * replica has received and replayed, the cluster remembers when it first
+ * saw each received position, and the lag is how long ago the oldest one
+ * still ahead of replay was first seen (0 when everything received is
+ * replayed).  It reads low by at most one lag_check_interval_ms (WAL first
+ * seen at a sample arrived since the one before), and no server's clock
+ * enters it.
+ *
+ * Not clock_timestamp() - pg_last_xact_replay_timestamp(), as before: that
+ * is the time since the last commit replayed, so whenever WAL is in flight
+ * after a quiet spell (a large write, or just a flush that stops at a page
+ * boundary mid-record, as the walwriter's do) it reads as the whole quiet
+ * spell: 4 to 20 s, measured, for a standby under half a second behind,
+ * and the reads went to the primary just as it was busy writing.  Not the
+ * primary's pg_stat_replication.replay_lag: it is NULL once the primary is
+ * idle, a row per standby matched by application_name, and a query on the
+ * primary.  Not a byte distance: it needs the primary's position too, and
+ * bytes are not milliseconds.  The README has the measurements. */
+#define LAG_SQL                                                               \
+  "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn() - '0/0', "          \
+  "pg_last_wal_replay_lsn() - '0/0'"
+
+/* Enough marks for 64 samples of WAL not replayed (16 s at the default
+ * interval), far beyond any useful max_replica_lag_ms; past that they are
+ * merged, so precision drops, never the bound. */
+#define MARKS 64
+
+typedef struct {
+  uint64_t lsn;     /* the replica had received WAL up to here ... */
+  uint64_t seen_at; /* ... by this uv_now(); 0: unknown, it was there at
+                       the first sample */
+} wal_mark;
 
 typedef struct {
   pgtag_cluster *cluster;
   pgtag_pool *pool;
-  int lag_ms;        /* at the last good sample; -1: none or not a replica */
+  int lag_ms;        /* at the last good sample; -1: none, not a replica,
+                        or not known */
   uint64_t heard_at; /* uv_now() of the last good sample */
   int probing;       /* a lag query is under way */
+  int watching;      /* the last sample was good, so WAL first seen now
+                        arrived since it */
+  uint64_t replayed; /* replay position at the last good sample */
+  wal_mark marks[MARKS]; /* received, not yet replayed; oldest first */
+  int nmarks;
 } replica;
 
 struct pgtag_cluster {
@@ -62,16 +93,75 @@ int pgtag_cluster_replica_lag_ms(const pgtag_cluster *c, int i) {
   return r->lag_ms;
 }
 
+/* Remember that the replica had received up to lsn at seen_at.  With no
+ * room left the two marks closest in time become one, with the later
+ * position and the earlier time: the lag can then read high by that gap,
+ * never low. */
+static void remember(replica *r, uint64_t lsn, uint64_t seen_at) {
+  if (r->nmarks == MARKS) {
+    int k = 0;
+    for (int i = 1; i + 1 < MARKS; i++)
+      if (r->marks[i + 1].seen_at - r->marks[i].seen_at <
+          r->marks[k + 1].seen_at - r->marks[k].seen_at)
+        k = i;
+    r->marks[k].lsn = r->marks[k + 1].lsn;
+    memmove(&r->marks[k + 1], &r->marks[k + 2],
+            (size_t)(MARKS - k - 2) * sizeof r->marks[0]);
+    r->nmarks--;
+  }
+  r->marks[r->nmarks++] = (wal_mark){.lsn = lsn, .seen_at = seen_at};
+}
+
+static void forget_marks(replica *r) {
+  r->nmarks = 0;
+  r->watching = 0;
+}
+
 static void on_lag(PGresult *res, const pgtag_error *err, void *arg) {
   replica *r = arg;
   r->probing = 0;
-  if (err != NULL || PQntuples(res) != 1) {
+  if (err != NULL || PQntuples(res) != 1 || PQnfields(res) != 3) {
+    r->lag_ms = -1;
+    r->watching = 0; /* WAL arriving meanwhile is only known to be younger
+                        than the last good sample */
+    return;
+  }
+  uint64_t now = uv_now(r->cluster->loop);
+  /* WAL first seen now arrived since the last sample; after a failed one
+   * (or none: 0, unknown) it may have waited since the last good one */
+  uint64_t arrived = r->watching ? now : r->heard_at;
+  r->heard_at = now;
+  if (strcmp(PQgetvalue(res, 0, 0), "t") != 0 || PQgetisnull(res, 0, 2)) {
+    forget_marks(r); /* promoted: not a replica of this primary any more */
     r->lag_ms = -1;
     return;
   }
-  long long lag = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-  r->lag_ms = lag < 0 ? -1 : lag > 2147483647 ? 2147483647 : (int)lag;
-  r->heard_at = uv_now(r->cluster->loop);
+  uint64_t replayed = strtoull(PQgetvalue(res, 0, 2), NULL, 10);
+  if (replayed < r->replayed) { /* restarted from a restartpoint, or another server */
+    forget_marks(r);
+    arrived = 0;
+  }
+  r->replayed = replayed;
+  int done = 0;
+  while (done < r->nmarks && r->marks[done].lsn <= replayed)
+    done++;
+  r->nmarks -= done;
+  memmove(r->marks, r->marks + done, (size_t)r->nmarks * sizeof r->marks[0]);
+  r->watching = 1;
+  if (PQgetisnull(res, 0, 1)) {
+    /* not streaming (archive recovery, or its WAL receiver has not started
+     * yet): how far it is behind cannot be told */
+    r->lag_ms = -1;
+    return;
+  }
+  uint64_t received = strtoull(PQgetvalue(res, 0, 1), NULL, 10);
+  if (received > replayed && (r->nmarks == 0 || received > r->marks[r->nmarks - 1].lsn))
+    remember(r, received, arrived);
+  uint64_t age = r->nmarks == 0 ? 0 : now - r->marks[0].seen_at;
+  if (r->nmarks > 0 && r->marks[0].seen_at == 0)
+    r->lag_ms = -1; /* behind by an unknown amount until that is replayed */
+  else
+    r->lag_ms = age > 2147483647 ? 2147483647 : (int)age;
 }
 
 static void on_lag_timer(uv_timer_t *t) {

@@ -15,6 +15,8 @@ chmod 755 "$work"
 svc_pid=""
 cleanup() {
   [ -n "$svc_pid" ] && kill -KILL "$svc_pid" 2>/dev/null
+  # a check that failed half-way leaves its standby running
+  "$root/tests/pgserver.sh" stop "$work/standby" immediate >/dev/null 2>&1
   psql_q "ALTER SYSTEM RESET log_statement" >/dev/null 2>&1
   psql_q "SELECT pg_reload_conf()" >/dev/null 2>&1
   [ -n "${KEEP:-}" ] || rm -rf "$work"
@@ -33,6 +35,11 @@ check() { # check NAME COMMAND...
 }
 psql_q() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$PGTAG_TEST_CONNINFO" -c "$1"; }
 server_log=$(dirname "$PGTAG_TEST_PGDATA")/server.log
+# The checks search a log slice as a file, not as `tail ... | grep -q`: with
+# pipefail (this shell's; not a bash -c's) grep -q, quitting at its first
+# match, kills tail with SIGPIPE whenever tail has more than one write
+# (8 KB) to make, and a line that is there reads as missing.
+log_since() { tail -c +"$2" "$1" >"$3"; } # log_since LOG OFFSET FILE
 
 [ -x "$service" ] || { not_ok "pgtag_h2o_service was built"; echo "1..$n"; exit 1; }
 
@@ -220,13 +227,23 @@ gone() {
   psql -X -q -d "$PGTAG_TEST_CONNINFO" \
     -c "BEGIN; SELECT 1 FROM pgbench_accounts WHERE aid = 1 FOR UPDATE; SELECT pg_sleep(3); COMMIT" \
     >/dev/null 2>&1 &
-  local locker=$!
-  sleep 0.3
+  local locker=$! i
+  # the transfer must find the row locked: wait for the locker's sleep, not
+  # a fixed time (psql took over 0.3 s to get there on a busy machine)
+  for i in $(seq 250); do
+    [ "$(psql_q "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE '%FOR UPDATE; SELECT pg_sleep(3)%'")" = 1 ] && break
+    sleep 0.02
+  done
   curl -s -m 1 -X POST -H 'X-Request-Id: gone-1' -d '{"from":1,"to":2,"amount":1}' \
     "$url/transfer"
-  sleep 0.5
-  local waiting
-  waiting=$(psql_q "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%requestId=gone-1 %' AND state = 'active' AND pid <> pg_backend_pid()")
+  # the cancel, while the locker still holds the row (once it commits, a
+  # query that was not cancelled goes through and pgbench_history shows it)
+  local waiting=1
+  while kill -0 "$locker" 2>/dev/null; do
+    waiting=$(psql_q "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%requestId=gone-1 %' AND state = 'active' AND pid <> pg_backend_pid()")
+    [ "$waiting" = 0 ] && break
+    sleep 0.05
+  done
   wait "$locker"
   [ "$waiting" = 0 ] || { echo "the query of gone-1 still runs on the server"; return 1; }
   grep -q 'request gone-1: client gone, 1 operation(s) canceled' "$work/service.err" ||
@@ -304,15 +321,17 @@ bouncer() {
   "$root/tests/pgbouncer.sh" stop "$work/bouncer"
   [ "$rc" = 0 ] || { echo "service exit code $rc"; return 1; }
   sleep 0.3
+  log_since "$server_log" "$log_from" "$work/bouncer.log"
   for i in $(seq 1 50); do
     jq -e --arg id "pgb-$i" '.request_id == $id and .id > 0' "$work/par/pgb$i.body" >/dev/null ||
       { echo "pgb-$i: $(cat "$work/par/pgb$i.body")"; return 1; }
     # the server's log shows the query with its own ID and its own account
-    tail -c +"$log_from" "$server_log" | grep -A1 "requestId=pgb-$i route=" |
-      grep -q "parameters: \$1 = '$((7 * i + 1))'" || { echo "pgb-$i not in the server log"; return 1; }
+    grep -A1 "requestId=pgb-$i route=" "$work/bouncer.log" >"$work/pgb.lines"
+    grep -q "parameters: \$1 = '$((7 * i + 1))'" "$work/pgb.lines" ||
+      { echo "pgb-$i not in the server log"; return 1; }
   done
   # the transfer's statements all ran in one server process
-  [ "$(tail -c +"$log_from" "$server_log" | grep 'requestId=pgb-tx ' |
+  [ "$(grep 'requestId=pgb-tx ' "$work/bouncer.log" |
        sed -nE 's/.*\[([0-9]+)\].*/\1/p' | sort -u | wc -l)" = 1 ] ||
     { echo "the transfer's statements ran on several backends"; return 1; }
 }
@@ -326,15 +345,25 @@ replica() {
   local standby_conninfo standby_log="$work/standby/server.log"
   standby_conninfo="host=$work/standby port=$(cat "$work/standby/port") user=postgres dbname=postgres"
   start_service --replica "$standby_conninfo" "$PGTAG_TEST_CONNINFO" || return 1
-  # both workers have heard from the replica (healthz says which answered)
-  local seen=""
+  # both workers have heard from the replica and have it within the lag
+  # limit (1000 ms, the service's default), so reads go there; healthz says
+  # which worker answered
+  local seen="" health
   for _ in $(seq 200); do
-    w=$(curl -s "$url/healthz" | jq -r 'select(.replicas[0].lag_ms >= 0) | .worker')
+    health=$(curl -s "$url/healthz")
+    w=$(jq -r 'select(.replicas[0].lag_ms | . >= 0 and . <= 1000) | .worker' <<<"$health")
     [ -n "$w" ] && [[ " $seen " != *" $w "* ]] && seen="$seen $w"
     [ "$(wc -w <<<"$seen")" = 2 ] && break
     sleep 0.02
   done
-  [ "$(wc -w <<<"$seen")" = 2 ] || { echo "the replica never became healthy for both workers"; return 1; }
+  [ "$(wc -w <<<"$seen")" = 2 ] || {
+    echo "the replica never became healthy for both workers (healthy:$seen); last healthz: $health"
+    echo "standby received, replayed, paused: $(psql -X -At -d "$standby_conninfo" -c \
+      "SELECT pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), pg_is_wal_replay_paused()" 2>&1)"
+    echo "primary flushed, inserted: $(psql_q "SELECT pg_current_wal_flush_lsn(), pg_current_wal_insert_lsn()" 2>&1)"
+    tail -5 "$work/service.err"
+    return 1
+  }
   local primary_from standby_from
   primary_from=$(($(stat -c %s "$server_log") + 1))
   standby_from=$(($(stat -c %s "$standby_log") + 1))
@@ -350,18 +379,20 @@ replica() {
   sleep 0.3
   "$root/tests/pgserver.sh" stop "$work/standby" immediate
   [ "$rc" = 0 ] || { echo "service exit code $rc"; return 1; }
+  log_since "$standby_log" "$standby_from" "$work/rep-standby.log"
+  log_since "$server_log" "$primary_from" "$work/rep-primary.log"
   for i in $(seq 1 20); do
-    tail -c +"$standby_from" "$standby_log" | grep -q "requestId=rep-$i route=" ||
+    grep -q "requestId=rep-$i route=" "$work/rep-standby.log" ||
       { echo "rep-$i is not in the standby's log"; return 1; }
-    if tail -c +"$primary_from" "$server_log" | grep -q "requestId=rep-$i route="; then
+    if grep -q "requestId=rep-$i route=" "$work/rep-primary.log"; then
       echo "rep-$i ran on the primary"; return 1
     fi
   done
-  [ "$(tail -c +"$standby_from" "$standby_log" | grep -c 'requestId=rep-sum route=')" = 2 ] ||
+  [ "$(grep -c 'requestId=rep-sum route=' "$work/rep-standby.log")" = 2 ] ||
     { echo "the summary's two queries are not both on the standby"; return 1; }
-  tail -c +"$primary_from" "$server_log" | grep -q 'requestId=rep-tx route=.*FOR UPDATE' ||
+  grep -q 'requestId=rep-tx route=.*FOR UPDATE' "$work/rep-primary.log" ||
     { echo "the transfer is not on the primary"; return 1; }
-  if tail -c +"$standby_from" "$standby_log" | grep -q 'requestId=rep-tx '; then
+  if grep -q 'requestId=rep-tx ' "$work/rep-standby.log"; then
     echo "the transfer touched the standby"; return 1
   fi
 }

@@ -60,9 +60,13 @@ cmake_consumer() {
     cmake --build "$work/cm" &&
     run_consumer env LD_LIBRARY_PATH="$lib" "$work/cm/consumer_shared" &&
     run_consumer "$work/cm/consumer_static" &&
-    # the shared consumer really uses the installed libpgtag.so.N
-    env LD_LIBRARY_PATH="$lib" ldd "$work/cm/consumer_shared" | grep -q "$lib/libpgtag.so.$major" &&
-    ! ldd "$work/cm/consumer_static" | grep -q libpgtag
+    # the shared consumer really uses the installed libpgtag.so.N (ldd's
+    # output goes to files: `ldd | grep -q` under pipefail fails when grep
+    # quits before ldd has written its last line)
+    env LD_LIBRARY_PATH="$lib" ldd "$work/cm/consumer_shared" >"$work/ldd.shared" &&
+    grep -q "$lib/libpgtag.so.$major" "$work/ldd.shared" &&
+    ldd "$work/cm/consumer_static" >"$work/ldd.static" &&
+    ! grep -q libpgtag "$work/ldd.static"
 }
 check "find_package(pgtag): pgtag::pgtag and pgtag::pgtag_static build and run" cmake_consumer
 

@@ -2,7 +2,8 @@
  * queries land on the standby with their own tags; a standby whose replay
  * is paused while the primary writes falls behind the lag limit and reads
  * move to the primary, then come back; a request that wrote reads from the
- * primary; a standby that is down is skipped. */
+ * primary; a standby that is down is skipped; a large write after a quiet
+ * spell does not read as the quiet spell's length of lag. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -30,6 +31,7 @@ static int group_setup(void **state) {
   snprintf(standby2, sizeof standby2, "host=%s/s2 port=%d user=postgres dbname=postgres",
            pair.dir, standby2_port);
   admin_exec_on(pair.primary, "CREATE TABLE replicated (id serial, note text)");
+  admin_exec_on(pair.primary, "CREATE TABLE burst (id int, note text)");
   return 0;
 }
 
@@ -255,6 +257,120 @@ static void reads_spread_over_replicas_by_load(void **state) {
   cluster_close(c);
 }
 
+/* A WAL position as text, e.g. "0/3000148", from a fresh connection. */
+static void lsn_on(const char *conninfo, const char *sql, char *out, size_t len) {
+  PGconn *conn = PQconnectdb(conninfo);
+  PGresult *res = PQexec(conn, sql);
+  if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
+    fail_msg("%s: %s", sql, PQerrorMessage(conn));
+  snprintf(out, len, "%s", PQgetvalue(res, 0, 0));
+  PQclear(res);
+  PQfinish(conn);
+}
+
+/* Wait, running the loop, until the standby has replayed everything the
+ * primary has written so far. */
+static int standby_caught_up(int timeout_ms) {
+  char lsn[64], sql[160];
+  lsn_on(pair.primary, "SELECT pg_current_wal_insert_lsn()", lsn, sizeof lsn);
+  snprintf(sql, sizeof sql, "SELECT (pg_last_wal_replay_lsn() >= '%s')::int", lsn);
+  uint64_t end = now_ms() + (uint64_t)timeout_ms;
+  while (admin_int_on(pair.standby, sql) != 1) {
+    if (now_ms() >= end)
+      return 0;
+    run_for(&loop, 20);
+  }
+  return 1;
+}
+
+/* What the cluster said of replica 0 after every loop iteration of a
+ * write that began at since. */
+typedef struct {
+  pgtag_cluster *c;
+  uint64_t since;
+  int worst_excess; /* lag reported minus time since the write began */
+  int worst_lag, worst_lag_at;
+  int readings, behind; /* readings taken; of them, with lag > 0 */
+} lag_watch;
+
+static void on_check(uv_check_t *h) {
+  lag_watch *w = h->data;
+  int lag = pgtag_cluster_replica_lag_ms(w->c, 0);
+  if (lag < 0)
+    return;
+  int into = (int)(now_ms() - w->since);
+  w->readings++;
+  w->behind += lag > 0;
+  if (lag - into > w->worst_excess)
+    w->worst_excess = lag - into;
+  if (lag > w->worst_lag) {
+    w->worst_lag = lag;
+    w->worst_lag_at = into;
+  }
+}
+
+/* The primary is quiet for a few seconds, then writes 300,000 rows while
+ * the cluster samples the standby.  Nothing the standby has to replay is
+ * older than that write (it had replayed everything before it), so no
+ * honest lag exceeds the time since the write began: a lag above that is
+ * made up, and above the limit it sends the reads to the primary just as
+ * it is busy writing.  The old measure, the time since the last commit
+ * replayed, read the quiet spell as lag. */
+static void a_burst_after_a_quiet_spell_is_not_read_as_lag(void **state) {
+  (void)state;
+  enum { LIMIT = 1000, QUIET_MS = 3000, ROWS = 300000, SLACK_MS = 250 };
+  pgtag_cluster *c = cluster_new(LIMIT);
+  admin_exec_on(pair.primary, "INSERT INTO replicated (note) VALUES ('before the quiet')");
+  assert_true(wait_lag(c, LIMIT, 1, 5000));
+  run_for(&loop, QUIET_MS); /* the quiet spell, while the cluster samples */
+
+  /* the standby has replayed all the primary wrote, and says so */
+  assert_true(standby_caught_up(10000));
+  assert_true(wait_lag(c, 0, 1, 5000));
+
+  lag_watch w = {.c = c, .since = now_ms(), .worst_excess = -QUIET_MS};
+  uv_check_t check;
+  uv_check_init(&loop, &check);
+  check.data = &w;
+  uv_check_start(&check, on_check);
+  rec ins = {0};
+  char sql[128];
+  snprintf(sql, sizeof sql,
+           "INSERT INTO burst SELECT g, repeat('x', 50) FROM generate_series(1, %d) g", ROWS);
+  assert_int_equal(SUBMIT(pgtag_cluster_query(c, 0, sql, 0, NULL, rec_result, &ins)), PGTAG_OK);
+  assert_true(run_until(&loop, &completions, 1, 60000));
+  assert_done(&ins, NULL, PGTAG_OK);
+  int write_ms = (int)(now_ms() - w.since);
+  /* sampled on until the standby has replayed it all (autovacuum may be
+   * writing by then: within the limit, not necessarily 0) */
+  assert_true(standby_caught_up(30000));
+  assert_true(wait_lag(c, LIMIT, 1, 5000));
+  uv_close((uv_handle_t *)&check, NULL);
+  print_message("      write %d ms; %d readings, %d behind; most %d ms, %d ms in; "
+                "worst excess over time since the write began %d ms\n",
+                write_ms, w.readings, w.behind, w.worst_lag, w.worst_lag_at, w.worst_excess);
+  if (w.worst_excess > SLACK_MS)
+    fail_msg("the standby was reported %d ms behind %d ms into the write: %d ms more "
+             "than the write had been going on", w.worst_lag, w.worst_lag_at, w.worst_excess);
+  assert_true(w.readings > 0);
+
+  /* and the reads stayed with it: it has every row */
+  rec r = {0};
+  pgtag_ctx *ctx = pgtag_ctx_new("after-burst");
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
+  assert_int_equal(SUBMIT(pgtag_cluster_query(c, PGTAG_READ_ONLY,
+                                              "SELECT current_setting('port'), count(*) FROM burst",
+                                              0, NULL, rec_result, &r)),
+                   PGTAG_OK);
+  pgtag_ctx_leave(prev);
+  assert_true(run_until(&loop, &completions, 2, 10000));
+  assert_done(&r, ctx, PGTAG_OK);
+  assert_int_equal(atoi(r.value), pair.standby_port);
+  assert_int_equal(atoi(r.value2), ROWS);
+  pgtag_ctx_unref(ctx);
+  cluster_close(c);
+}
+
 static void bad_cluster_arguments(void **state) {
   (void)state;
   pgtag_cluster_config cfg;
@@ -320,6 +436,7 @@ int main(void) {
       cmocka_unit_test_setup(a_request_that_wrote_reads_its_writes, setup),
       cmocka_unit_test_setup(a_lagging_replica_is_skipped_until_it_catches_up, setup),
       cmocka_unit_test_setup(reads_spread_over_replicas_by_load, setup),
+      cmocka_unit_test_setup(a_burst_after_a_quiet_spell_is_not_read_as_lag, setup),
       cmocka_unit_test_setup(bad_cluster_arguments, setup),
       cmocka_unit_test_setup(a_replica_that_is_down_is_skipped, setup),
   };
