@@ -272,7 +272,7 @@ static void n_plus_one_is_reported_once(void **state) {
   memset(q, 0, sizeof q);
 
   for (int i = 0; i < 6; i++) {
-    char id[8];
+    char id[12];
     snprintf(id, sizeof id, "%d", i);
     query_params_in(pool, ctx, "SELECT $1::int AS item", id, &q[i]); /* one per item */
   }

@@ -205,7 +205,7 @@ static void timeout_of_the_first_spares_the_rest(void **state) {
 
   query_in(pool, slow, "SELECT pg_sleep(30)", &head);
   for (int i = 0; i < 5; i++) {
-    char p[8];
+    char p[12];
     snprintf(p, sizeof p, "%d", i);
     query_param_in(pool, quick, "SELECT $1::text", p, &tail[i]);
   }
@@ -213,7 +213,7 @@ static void timeout_of_the_first_spares_the_rest(void **state) {
   assert_true(run_until(&loop, &completions, 6, 10000));
   assert_done(&head, slow, PGTAG_ETIMEDOUT);
   for (int i = 0; i < 5; i++) {
-    char p[8];
+    char p[12];
     snprintf(p, sizeof p, "%d", i);
     assert_done(&tail[i], quick, PGTAG_OK);
     assert_string_equal(tail[i].value, p);
