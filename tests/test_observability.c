@@ -131,6 +131,21 @@ static void activity_shows_the_request(void **state) {
               v, sizeof v);
   assert_string_equal(v, "active|GET /slow|SELECT pg_sleep(0.5)|true");
   wait_rec(&q);
+
+  /* Back in the pool, its backend serves no request: no request_id, no
+   * age that grows like a stuck query's, only what it ran last. */
+  const char *idle = "SELECT count(*) FROM pgtag.activity "
+                     "WHERE last_request_id = 'watch-me' AND state = 'idle'";
+  for (int i = 0; i < 200 && admin_int(idle) == 0; i++)
+    run_for(&loop, 5);
+  admin_value("SELECT coalesce(request_id, 'none') || '|' || tags::text || '|' || "
+              "(query_age IS NULL) || '|' || (idle_for >= '0'::interval) || '|' || query "
+              "FROM pgtag.activity WHERE last_request_id = 'watch-me'",
+              v, sizeof v);
+  assert_string_equal(v, "none|{}|true|true|SELECT pg_sleep(0.5)");
+  assert_int_equal(admin_int("SELECT count(*) FROM pgtag.activity "
+                             "WHERE request_id IS NOT NULL AND last_request_id = 'watch-me'"),
+                   0);
   pgtag_ctx_unref(ctx);
   test_pool_close(&loop, pool);
 }
