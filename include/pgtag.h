@@ -213,10 +213,17 @@ typedef enum {
 
 /** How much a log line matters. */
 typedef enum {
-  PGTAG_LOG_DEBUG = 0, /**< connection events, retries */
-  PGTAG_LOG_INFO,      /**< pool opened and closed */
-  PGTAG_LOG_WARN,      /**< slow queries, leaks, N+1, lost connections */
-  PGTAG_LOG_ERROR      /**< misuse of the API */
+  PGTAG_LOG_DEBUG = 0, /**< connection events: each connection established,
+                          each failed attempt that repeats the previous
+                          one's error */
+  PGTAG_LOG_INFO,      /**< pool opened (where it connects: host, port,
+                          database, user; never a password) and closed;
+                          notices from the server (RAISE NOTICE...) */
+  PGTAG_LOG_WARN,      /**< slow queries, leaks, N+1, lost connections; a
+                          failed connection attempt once per change of
+                          error, not per attempt, and the connection that
+                          ends a run of failures */
+  PGTAG_LOG_ERROR      /**< misuse of the API, a configuration refused */
 } pgtag_log_level;
 
 /** Receives every message pgtag logs, each as one line: no trailing newline,
@@ -430,12 +437,18 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
 
 /** Begin closing.  Operations waiting for a connection fail with
  * PGTAG_ECLOSED; queries already sent finish normally; idle connections
- * close at once; held ones when their holder releases them (a release after
- * close has begun is valid), or at once, whatever the leak_policy, when
- * their request has already ended (leaked: nobody will release them).
+ * and connection attempts close at once, and a pending reconnect (its
+ * backoff) is cancelled; held ones close when their holder releases them
+ * (a release after close has begun is valid), or at once, whatever the
+ * leak_policy, when their request has already ended (leaked: nobody will
+ * release them).  With nothing in flight, done runs within a loop
+ * iteration or two, never after a backoff or a timeout.
  * Once every handle is closed, done(arg) runs (done may be NULL) and the
- * pool is freed: after that the loop holds no pgtag handle and the pool
- * must not be used.  A second call is ignored.
+ * pool is freed as soon as done returns: from the call of done on, the
+ * pool must not be used, and any later call with it, pgtag_pool_close
+ * included, is a use of freed memory.  The loop then holds no pgtag handle
+ * (uv_loop_close succeeds).  A second call before done has run is ignored,
+ * with a WARN log line; its done is never called.
  * Thread: the pool's loop thread. */
 void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg);
 

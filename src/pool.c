@@ -1348,6 +1348,38 @@ static void connect_params(pgtag_pool *pool) {
   pool->conn_keys[n] = NULL, pool->conn_values[n] = NULL;
 }
 
+/* INFO: where the pool connects, never the password or other secrets of
+ * the conninfo. */
+static void log_opened(const pgtag_pool *pool) {
+  if (pool->cfg.log_level > PGTAG_LOG_INFO)
+    return;
+  const char *host = NULL, *hostaddr = NULL, *port = NULL, *dbname = NULL, *user = NULL;
+  PQconninfoOption *opts = PQconninfoParse(pool->conninfo, NULL);
+  for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++) {
+    if (o->val == NULL)
+      continue;
+    if (strcmp(o->keyword, "host") == 0)
+      host = o->val;
+    else if (strcmp(o->keyword, "hostaddr") == 0)
+      hostaddr = o->val;
+    else if (strcmp(o->keyword, "port") == 0)
+      port = o->val;
+    else if (strcmp(o->keyword, "dbname") == 0)
+      dbname = o->val;
+    else if (strcmp(o->keyword, "user") == 0)
+      user = o->val;
+  }
+  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
+  pool_log(pool, PGTAG_LOG_INFO,
+           "pool opened: host %.200s, port %.32s, database %.100s, user %.100s, "
+           "max_conns %d, min_conns %d",
+           host ? host : hostaddr ? hostaddr : "(libpq default)", port ? port : "(default)",
+           dbname ? dbname : "(default)", user ? user : "(default)", pool->cfg.max_conns,
+           pool->cfg.min_conns);
+  pgtag_ctx_leave(previous);
+  PQconninfoFree(opts);
+}
+
 static void on_pool_handle_closed(uv_handle_t *handle) {
   pool_handle_closed(handle->data);
 }
@@ -1442,6 +1474,7 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
     uv_timer_start(&pool->maint_timer, on_maint, period, period);
     uv_unref((uv_handle_t *)&pool->maint_timer);
   }
+  log_opened(pool);
   maybe_connect(pool);
   *out = pool;
   return PGTAG_OK;
@@ -1495,6 +1528,9 @@ static void maybe_finish_close(pgtag_pool *pool) {
 void pool_handle_closed(pgtag_pool *pool) {
   if (--pool->handles > 0 || !pool->handles_closing)
     return;
+  pgtag_ctx *outer = pgtag_ctx_enter(NULL);
+  pool_log(pool, PGTAG_LOG_INFO, "pool closed");
+  pgtag_ctx_leave(outer);
   if (pool->close_done != NULL) {
     pgtag_ctx *previous = pgtag_ctx_enter(NULL);
     pool->close_done(pool->close_arg);

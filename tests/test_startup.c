@@ -1,8 +1,9 @@
 /* A pool as a newcomer first meets it, against the real server: a wrong
  * database or role fails the waiting request at once with the server's
  * SQLSTATE and whole message (and the pool recovers once the DBA fixes
- * it), and a server that is merely down is waited for.  Also the reading
- * of libpq's connection errors, without a server. */
+ * it), a server that is merely down is waited for, pgtag_pool_close does
+ * not wait out a reconnect backoff, and the log levels say what the header
+ * says.  Also the reading of libpq's connection errors, without a server. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -69,6 +70,8 @@ static int refused_port(void) {
   close(fd);
   return ntohs(a.sin_port);
 }
+
+static void closed_cb(void *arg) { (*(int *)arg)++; }
 
 /* ------------------------------------------------------------------------
  * Reading libpq's messages (no server)
@@ -283,12 +286,106 @@ static void server_down_is_waited_for(void **state) {
   test_pool_close(&loop, pool);
 }
 
+/* ------------------------------------------------------------------------
+ * Closing
+ * ------------------------------------------------------------------------ */
+
+/* A reconnect is pending for seconds (backoff): close cancels it and
+ * finishes at once, with or without a waiter; a second call before done
+ * is ignored. */
+static void close_with_backoff_pending(int with_waiter) {
+  char conninfo[256];
+  pgtag_pool_config cfg;
+  capturing_config(&cfg, PGTAG_LOG_WARN);
+  snprintf(conninfo, sizeof conninfo, "host=127.0.0.1 port=%d", refused_port());
+  cfg.conninfo = conninfo;
+  cfg.acquire_timeout_ms = 100;
+  cfg.reconnect_base_ms = 4000; /* the first retry: 2 to 4 s after a failure */
+  cfg.reconnect_max_ms = 8000;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+
+  rec q = {0}, w = {0};
+  query_in(pool, NULL, "SELECT 1", &q);
+  assert_true(run_until(&loop, &q.calls, 1, 3000));
+  assert_done(&q, NULL, PGTAG_ETIMEDOUT); /* and the backoff is pending */
+  pgtag_stats st;
+  pgtag_pool_stats(pool, &st);
+  assert_int_equal(st.connect_failures, 1);
+  if (with_waiter)
+    query_in(pool, NULL, "SELECT 2", &w);
+
+  int closed = 0, closed_twice = 0;
+  uint64_t t0 = now_ms();
+  pgtag_pool_close(pool, closed_cb, &closed);
+  pgtag_pool_close(pool, closed_cb, &closed_twice); /* before done: ignored */
+  assert_true(run_until(&loop, &closed, 1, 5000));
+  uint64_t took = now_ms() - t0;
+  if (took >= 500)
+    fail_msg("pgtag_pool_close took %llu ms to call done", (unsigned long long)took);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  assert_int_equal(closed, 1);
+  assert_int_equal(closed_twice, 0);
+  assert_int_equal(count_lines(PGTAG_LOG_WARN, "already closing"), 1);
+  if (with_waiter)
+    assert_done(&w, NULL, PGTAG_ECLOSED);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void close_does_not_wait_out_the_backoff(void **state) {
+  (void)state;
+  close_with_backoff_pending(0);
+  assert_int_equal(uv_loop_init(&loop), 0);
+  close_with_backoff_pending(1);
+}
+
+/* ------------------------------------------------------------------------
+ * Log levels
+ * ------------------------------------------------------------------------ */
+
+/* INFO is the pool opened and closed, saying where it connects and never
+ * the password; DEBUG adds each connection. */
+static void log_levels_as_documented(void **state) {
+  (void)state;
+  char conninfo[1024];
+  pgtag_pool_config cfg;
+  snprintf(conninfo, sizeof conninfo, "%s password=not-for-logs-123", test_conninfo());
+
+  for (pgtag_log_level level = PGTAG_LOG_DEBUG; level <= PGTAG_LOG_WARN; level++) {
+    capturing_config(&cfg, level);
+    cfg.conninfo = conninfo;
+    cfg.name = "levels";
+    pgtag_pool *pool = test_pool_new(&loop, &cfg);
+    rec q = {0};
+    query_in(pool, NULL, "SELECT 1", &q);
+    assert_true(run_until(&loop, &q.calls, 1, 5000));
+    assert_done(&q, NULL, PGTAG_OK);
+    test_pool_close(&loop, pool);
+    uv_loop_init(&loop);
+
+    for (int i = 0; i < nlines; i++) {
+      assert_true(lines[i].level >= level);
+      assert_null(strstr(lines[i].text, "not-for-logs-123"));
+    }
+    int info = level <= PGTAG_LOG_INFO;
+    assert_int_equal(count_lines(PGTAG_LOG_INFO, "pool opened: host "), info);
+    assert_int_equal(count_lines(PGTAG_LOG_INFO, "database postgres, user postgres, "
+                                                 "max_conns 4, min_conns 0"),
+                     info);
+    assert_int_equal(count_lines(PGTAG_LOG_INFO, "pool closed"), info);
+    assert_int_equal(count_lines(PGTAG_LOG_DEBUG, "connected (backend "), level == PGTAG_LOG_DEBUG);
+    /* nothing else happened that deserves a line */
+    assert_int_equal(nlines, 3 * (level == PGTAG_LOG_DEBUG) + 2 * (level == PGTAG_LOG_INFO));
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(parses_libpq_connection_errors),
       cmocka_unit_test_setup(missing_database_fails_fast_then_recovers, setup),
       cmocka_unit_test_setup(unknown_role_fails_fast, setup),
       cmocka_unit_test_setup(server_down_is_waited_for, setup),
+      cmocka_unit_test_setup(close_does_not_wait_out_the_backoff, setup),
+      cmocka_unit_test_setup(log_levels_as_documented, setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
