@@ -53,20 +53,18 @@ exports() {
 }
 check "only pgtag_* symbols are exported" exports
 
+# Output is captured before it is searched: with pipefail, "cmd | grep -q"
+# fails whenever grep stops reading early and cmd dies of SIGPIPE.
 run_consumer() { # the consumer prints what the server read from its tag
-  "$@" "$PGTAG_TEST_CONNINFO" | grep -q "the server saw request consumer-1"
+  local out
+  out=$("$@" "$PGTAG_TEST_CONNINFO") || { echo "$* failed: $out"; return 1; }
+  grep -q "the server saw request consumer-1" <<<"$out" || { echo "$*: $out"; return 1; }
 }
 
-cmake_consumer() {
-  cmake -S "$root/tests/consumer" -B "$work/cm" -DCMAKE_PREFIX_PATH="$prefix" &&
-    cmake --build "$work/cm" &&
-    run_consumer env LD_LIBRARY_PATH="$lib" "$work/cm/consumer_shared" &&
-    run_consumer "$work/cm/consumer_static" &&
-    # the shared consumer really uses the installed libpgtag.so.N
-    env LD_LIBRARY_PATH="$lib" ldd "$work/cm/consumer_shared" | grep -q "$lib/libpgtag.so.$major" &&
-    ! ldd "$work/cm/consumer_static" | grep -q libpgtag
+links_pgtag() { # links_pgtag BINARY: its libpgtag is a shared library
+  local out
+  out=$(ldd "$1") && grep -q 'libpgtag\.so' <<<"$out"
 }
-check "find_package(pgtag): pgtag::pgtag and pgtag::pgtag_static build and run" cmake_consumer
 
 # The program loads the installed libpgtag.so.N, wherever its run-time
 # path says it lies (pkg-config's libdir is not in canonical form).
@@ -75,6 +73,17 @@ uses_installed() {
   found=$(ldd "$1" | awk '/libpgtag\.so/ {print $3}')
   [ -n "$found" ] && [ "$(realpath "$found")" = "$(realpath "$lib/libpgtag.so.$major")" ]
 }
+
+cmake_consumer() {
+  cmake -S "$root/tests/consumer" -B "$work/cm" -DCMAKE_PREFIX_PATH="$prefix" &&
+    cmake --build "$work/cm" &&
+    run_consumer env LD_LIBRARY_PATH="$lib" "$work/cm/consumer_shared" &&
+    run_consumer "$work/cm/consumer_static" &&
+    # the shared consumer really uses the installed libpgtag.so.N
+    uses_installed "$work/cm/consumer_shared" &&
+    ! links_pgtag "$work/cm/consumer_static"
+}
+check "find_package(pgtag): pgtag::pgtag and pgtag::pgtag_static build and run" cmake_consumer
 
 # hello prints what the server saw for each of its three requests, then
 # that uv_loop_close returned 0.
@@ -117,7 +126,7 @@ static_archive() {
     $(pkg-config --cflags pgtag) "$(pkg-config --variable=libdir pgtag)/libpgtag.a" \
     $(pkg-config --libs libuv libpq) -pthread &&
     run_consumer "$work/pc_static" &&
-    ! ldd "$work/pc_static" | grep -q libpgtag
+    ! links_pgtag "$work/pc_static"
 }
 check "libpgtag.a linked by hand with shared libuv and libpq builds and runs" static_archive
 
