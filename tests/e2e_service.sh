@@ -4,6 +4,8 @@
 # statement logged.
 #
 #   tests/e2e_service.sh BUILD_DIR     prints TAP lines; exits 1 on a failure
+# pipefail: never "cmd | grep -q" here, which fails when grep stops reading
+# early and cmd dies of SIGPIPE; logs are read into a variable first.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${1:?usage: e2e_service.sh BUILD_DIR}" && pwd)
@@ -294,12 +296,15 @@ bouncer() {
   "$root/tests/pgbouncer.sh" stop "$work/bouncer"
   [ "$rc" = 0 ] || { echo "service exit code $rc"; return 1; }
   sleep 0.3
+  local log
+  log=$(new_log)
   for i in $(seq 1 50); do
     jq -e --arg id "pgb-$i" '.request_id == $id and .id > 0' "$work/par/pgb$i.body" >/dev/null ||
       { echo "pgb-$i: $(cat "$work/par/pgb$i.body")"; return 1; }
     # the server's log shows the query with its own ID and its own account
-    tail -c +"$log_from" "$server_log" | grep -A1 "requestId=pgb-$i route=" |
-      grep -q "parameters: \$1 = '$((7 * i + 1))'" || { echo "pgb-$i not in the server log"; return 1; }
+    grep -A1 "requestId=pgb-$i route=" <<<"$log" |
+      grep -c "parameters: \$1 = '$((7 * i + 1))'" >/dev/null ||
+      { echo "pgb-$i not in the server log"; return 1; }
   done
   # the transfer's statements all ran in one server process
   [ "$(tail -c +"$log_from" "$server_log" | grep 'requestId=pgb-tx ' |
@@ -340,18 +345,21 @@ replica() {
   sleep 0.3
   "$root/tests/pgserver.sh" stop "$work/standby" immediate
   [ "$rc" = 0 ] || { echo "service exit code $rc"; return 1; }
+  local on_standby on_primary
+  on_standby=$(tail -c +"$standby_from" "$standby_log")
+  on_primary=$(tail -c +"$primary_from" "$server_log")
   for i in $(seq 1 20); do
-    tail -c +"$standby_from" "$standby_log" | grep -q "requestId=rep-$i route=" ||
+    grep -q "requestId=rep-$i route=" <<<"$on_standby" ||
       { echo "rep-$i is not in the standby's log"; return 1; }
-    if tail -c +"$primary_from" "$server_log" | grep -q "requestId=rep-$i route="; then
+    if grep -q "requestId=rep-$i route=" <<<"$on_primary"; then
       echo "rep-$i ran on the primary"; return 1
     fi
   done
-  [ "$(tail -c +"$standby_from" "$standby_log" | grep -c 'requestId=rep-sum route=')" = 2 ] ||
+  [ "$(grep -c 'requestId=rep-sum route=' <<<"$on_standby")" = 2 ] ||
     { echo "the summary's two queries are not both on the standby"; return 1; }
-  tail -c +"$primary_from" "$server_log" | grep -q 'requestId=rep-tx route=.*FOR UPDATE' ||
+  grep -q 'requestId=rep-tx route=.*FOR UPDATE' <<<"$on_primary" ||
     { echo "the transfer is not on the primary"; return 1; }
-  if tail -c +"$standby_from" "$standby_log" | grep -q 'requestId=rep-tx '; then
+  if grep -q 'requestId=rep-tx ' <<<"$on_standby"; then
     echo "the transfer touched the standby"; return 1
   fi
 }
