@@ -122,14 +122,16 @@ static void activity_shows_the_request(void **state) {
   rec q = {0};
   char v[256];
 
-  query_in(pool, ctx, "SELECT pg_sleep(0.5)", &q);
+  /* Long enough to be seen running twice on a loaded machine: once to
+   * know it started, once to read it. */
+  query_in(pool, ctx, "SELECT pg_sleep(2)", &q);
   const char *sql = "SELECT count(*) FROM pgtag.activity WHERE request_id = 'watch-me'";
   for (int i = 0; i < 100 && admin_int(sql) == 0; i++)
     run_for(&loop, 5);
   admin_value("SELECT state || '|' || (tags->>'route') || '|' || query || '|' || "
               "(query_age >= '0'::interval) FROM pgtag.activity WHERE request_id = 'watch-me'",
               v, sizeof v);
-  assert_string_equal(v, "active|GET /slow|SELECT pg_sleep(0.5)|true");
+  assert_string_equal(v, "active|GET /slow|SELECT pg_sleep(2)|true");
   wait_rec(&q);
 
   /* Back in the pool, its backend serves no request: no request_id, no
@@ -142,7 +144,7 @@ static void activity_shows_the_request(void **state) {
               "(query_age IS NULL) || '|' || (idle_for >= '0'::interval) || '|' || query "
               "FROM pgtag.activity WHERE last_request_id = 'watch-me'",
               v, sizeof v);
-  assert_string_equal(v, "none|{}|true|true|SELECT pg_sleep(0.5)");
+  assert_string_equal(v, "none|{}|true|true|SELECT pg_sleep(2)");
   assert_int_equal(admin_int("SELECT count(*) FROM pgtag.activity "
                              "WHERE request_id IS NOT NULL AND last_request_id = 'watch-me'"),
                    0);
