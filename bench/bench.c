@@ -1,8 +1,8 @@
 /* pgtag's benchmark: simulated requests against a real server, one result
  * line of key=value pairs per run, for scripts (bench/compare.sh).
  *
- *   pgtag_bench [-w W1|W2|W3] [-c concurrency] [-p pool] [-t seconds]
- *               [-d pipeline_depth] [-n] CONNINFO
+ *   pgtag_bench [-w W1|W2|W3|HOT|SLOW] [-c concurrency] [-p pool] [-t seconds]
+ *               [-d pipeline_depth] [-r rows] [-n] [-u] CONNINFO
  *
  *   W1  C concurrent requests over a pool of P connections; each request
  *       gets a fresh context with its own request ID, runs one tagged point
@@ -12,11 +12,23 @@
  *       COMMIT (all five queued at once; pgtag runs them in order).
  *   W3  a burst of C requests (default 10,000) at once against the pool:
  *       pgtag's memory per waiting request, and the completion order.
+ *   HOT C concurrent requests, each ONE autocommit statement
+ *       UPDATE pgtag_bench_hot SET v = v + 1 WHERE id = $1 on a table of R
+ *       rows (-r, default 4): the pipelining safety workload.  Reports the
+ *       deadlocks the server broke (SQLSTATE 40P01 seen by a callback, and
+ *       pg_stat_database's count), and checks that the table's sum equals
+ *       the updates that succeeded: every statement applied exactly once.
+ *   SLOW C concurrent requests of the W1 point select, and every 100 ms
+ *       one more request runs SELECT pg_sleep(0.2): the head-of-line
+ *       workload.  Reports the fast queries at or over 100 ms and the
+ *       slowest; qps counts the fast queries only.
  *   -d  pipeline_depth (default: the library's); -d 1 turns pipelining off.
  *   -j  worker threads, each with its own loop and pool (connections and
  *       requests divided between them), as a server with a loop per
  *       thread runs pgtag; default 1.
  *   -n  no tag (tag_style NONE), to measure what tagging costs.
+ *   -u  no statement cache (statement_cache 0): every query an unnamed
+ *       statement, as before the cache.
  *
  * Heap allocations are counted by wrapping malloc, calloc and realloc at
  * link time (-Wl,--wrap): only calls from code linked statically, that is
@@ -85,8 +97,10 @@ void __wrap_free(void *p) {
 
 static const char *workload = "W1";
 static int concurrency = 64, pool_size = 8, seconds = 10, depth = 0, tagged = 1, threads = 1;
+static int cached = 1;
 static const char *conninfo;
 static int naccounts = 1000000; /* pgbench scale 10 */
+static int hot_rows = 4;       /* HOT: rows the updates share */
 
 /* Per worker thread (-j): each has its own loop and pool, as a server with
  * one loop per thread has; the main thread is worker 0. */
@@ -144,6 +158,8 @@ typedef struct {
 
 static _Thread_local request *requests;
 static unsigned long long w3_first, w3_done, w3_max_overtaken;
+/* HOT and SLOW: one loop thread, so plain counters. */
+static unsigned long long hot_applied, hot_deadlocks, slow_over_100ms, slow_max_us, slow_runs;
 
 static void request_start(request *r);
 
@@ -163,6 +179,29 @@ static void on_select(PGresult *res, const pgtag_error *err, void *arg) {
   (void)res;
   queries++;
   request_end(arg, err != NULL);
+}
+
+static int is_deadlock(const pgtag_error *err) {
+  return err != NULL && err->sqlstate != NULL && strcmp(err->sqlstate, "40P01") == 0;
+}
+
+static void on_hot(PGresult *res, const pgtag_error *err, void *arg) {
+  (void)res;
+  queries++;
+  hot_deadlocks += is_deadlock(err);
+  hot_applied += err == NULL;
+  request_end(arg, err != NULL);
+}
+
+static void on_fast(PGresult *res, const pgtag_error *err, void *arg) {
+  request *r = arg;
+  uint64_t us = (uv_hrtime() - r->started) / 1000;
+  if (warm && running) {
+    slow_over_100ms += us >= 100000;
+    if (us > slow_max_us)
+      slow_max_us = us;
+  }
+  on_select(res, err, arg);
 }
 
 static void on_step(PGresult *res, const pgtag_error *err, void *arg) {
@@ -264,6 +303,15 @@ static void request_start(request *r) {
   pgtag_errcode rc;
   if (strcmp(workload, "W2") == 0) {
     rc = pgtag_acquire(pool, on_conn, r);
+  } else if (strcmp(workload, "HOT") == 0) {
+    char id[16];
+    put_uint(id, rand_aid() % (unsigned)hot_rows + 1);
+    const char *hot[1] = {id};
+    rc = pgtag_query(pool, "UPDATE pgtag_bench_hot SET v = v + 1 WHERE id = $1", 1, hot, on_hot,
+                     r);
+  } else if (strcmp(workload, "SLOW") == 0) {
+    rc = pgtag_query(pool, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", 1, params,
+                     on_fast, r);
   } else if (strcmp(workload, "W3") == 0) {
     rc = pgtag_query(pool, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", 1, params,
                      on_w3, r);
@@ -283,6 +331,24 @@ static void request_start(request *r) {
  * ------------------------------------------------------------------------ */
 
 static _Thread_local uv_timer_t phase;
+static uv_timer_t slow_timer; /* SLOW: the 200 ms query every 100 ms */
+
+static void on_slow_done(PGresult *res, const pgtag_error *err, void *arg) {
+  (void)res;
+  (void)arg;
+  slow_runs++;
+  failures += err != NULL;
+}
+
+static void on_slow_tick(uv_timer_t *t) {
+  (void)t;
+  pgtag_ctx *ctx = new_request_ctx();
+  pgtag_ctx *previous = pgtag_ctx_enter(ctx);
+  pgtag_query(pool, "SELECT pg_sleep(0.2)", 0, NULL, on_slow_done, NULL);
+  pgtag_ctx_leave(previous);
+  pgtag_ctx_end(ctx);
+  pgtag_ctx_unref(ctx);
+}
 
 static void on_closed(void *arg) { (void)arg; }
 
@@ -301,6 +367,8 @@ static void on_phase(uv_timer_t *t) {
   t_end = uv_hrtime();
   running = 0;
   uv_close((uv_handle_t *)t, NULL);
+  if (uv_is_active((uv_handle_t *)&slow_timer))
+    uv_close((uv_handle_t *)&slow_timer, NULL);
 }
 
 static double cpu_seconds(const struct rusage *a, const struct rusage *b) {
@@ -331,6 +399,8 @@ static pgtag_pool *make_pool(int conns, int max_waiting) {
   cfg.acquire_timeout_ms = 60000;
   cfg.tag_style = tagged ? PGTAG_TAG_PREFIX : PGTAG_TAG_NONE;
   cfg.pipeline_depth = depth;
+  if (!cached)
+    cfg.statement_cache = 0;
   return pgtag_pool_new(loop, &cfg, &p) == PGTAG_OK ? p : NULL;
 }
 
@@ -353,6 +423,10 @@ static void *run_worker(void *arg) {
     request_start(&requests[i]);
   uv_timer_init(loop, &phase);
   uv_timer_start(&phase, on_phase, 1000, 0);
+  if (strcmp(workload, "SLOW") == 0) {
+    uv_timer_init(loop, &slow_timer);
+    uv_timer_start(&slow_timer, on_slow_tick, 100, 100);
+  }
   uv_run(loop, UV_RUN_DEFAULT); /* ends once the last requests are done */
 
   struct rusage ru;
@@ -412,12 +486,77 @@ static void run_steady(void) {
   failures = failed;
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
-  printf("workload=%s concurrency=%d pool=%d depth=%d tag=%d threads=%d seconds=%.2f "
+  printf("workload=%s concurrency=%d pool=%d depth=%d tag=%d cache=%d threads=%d seconds=%.2f "
          "requests=%llu queries=%llu failures=%llu qps=%.0f rps=%.0f p50_us=%llu p99_us=%llu "
          "p999_us=%llu cpu_us_per_query=%.2f allocs_per_query=%.4f peak_rss_kb=%ld\n",
-         workload, concurrency, pool_size, depth, tagged, threads, w[0].elapsed, done, q, failed,
+         workload, concurrency, pool_size, depth, tagged, cached, threads, w[0].elapsed, done, q,
+         failed,
          qps, rps, percentile_us(0.50), percentile_us(0.99), percentile_us(0.999),
          w[0].cpu * 1e6 / (double)q, (double)w[0].allocs / (double)q, ru.ru_maxrss);
+}
+
+/* HOT: a table of hot_rows rows at zero, and the server's deadlock count
+ * before the run.  Blocking libpq: this is the benchmark, not the pool. */
+static void quiet(void *arg, const char *message) {
+  (void)arg;
+  (void)message;
+}
+
+static PGconn *admin_connect(void) {
+  PGconn *c = PQconnectdb(conninfo);
+  if (PQstatus(c) != CONNECTION_OK) {
+    fprintf(stderr, "pgtag_bench: %s", PQerrorMessage(c));
+    exit(1);
+  }
+  PQsetNoticeProcessor(c, quiet, NULL);
+  return c;
+}
+
+static long long admin_number(PGconn *c, const char *sql) {
+  PGresult *res = PQexec(c, sql);
+  ExecStatusType st = PQresultStatus(res);
+  if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+    fprintf(stderr, "pgtag_bench: %s: %s", sql, PQresultErrorMessage(res));
+    exit(1);
+  }
+  long long v = st == PGRES_TUPLES_OK && PQntuples(res) > 0 ? atoll(PQgetvalue(res, 0, 0)) : 0;
+  PQclear(res);
+  return v;
+}
+
+#define DEADLOCKS_SQL \
+  "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+
+static long long hot_setup(void) {
+  char sql[256];
+  PGconn *c = admin_connect();
+  admin_number(c, "CREATE TABLE IF NOT EXISTS pgtag_bench_hot (id int PRIMARY KEY, v bigint NOT NULL)");
+  admin_number(c, "TRUNCATE pgtag_bench_hot");
+  snprintf(sql, sizeof sql,
+           "INSERT INTO pgtag_bench_hot SELECT g, 0 FROM generate_series(1, %d) g", hot_rows);
+  admin_number(c, sql);
+  long long deadlocks = admin_number(c, DEADLOCKS_SQL);
+  PQfinish(c);
+  return deadlocks;
+}
+
+/* Every update that succeeded is in the table exactly once; the server's
+ * count is read once the pool's backends have exited (they flush their
+ * statistics then). */
+static void hot_report(long long deadlocks_before) {
+  PGconn *c = admin_connect();
+  long long sum = admin_number(c, "SELECT coalesce(sum(v), 0) FROM pgtag_bench_hot");
+  long long deadlocks = 0;
+  for (int i = 0; i < 20; i++) {
+    deadlocks = admin_number(c, DEADLOCKS_SQL) - deadlocks_before;
+    if (deadlocks >= (long long)hot_deadlocks)
+      break;
+    usleep(100000);
+  }
+  PQfinish(c);
+  printf("hot rows=%d deadlocks_client=%llu deadlocks_server=%lld applied=%llu table_sum=%lld "
+         "exactly_once=%d\n",
+         hot_rows, hot_deadlocks, deadlocks, hot_applied, sum, sum == (long long)hot_applied);
 }
 
 static void run_burst(void) {
@@ -458,7 +597,7 @@ static void run_burst(void) {
 
 int main(int argc, char **argv) {
   int opt;
-  while ((opt = getopt(argc, argv, "w:c:p:t:d:j:n")) != -1) {
+  while ((opt = getopt(argc, argv, "w:c:p:t:d:j:r:nu")) != -1) {
     switch (opt) {
     case 'w': workload = optarg; break;
     case 'c': concurrency = atoi(optarg); break;
@@ -466,10 +605,12 @@ int main(int argc, char **argv) {
     case 't': seconds = atoi(optarg); break;
     case 'd': depth = atoi(optarg); break;
     case 'n': tagged = 0; break;
+    case 'u': cached = 0; break;
     case 'j': threads = atoi(optarg); break;
+    case 'r': hot_rows = atoi(optarg); break;
     default:
-      fprintf(stderr, "usage: pgtag_bench [-w W1|W2|W3] [-c n] [-p n] [-t s] [-d n] [-j n] "
-                      "[-n] CONNINFO\n");
+      fprintf(stderr, "usage: pgtag_bench [-w W1|W2|W3|HOT|SLOW] [-c n] [-p n] [-t s] [-d n] "
+                      "[-j n] [-r rows] [-n] [-u] CONNINFO\n");
       return 2;
     }
   }
@@ -477,7 +618,7 @@ int main(int argc, char **argv) {
   if (burst && concurrency == 64)
     concurrency = 10000;
   conninfo = optind < argc ? argv[optind] : getenv("PGTAG_TEST_CONNINFO");
-  if (conninfo == NULL || concurrency < 1 || seconds < 1 || threads < 1 ||
+  if (conninfo == NULL || concurrency < 1 || seconds < 1 || threads < 1 || hot_rows < 1 ||
       threads > pool_size || threads > concurrency) {
     fprintf(stderr, "pgtag_bench: a conninfo (or PGTAG_TEST_CONNINFO) is required\n");
     return 2;
@@ -491,8 +632,21 @@ int main(int argc, char **argv) {
     pgtag_pool_config_init(&defaults);
     depth = defaults.pipeline_depth;
   }
+  int hot = strcmp(workload, "HOT") == 0, slow = strcmp(workload, "SLOW") == 0;
+  if ((hot || slow) && threads != 1) {
+    fprintf(stderr, "pgtag_bench: HOT and SLOW run on one loop thread\n");
+    return 2;
+  }
   if (!burst) {
+    long long deadlocks_before = hot ? hot_setup() : 0;
     run_steady();
+    if (hot) {
+      hot_report(deadlocks_before);
+      return 0; /* deadlocks are failures the report counts, not the run's */
+    }
+    if (slow)
+      printf("slow fast_at_or_over_100ms=%llu fast_max_us=%llu slow_queries=%llu\n",
+             slow_over_100ms, slow_max_us, slow_runs);
     return failures == 0 ? 0 : 1;
   }
   latency = __real_calloc(LAT_MAX_US, sizeof *latency);

@@ -186,8 +186,10 @@ void pgtag_ctx_run(pgtag_ctx *ctx, void (*fn)(void *arg), void *arg);
 typedef struct {
   uint64_t queries;     /**< queries completed, any outcome */
   uint64_t errors;      /**< of those, the ones that failed */
-  uint64_t db_time_us;  /**< summed, each from being sent to its result */
-  uint64_t slowest_us;   /**< the slowest query, sent to result */
+  uint64_t db_time_us;  /**< summed, each its own time: from when the server
+                           could start it (sent, and the statement ahead of
+                           it on the connection done) to its result */
+  uint64_t slowest_us;   /**< the slowest query, its own time */
   char slowest_sql[201]; /**< the slowest one's text, without the tag, cut
                             at 200 bytes; "" when none ran */
 } pgtag_request_stats;
@@ -328,29 +330,69 @@ typedef struct {
                                 lost the same server do not retry in step;
                                 default 100 */
   int reconnect_max_ms;      /**< default 5000 */
-  int statement_timeout_ms;  /**< longest a query may run, from the moment it
-                                is sent; on expiry it is cancelled on the
+  int statement_timeout_ms;  /**< longest a query may run, from the moment
+                                the server can start it (sent, or the
+                                statement ahead of it on the connection
+                                done: waiting behind others does not
+                                count); on expiry it is cancelled on the
                                 server and fails with PGTAG_ETIMEDOUT;
                                 0 = no limit; default 0.  Per query:
                                 pgtag_query_opts */
   int pipeline_depth;        /**< once all max_conns connections are busy,
                                 pgtag_query calls of different requests
-                                share them, up to this many in flight on
-                                each (libpq pipeline mode).  Queries sent in
-                                one loop iteration share a sync point and
-                                their results are delivered once it has
-                                arrived (committed); if one of them fails,
-                                the others, rolled back with it, are run
-                                again each on its own, so one failing query
-                                fails nothing else (a function with effects
-                                outside the transaction, nextval() say, may
-                                then run twice, and they come back after
-                                the queries sent meanwhile; otherwise
-                                results come back in the order sent).  Statements that change
+                                share them, up to this many statements under
+                                way on each (libpq pipeline mode), and each
+                                still does what it would do on a connection
+                                of its own (see "Pipelining" in the README):
+                                only plain reads share a sync point, in a
+                                read-only transaction, and each is delivered
+                                as its result arrives; every other statement
+                                has a sync point, its own implicit
+                                transaction, to itself; a statement joins a
+                                pipeline only behind statements known to be
+                                fast (pipeline_fast_ms); a cancel or a
+                                timeout never fails another request's
+                                statement.  Statements that change
                                 transaction or session state (BEGIN,
                                 COMMIT, SET, ...) are never pipelined; held
                                 connections stay exclusive.  1 = off;
                                 default 4 */
+  int pipeline_fast_ms;      /**< with pipeline_depth > 1: a statement
+                                joins a connection's pipeline only behind
+                                statements whose recent runs took at most
+                                this long, from when the server could start
+                                them to their result, and none of which has
+                                been running longer; so no query waits
+                                behind another request's slow one.  1 to
+                                3600000; default 5 */
+  int statement_cache;       /**< statements each connection keeps prepared
+                                on its server process, least recently used
+                                first out: a query whose text (tag excluded)
+                                is prepared there goes out as
+                                "<tag> EXECUTE _pgtag_<n>('value', ...)",
+                                the values quoted by pgtag, so the server
+                                runs a plan it keeps instead of parsing and
+                                planning the text, and the tag stays in the
+                                text pg_stat_activity and the log show.  A
+                                new text is prepared just ahead of its
+                                first use, in the same pipeline.  Used for
+                                SELECT, INSERT, UPDATE, DELETE, MERGE,
+                                VALUES, TABLE and WITH statements whose
+                                values come to at most 4 KB and are valid
+                                in the client encoding, with
+                                standard_conforming_strings on; anything
+                                else goes as an unnamed statement, as does
+                                a query with pgtag_query_opts.no_cache.
+                                The server's refusals for the cache's
+                                reasons (the statement was deallocated, its
+                                plan no longer fits after ALTER TABLE) are
+                                recovered from by preparing it again and
+                                running the query once more, since nothing
+                                of it ran; inside a transaction block the
+                                error aborted, the query fails with it.
+                                The names _pgtag_* are pgtag's.  0 = off;
+                                off behind a transaction_pooler; default
+                                256 */
   int tcp_keepalive_s;       /**< TCP connections: probe a silent peer after
                                 this many idle seconds, every s/6 (at least
                                 1 s), give up after 3 probes; also the
@@ -495,7 +537,8 @@ typedef struct {
   uint64_t reconnects;      /**< connections established to replace them */
   uint64_t errors_by_code[PGTAG_NERRCODES]; /**< operations ended, by code */
   pgtag_histogram acquire_wait; /**< submit to getting a connection */
-  pgtag_histogram query_time;   /**< sent to result */
+  pgtag_histogram query_time;   /**< each query's own time (see
+                                   pgtag_request_stats.db_time_us) */
 } pgtag_stats;
 
 /** A snapshot of the pool's state; valid until the pool is freed.
@@ -547,11 +590,14 @@ typedef void (*pgtag_result_cb)(PGresult *res, const pgtag_error *err, void *arg
 typedef struct {
   int timeout_ms; /**< statement timeout: 0 = the pool's statement_timeout_ms,
                      < 0 = none */
+  int no_cache;   /**< nonzero: send it as an unnamed statement, not through
+                     the statement cache (statement_cache) */
 } pgtag_query_opts;
 
 /** Run sql on any pooled connection, in the current context: a free one; or,
- * once all max_conns are busy, in the pipeline of one of them (see
- * pipeline_depth); else it waits (first in, first out with acquires).
+ * once all max_conns are busy, in the pipeline of one of them, where it
+ * does what it would do on a connection of its own (see pipeline_depth);
+ * else it waits (first in, first out with acquires).
  * Returns PGTAG_EINVAL (NULL pool, sql or cb; nparams < 0; values NULL with
  * nparams > 0; called off the loop thread), PGTAG_ECLOSED (pool closing),
  * PGTAG_EQUEUEFULL (max_waiting reached) or PGTAG_ENOMEM.
@@ -568,12 +614,16 @@ pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
                              void *arg);
 
 /** Cancel everything the request ctx has under way, in every pool of this
- * thread: operations waiting for a connection, and queries queued behind
- * another on its held connections, fail with PGTAG_ECANCELED (from the
- * loop, never inside this call); queries running are cancelled on the
- * server (PQcancel, on the libuv thread pool) and fail with PGTAG_ECANCELED
- * once it confirms, or report their real outcome if they finished first.
- * Connections the request holds stay held.  For a client that went away.
+ * thread: operations waiting for a connection, and queries not yet sent
+ * (queued on its held connections, or about to go out in a pipeline), fail
+ * with PGTAG_ECANCELED (from the loop, never inside this call); queries
+ * sent are cancelled on the server (PQcancel, on the libuv thread pool)
+ * when their turn comes, and fail with PGTAG_ECANCELED once it confirms,
+ * or report their real outcome if they finished first.  A cancel request
+ * never fails another request's statement: one that could hit another
+ * request's write pipelined on the same connection is not sent, and that
+ * query runs to its end.  Connections the request holds stay held.  For a
+ * client that went away.
  * Returns how many operations it canceled.
  * Thread: the context's (its pools' loop thread). */
 int pgtag_ctx_cancel(pgtag_ctx *ctx);

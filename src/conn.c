@@ -9,14 +9,41 @@
 #include "conn.h"
 
 #include "pool.h"
+#include "sqlkind.h"
 #include "stats.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <errno.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+
+/* The statement that opens a batch: its implicit transaction is read-only
+ * from here on, so a read that writes after all fails before it has any
+ * effect, and no read holds a lock another request's write could wait
+ * for.  set_config rather than SET TRANSACTION, which warns outside an
+ * explicit transaction block.  It also says the isolation level: under a
+ * serializable default, reads that share a transaction could fail
+ * together, so they stop sharing.  $1, when not empty, is the reads'
+ * statement timeout, which the server then enforces on each of them from
+ * when it starts (a cancel from the pool could stop whichever read the
+ * server runs when it arrives).  Prepared once per connection, it costs
+ * the server a bind and an execute per batch, not a parse and a plan;
+ * behind a transaction pooler, where a prepared statement does not
+ * outlive the transaction, it is sent as text each time. */
+#define OPENER_NAME "pgtag_batch_opener"
+#define OPENER_SQL                                                                  \
+  "SELECT set_config('transaction_read_only', 'on', true), "                       \
+  "current_setting('transaction_isolation'), "                                     \
+  "CASE WHEN $1 <> '' THEN set_config('statement_timeout', $1, true) END"
+
+enum {
+  OPENER_TEXT = -1,  /* sent as text: behind a pooler, or the name is taken */
+  OPENER_UNPREPARED, /* to be prepared with the next batch */
+  OPENER_PREPARED
+};
 
 static void on_poll(uv_poll_t *handle, int status, int events);
 
@@ -143,8 +170,8 @@ struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
   queue_init(&conn->node);
   queue_init(&conn->idle_node);
   queue_init(&conn->pending);
-  queue_init(&conn->piped);
-  queue_init(&conn->done);
+  queue_init(&conn->wire);
+  queue_init(&conn->staged);
   uv_timer_init(pool->loop, &conn->timer);
   pool->handles++;
   conn->timer.data = conn;
@@ -172,7 +199,14 @@ static void connect_step(struct conn *conn) {
       return;
     }
     PQsetNoticeReceiver(conn->pg, on_notice, conn);
-    if (conn->pool->cfg.pipeline_depth > 1) {
+    conn->opener = conn->pool->cfg.transaction_pooler ? OPENER_TEXT : OPENER_UNPREPARED;
+    /* A pooled server connection changes from one transaction to the
+     * next: what is prepared on one is not on the others. */
+    if (!conn->pool->cfg.transaction_pooler)
+      stmtcache_init(&conn->stmts, conn->pool->cfg.statement_cache);
+    /* Pipeline mode for pipelining, and for the cache, whose prepare goes
+     * out just ahead of the statement's first use. */
+    if (conn->pool->cfg.pipeline_depth > 1 || conn->stmts.slots != NULL) {
       if (!PQenterPipelineMode(conn->pg)) {
         pool_on_connect_failed(conn, PQerrorMessage(conn->pg));
         return;
@@ -220,158 +254,438 @@ static void note_sql(struct conn *conn, const char *sql) {
 }
 
 void conn_arm_timeout(struct conn *conn) {
-  op *o = conn->inflight;
-  int timeout = o->kind == OP_RESET ? RESET_TIMEOUT_MS : o->timeout_ms;
-  if (o->cancel_code != PGTAG_OK) /* cancelled while it waited in the pipeline */
-    timeout = 1;
-  if (timeout <= 0) {
+  const op *head = conn_running(conn);
+  if (head == NULL || head->deadline == 0) {
     uv_timer_stop(&conn->timer);
     return;
   }
-  /* From when it was sent: one pipelined behind others has used some. */
-  uint64_t used = o->sent_ns != 0 ? (uv_hrtime() - o->sent_ns) / 1000000 : 0;
+  uint64_t now = uv_now(conn->pool->loop);
   uv_timer_start(&conn->timer, on_statement_timer,
-                 used < (uint64_t)timeout ? (uint64_t)timeout - used : 0, 0);
+                 head->deadline > now ? head->deadline - now : 0, 0);
 }
 
-int conn_sync(struct conn *conn) {
-  if (!PQpipelineSync(conn->pg)) /* libpq 15: it flushes too */
-    return -1;
-  conn->unsynced = 0;
+void conn_retry_cancels(struct conn *conn) {
+  op *head = conn_running(conn);
+  if (head != NULL && head->cancel_code != PGTAG_OK && !head->cancel_sent && head->deadline == 0)
+    head->deadline = uv_now(conn->pool->loop);
+  conn_arm_timeout(conn);
+}
+
+/* o is running now (conn_running): the server can start it.  When must
+ * the pool act on it?  At the end of its statement timeout, which counts its own run, not
+ * its wait behind others (a read in a batch has the server enforce it:
+ * conn_flush_staged), of the limit on the pool's ROLLBACK, or at once for
+ * one whose cancel is wanted already. */
+static void head_deadline(struct conn *conn, op *o) {
+  uint64_t now = uv_now(conn->pool->loop);
+  int timeout = o->kind == OP_RESET ? RESET_TIMEOUT_MS : o->batched ? 0 : o->timeout_ms;
+  o->running = 1;
+  if (o->cancel_code != PGTAG_OK && !o->cancel_sent)
+    o->deadline = now;
+  else if (!o->cancel_sent)
+    o->deadline = timeout > 0 ? now + (uint64_t)timeout : 0;
+}
+
+/* What the pipelining rules count, for statements on the wire or staged. */
+static void count_op(struct conn *conn, const op *o, int d) {
+  if (op_internal(o->kind))
+    return;
+  conn->unproven += d * o->unproven;
+  conn->signalable += d * o->signalable;
+  conn->writes += d * (o->kind == OP_QUERY && !o->reads);
+}
+
+void conn_unstage(struct conn *conn, op *o) {
+  queue_remove(&o->node);
+  conn->nstaged--;
+  count_op(conn, o, -1);
+}
+
+void conn_mark_signalable(struct conn *conn, op *o) {
+  if (o->signalable)
+    return;
+  o->signalable = 1;
+  if (queue_linked(&o->node))
+    conn->signalable++;
+}
+
+/* o is on its way to the server: it joins the wire behind what is there. */
+static void wire_append(struct conn *conn, op *o) {
+  uint64_t now = uv_hrtime();
+  if (!op_internal(o->kind))
+    o->sent_ns = now; /* what the statistics measure from */
+  o->start_ns = now;
+  o->chunk_ns = 0;
+  o->deadline = 0;
+  o->running = 0;
+  o->held = 0;
+  o->at_risk = conn->cancel != NULL; /* a cancel under way may hit it */
+  queue_insert_tail(&conn->wire, &o->node);
+  if (!op_internal(o->kind)) {
+    conn->nwire++;
+    note_sql(conn, o->sql);
+  }
+  conn->exclusive |= o->exclusive;
+  if (conn_running(conn) == o) {
+    head_deadline(conn, o);
+    conn_arm_timeout(conn);
+  }
+}
+
+/* The head's results are complete: it leaves the wire, and the next one
+ * can start (its own time counts from now).  held_back: the next result
+ * is here already, so the server held this one back until then (a batch
+ * sends its results at its sync point): which of them took the time is
+ * not known, and the pool's learning blames each (op.h: chunk_ns). */
+static op *wire_pop(struct conn *conn, int held_back) {
+  op *o = conn_head(conn);
+  uint64_t now = uv_hrtime();
+  queue_remove(&o->node);
+  if (!op_internal(o->kind))
+    conn->nwire--;
+  count_op(conn, o, -1);
+  conn->exclusive = 0;
+  if (held_back && conn->chunk_ns == 0)
+    conn->chunk_ns = o->start_ns;
+  o->chunk_ns = conn->chunk_ns;
+  if (!held_back)
+    conn->chunk_ns = 0;
+  op *next = conn_head(conn);
+  if (next != NULL) {
+    /* A batch's opener takes no time: the read after it starts with it,
+     * though its result may come only with the batch's. */
+    uint64_t ended = op_instant(o->kind) ? o->start_ns : now;
+    next->start_ns = next->sent_ns > ended ? next->sent_ns : ended;
+    conn->exclusive = next->exclusive;
+  }
+  op *running = conn_running(conn);
+  if (running != NULL && !running->running)
+    head_deadline(conn, running);
+  conn_arm_timeout(conn);
+  return o;
+}
+
+/* A statement that throws away what is prepared on the server process:
+ * what the cache and the opener know is gone once it has run. */
+static int discards_prepared(const char *sql) {
+  while (*sql == ' ' || *sql == '\t' || *sql == '\n' || *sql == '\r')
+    sql++;
+  return strncasecmp(sql, "DISCARD", 7) == 0 || strncasecmp(sql, "DEALLOCATE", 10) == 0;
+}
+
+/* Send a query of the application's through the statement cache: the
+ * DEALLOCATE of the statement it evicts and its own prepare when it is
+ * new, then the tagged EXECUTE.  Returns 0 or -1, or 1 when it must go the
+ * old way instead. */
+static int put_cached(struct conn *conn, op *o) {
+  pgtag_pool *pool = conn->pool;
+  stmt_plan plan;
+  if (o->uncached || conn->stmts.slots == NULL || o->sql == NULL)
+    return 1;
+  if (o->hash == 0)
+    o->hash = sql_hash(o->sql);
+  if (stmtcache_plan(&conn->stmts, conn->pg, o->hash, o->sql, o->nparams, o->values, &plan) != 0)
+    return 1;
+  o->steps = 0;
+  o->stmt_id = plan.id;
+  if (plan.dealloc != NULL) {
+    if (!PQsendQueryParams(conn->pg, plan.dealloc, 0, NULL, NULL, NULL, NULL, 0))
+      return -1;
+    o->steps |= OP_STEP_DEALLOC;
+  }
+  if (plan.prepare_name != NULL) {
+    if (!PQsendPrepare(conn->pg, plan.prepare_name, o->sql, o->nparams, NULL))
+      return -1;
+    o->steps |= OP_STEP_PREPARE;
+  }
+  const char *text = tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key, o->ctx,
+                                plan.execute);
+  if (text == NULL)
+    text = plan.execute; /* out of memory for the tag: the query still runs */
+  return PQsendQueryParams(conn->pg, text, 0, NULL, NULL, NULL, NULL, 0) ? 0 : -1;
+}
+
+/* PQsendQueryParams with the tag of o's context (through the statement
+ * cache when it can); the pool's own statements as they are. */
+static int put_query(struct conn *conn, op *o) {
+  pgtag_pool *pool = conn->pool;
+  const char *text = o->sql;
+  if (o->kind == OP_PREPARE)
+    return PQsendPrepare(conn->pg, OPENER_NAME, OPENER_SQL, 1, NULL) ? 0 : -1;
+  if (o->kind == OP_OPENER && conn->opener == OPENER_PREPARED)
+    return PQsendQueryPrepared(conn->pg, OPENER_NAME, 1, o->values, NULL, NULL, 0) ? 0 : -1;
+  if (!op_internal(o->kind)) {
+    o->stmt_id = 0;
+    o->steps = 0;
+    int rc = put_cached(conn, o);
+    if (rc != 1)
+      return rc;
+    if (discards_prepared(o->sql)) {
+      stmtcache_clear(&conn->stmts);
+      if (conn->opener == OPENER_PREPARED)
+        conn->opener = OPENER_UNPREPARED;
+    }
+    text = tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key, o->ctx, o->sql);
+    if (text == NULL)
+      text = o->sql; /* out of memory for the tag: the query still runs */
+  }
+  return PQsendQueryParams(conn->pg, text, o->nparams, NULL, o->values, NULL, NULL, 0) ? 0 : -1;
+}
+
+static int flush_out(struct conn *conn) {
   int flushed = PQflush(conn->pg);
   if (flushed < 0)
     return -1;
   conn->want_write = flushed == 1;
-  return conn_watch(conn, conn->want_write);
+  return 0;
 }
 
-/* Pipelined one-shot queries go out in batches: those sent in one loop
- * iteration share one sync point, written (and flushed, one system call)
- * before the loop blocks.  libpq 15's PQpipelineSync flushes every time,
- * so a sync per query would cost a send() per query here and a flush per
- * query on the server.  A batch is one implicit transaction, so its
- * results are held until its sync point has arrived (committed), and a
- * batch with a failure is not delivered as such: its other queries, rolled
- * back with it, are sent again each with a sync point of its own (solo),
- * so that one failing query fails nothing else.  Everything else (held
- * connections, statements that change transaction state, the pool's
- * ROLLBACK, resent queries) is solo. */
-static int batched(const struct conn *conn, const op *o) {
-  return conn->pipelined && conn->state == CONN_BUSY && o->kind == OP_QUERY && !o->solo &&
-         !o->exclusive;
+/* The sync point that closes what was sent since the last one. */
+static int put_sync(struct conn *conn) {
+  if (!PQpipelineSync(conn->pg)) /* libpq 15: it flushes too */
+    return -1;
+  conn->nsyncs++;
+  return 0;
+}
+
+/* A read that may go out in a batch with others of this loop turn. */
+static int stageable(const struct conn *conn, const op *o) {
+  return conn->pipelined && conn->state == CONN_BUSY && o->kind == OP_QUERY && o->reads &&
+         !o->solo && !o->exclusive && !conn->no_batch;
 }
 
 int conn_send(struct conn *conn, op *o) {
-  pgtag_pool *pool = conn->pool;
-  int batch = batched(conn, o);
-  if (conn->pipelined && !batch && conn->unsynced > 0 && conn_sync(conn) != 0)
-    return -1; /* close the open batch before a solo query */
-  const char *text = tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key,
-                                o->ctx, o->sql);
-  if (text == NULL)
-    text = o->sql; /* out of memory for the tag: the query still runs */
-  if (!PQsendQueryParams(conn->pg, text, o->nparams, NULL, o->values, NULL,
-                         NULL, 0))
-    return -1;
-  if (batch) {
-    if (conn->unsynced++ == 0)
-      pool_need_sync(pool);
-  } else {
-    if (conn->pipelined && !PQpipelineSync(conn->pg))
-      return -1;
-    int flushed = PQflush(conn->pg);
-    if (flushed < 0)
-      return -1;
-    conn->want_write = flushed == 1;
-  }
-  if (o->kind != OP_RESET) {
-    o->sent_ns = uv_hrtime();
-    note_sql(conn, o->sql);
-  }
-  if (conn->inflight != NULL) {
-    queue_insert_tail(&conn->piped, &o->node);
-    conn->npiped++;
-  } else {
-    conn->inflight = o;
-    conn_arm_timeout(conn);
-  }
-  conn->exclusive |= o->exclusive;
-  if (conn_watch(conn, conn->want_write) != 0) {
-    if (conn->inflight == o) {
-      conn->inflight = NULL;
-    } else {
+  if (stageable(conn, o)) {
+    queue_insert_tail(&conn->staged, &o->node);
+    count_op(conn, o, +1);
+    if (conn->nstaged++ == 0)
+      pool_need_sync(conn->pool);
+    if (conn_watch(conn, conn->want_write) != 0) {
       queue_remove(&o->node);
-      conn->npiped--;
+      conn->nstaged--;
+      count_op(conn, o, -1);
+      return -1;
     }
+    return 0;
+  }
+  /* Alone, behind whatever is staged, which goes out first to keep the
+   * order of submission. */
+  if (conn->nstaged > 0 && conn_flush_staged(conn) != 0)
+    return -1;
+  if (put_query(conn, o) != 0 || (conn->pipelined && put_sync(conn) != 0) ||
+      flush_out(conn) != 0)
+    return -1;
+  count_op(conn, o, +1);
+  wire_append(conn, o);
+  if (conn_watch(conn, conn->want_write) != 0) {
+    queue_remove(&o->node);
+    count_op(conn, o, -1);
+    if (!op_internal(o->kind))
+      conn->nwire--;
     return -1;
   }
   return 0;
 }
 
-/* The query in flight is complete: the next pipelined one comes up. */
-static op *next_inflight(struct conn *conn) {
-  op *o = conn->inflight;
-  uv_timer_stop(&conn->timer); /* statement timeout or cancel grace */
-  conn->inflight = NULL;
-  conn->exclusive = 0;
-  if (!queue_empty(&conn->piped)) {
-    conn->inflight = queue_data(queue_head(&conn->piped), op, node);
-    queue_remove(&conn->inflight->node);
-    conn->npiped--;
-    conn->exclusive = conn->inflight->exclusive;
-    conn_arm_timeout(conn);
+/* Send one batch: the first n staged reads, which share a timeout. */
+static int flush_batch(struct conn *conn, int n) {
+  int failed = 0;
+  op *opener = NULL;
+  const op *first = queue_data(queue_head(&conn->staged), op, node);
+  if (n > 1) {
+    char ms[16] = "";
+    const char *values[1] = {ms};
+    if (first->timeout_ms > 0)
+      snprintf(ms, sizeof ms, "%d", first->timeout_ms);
+    opener = op_new(conn->pool, OP_OPENER, OPENER_SQL, 1, values, 1);
   }
-  return o;
+  /* Alone, or out of memory for the opener: a sync point each. */
+  int batch = opener != NULL;
+  op *before = NULL; /* the statement sent last in this batch */
+  if (batch && conn->opener == OPENER_UNPREPARED) {
+    op *prepare = op_new(conn->pool, OP_PREPARE, NULL, 0, NULL, 0);
+    if (prepare != NULL) {
+      failed |= put_query(conn, prepare) != 0;
+      wire_append(conn, prepare);
+      conn->opener = OPENER_PREPARED; /* unless its result says otherwise */
+    }
+  }
+  if (batch) {
+    failed |= put_query(conn, opener) != 0;
+    wire_append(conn, opener);
+    before = opener;
+  }
+  for (int i = 0; i < n; i++) {
+    op *o = queue_data(queue_head(&conn->staged), op, node);
+    queue_remove(&o->node);
+    conn->nstaged--;
+    if (before != NULL)
+      before->held = !(i > 0 && o->unproven); /* no flush between them */
+    /* The server holds a batch's results until its sync point unless
+     * asked.  Before a read not known to be fast (the last one:
+     * pipeline_accepts), it is asked, so the reads ahead of it are
+     * delivered without waiting for it.  Not before every read: each
+     * flush costs the server a send and the pool a wakeup per result, and
+     * batches then shrink to one read (measured: 16 reads a batch without,
+     * 1.6 with). */
+    if (batch && i > 0 && o->unproven)
+      failed |= !PQsendFlushRequest(conn->pg);
+    o->batched = batch != 0;
+    failed |= put_query(conn, o) != 0;
+    if (!batch)
+      failed |= put_sync(conn) != 0;
+    wire_append(conn, o); /* on the wire even if sending failed: it fails with it */
+    before = batch ? o : NULL;
+  }
+  if (batch)
+    failed |= put_sync(conn) != 0;
+  return failed ? -1 : 0;
 }
 
-/* Read what arrived; complete the query in flight once libpq has its last
- * result.  Returns after any callback that closed the connection. */
+int conn_flush_staged(struct conn *conn) {
+  int failed = 0;
+  if (conn->nstaged == 0)
+    return 0;
+  while (!queue_empty(&conn->staged)) {
+    /* The reads of one batch share a statement timeout (the one the
+     * server enforces for the batch): a run of reads with the same one. */
+    const op *first = queue_data(queue_head(&conn->staged), op, node);
+    int n = 0;
+    const queue *q;
+    queue_foreach(q, &conn->staged) {
+      if (queue_data(q, op, node)->timeout_ms != first->timeout_ms)
+        break;
+      n++;
+    }
+    failed |= flush_batch(conn, n) != 0;
+  }
+  if (failed || flush_out(conn) != 0)
+    return -1;
+  return conn_watch(conn, conn->want_write);
+}
+
+/* The opener's result: the isolation level it reports.  Should it fail
+ * (its batch's reads are then sent again: pipeline_resend), so that the
+ * prepared one is gone (DISCARD ALL or DEALLOCATE on a held connection),
+ * it is prepared again with the next batch.  Should preparing it fail
+ * (the name is taken), this connection sends it as text. */
+static void opener_done(struct conn *conn, op *o, PGresult *res) {
+  ExecStatusType st = res != NULL ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+  const char *state = st == PGRES_FATAL_ERROR && res != NULL
+                          ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+  if (o->kind == OP_PREPARE && st == PGRES_FATAL_ERROR)
+    conn->opener = state != NULL && strcmp(state, "42P05") == 0 ? OPENER_TEXT
+                                                               : OPENER_UNPREPARED;
+  if (o->kind == OP_OPENER && st == PGRES_FATAL_ERROR && state != NULL &&
+      strcmp(state, "26000") == 0 && conn->opener == OPENER_PREPARED)
+    conn->opener = OPENER_UNPREPARED;
+  if (o->kind == OP_OPENER && st == PGRES_TUPLES_OK) {
+    if (PQntuples(res) != 1 || PQnfields(res) != 3 || strcmp(PQgetvalue(res, 0, 0), "on") != 0)
+      conn->opener = OPENER_TEXT; /* not ours: someone prepared that name */
+    else if (strcmp(PQgetvalue(res, 0, 1), "serializable") == 0)
+      conn->no_batch = 1;
+  }
+  PQclear(res);
+  op_discard(o);
+}
+
+/* A command a query sent through the statement cache had ahead of its
+ * EXECUTE is done.  The DEALLOCATE of an evicted statement may fail: that
+ * one only stays unused.  A prepare that failed is forgotten; its error
+ * (a syntax error, say) is the query's outcome, and the EXECUTE behind it
+ * is skipped. */
+static void cached_step_done(struct conn *conn, op *o) {
+  PGresult *r = conn->result;
+  conn->result = NULL;
+  conn->got_result = 0;
+  if (o->steps & OP_STEP_DEALLOC) {
+    o->steps &= (uint8_t)~OP_STEP_DEALLOC;
+    PQclear(r);
+    return;
+  }
+  o->steps &= (uint8_t)~OP_STEP_PREPARE;
+  if (r != NULL && PQresultStatus(r) == PGRES_COMMAND_OK) {
+    PQclear(r);
+    return;
+  }
+  stmtcache_forget(&conn->stmts, o->hash, o->stmt_id);
+  if (r != NULL && PQresultStatus(r) == PGRES_FATAL_ERROR)
+    conn->result = r; /* an error wins over what comes after it */
+  else
+    PQclear(r);
+}
+
+/* A statement's results are complete, or its sync point has come. */
+static void deliver(struct conn *conn, op *o, PGresult *res) {
+  pool_on_query_done(conn, o, res);
+}
+
+/* Read what arrived; complete the head once libpq has its last result.
+ * A read of a batch is delivered then (read-only: nothing to commit);
+ * anything else once its sync point has arrived (committed).  Returns
+ * after any callback that closed the connection. */
 static void read_results(struct conn *conn) {
   int ok = PQconsumeInput(conn->pg);
   while (conn_on_wire(conn) && !PQisBusy(conn->pg)) {
     PGresult *res = PQgetResult(conn->pg);
-    if (!conn->pipelined && res == NULL) {
-      /* The NULL after a query's results comes after ReadyForQuery. */
+    if (res == NULL) {
+      if (!conn->got_result || queue_empty(&conn->wire))
+        break; /* nothing more yet: wait for input */
+      if (conn_head(conn)->steps != 0) {
+        cached_step_done(conn, conn_head(conn));
+        continue;
+      }
+      /* The NULL that ends the head's results (outside pipeline mode it
+       * comes after ReadyForQuery). */
       PGresult *last = conn->result;
       conn->result = NULL;
-      pool_on_query_done(conn, next_inflight(conn), last);
-      if (conn->state == CONN_CLOSED || conn->state == CONN_LOST)
-        return;
-      continue;
-    }
-    if (res == NULL) {
-      if (!conn->got_result || conn->inflight == NULL)
-        break; /* nothing more yet: wait for input */
-      /* In a pipeline the NULL ends one query's results: it waits for its
-       * batch's sync point. */
-      op *o = next_inflight(conn);
-      o->res = conn->result;
-      conn->result = NULL;
       conn->got_result = 0;
-      queue_insert_tail(&conn->done, &o->node);
-      conn->ndone++;
+      op *o = wire_pop(conn, conn_head(conn)->held && !PQisBusy(conn->pg));
+      if (op_instant(o->kind)) {
+        opener_done(conn, o, last);
+      } else if (!conn->pipelined || o->batched) {
+        deliver(conn, o, last);
+        if (conn->state == CONN_CLOSED || conn->state == CONN_LOST)
+          return;
+      } else {
+        o->res = last; /* delivered at its sync point, next */
+        conn->synced = o;
+      }
       continue;
     }
     if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
       PQclear(res);
-      if (conn->ndone > 0) {
-        pool_on_batch_done(conn);
-        if (conn->state == CONN_CLOSED || conn->state == CONN_LOST)
-          return;
+      conn->nsyncs--;
+      op *o = conn->synced;
+      conn->synced = NULL;
+      if (o != NULL) {
+        PGresult *r = o->res;
+        o->res = NULL;
+        deliver(conn, o, r);
+      } else {
+        pool_on_sync(conn);
       }
+      if (conn->state == CONN_CLOSED || conn->state == CONN_LOST)
+        return;
       continue;
     }
     conn->got_result = 1;
     ExecStatusType st = PQresultStatus(res);
-    if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
+    if ((st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) &&
+        !queue_empty(&conn->wire)) {
       /* The connection is stuck in COPY mode: fail the query, drop it. */
-      op *o = conn->inflight;
+      op *o = wire_pop(conn, 0);
       uv_timer_stop(&conn->timer);
       stats_query_done(o, conn);
-      conn->inflight = NULL;
       conn->exclusive = 0;
       PQclear(conn->result);
       conn->result = NULL;
+      if (op_internal(o->kind)) {
+        PQclear(res);
+        op_discard(o);
+        pool_on_conn_lost(conn, "COPY is not supported by pgtag");
+        return;
+      }
       op_set_result(o, res, 0);
       pool_on_conn_lost(conn, "COPY is not supported by pgtag");
       op_finish(o);
@@ -395,8 +709,8 @@ static void read_results(struct conn *conn) {
     conn_lost(conn, "connection lost");
     return;
   }
-  /* Queries that finished left room in the pipeline before their batch's
-   * sync point came: fill it now, so the backend never waits for us. */
+  /* Statements that finished left room in the pipeline: fill it now, so
+   * the backend never waits for us. */
   if (conn->pipelined && conn->state == CONN_BUSY && conn_on_wire(conn))
     pool_feed(conn);
 }
@@ -469,6 +783,7 @@ int conn_poll_update(struct conn *conn) {
 }
 
 void conn_shut(struct conn *conn) {
+  stmtcache_free(&conn->stmts); /* they went with the server process */
   poll_close(conn);
   uv_timer_stop(&conn->timer);
   PQclear(conn->result);

@@ -6,6 +6,7 @@
 #include "leak.h"
 #include "op.h"
 #include "queue.h"
+#include "stmtcache.h"
 #include "tag.h"
 
 #include <stdint.h>
@@ -40,15 +41,24 @@ struct conn {
   uv_timer_t timer; /* connect timeout */
   int want_write;   /* output left in libpq's buffer */
 
-  op *inflight;  /* the query on the wire whose results come next */
-  queue piped;   /* pipelined: queries sent behind it, in order */
-  int npiped;
-  int pipelined; /* in libpq pipeline mode (see conn.c) */
-  int unsynced;  /* queries sent since the last sync point */
-  queue done;    /* complete, held until their batch's sync point */
-  int ndone;
-  int got_result; /* the query in flight has sent a result already */
-  int exclusive; /* the query in flight must not share the connection */
+  /* The pipeline (pipeline.c has its rules).  Everything sent whose
+   * results have not all come, in order: the head's results come next. */
+  queue wire;
+  int nwire;      /* statements on the wire, the pool's own not counted */
+  queue staged;   /* reads that go out as one batch before the loop blocks */
+  int nstaged;
+  int nsyncs;     /* sync points sent, not yet answered */
+  op *synced;     /* complete, delivered when its sync point arrives */
+  int pipelined;  /* in libpq pipeline mode (see conn.c) */
+  int unproven;   /* on the wire or staged: statements not known to be fast */
+  int signalable; /* ... that may be cancelled on the server */
+  int writes;     /* ... that may write */
+  int no_batch;   /* reads get a sync point each (serializable default) */
+  int opener;     /* the batch opener here: OPENER_UNPREPARED, ... (conn.c) */
+  stmt_cache stmts; /* statements prepared on this server process */
+  uint64_t chunk_ns; /* results held back together: the first one's start */
+  int got_result; /* the head has sent a result already */
+  int exclusive;  /* the head must not share the connection */
   queue pending; /* held: queries submitted behind it */
   PGresult *result;
   int release_pending; /* released while queries were still queued */
@@ -57,8 +67,6 @@ struct conn {
   hold hold;    /* held: who took it, from where, when */
   struct cancel *cancel; /* a cancel request under way on the thread pool */
   int reclaiming; /* taken back from its holder: finish, roll back, reuse */
-  int canceled;   /* a cancel was sent: one more round trip before reuse,
-                     so it cannot hit the next request's query */
   int recycle_pending; /* back to the pool once the cancel request is done */
 
   uint64_t created; /* uv_now() */
@@ -73,10 +81,18 @@ struct conn {
  * at once. */
 struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen);
 
-/* Send op's query (tagged with op's context): as the one in flight, or,
- * when one is, pipelined behind it.  Returns 0, or -1 when the connection
- * is broken (op untouched, not linked). */
+/* Send op's query (tagged with op's context) behind whatever is on the
+ * wire: a read that may share a batch is staged, to go out with the
+ * others of this loop turn (conn_flush_staged); anything else goes out now
+ * with a sync point of its own.  Returns 0, or -1 when the connection is
+ * broken (op untouched, not linked). */
 int conn_send(struct conn *conn, op *o);
+
+/* Send the staged reads: one alone with its sync point; two or more as a
+ * read-only batch (the opener, the reads, one sync point).  Returns 0 or
+ * -1 (the connection is broken; the staged reads are on the wire, to fail
+ * with it). */
+int conn_flush_staged(struct conn *conn);
 
 /* How long the pool's own ROLLBACK may take before the connection is given
  * up, and how long a cancelled query may take to end. */
@@ -88,18 +104,45 @@ int conn_send(struct conn *conn, op *o);
  * libpq could not make sense of).  One non-blocking recv(MSG_PEEK). */
 int conn_alive(struct conn *conn);
 
-/* Something is on the wire: a query running, or complete and waiting for
- * its batch's sync point. */
-static inline int conn_on_wire(const struct conn *conn) {
-  return conn->inflight != NULL || conn->ndone > 0;
+/* The statement whose results come next, or NULL. */
+static inline op *conn_head(const struct conn *conn) {
+  return queue_empty(&conn->wire) ? NULL : queue_data(queue_head(&conn->wire), op, node);
 }
 
-/* Close the open batch: a sync point after the queries sent since the last
- * one, and flush.  Returns 0 or -1 (the connection is broken). */
-int conn_sync(struct conn *conn);
+/* The statement the server runs now, as far as the pool can tell: the
+ * first on the wire that is not a batch's opener, which takes no time
+ * (and whose result the server may hold back with the batch's). */
+static inline op *conn_running(const struct conn *conn) {
+  const queue *q;
+  queue_foreach(q, &conn->wire) {
+    op *o = queue_data(q, op, node);
+    if (!op_instant(o->kind))
+      return o;
+  }
+  return NULL;
+}
 
-/* (Re)start the statement timer for the query in flight. */
+/* Something is under way: statements sent or staged, or a sync point not
+ * yet answered. */
+static inline int conn_on_wire(const struct conn *conn) {
+  return !queue_empty(&conn->wire) || conn->nstaged > 0 || conn->nsyncs > 0 ||
+         conn->synced != NULL;
+}
+
+/* (Re)start the connection's timer at the earliest deadline on its wire
+ * (op.h), or stop it. */
 void conn_arm_timeout(struct conn *conn);
+
+/* Cancels that could not go out (another under way, or not safe while
+ * something was on the wire) are tried again now. */
+void conn_retry_cancels(struct conn *conn);
+
+/* Take o, staged, off conn: it will not be sent. */
+void conn_unstage(struct conn *conn, op *o);
+
+/* o (on conn's wire, staged, or not yet sent) may be cancelled on the
+ * server from now on: counted for the pipelining rules. */
+void conn_mark_signalable(struct conn *conn, op *o);
 
 /* Re-arm the poll after a state change: readable always, writable while
  * output is pending; keeps the loop alive only while work is under way.

@@ -109,7 +109,7 @@ void leak_request_over(pgtag_ctx *ctx) {
 static pgtag_tx_state tx_state(const struct conn *conn) {
   if (conn->state == CONN_LOST || conn->pg == NULL)
     return PGTAG_TX_UNKNOWN;
-  if (conn->inflight != NULL)
+  if (conn_head(conn) != NULL)
     return PGTAG_TX_ACTIVE;
   switch (PQtransactionStatus(conn->pg)) {
   case PQTRANS_IDLE: return PGTAG_TX_IDLE;

@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 /* Op records come from per-pool caches, so that a steady stream of
  * queries allocates nothing.  Two sizes: an op with up to about 100 bytes
@@ -58,36 +57,6 @@ static void op_release(op *o) {
   } else {
     free(o);
   }
-}
-
-int op_sql_exclusive(const char *sql) {
-  static const char *const words[] = {
-      "BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE",
-      "PREPARE", "SET", "RESET", "LISTEN", "UNLISTEN", "DISCARD", "LOCK", "DECLARE",
-      "CLOSE", "FETCH", "MOVE", "COPY", "DEALLOCATE", "EXECUTE"};
-  const char *p = sql;
-  for (;;) { /* skip blanks and comments before the first word */
-    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == '(')
-      p++;
-    if (p[0] == '-' && p[1] == '-') {
-      while (*p != '\0' && *p != '\n')
-        p++;
-    } else if (p[0] == '/' && p[1] == '*') {
-      const char *end = strstr(p + 2, "*/");
-      if (end == NULL)
-        return 1; /* odd: keep it to itself */
-      p = end + 2;
-    } else {
-      break;
-    }
-  }
-  size_t n = 0;
-  while ((p[n] >= 'a' && p[n] <= 'z') || (p[n] >= 'A' && p[n] <= 'Z'))
-    n++;
-  for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
-    if (strlen(words[i]) == n && strncasecmp(p, words[i], n) == 0)
-      return 1;
-  return 0;
 }
 
 void op_cache_free(pgtag_pool *pool) {
@@ -160,6 +129,11 @@ void op_set_error(op *o, pgtag_errcode code, const char *sqlstate,
   o->message = strdup(line); /* errors only: the hot path allocates nothing */
 }
 
+int op_result_ends_session(const PGresult *res) {
+  const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+  return severity != NULL && (strcmp(severity, "FATAL") == 0 || strcmp(severity, "PANIC") == 0);
+}
+
 void op_set_result(op *o, PGresult *res, int lost) {
   o->res = res;
   if (res == NULL) {
@@ -170,6 +144,7 @@ void op_set_result(op *o, PGresult *res, int lost) {
   case PGRES_FATAL_ERROR: {
     /* The primary message; the detail, hint and position stay in res. */
     const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    lost |= op_result_ends_session(res); /* the server is closing it */
     op_set_error(o, lost ? PGTAG_ECONN : PGTAG_ESERVER,
                  PQresultErrorField(res, PG_DIAG_SQLSTATE),
                  primary != NULL ? primary : PQresultErrorMessage(res));
@@ -181,6 +156,10 @@ void op_set_result(op *o, PGresult *res, int lost) {
     PQclear(res); /* not an error result: the callback gets none */
     o->res = NULL;
     op_set_error(o, PGTAG_EINVAL, NULL, "COPY is not supported by pgtag");
+    break;
+  case PGRES_PIPELINE_ABORTED:
+    op_set_error(o, PGTAG_ECONN, NULL,
+                 "skipped by the server: a statement before it in its batch failed");
     break;
   case PGRES_BAD_RESPONSE:
   case PGRES_NONFATAL_ERROR:
@@ -213,7 +192,9 @@ static void apply_cancel(op *o) {
   int confirmed = o->code == PGTAG_ESERVER && strcmp(o->sqlstate, "57014") == 0;
   if (!confirmed && o->code != PGTAG_ECONN)
     return; /* it finished first: its real outcome stands */
+  int skipped = o->res != NULL && PQresultStatus(o->res) == PGRES_PIPELINE_ABORTED;
   const char *how = confirmed ? "; cancelled on the server"
+                    : skipped ? "; it never ran"
                               : "; the connection was closed";
   if (o->cancel_code == PGTAG_ETIMEDOUT) {
     snprintf(msg, sizeof msg, "statement timeout: the query ran longer than %d ms%s",

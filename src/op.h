@@ -18,8 +18,22 @@ struct conn;
 typedef enum {
   OP_QUERY,   /* pgtag_query or pgtag_conn_query */
   OP_ACQUIRE, /* pgtag_acquire */
-  OP_RESET    /* the pool's own ROLLBACK on a released connection */
+  OP_RESET,   /* the pool's own ROLLBACK on a released connection */
+  OP_OPENER,  /* the pool's own statement that makes a batch read-only */
+  OP_PREPARE  /* preparing the opener on a connection */
 } op_kind;
+
+/* Commands a query sent through the statement cache may have ahead of its
+ * EXECUTE, in this order. */
+#define OP_STEP_DEALLOC 1 /* DEALLOCATE of the statement it evicted */
+#define OP_STEP_PREPARE 2 /* preparing its own */
+
+/* The pool's own statements: no callback, no context, not counted. */
+static inline int op_internal(int kind) { return kind >= OP_RESET; }
+
+/* The pool's own statements that take the server no time to speak of. */
+static inline int op_instant(int kind) { return kind == OP_OPENER || kind == OP_PREPARE; }
+
 
 typedef struct op {
   queue node; /* in pool->waiters, conn->pending, pool->deferred or the
@@ -31,17 +45,39 @@ typedef struct op {
     pgtag_acquire_cb acquire;
   } cb;
   void *arg;
-  uint64_t deadline;   /* uv_now() by which a wait fails; 0 = none */
+  uint64_t deadline;   /* uv_now(): waiting, when the wait fails; on the
+                          wire, when the pool must act on it (its timeout,
+                          a cancel's grace, a cancel not yet sent); 0 =
+                          never */
   uint64_t waiting_ns; /* uv_hrtime() when it began to wait; 0 = never */
   char *message;       /* the error, one line; NULL: the code's name */
   uint8_t kind;        /* op_kind */
   uint8_t code;        /* pgtag_errcode: the outcome */
   uint8_t cancel_code; /* cancelled on purpose: ETIMEDOUT, ECANCELED... */
-  uint8_t exclusive;   /* changes transaction or session state: never
-                          shares a connection */
-  uint8_t resent;      /* sent again once after a stray cancel */
-  uint8_t cancel_sent; /* a cancel request went out for it */
-  uint8_t solo;        /* pipelined: gets a sync point of its own */
+  uint8_t resent;      /* times sent again (never run, or hit by a stray
+                          cancel: see pipeline.c; refused for the
+                          statement cache's reasons: pool.c) */
+  uint8_t steps;       /* sent through the statement cache: the commands
+                          ahead of its EXECUTE whose results are still to
+                          come (OP_STEP_*) */
+  unsigned exclusive : 1;   /* changes transaction or session state: never
+                               shares a connection */
+  unsigned reads : 1;       /* a plain read: may share a read-only batch */
+  unsigned cancel_sent : 1; /* a cancel request went out for it */
+  unsigned solo : 1;        /* pipelined: gets a sync point of its own */
+  unsigned batched : 1;     /* sent in a read-only batch: its result is
+                               final when it arrives */
+  unsigned unproven : 1;    /* its statement is not known to be fast */
+  unsigned signalable : 1;  /* may be cancelled on the server: a timeout, or
+                               a cancel requested (conn->signalable) */
+  unsigned at_risk : 1;     /* on the wire with a statement a cancel request
+                               was sent for: a 57014 may be that cancel's */
+  unsigned running : 1;     /* the server can run it now (conn_running) */
+  unsigned held : 1;        /* sent with no sync point or flush after it:
+                               the server may hold its result back until
+                               the next statement's is ready too */
+  unsigned uncached : 1;    /* bypasses the statement cache
+                               (pgtag_query_opts) */
   char sqlstate[6];
   uint32_t size;       /* bytes allocated for it, arguments included */
   union {
@@ -51,9 +87,16 @@ typedef struct op {
       const char *sql;
       const char *const *values;
       PGresult *res;
-      uint64_t sent_ns; /* uv_hrtime() when sent; 0 once accounted for */
+      uint64_t sent_ns;  /* uv_hrtime() when sent; 0 once accounted for */
+      uint64_t start_ns; /* when the server could start it: sent, or the
+                            statement ahead of it on the connection done */
+      uint64_t chunk_ns; /* its result came with others the server held
+                            back together: when the first of them could
+                            start (conn.c); 0 otherwise */
+      uint64_t hash;     /* of sql (untagged): the pool's statement memory */
       int nparams;
       int timeout_ms; /* statement timeout once sent; 0 = none */
+      uint32_t stmt_id; /* sent through the statement cache: which; 0 = not */
     };
     struct { /* OP_ACQUIRE */
       const char *file; /* the call site */
@@ -81,17 +124,17 @@ void op_set_error(op *o, pgtag_errcode code, const char *sqlstate,
  * keeps res (pgtag owns it from here).  lost: the connection is gone. */
 void op_set_result(op *o, PGresult *res, int lost);
 
+/* Nonzero when res is an error that ends the session (severity FATAL or
+ * PANIC: pg_terminate_backend, a server shutting down): the connection is
+ * being closed. */
+int op_result_ends_session(const PGresult *res);
+
 /* Run the callback, with the captured context current, then free
  * everything the op owns.  Called exactly once per op, from the loop. */
 void op_finish(op *o);
 
 /* Free an op whose callback must not run (the submitting call failed). */
 void op_discard(op *o);
-
-/* Nonzero when sql's first keyword changes transaction or session state
- * (BEGIN, COMMIT, SET, LOCK, ...): such a query must not share a
- * connection with other requests' queries. */
-int op_sql_exclusive(const char *sql);
 
 /* Free the pool's cache of op records (when the pool is freed). */
 void op_cache_free(pgtag_pool *pool);

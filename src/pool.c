@@ -7,6 +7,7 @@
 
 #include "cancel.h"
 #include "context.h"
+#include "pipeline.h"
 #include "stats.h"
 
 #include <stdio.h>
@@ -20,8 +21,7 @@ static void make_available(pgtag_pool *pool, struct conn *conn);
 static void feed(pgtag_pool *pool, struct conn *conn);
 static void release_now(pgtag_pool *pool, struct conn *conn);
 static void recycle(pgtag_pool *pool, struct conn *conn);
-static void cancel_inflight(struct conn *conn, pgtag_errcode why);
-static void request_cancel(struct conn *conn);
+static void cancel_op(struct conn *conn, op *o, pgtag_errcode why);
 
 /* Every connection struct not yet closed, lost ones included: the pool
  * cannot finish closing while any is left. */
@@ -117,15 +117,24 @@ static void defer_error(pgtag_pool *pool, op *o, pgtag_errcode code,
 
 static void on_wait_timeout(uv_timer_t *timer);
 
+/* The timer fires at the first waiter's deadline, or earlier: deadlines
+ * rise along the line, so a timer set for an earlier waiter that got a
+ * connection since is left to fire, and on_wait_timeout sets it again.
+ * That spares a timer-heap update per query under load.  While nobody
+ * waits it does not keep the loop alive. */
 static void wait_timer_arm(pgtag_pool *pool) {
+  uv_timer_t *t = &pool->wait_timer;
   if (queue_empty(&pool->waiters) || first_op(&pool->waiters)->deadline == 0) {
-    uv_timer_stop(&pool->wait_timer);
+    uv_unref((uv_handle_t *)t);
     return;
   }
   uint64_t deadline = first_op(&pool->waiters)->deadline;
+  uv_ref((uv_handle_t *)t);
+  if (uv_is_active((uv_handle_t *)t) && pool->wait_timer_at <= deadline)
+    return;
   uint64_t now = uv_now(pool->loop);
-  uv_timer_start(&pool->wait_timer, on_wait_timeout,
-                 deadline > now ? deadline - now : 0, 0);
+  pool->wait_timer_at = deadline;
+  uv_timer_start(t, on_wait_timeout, deadline > now ? deadline - now : 0, 0);
 }
 
 static void waiter_add(pgtag_pool *pool, op *o) {
@@ -354,7 +363,7 @@ void pool_on_connect_failed(struct conn *conn, const char *message) {
  * and every connection once the pool is closing, are closed instead. */
 static void make_available(pgtag_pool *pool, struct conn *conn) {
   uint64_t now = uv_now(pool->loop);
-  conn->reclaiming = conn->canceled = 0;
+  conn->reclaiming = 0;
   int expired = pool->cfg.max_lifetime_ms > 0 &&
                 now - conn->created >= (uint64_t)pool->cfg.max_lifetime_ms;
   if (pool->closing || expired) {
@@ -393,59 +402,66 @@ static void make_available(pgtag_pool *pool, struct conn *conn) {
   conn_poll_update(conn);
 }
 
+/* o was on the wire of a connection that is gone: it fails with ECONN,
+ * keeping what the server said when it said something (57P01...). */
+static void fail_lost(pgtag_pool *pool, struct conn *conn, op *o, PGresult *res,
+                      const char *message) {
+  if (op_internal(o->kind)) {
+    PQclear(res);
+    op_discard(o);
+    return;
+  }
+  stats_query_done(o, conn);
+  if (res != NULL && PQresultStatus(res) == PGRES_FATAL_ERROR) {
+    op_set_result(o, res, 1);
+  } else {
+    PQclear(res);
+    op_set_error(o, PGTAG_ECONN, NULL, message);
+  }
+  defer(pool, o);
+}
+
 void pool_on_conn_lost(struct conn *conn, const char *why) {
   pgtag_pool *pool = conn->pool;
-  op *o = conn->inflight;
   char message[256];
   text_line(message, sizeof message, why); /* why may live in conn->pg */
 
   pool_log(pool, PGTAG_LOG_WARN, "connection to %s lost: %s",
            backend_text(conn->backend_pid).s, message);
   count_lost(pool);
-  conn->inflight = NULL;
-  if (o != NULL && o->kind == OP_RESET) {
-    op_discard(o);
-  } else if (o != NULL) {
-    stats_query_done(o, conn);
-    if (conn->result != NULL)
-      op_set_result(o, conn->result, 1); /* keeps the server's SQLSTATE */
-    else
-      op_set_error(o, PGTAG_ECONN, NULL, message);
-    conn->result = NULL;
+  /* In the order they were sent: complete but not committed (its sync
+   * point never came), then the head with what it had received, then the
+   * rest of the wire, then what was staged and, held, queued. */
+  if (conn->synced != NULL) {
+    op *o = conn->synced;
+    PGresult *res = o->res;
+    o->res = NULL;
+    conn->synced = NULL;
+    fail_lost(pool, conn, o, res, message);
+  }
+  PGresult *head_res = conn->result;
+  conn->result = NULL;
+  while (!queue_empty(&conn->wire)) {
+    op *o = first_op(&conn->wire);
+    queue_remove(&o->node);
+    fail_lost(pool, conn, o, head_res, message);
+    head_res = NULL;
+  }
+  PQclear(head_res);
+  queue lost;
+  queue_init(&lost);
+  queue_move(&conn->staged, &lost);
+  queue_move(&conn->pending, &lost);
+  while (!queue_empty(&lost)) {
+    op *o = first_op(&lost);
+    queue_remove(&o->node);
+    op_set_error(o, PGTAG_ECONN, NULL, message);
     defer(pool, o);
   }
-  while (!queue_empty(&conn->done)) { /* complete, but never committed */
-    op *p = first_op(&conn->done);
-    queue_remove(&p->node);
-    conn->ndone--;
-    stats_query_done(p, conn);
-    PGresult *res = p->res;
-    p->res = NULL;
-    if (res != NULL && PQresultStatus(res) == PGRES_FATAL_ERROR) {
-      op_set_result(p, res, 1); /* the server said why (57P01...) */
-    } else {
-      PQclear(res);
-      op_set_error(p, PGTAG_ECONN, NULL, message);
-    }
-    defer(pool, p);
-  }
-  conn->unsynced = 0;
-  conn->got_result = 0;
-  while (!queue_empty(&conn->piped)) { /* sent, and now lost with it */
-    op *p = first_op(&conn->piped);
-    queue_remove(&p->node);
-    conn->npiped--;
-    stats_query_done(p, conn);
-    op_set_error(p, PGTAG_ECONN, NULL, message);
-    defer(pool, p);
-  }
-  conn->exclusive = 0;
-  while (!queue_empty(&conn->pending)) {
-    op *p = first_op(&conn->pending);
-    queue_remove(&p->node);
-    op_set_error(p, PGTAG_ECONN, NULL, message);
-    defer(pool, p);
-  }
+  conn->nwire = conn->nstaged = conn->nsyncs = 0;
+  conn->unproven = conn->signalable = conn->writes = 0;
+  conn->got_result = conn->exclusive = 0;
+  conn->chunk_ns = 0;
   if (conn->state == CONN_HELD) {
     /* Its holder still has the pointer: keep the struct until release. */
     set_state(conn, CONN_LOST);
@@ -486,36 +502,17 @@ static void held_next(pgtag_pool *pool, struct conn *conn) {
   }
 }
 
-/* A pipelined query that failed with 57014 though nobody cancelled it, on
- * a connection where a cancel was sent: the cancel's, not its own.  Sent
- * again once, when it has its own copy of the arguments (every pipelined
- * query has). */
-static int stray_cancel_victim(const struct conn *conn, const op *o, const PGresult *res) {
-  if (!conn->canceled || conn->state != CONN_BUSY || o->kind != OP_QUERY ||
-      o->cancel_code != PGTAG_OK || o->resent || o->sql == NULL || res == NULL ||
-      PQresultStatus(res) != PGRES_FATAL_ERROR)
-    return 0;
-  const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-  return state != NULL && strcmp(state, "57014") == 0;
-}
-
-/* Room for one more query pipelined behind the ones in flight on conn. */
-static int pipeline_room(const pgtag_pool *pool, const struct conn *conn) {
-  return conn->pipelined && conn->state == CONN_BUSY && conn_on_wire(conn) &&
-         !conn->exclusive && conn->cancel == NULL &&
-         1 + conn->npiped < pool->cfg.pipeline_depth;
-}
-
-/* Pipelining: send waiting queries behind the ones in flight on conn, up
- * to pipeline_depth.  Stops at an acquire (the connection drains for it, so
- * it is served in turn) and at a query that must have a connection to
- * itself; nothing is added while a cancel request is under way. */
+/* Pipelining: send waiting queries behind the ones on conn's wire, as the
+ * pipelining rules allow (pipeline_accepts).  Stops at an acquire (the
+ * connection drains for it, so it is served in turn) and at the first
+ * query that may not join: the line stays first in, first out. */
 static void feed(pgtag_pool *pool, struct conn *conn) {
   if (live_conns(pool) < pool->cfg.max_conns)
     return; /* the pool grows for them instead (see least_loaded) */
-  while (pipeline_room(pool, conn) && !queue_empty(&pool->waiters)) {
+  uint64_t now = uv_hrtime();
+  while (!queue_empty(&pool->waiters)) {
     op *o = first_op(&pool->waiters);
-    if (o->kind != OP_QUERY || o->exclusive)
+    if (o->kind != OP_QUERY || !pipeline_accepts(pool, conn, o, now))
       break;
     waiter_pop(pool);
     if (conn_send(conn, o) != 0) {
@@ -532,13 +529,19 @@ static void feed(pgtag_pool *pool, struct conn *conn) {
 
 void pool_feed(struct conn *conn) { feed(conn->pool, conn); }
 
-/* Put o back at the head of the line, to be sent again with a sync point
- * of its own.  It takes the deadline of the one it goes ahead of, so that
- * deadlines still rise along the line. */
+/* Put o back at the head of the line, behind others sent back before it
+ * (so they go again in the order they went first), to be sent again with
+ * a sync point of its own.  It takes the deadline of the one it goes
+ * ahead of, so that deadlines still rise along the line. */
 static void requeue_front(pgtag_pool *pool, op *o) {
+  queue *q = queue_head(&pool->waiters);
+  while (q != &pool->waiters && queue_data(q, op, node)->solo &&
+         queue_data(q, op, node)->resent > 0)
+    q = q->next;
   o->solo = 1;
-  o->deadline = queue_empty(&pool->waiters) ? 0 : first_op(&pool->waiters)->deadline;
-  queue_insert_head(&pool->waiters, &o->node);
+  o->resent++;
+  o->deadline = q == &pool->waiters ? 0 : queue_data(q, op, node)->deadline;
+  queue_insert_tail(q, &o->node); /* before q */
   pool->nwaiting++;
 }
 
@@ -570,23 +573,48 @@ static int server_read_only(const struct conn *conn, const PGresult *res) {
          (fenced != NULL && strcmp(fenced, "on") == 0);
 }
 
-/* The connection is done for while o, whose result res is, was being
- * delivered: o goes back in front as the query in flight (the next one, if
- * it had come up, back into the pipeline), so it fails with the others,
- * keeping the server's SQLSTATE from res. */
-static void lost_with(struct conn *conn, op *o, PGresult *res, const char *why) {
-  if (conn->inflight != NULL) {
-    queue_insert_head(&conn->piped, &conn->inflight->node);
-    conn->npiped++;
+static int res_sqlstate_is(const PGresult *res, const char *sqlstate) {
+  const char *state = res != NULL && PQresultStatus(res) == PGRES_FATAL_ERROR
+                          ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+  return state != NULL && strcmp(state, sqlstate) == 0;
+}
+
+/* The server refused o, sent through the statement cache, before running
+ * it, for a reason of the cache's: its statement was gone (26000, after a
+ * DEALLOCATE or DISCARD the pool did not see), its plan no longer fits
+ * (0A000 "cached plan must not change result type", after an ALTER TABLE;
+ * the English message is what tells it apart), or its name was taken by
+ * someone else's (42P05).  The cache forgets what it must, and o may go
+ * again, once: unless the error aborted the transaction block it ran in. */
+static int cache_refused(struct conn *conn, op *o, const PGresult *res) {
+  if (o->stmt_id == 0 || o->sql == NULL || o->resent >= 2 || o->cancel_code != PGTAG_OK ||
+      (conn->state != CONN_BUSY && conn->state != CONN_HELD) || conn->reclaiming)
+    return 0;
+  if (res_sqlstate_is(res, "26000")) {
+    stmtcache_clear(&conn->stmts);
+  } else if (res_sqlstate_is(res, "0A000")) {
+    const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    if (msg == NULL || strstr(msg, "cached plan must not change result type") == NULL)
+      return 0;
+    stmtcache_forget(&conn->stmts, o->hash, o->stmt_id);
+  } else if (!res_sqlstate_is(res, "42P05")) {
+    return 0;
   }
-  conn->inflight = o;
-  conn->result = res;
-  pool_on_conn_lost(conn, why);
+  return PQtransactionStatus(conn->pg) != PQTRANS_INERROR;
+}
+
+/* The connection is done for while o, whose result res is, was being
+ * delivered: o fails first, then the others, keeping the server's SQLSTATE
+ * from res. */
+static void lost_with(struct conn *conn, op *o, PGresult *res, const char *why) {
+  char message[256];
+  text_line(message, sizeof message, why); /* why may live in conn->pg */
+  fail_lost(conn->pool, conn, o, res, message);
+  pool_on_conn_lost(conn, message);
 }
 
 void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
   pgtag_pool *pool = conn->pool;
-  stats_query_done(o, conn);
 
   if (o->kind != OP_RESET && server_read_only(conn, res)) {
     /* Its connections are no use for writes any more: this query and the
@@ -597,18 +625,25 @@ void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
     return;
   }
 
-  if (PQstatus(conn->pg) == CONNECTION_BAD) {
-    /* libpq returns the final NULL only after ReadyForQuery, so a query
-     * that got a non-error result here completed (and committed) before
-     * the connection went: it succeeded.  Anything else was cut off. */
+  if (PQstatus(conn->pg) == CONNECTION_BAD ||
+      (res != NULL && PQresultStatus(res) == PGRES_FATAL_ERROR && op_result_ends_session(res))) {
+    /* A read of a batch is final with its result; anything else is
+     * delivered after its sync point (libpq's final NULL comes after
+     * ReadyForQuery outside pipeline mode): so a query that got a
+     * non-error result here completed (and committed) before the
+     * connection went: it succeeded.  Anything else was cut off. */
     int completed = o->kind != OP_RESET && res != NULL &&
-                    PQresultStatus(res) != PGRES_FATAL_ERROR;
+                    PQresultStatus(res) != PGRES_FATAL_ERROR &&
+                    PQresultStatus(res) != PGRES_PIPELINE_ABORTED;
+    const char *why = PQstatus(conn->pg) == CONNECTION_BAD || res == NULL
+                          ? PQerrorMessage(conn->pg) : PQresultErrorMessage(res);
     if (!completed) {
-      lost_with(conn, o, res, PQerrorMessage(conn->pg));
+      lost_with(conn, o, res, why);
       return;
     }
+    stats_query_done(o, conn);
     op_set_result(o, res, 0);
-    pool_on_conn_lost(conn, PQerrorMessage(conn->pg));
+    pool_on_conn_lost(conn, why);
     op_finish(o);
     return;
   }
@@ -627,90 +662,51 @@ void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
     return;
   }
 
-  if (stray_cancel_victim(conn, o, res)) {
-    /* Hit by a cancel meant for the query before it in the pipeline: it was
-     * rolled back (its own implicit transaction), so it goes again. */
+  if (o->batched && o->timeout_ms > 0 && o->cancel_code == PGTAG_OK && !o->at_risk &&
+      res_sqlstate_is(res, "57014"))
+    o->cancel_code = PGTAG_ETIMEDOUT; /* the server enforced its timeout */
+  if (cache_refused(conn, o, res)) {
+    /* Nothing of it ran: it goes again, first in line (held: first on
+     * its connection), and is prepared again. */
     PQclear(res);
-    o->resent = 1;
+    if (conn->state == CONN_BUSY) {
+      requeue_front(pool, o);
+      wait_timer_arm(pool);
+    } else {
+      o->resent++;
+      queue_insert_head(&conn->pending, &o->node);
+    }
+    o = NULL;
+  } else if (pipeline_resend(pool, conn, o, res, 0)) {
+    /* It had no effect (pipeline.h): it goes again, first in line. */
+    PQclear(res);
     requeue_front(pool, o);
     wait_timer_arm(pool);
     o = NULL;
-  } else if (conn->reclaiming) {
-    /* Its holder's request is over; what the query did is being rolled
-     * back, so its result is not worth anything to anyone. */
-    PQclear(res);
-    op_set_error(o, PGTAG_ERECLAIMED, NULL, RECLAIMED_MESSAGE);
   } else {
-    op_set_result(o, res, 0);
+    uint64_t us = stats_query_done(o, conn);
+    if (o->chunk_ns != 0 && (uv_hrtime() - o->chunk_ns) / 1000 > us)
+      us = (uv_hrtime() - o->chunk_ns) / 1000; /* held back with others: conn.c, wire_pop */
+    if (res != NULL && PQresultStatus(res) != PGRES_PIPELINE_ABORTED)
+      pipeline_learn(pool, o, us);
+    if (conn->reclaiming) {
+      /* Its holder's request is over; what the query did is being rolled
+       * back, so its result is not worth anything to anyone. */
+      PQclear(res);
+      op_set_error(o, PGTAG_ERECLAIMED, NULL, RECLAIMED_MESSAGE);
+    } else {
+      op_set_result(o, res, 0);
+    }
   }
   after_results(pool, conn);
   if (o != NULL)
     op_finish(o);
 }
 
-void pool_on_batch_done(struct conn *conn) {
-  pgtag_pool *pool = conn->pool;
-  queue batch, finish, again;
-  int n = conn->ndone, failed = 0;
-  queue_init(&batch);
-  queue_init(&finish);
-  queue_init(&again);
-  queue_move(&conn->done, &batch);
-  conn->ndone = 0;
+void pool_on_sync(struct conn *conn) { after_results(conn->pool, conn); }
 
-  if (n == 1) { /* a sync point of its own: delivered as it is */
-    op *o = first_op(&batch);
-    queue_remove(&o->node);
-    PGresult *res = o->res;
-    o->res = NULL;
-    pool_on_query_done(conn, o, res);
-    return;
-  }
-  queue *q;
-  queue_foreach(q, &batch) {
-    const op *o = queue_data(q, op, node);
-    ExecStatusType st = o->res != NULL ? PQresultStatus(o->res) : PGRES_FATAL_ERROR;
-    failed |= st == PGRES_FATAL_ERROR || st == PGRES_PIPELINE_ABORTED;
-  }
-  while (!queue_empty(&batch)) {
-    op *o = first_op(&batch);
-    queue_remove(&o->node);
-    PGresult *res = o->res;
-    o->res = NULL;
-    if (!failed) {
-      stats_query_done(o, conn);
-      op_set_result(o, res, 0); /* committed with its batch */
-      queue_insert_tail(&finish, &o->node);
-    } else if (o->cancel_code == PGTAG_OK) {
-      PQclear(res); /* rolled back with the batch, or never run: again, alone */
-      queue_insert_tail(&again, &o->node);
-    } else {
-      /* Cancelled on purpose (timeout, its request canceled): that is its
-       * outcome, whether the cancel stopped it or it was skipped. */
-      stats_query_done(o, conn);
-      if (res != NULL && PQresultStatus(res) == PGRES_FATAL_ERROR) {
-        op_set_result(o, res, 0);
-      } else {
-        PQclear(res);
-        op_set_error(o, PGTAG_ECONN, NULL, "aborted with its pipeline batch");
-      }
-      queue_insert_tail(&finish, &o->node);
-    }
-  }
-  while (!queue_empty(&again)) { /* in order, ahead of everyone waiting */
-    op *o = queue_data(again.prev, op, node);
-    queue_remove(&o->node);
-    requeue_front(pool, o);
-  }
-  wait_timer_arm(pool);
-  after_results(pool, conn);
-  while (!queue_empty(&finish)) {
-    op *o = first_op(&finish);
-    queue_remove(&o->node);
-    op_finish(o);
-  }
-}
-
+/* Before the loop blocks: the reads staged this turn go out, a batch per
+ * connection. */
 static void on_sync_prepare(uv_prepare_t *handle) {
   pgtag_pool *pool = handle->data;
   pgtag_ctx *previous = pgtag_ctx_enter(NULL);
@@ -719,17 +715,15 @@ static void on_sync_prepare(uv_prepare_t *handle) {
     queue *q;
     queue_foreach(q, &pool->conns) {
       struct conn *conn = queue_data(q, struct conn, node);
-      if (conn->unsynced > 0) {
+      if (conn->nstaged > 0) {
         open = conn;
         break;
       }
     }
     if (open == NULL)
       break;
-    if (conn_sync(open) != 0) {
-      open->unsynced = 0;
+    if (conn_flush_staged(open) != 0)
       pool_on_conn_lost(open, PQerrorMessage(open->pg));
-    }
   }
   uv_prepare_stop(handle);
   pgtag_ctx_leave(previous);
@@ -746,10 +740,13 @@ static void release_now(pgtag_pool *pool, struct conn *conn) {
 }
 
 /* A connection nobody holds, with nothing in flight, goes back to the pool:
- * at once if it is clean; after a ROLLBACK if a transaction was left open
- * or a cancel was sent (that round trip, made once the cancel request has
- * reached the server, keeps a late cancel off the next request's query);
- * a lost or unknown one is replaced. */
+ * at once if it is clean; after a ROLLBACK if a transaction was left open;
+ * a lost or unknown one is replaced.  A cancel request under way is waited
+ * for: once PQcancel returns, the postmaster has signalled the backend,
+ * and a backend drops a cancel that finds it waiting for a command, so a
+ * late cancel cannot hit the next request's query.  (No ROLLBACK for it:
+ * outside a transaction the server would only warn "there is no
+ * transaction in progress".) */
 static void recycle(pgtag_pool *pool, struct conn *conn) {
   if (conn->cancel != NULL) {
     conn->recycle_pending = 1; /* pool_on_cancel_done comes back */
@@ -757,15 +754,12 @@ static void recycle(pgtag_pool *pool, struct conn *conn) {
   }
   PGTransactionStatusType ts =
       conn->state == CONN_LOST ? PQTRANS_UNKNOWN : PQtransactionStatus(conn->pg);
-  if (ts == PQTRANS_IDLE && !conn->canceled) {
+  if (ts == PQTRANS_IDLE) {
     make_available(pool, conn);
     return;
   }
-  if ((ts == PQTRANS_IDLE || ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) &&
-      !pool->closing) {
-    /* Whatever the holder left open must not leak into the next request.
-     * After a cancel, this round trip also makes sure the cancel signal has
-     * reached the backend before anyone else's query can. */
+  if ((ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) && !pool->closing) {
+    /* Whatever the holder left open must not leak into the next request. */
     op *o = op_new(pool, OP_RESET, "ROLLBACK", 0, NULL, 0);
     set_state(conn, CONN_RESETTING);
     if (o != NULL && conn_send(conn, o) == 0)
@@ -836,8 +830,8 @@ void pool_reclaim(struct conn *conn) {
     return;
   }
   conn->reclaiming = 1;
-  if (conn->inflight != NULL && conn->inflight->kind == OP_QUERY)
-    cancel_inflight(conn, PGTAG_ERECLAIMED);
+  if (conn_head(conn) != NULL && conn_head(conn)->kind == OP_QUERY)
+    cancel_op(conn, conn_head(conn), PGTAG_ERECLAIMED);
   if (conn_on_wire(conn))
     conn->release_pending = 1; /* once the query is over */
   else
@@ -845,7 +839,7 @@ void pool_reclaim(struct conn *conn) {
 }
 
 void pool_on_cancel_done(struct conn *conn) {
-  request_cancel(conn); /* a pipelined query cancelled while this one ran */
+  conn_retry_cancels(conn); /* those that waited for this one */
   if (conn_on_wire(conn)) {
     if (conn->state == CONN_BUSY)
       feed(conn->pool, conn); /* pipelining resumes */
@@ -863,58 +857,89 @@ void pool_on_cancel_done(struct conn *conn) {
  * Timeouts and cancellation
  * ------------------------------------------------------------------------ */
 
-static void on_cancel_grace(uv_timer_t *timer) {
-  struct conn *conn = timer->data;
-  char msg[128];
-  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
-  snprintf(msg, sizeof msg, "the cancelled query did not end within %d ms",
-           CANCEL_GRACE_MS);
-  pool_on_conn_lost(conn, msg);
-  pgtag_ctx_leave(previous);
-}
-
-/* Send the cancel request the query in flight needs, unless one is still
- * under way (one at a time per connection: pool_on_cancel_done calls this
- * again for a pipelined query that came up meanwhile). */
-static void request_cancel(struct conn *conn) {
-  op *o = conn->inflight;
-  if (o == NULL || o->cancel_code == PGTAG_OK || o->cancel_sent || conn->cancel != NULL)
+/* Send the cancel request o needs, unless it went out already, another
+ * is under way (one at a time per connection), or it could stop another
+ * request's write or disturb other requests for nothing
+ * (pipeline_cancel_safe).  Those are tried again when the wire changes or
+ * the cancel under way is done (conn_retry_cancels); a query whose cancel
+ * never gets safe runs to its end and reports how it ended.  Once sent,
+ * the server has CANCEL_GRACE_MS to end it before the connection is given
+ * up (hung, or unreachable for the cancel request). */
+static void request_cancel(struct conn *conn, op *o) {
+  if (o->cancel_sent)
     return;
+  if (conn->cancel != NULL || !pipeline_cancel_safe(conn, o)) {
+    o->deadline = 0;
+    return;
+  }
   o->cancel_sent = 1;
-  if (cancel_start(conn) == 0)
-    conn->canceled = 1;
-  else
+  o->deadline = uv_now(conn->pool->loop) + CANCEL_GRACE_MS;
+  pipeline_mark_at_risk(conn, o);
+  if (cancel_start(conn) != 0)
     pool_log(conn->pool, PGTAG_LOG_WARN, "cannot send a cancel request for %s",
              backend_text(conn->backend_pid).s);
 }
 
-/* Cancel the query in flight on the server; it ends with why.  If the
- * server does not end it within CANCEL_GRACE_MS (hung, or unreachable for
- * the cancel request), the connection is given up. */
-static void cancel_inflight(struct conn *conn, pgtag_errcode why) {
-  op *o = conn->inflight;
-  if (o->cancel_code == PGTAG_OK)
+/* Cancel o, on conn's wire, on the server; it ends with why. */
+static void cancel_op(struct conn *conn, op *o, pgtag_errcode why) {
+  if (o->cancel_code == PGTAG_OK) {
     o->cancel_code = why;
-  request_cancel(conn);
-  uv_timer_start(&conn->timer, on_cancel_grace, CANCEL_GRACE_MS, 0);
+    conn_mark_signalable(conn, o);
+  }
+  request_cancel(conn, o);
+  conn_arm_timeout(conn);
 }
 
 void pool_on_statement_timeout(struct conn *conn) {
-  op *o = conn->inflight;
-  if (o == NULL)
-    return;
-  if (o->kind == OP_RESET) {
-    char msg[96];
-    snprintf(msg, sizeof msg, "the server did not answer ROLLBACK within %d ms",
-             RESET_TIMEOUT_MS);
-    pool_on_conn_lost(conn, msg);
-    return;
+  uint64_t now = uv_now(conn->pool->loop);
+  queue *q;
+  queue_foreach(q, &conn->wire) {
+    op *o = queue_data(q, op, node);
+    if (o->deadline == 0 || o->deadline > now)
+      continue;
+    char msg[128];
+    if (o->kind == OP_RESET || o->cancel_sent) {
+      if (o->kind == OP_RESET)
+        snprintf(msg, sizeof msg, "the server did not answer ROLLBACK within %d ms",
+                 RESET_TIMEOUT_MS);
+      else
+        snprintf(msg, sizeof msg, "the cancelled query did not end within %d ms",
+                 CANCEL_GRACE_MS);
+      pool_on_conn_lost(conn, msg);
+      return;
+    }
+    if (o->cancel_code == PGTAG_OK) {
+      o->cancel_code = PGTAG_ETIMEDOUT;
+      conn_mark_signalable(conn, o);
+    }
+    request_cancel(conn, o);
   }
-  cancel_inflight(conn, PGTAG_ETIMEDOUT);
+  conn_arm_timeout(conn);
 }
 
 /* The pools of this thread, for pgtag_ctx_cancel. */
 static _Thread_local queue thread_pools;
+
+/* Fail ctx's operations in q, which were never sent. */
+static int cancel_queued(pgtag_pool *pool, struct conn *conn, queue *q, pgtag_ctx *ctx) {
+  int n = 0;
+  queue *p = queue_head(q);
+  while (p != q) {
+    op *o = queue_data(p, op, node);
+    p = p->next;
+    if (o->ctx != ctx)
+      continue;
+    if (q == &conn->staged)
+      conn_unstage(conn, o);
+    else
+      queue_remove(&o->node);
+    pool->stats.canceled++;
+    defer_error(pool, o, PGTAG_ECANCELED,
+                "canceled: its request was canceled before the query was sent");
+    n++;
+  }
+  return n;
+}
 
 static int pool_cancel_ctx(pgtag_pool *pool, pgtag_ctx *ctx) {
   int n = 0;
@@ -935,29 +960,18 @@ static int pool_cancel_ctx(pgtag_pool *pool, pgtag_ctx *ctx) {
 
   queue_foreach(q, &pool->conns) {
     struct conn *conn = queue_data(q, struct conn, node);
-    queue *p = queue_head(&conn->pending);
-    while (p != &conn->pending) {
+    /* Not sent yet: they fail now. */
+    n += cancel_queued(pool, conn, &conn->pending, ctx);
+    n += cancel_queued(pool, conn, &conn->staged, ctx);
+    /* On the wire: cancelled on the server (the head at once, the
+     * others once they come up). */
+    queue *p;
+    queue_foreach(p, &conn->wire) {
       op *o = queue_data(p, op, node);
-      p = p->next;
-      if (o->ctx != ctx)
+      if (o->ctx != ctx || o->kind != OP_QUERY || o->cancel_code != PGTAG_OK)
         continue;
-      queue_remove(&o->node);
-      pool->stats.canceled++;
-      defer_error(pool, o, PGTAG_ECANCELED,
-                  "canceled: its request was canceled before the query was sent");
+      cancel_op(conn, o, PGTAG_ECANCELED);
       n++;
-    }
-    op *o = conn->inflight;
-    if (o != NULL && o->ctx == ctx && o->kind == OP_QUERY && o->cancel_code == PGTAG_OK) {
-      cancel_inflight(conn, PGTAG_ECANCELED);
-      n++;
-    }
-    queue_foreach(p, &conn->piped) { /* cancelled once it runs */
-      o = queue_data(p, op, node);
-      if (o->ctx == ctx && o->cancel_code == PGTAG_OK) {
-        o->cancel_code = PGTAG_ECANCELED;
-        n++;
-      }
     }
   }
   return n;
@@ -1032,25 +1046,26 @@ static struct conn *take_idle(pgtag_pool *pool) {
 }
 
 /* Where a query joins a pipeline: only once the pool cannot grow (a new
- * connection beats waiting behind a slow query), on the busy connection
- * with the fewest queries in flight, and among those the one whose current
- * query was sent last (the least likely to be a slow one).  NULL if none
- * has room. */
-static struct conn *least_loaded(const pgtag_pool *pool) {
+ * connection beats waiting behind another query), on a connection whose
+ * pipeline takes it (pipeline_accepts), the one with the fewest statements
+ * under way, and among those the one whose head started last.  NULL if
+ * none takes it. */
+static struct conn *least_loaded(const pgtag_pool *pool, op *o) {
   struct conn *best = NULL;
+  uint64_t best_start = 0, now = uv_hrtime();
   queue *q;
   if (pool->cfg.pipeline_depth <= 1 || live_conns(pool) < pool->cfg.max_conns)
     return NULL;
   queue_foreach(q, &pool->conns) {
     struct conn *conn = queue_data(q, struct conn, node);
-    if (!pipeline_room(pool, conn))
+    if (!pipeline_accepts(pool, conn, o, now))
       continue;
-    uint64_t sent = conn->inflight != NULL ? conn->inflight->sent_ns : UINT64_MAX;
-    uint64_t best_sent = best != NULL && best->inflight != NULL ? best->inflight->sent_ns
-                                                                : UINT64_MAX;
-    if (best == NULL || conn->npiped < best->npiped ||
-        (conn->npiped == best->npiped && sent > best_sent))
+    uint64_t start = conn_head(conn) != NULL ? conn_head(conn)->start_ns : UINT64_MAX;
+    int load = conn->nwire + conn->nstaged, best_load = best ? best->nwire + best->nstaged : 0;
+    if (best == NULL || load < best_load || (load == best_load && start > best_start)) {
       best = conn;
+      best_start = start;
+    }
   }
   return best;
 }
@@ -1060,6 +1075,30 @@ static int timeout_of(const pgtag_pool *pool, const pgtag_query_opts *opts) {
   if (opts == NULL || opts->timeout_ms == 0)
     return pool->cfg.statement_timeout_ms;
   return opts->timeout_ms < 0 ? 0 : opts->timeout_ms;
+}
+
+/* A query operation with its options, classified for pipelining. */
+static op *query_op_new(pgtag_pool *pool, const char *sql, int nparams,
+                        const char *const *values, const pgtag_query_opts *opts,
+                        pgtag_result_cb cb, void *arg, int copy_args) {
+  op *o = op_new(pool, OP_QUERY, sql, nparams, values, copy_args);
+  if (o == NULL)
+    return NULL;
+  o->cb.result = cb;
+  o->arg = arg;
+  o->timeout_ms = timeout_of(pool, opts);
+  o->signalable = o->timeout_ms > 0;
+  o->uncached = opts != NULL && opts->no_cache;
+  pipeline_classify(pool, o);
+  return o;
+}
+
+/* A query keeps its own copy of its text and values, beyond the call that
+ * submitted it, when it may be sent again: pipelined (its batch may skip
+ * it), or through the statement cache (the server may refuse it for the
+ * cache's reasons: pool_on_query_done). */
+static int keeps_args(const pgtag_pool *pool) {
+  return pool->cfg.pipeline_depth > 1 || (pool->cfg.statement_cache > 0 && !pool->cfg.transaction_pooler);
 }
 
 pgtag_errcode pgtag_query(pgtag_pool *pool, const char *sql, int nparams,
@@ -1078,22 +1117,17 @@ pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
   if (rc != PGTAG_OK)
     return rc;
 
-  int exclusive = pool->cfg.pipeline_depth > 1 && op_sql_exclusive(sql);
   struct conn *conn;
   while ((conn = take_idle(pool)) != NULL) {
     /* A free connection: send now, straight from the caller's memory
      * (pipelining keeps a copy: others may be sent behind it, and the
      * statistics and a resend need its text). */
-    int keep = pool->cfg.pipeline_depth > 1;
-    op *o = op_new(pool, OP_QUERY, sql, nparams, values, keep);
+    int keep = keeps_args(pool);
+    op *o = query_op_new(pool, sql, nparams, values, opts, cb, arg, keep);
     if (o == NULL) {
       queue_insert_head(&pool->idle, &conn->idle_node);
       return PGTAG_ENOMEM;
     }
-    o->cb.result = cb;
-    o->arg = arg;
-    o->timeout_ms = timeout_of(pool, opts);
-    o->exclusive = (uint8_t)exclusive;
     set_state(conn, CONN_BUSY);
     if (conn_send(conn, o) == 0) {
       stats_waited(pool, o);
@@ -1108,18 +1142,14 @@ pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
     drop_conn(pool, conn);
   }
 
-  op *o = op_new(pool, OP_QUERY, sql, nparams, values, 1);
+  op *o = query_op_new(pool, sql, nparams, values, opts, cb, arg, 1);
   if (o == NULL)
     return PGTAG_ENOMEM;
-  o->cb.result = cb;
-  o->arg = arg;
-  o->timeout_ms = timeout_of(pool, opts);
-  o->exclusive = (uint8_t)exclusive;
 
-  /* Pipelining, when nobody waits ahead of it: behind the queries of the
-   * least loaded connection; and the pool grows, one connection at a time,
-   * as long as none is free. */
-  conn = !exclusive && queue_empty(&pool->waiters) ? least_loaded(pool) : NULL;
+  /* Pipelining, when nobody waits ahead of it: on a connection whose
+   * pipeline takes it; and the pool grows, one connection at a time, as
+   * long as none is free. */
+  conn = !o->exclusive && queue_empty(&pool->waiters) ? least_loaded(pool, o) : NULL;
   if (conn != NULL) {
     if (conn_send(conn, o) == 0) {
       stats_waited(pool, o);
@@ -1134,8 +1164,6 @@ pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
   }
   return wait_for_conn(pool, o);
 }
-
-
 
 pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
                                const char *file, int line, const char *func) {
@@ -1195,12 +1223,14 @@ pgtag_errcode pgtag_conn_query_ex(pgtag_conn h, const char *sql, int nparams,
   }
 
   int send_now = conn->state == CONN_HELD && !conn_on_wire(conn) && conn->cancel == NULL;
-  op *o = op_new(pool, OP_QUERY, sql, nparams, values, !send_now && conn->state == CONN_HELD);
+  int keep = conn->state == CONN_HELD && (!send_now || keeps_args(pool));
+  op *o = op_new(pool, OP_QUERY, sql, nparams, values, keep);
   if (o == NULL)
     return PGTAG_ENOMEM;
   o->cb.result = cb;
   o->arg = arg;
   o->timeout_ms = timeout_of(pool, opts);
+  o->uncached = opts != NULL && opts->no_cache;
 
   if (conn->state == CONN_LOST) {
     defer_error(pool, o, PGTAG_ECONN, "connection lost");
@@ -1211,8 +1241,10 @@ pgtag_errcode pgtag_conn_query_ex(pgtag_conn h, const char *sql, int nparams,
     return PGTAG_OK;
   }
   if (conn_send(conn, o) == 0) {
-    o->sql = NULL;
-    o->values = NULL;
+    if (!keep) {
+      o->sql = NULL;
+      o->values = NULL;
+    }
     return PGTAG_OK;
   }
   /* Broken before anything was sent: the holder hears it through this
@@ -1288,6 +1320,8 @@ void pgtag_pool_config_init(pgtag_pool_config *cfg) {
   cfg->reconnect_max_ms = 5000;
   cfg->tcp_keepalive_s = 60;
   cfg->pipeline_depth = 4;
+  cfg->pipeline_fast_ms = 5;
+  cfg->statement_cache = 256;
   cfg->idle_timeout_ms = 30000;
   cfg->tag_style = PGTAG_TAG_PREFIX;
   cfg->tag_key = "requestId";
@@ -1314,6 +1348,10 @@ static const char *config_problem(const pgtag_pool_config *cfg) {
     return "unknown log_level";
   if (cfg->pipeline_depth < 0 || cfg->pipeline_depth > 1024)
     return "pipeline_depth must be between 1 and 1024";
+  if (cfg->pipeline_depth > 1 && (cfg->pipeline_fast_ms < 1 || cfg->pipeline_fast_ms > 3600000))
+    return "pipeline_fast_ms must be between 1 and 3600000";
+  if (cfg->statement_cache < 0 || cfg->statement_cache > 100000)
+    return "statement_cache must be between 0 and 100000";
   if (cfg->reconnect_base_ms < 0 || cfg->reconnect_max_ms < 0 ||
       cfg->statement_timeout_ms < 0 || cfg->tcp_keepalive_s < 0)
     return "timeouts and limits must not be negative";
@@ -1393,6 +1431,7 @@ static void pool_free(pgtag_pool *pool) {
     queue_remove(&conn->node);
     free(conn);
   }
+  free(pool->stmts);
   free(pool->conninfo);
   free(pool->name);
   free(pool->tag_key);
@@ -1434,7 +1473,10 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
   pool->conninfo = strdup(cfg->conninfo);
   pool->name = strdup(cfg->name ? cfg->name : "pgtag");
   pool->tag_key = strdup(cfg->tag_key ? cfg->tag_key : "requestId");
-  if (pool->conninfo == NULL || pool->name == NULL || pool->tag_key == NULL) {
+  if (cfg->pipeline_depth > 1)
+    pool->stmts = calloc(PIPELINE_STMTS, sizeof *pool->stmts);
+  if (pool->conninfo == NULL || pool->name == NULL || pool->tag_key == NULL ||
+      (cfg->pipeline_depth > 1 && pool->stmts == NULL)) {
     pool_free(pool);
     return PGTAG_ENOMEM;
   }

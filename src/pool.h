@@ -5,6 +5,7 @@
 #include "conn.h"
 #include "connect_error.h"
 #include "op.h"
+#include "pipeline.h"
 #include "queue.h"
 
 #include <pthread.h>
@@ -31,11 +32,13 @@ struct pgtag_pool {
   queue idle;    /* CONN_IDLE ones, most recently used first */
   int count[CONN_NSTATES];
 
+  pipeline_stmt *stmts; /* what is known of statement texts (pipeline.h) */
   queue waiters; /* ops waiting for a connection, first in first out */
   int nwaiting;
   int outstanding; /* queries and acquires whose callback has not run:
                       the load a cluster routes reads by */
-  uv_timer_t wait_timer; /* fires at the first waiter's deadline */
+  uv_timer_t wait_timer; /* fires at the first waiter's deadline, or before */
+  uint64_t wait_timer_at; /* uv_now() it is set for */
 
   queue deferred;   /* ops whose outcome is known, callback not yet run */
   queue op_cache[OP_SIZE_CLASSES]; /* free op records for reuse (op.c) */
@@ -89,8 +92,9 @@ void pool_on_connect_failed(struct conn *conn, const char *message);
 void pool_on_query_done(struct conn *conn, op *o, PGresult *res);
 void pool_on_conn_lost(struct conn *conn, const char *message);
 
-/* The queries of a pipelined batch are complete: its sync point arrived. */
-void pool_on_batch_done(struct conn *conn);
+/* A sync point arrived with nothing to deliver (a batch's reads were
+ * delivered as they came): the connection may be free now. */
+void pool_on_sync(struct conn *conn);
 
 /* Room opened in conn's pipeline: send waiting queries into it. */
 void pool_feed(struct conn *conn);

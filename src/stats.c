@@ -8,6 +8,7 @@
 #include "context.h"
 #include "op.h"
 #include "pool.h"
+#include "sqlkind.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,19 +40,11 @@ void stats_waited(pgtag_pool *pool, op *o) {
   histogram_add(&pool->stats.acquire_wait, us);
 }
 
-/* FNV-1a: short statements, no need for more. */
-static uint64_t text_hash(const char *s) {
-  uint64_t h = 14695981039346656037ULL;
-  for (; *s != '\0'; s++)
-    h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-  return h != 0 ? h : 1;
-}
-
 /* Count the statement in its request; when one count passes the threshold,
  * report once.  A full table gives the least repeated slot to the newcomer:
  * a statement repeated enough to matter keeps its place. */
 static void n_plus_one(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql) {
-  uint64_t h = text_hash(sql);
+  uint64_t h = sql_hash(sql);
   if (ctx->statements == NULL) {
     ctx->statements = calloc(CTX_STATEMENTS, sizeof *ctx->statements);
     if (ctx->statements == NULL)
@@ -83,11 +76,15 @@ static void n_plus_one(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql) {
              slot->count, sql);
 }
 
-void stats_query_done(op *o, struct conn *conn) {
-  if (o->sent_ns == 0)
-    return;
+uint64_t stats_query_done(op *o, struct conn *conn) {
+  if (o->sent_ns == 0 || op_internal(o->kind))
+    return 0;
   pgtag_pool *pool = o->pool;
-  uint64_t us = (uv_hrtime() - o->sent_ns) / 1000;
+  /* Its own time: from when the server could start it, not from when it
+   * was sent behind another request's statement in the pipeline. */
+  uint64_t from = o->start_ns > o->sent_ns ? o->start_ns : o->sent_ns;
+  uint64_t now = uv_hrtime();
+  uint64_t us = now > from ? (now - from) / 1000 : 0;
   o->sent_ns = 0;
   histogram_add(&pool->stats.query_time, us);
 
@@ -99,13 +96,16 @@ void stats_query_done(op *o, struct conn *conn) {
     ctx->stats.db_time_us += us;
     if (us >= ctx->stats.slowest_us) {
       ctx->stats.slowest_us = us;
-      snprintf(ctx->stats.slowest_sql, sizeof ctx->stats.slowest_sql, "%.200s", text);
+      /* No printf: a request's first query takes this path, so most do. */
+      size_t n = strnlen(text, sizeof ctx->stats.slowest_sql - 1);
+      memcpy(ctx->stats.slowest_sql, text, n);
+      ctx->stats.slowest_sql[n] = '\0';
     }
   }
   int slow = pool->cfg.slow_query_ms > 0 && us >= (uint64_t)pool->cfg.slow_query_ms * 1000;
   int count = pool->cfg.n_plus_one_threshold > 0 && ctx != NULL;
   if (!slow && !count)
-    return;
+    return us;
   pgtag_ctx *previous = pgtag_ctx_enter(ctx); /* the log line names the request */
   if (slow) {
     char sql[LAST_SQL_MAX + 1];
@@ -119,6 +119,7 @@ void stats_query_done(op *o, struct conn *conn) {
     n_plus_one(pool, ctx, sql);
   }
   pgtag_ctx_leave(previous);
+  return us;
 }
 
 void stats_op_finished(op *o) {

@@ -88,9 +88,11 @@ concurrent_ids() {
 check "200 concurrent requests: each answer carries its own X-Request-Id" concurrent_ids
 
 # In the server log each query is "execute <unnamed>: /* requestId=... */ ..."
-# followed by its parameters.  Every request's queries carry its own ID:
-# the account query's parameter is the account that request asked for, and
-# a summary request's two queries both carry its ID.
+# with its parameters: on the next line (DETAIL) when it went as an unnamed
+# statement, in the line itself when the statement cache sent it
+# ("EXECUTE _pgtag_3('204') /* SELECT ... */").  Every request's queries
+# carry its own ID: the account query's parameter is the account that
+# request asked for, and a summary request's two queries both carry its ID.
 logged_ids() {
   sleep 0.3
   new_log >"$work/log1"
@@ -98,7 +100,13 @@ logged_ids() {
     match($0, /\[[0-9]+\]/) { pid = substr($0, RSTART, RLENGTH) }
     /execute <unnamed>: \/\* requestId=e2e-[0-9]+ / {
       match($0, /requestId=e2e-[0-9]+ /); id = substr($0, RSTART + 14, RLENGTH - 15)
-      count[id]++; last[pid] = id; acct[pid] = ($0 ~ /FROM pgbench_accounts WHERE aid/); next }
+      count[id]++; last[pid] = id; acct[pid] = ($0 ~ /FROM pgbench_accounts WHERE aid/)
+      if (acct[pid] && match($0, /EXECUTE _pgtag_[0-9]+\('\''[0-9]+'\''\)/)) {
+        v = substr($0, RSTART, RLENGTH); sub(/^[^(]*\('\''/, "", v); sub(/'\''\)$/, "", v)
+        if (v != 7 * id + 1) { print "request e2e-" id " logged with aid " v; bad = 1 }
+        checked++; delete last[pid]
+      }
+      next }
     /DETAIL:  parameters: \$1 = / {
       if (pid in last && acct[pid]) {
         match($0, /\$1 = '\''[0-9]+'\''/); p = substr($0, RSTART + 6, RLENGTH - 7)
@@ -143,7 +151,9 @@ hostile() {
   # every statement the service sent starts with the tag and is the SELECT
   new_log | grep -E 'execute <unnamed>:' >"$work/hostile.log"
   [ "$(wc -l <"$work/hostile.log")" -ge 7 ] || { echo "statements missing from the log"; bad=1; }
-  if grep -vE 'execute <unnamed>: /\* requestId=[^ ]* route=GET%20%2Faccounts%2F%7Bid%7D \*/ SELECT aid, bid, abalance FROM pgbench_accounts WHERE aid = \$1$' \
+  # (as text, or through the statement cache: its EXECUTE, the statement as
+  # a comment)
+  if grep -vE 'execute <unnamed>: /\* requestId=[^ ]* route=GET%20%2Faccounts%2F%7Bid%7D \*/ (SELECT aid, bid, abalance FROM pgbench_accounts WHERE aid = \$1|EXECUTE _pgtag_[0-9]+\('"'"'[0-9]+'"'"'\) /\* SELECT aid, bid, abalance FROM pgbench_accounts WHERE aid = \$1 \*/)$' \
        "$work/hostile.log"; then
     echo "a statement above is not the tagged SELECT"; bad=1
   fi

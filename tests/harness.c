@@ -15,6 +15,51 @@ int in_submit;
 pgtag_errcode _submit_rc;
 int completions;
 
+/* The statement cache's form of sql: "EXECUTE _pgtag_<digits>", its
+ * arguments or none, then sql as a comment, whitespace runs made one
+ * space (test statements are short and hold no comment delimiters). */
+static int cached_form(const char *s, size_t len, const char *sql, size_t sql_len) {
+  const char *p = "EXECUTE _pgtag_";
+  size_t n = strlen(p);
+  if (len < n + 1 || strncmp(s, p, n) != 0 || s[n] < '0' || s[n] > '9')
+    return 0;
+  char excerpt[512];
+  size_t e = 0;
+  int space = 0;
+  e += (size_t)snprintf(excerpt, sizeof excerpt, " /* ");
+  for (size_t i = 0; i < sql_len && e < sizeof excerpt - 8; i++) {
+    if (sql[i] == ' ' || sql[i] == '\n' || sql[i] == '\t') {
+      space = e > 4;
+      continue;
+    }
+    if (space)
+      excerpt[e++] = ' ';
+    space = 0;
+    excerpt[e++] = sql[i];
+  }
+  memcpy(excerpt + e, " */", 4);
+  e += 3;
+  return len > n + e && memcmp(s + len - e, excerpt, e) == 0;
+}
+
+int sent_as(const char *seen, const char *want) {
+  if (strcmp(seen, want) == 0)
+    return 1;
+  size_t sl = strlen(seen), wl = strlen(want);
+  if (strncmp(want, "/* ", 3) == 0 && strstr(want, " */ ") != NULL) { /* prefix */
+    size_t tag = (size_t)(strstr(want, " */ ") - want) + 4;
+    return sl > tag && strncmp(seen, want, tag) == 0 &&
+           cached_form(seen + tag, sl - tag, want + tag, wl - tag);
+  }
+  const char *c = strstr(want, " /*");
+  if (c != NULL && wl >= 2 && strcmp(want + wl - 2, "*/") == 0) { /* sqlcommenter */
+    size_t tag = wl - (size_t)(c - want);
+    return sl > tag && strcmp(seen + sl - tag, want + wl - tag) == 0 &&
+           cached_form(seen, sl - tag, want, wl - tag);
+  }
+  return cached_form(seen, sl, want, wl); /* untagged */
+}
+
 uint64_t now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -73,6 +73,17 @@ void assert_done(const rec *r, pgtag_ctx *ctx, pgtag_errcode code);
 
 uint64_t now_ms(void);
 
+/* The text the server saw for a query (current_query(), pg_stat_activity)
+ * is want, the query as tagged, or its form through the statement cache:
+ * the same tag around "EXECUTE _pgtag_<n>" and its arguments.  Nonzero
+ * when it is; sent_as_explain says why not. */
+int sent_as(const char *seen, const char *want);
+#define assert_sent_as(seen, want)                                            \
+  do {                                                                        \
+    if (!sent_as((seen), (want)))                                             \
+      fail_msg("the server saw \"%s\", not \"%s\" (or its EXECUTE)", (seen), (want)); \
+  } while (0)
+
 /* One query on a fresh blocking connection to conninfo; the first column
  * of the first row as an int (0 for none).  Fails the test on error. */
 int admin_int_on(const char *conninfo, const char *sql);

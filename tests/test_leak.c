@@ -349,8 +349,8 @@ static void reclaim_cancels_the_running_query(void **state) {
   conn_query_in(acq.conn, leaker, "SELECT pg_sleep(30)", &sleep);
   conn_query_in(acq.conn, leaker, "SELECT 'never sent'", &queued);
   snprintf(sql, sizeof sql,
-           "SELECT count(*) FROM pg_stat_activity WHERE pid = %d AND query LIKE "
-           "'%%pg_sleep(30)' AND state = 'active'", pid);
+           "SELECT count(*) FROM pg_stat_activity WHERE pid = %d AND "
+           "wait_event = 'PgSleep' AND state = 'active'", pid);
   for (int i = 0; i < 100 && admin_int(sql) == 0; i++)
     run_for(&loop, 20);
   assert_int_equal(admin_int(sql), 1);

@@ -128,10 +128,14 @@ static void activity_shows_the_request(void **state) {
   const char *sql = "SELECT count(*) FROM pgtag.activity WHERE request_id = 'watch-me'";
   for (int i = 0; i < 100 && admin_int(sql) == 0; i++)
     run_for(&loop, 5);
-  admin_value("SELECT state || '|' || (tags->>'route') || '|' || query || '|' || "
+  admin_value("SELECT state || '|' || (tags->>'route') || '|' || "
               "(query_age >= '0'::interval) FROM pgtag.activity WHERE request_id = 'watch-me'",
               v, sizeof v);
-  assert_string_equal(v, "active|GET /slow|SELECT pg_sleep(2)|true");
+  assert_string_equal(v, "active|GET /slow|true");
+  /* the statement as sent, tag stripped: the text, or its EXECUTE when the
+   * statement cache sent it */
+  admin_value("SELECT query FROM pgtag.activity WHERE request_id = 'watch-me'", v, sizeof v);
+  assert_sent_as(v, "SELECT pg_sleep(2)");
   wait_rec(&q);
 
   /* Back in the pool, its backend serves no request: no request_id, no
@@ -141,10 +145,12 @@ static void activity_shows_the_request(void **state) {
   for (int i = 0; i < 200 && admin_int(idle) == 0; i++)
     run_for(&loop, 5);
   admin_value("SELECT coalesce(request_id, 'none') || '|' || tags::text || '|' || "
-              "(query_age IS NULL) || '|' || (idle_for >= '0'::interval) || '|' || query "
+              "(query_age IS NULL) || '|' || (idle_for >= '0'::interval) "
               "FROM pgtag.activity WHERE last_request_id = 'watch-me'",
               v, sizeof v);
-  assert_string_equal(v, "none|{}|true|true|SELECT pg_sleep(2)");
+  assert_string_equal(v, "none|{}|true|true");
+  admin_value("SELECT query FROM pgtag.activity WHERE last_request_id = 'watch-me'", v, sizeof v);
+  assert_sent_as(v, "SELECT pg_sleep(2)");
   assert_int_equal(admin_int("SELECT count(*) FROM pgtag.activity "
                              "WHERE request_id IS NOT NULL AND last_request_id = 'watch-me'"),
                    0);
@@ -172,12 +178,16 @@ static void blocking_names_both_requests(void **state) {
   for (int i = 0; i < 200 && admin_int(sql) == 0; i++)
     run_for(&loop, 10);
   admin_value("SELECT blocked_request_id || '|' || blocking_request_id || '|' || "
-              "(lock_wait IS NOT NULL) || '|' || blocking_state || '|' || blocked_query || '|' "
-              "|| blocking_query FROM pgtag.blocking WHERE blocked_request_id = 'waits-for-it'",
+              "(lock_wait IS NOT NULL) || '|' || blocking_state "
+              "FROM pgtag.blocking WHERE blocked_request_id = 'waits-for-it'",
               v, sizeof v);
-  assert_string_equal(v, "waits-for-it|holds-the-row|true|idle in transaction|"
-                         "UPDATE pgtag_row SET n = n + 10 WHERE id = 1|"
-                         "UPDATE pgtag_row SET n = n + 1 WHERE id = 1");
+  assert_string_equal(v, "waits-for-it|holds-the-row|true|idle in transaction");
+  admin_value("SELECT blocked_query FROM pgtag.blocking WHERE blocked_request_id = 'waits-for-it'",
+              v, sizeof v);
+  assert_sent_as(v, "UPDATE pgtag_row SET n = n + 10 WHERE id = 1");
+  admin_value("SELECT blocking_query FROM pgtag.blocking "
+              "WHERE blocked_request_id = 'waits-for-it'", v, sizeof v);
+  assert_sent_as(v, "UPDATE pgtag_row SET n = n + 1 WHERE id = 1");
   assert_int_equal(blocked.calls, 0);
   conn_query_in(acq.conn, holder, "COMMIT", &commit);
   wait_rec(&blocked);
@@ -197,13 +207,33 @@ static void statements_view_only_with_the_extension(void **state) {
   char v[256];
 
   admin_exec("SELECT pg_stat_statements_reset()");
-  query_params_in(pool, ctx, "SELECT $1::int AS pgtag_sample_marker", "1", &q);
+  /* Sent as text, the statement keeps a sample request ID there... */
+  const char *vals[1] = {"1"};
+  pgtag_query_opts text = {.no_cache = 1};
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
+  assert_int_equal(pgtag_query_ex(pool, "SELECT $1::int AS pgtag_sample_marker", 1, vals, &text,
+                                  rec_result, &q),
+                   PGTAG_OK);
+  pgtag_ctx_leave(prev);
   wait_rec(&q);
   assert_done(&q, ctx, PGTAG_OK);
   admin_value("SELECT sample_request_id || '|' || calls || '|' || query FROM pgtag.statements "
               "WHERE query LIKE '%pgtag_sample_marker'",
               v, sizeof v);
   assert_string_equal(v, "sampled|1|SELECT $1::int AS pgtag_sample_marker");
+  /* ...through the statement cache it is the prepared text, untagged:
+   * pg_stat_statements counts the EXECUTEs there, the log and
+   * pg_stat_activity keep every request ID */
+  rec c1 = {0}, c2 = {0};
+  /* (a statement of its own shape: pg_stat_statements ignores aliases) */
+  query_params_in(pool, ctx, "SELECT ($1::int * 2)::bigint AS pgtag_cached_marker", "1", &c1);
+  query_params_in(pool, ctx, "SELECT ($1::int * 2)::bigint AS pgtag_cached_marker", "2", &c2);
+  wait_rec(&c2);
+  assert_done(&c2, ctx, PGTAG_OK);
+  admin_value("SELECT coalesce(sample_request_id, 'none') || '|' || calls || '|' || query "
+              "FROM pgtag.statements WHERE query LIKE '%pgtag_cached_marker'",
+              v, sizeof v);
+  assert_string_equal(v, "none|2|SELECT ($1::int * $2)::bigint AS pgtag_cached_marker");
 
   /* without pg_stat_statements: no statements view, the others work */
   admin_exec("DROP EXTENSION pg_stat_statements CASCADE");

@@ -1,0 +1,364 @@
+/* The statement cache against the real server: queries go out as the
+ * tagged EXECUTE of a statement prepared on their connection; the server's
+ * refusals for the cache's reasons are recovered from, once, where nothing
+ * ran; the least recently used statements are deallocated; what cannot go
+ * through the cache goes the old way; and quoting values as literals gives
+ * the server exactly the bytes a parameter would, in every client encoding
+ * it accepts, whatever the bytes. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+
+static uv_loop_t loop;
+
+static int setup(void **state) {
+  (void)state;
+  completions = 0;
+  return uv_loop_init(&loop);
+}
+
+static pgtag_pool *one_conn_pool(const char *conninfo, int cache) {
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  if (conninfo != NULL)
+    cfg.conninfo = conninfo;
+  cfg.max_conns = cfg.min_conns = 1;
+  cfg.statement_cache = cache;
+  cfg.log_level = PGTAG_LOG_ERROR;
+  return test_pool_new(&loop, &cfg);
+}
+
+/* One query, waited for; opts may be NULL. */
+static void run_query(pgtag_pool *pool, const char *sql, const char *param,
+                      const pgtag_query_opts *opts, rec *r) {
+  const char *vals[1] = {param};
+  memset(r, 0, sizeof *r);
+  assert_int_equal(pgtag_query_ex(pool, sql, param != NULL, param != NULL ? vals : NULL, opts,
+                                  rec_result, r),
+                   PGTAG_OK);
+  assert_true(run_until(&loop, &r->calls, 1, 10000));
+}
+
+static void run_held(pgtag_conn conn, const char *sql, rec *r) {
+  memset(r, 0, sizeof *r);
+  assert_int_equal(pgtag_conn_query(conn, sql, 0, NULL, rec_result, r), PGTAG_OK);
+  assert_true(run_until(&loop, &r->calls, 1, 10000));
+}
+
+static const pgtag_query_opts as_text = {.no_cache = 1};
+
+/* Prepared statements of pgtag's on the pool's one connection. */
+static int prepared_here(pgtag_pool *pool) {
+  rec r;
+  run_query(pool, "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE '\\_pgtag\\_%'",
+            NULL, &as_text, &r);
+  assert_int_equal(r.code, PGTAG_OK);
+  return atoi(r.value);
+}
+
+static void queries_run_as_tagged_executes(void **state) {
+  (void)state;
+  pgtag_pool *pool = test_pool_new(&loop, NULL); /* the defaults */
+  pgtag_ctx *ctx = pgtag_ctx_new("cached");
+  rec r;
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
+  for (int i = 0; i < 3; i++) {
+    run_query(pool, "SELECT current_query(), $1::text", "it's", NULL, &r);
+    assert_done(&r, ctx, PGTAG_OK);
+    assert_string_equal(r.value2, "it's");
+    assert_string_equal(r.value, "/* requestId=cached */ EXECUTE _pgtag_1('it''s') "
+                                 "/* SELECT current_query(), $1::text */");
+  }
+  run_query(pool, "SELECT current_query(), $1::text", "plain", &as_text, &r);
+  assert_string_equal(r.value, "/* requestId=cached */ SELECT current_query(), $1::text");
+  pgtag_ctx_leave(prev);
+  pgtag_ctx_unref(ctx);
+  test_pool_close(&loop, pool);
+}
+
+/* The statement is gone from the server without pgtag seeing it (a
+ * DEALLOCATE it cannot recognise): 26000 before anything ran, so it is
+ * prepared again and the query runs once more, on a held connection as on
+ * a pooled one. */
+static void statement_gone_is_prepared_again(void **state) {
+  (void)state;
+  pgtag_pool *pool = one_conn_pool(NULL, 256);
+  rec r, acq = {0}, d;
+  run_query(pool, "SELECT 'pooled ' || $1", "1", NULL, &r);
+  assert_done(&r, NULL, PGTAG_OK);
+  acquire_in(pool, NULL, &acq);
+  assert_true(run_until(&loop, &acq.calls, 1, 5000));
+  memset(&r, 0, sizeof r);
+  assert_int_equal(pgtag_conn_query(acq.conn, "SELECT 'held ' || $1", 1,
+                                    (const char *[]){"1"}, rec_result, &r), PGTAG_OK);
+  assert_true(run_until(&loop, &r.calls, 1, 5000));
+  run_held(acq.conn, "/* unseen */ DEALLOCATE ALL", &d);
+  assert_done(&d, NULL, PGTAG_OK);
+  memset(&r, 0, sizeof r);
+  assert_int_equal(pgtag_conn_query(acq.conn, "SELECT 'held ' || $1", 1,
+                                    (const char *[]){"2"}, rec_result, &r), PGTAG_OK);
+  assert_true(run_until(&loop, &r.calls, 1, 5000));
+  assert_done(&r, NULL, PGTAG_OK);
+  assert_string_equal(r.value, "held 2");
+  run_held(acq.conn, "/* unseen */ DEALLOCATE ALL", &d);
+  pgtag_release(acq.conn);
+  run_query(pool, "SELECT 'pooled ' || $1", "2", NULL, &r);
+  assert_done(&r, NULL, PGTAG_OK);
+  assert_string_equal(r.value, "pooled 2");
+  test_pool_close(&loop, pool);
+}
+
+/* After ALTER TABLE changes a cached statement's result, the server
+ * refuses the old plan (0A000) before running it: planned again, the
+ * query runs once more.  Inside a transaction block the error has aborted
+ * the transaction: the query fails, and the next one is planned anew. */
+static void altered_table_is_planned_again(void **state) {
+  (void)state;
+  pgtag_pool *pool = one_conn_pool(NULL, 256);
+  admin_exec("DROP TABLE IF EXISTS pgtag_altered; CREATE TABLE pgtag_altered (a int); "
+             "INSERT INTO pgtag_altered VALUES (1)");
+  rec r, acq = {0}, step;
+  run_query(pool, "SELECT * FROM pgtag_altered", NULL, NULL, &r);
+  assert_done(&r, NULL, PGTAG_OK);
+  admin_exec("ALTER TABLE pgtag_altered ADD COLUMN b text DEFAULT 'new'");
+  run_query(pool, "SELECT * FROM pgtag_altered", NULL, NULL, &r);
+  assert_done(&r, NULL, PGTAG_OK);
+  assert_string_equal(r.value2, "new");
+
+  acquire_in(pool, NULL, &acq);
+  assert_true(run_until(&loop, &acq.calls, 1, 5000));
+  run_held(acq.conn, "BEGIN", &step);
+  admin_exec("ALTER TABLE pgtag_altered ADD COLUMN c int DEFAULT 3");
+  run_held(acq.conn, "SELECT * FROM pgtag_altered", &r);
+  assert_done(&r, NULL, PGTAG_ESERVER);
+  assert_string_equal(r.sqlstate, "0A000");
+  run_held(acq.conn, "ROLLBACK", &step);
+  run_held(acq.conn, "SELECT * FROM pgtag_altered", &r);
+  assert_done(&r, NULL, PGTAG_OK);
+  pgtag_release(acq.conn);
+  test_pool_close(&loop, pool);
+}
+
+/* An application's statement took the name pgtag was about to use: the
+ * prepare fails (42P05), the query goes again under another name. */
+static void name_taken_is_skipped(void **state) {
+  (void)state;
+  pgtag_pool *pool = one_conn_pool(NULL, 256);
+  rec acq = {0}, step, r;
+  acquire_in(pool, NULL, &acq); /* the connection's first statement follows */
+  assert_true(run_until(&loop, &acq.calls, 1, 5000));
+  run_held(acq.conn, "PREPARE _pgtag_1 AS SELECT 'theirs'", &step);
+  assert_done(&step, NULL, PGTAG_OK);
+  pgtag_release(acq.conn);
+  run_query(pool, "SELECT 'mine ' || $1", "1", NULL, &r);
+  assert_done(&r, NULL, PGTAG_OK);
+  assert_string_equal(r.value, "mine 1");
+  test_pool_close(&loop, pool);
+}
+
+/* A connection that dies takes its statements with it; its replacement
+ * prepares its own. */
+static void new_connection_new_statements(void **state) {
+  (void)state;
+  pgtag_pool *pool = one_conn_pool(NULL, 256);
+  rec r, pid;
+  run_query(pool, "SELECT pg_backend_pid()::text", NULL, NULL, &pid);
+  run_query(pool, "SELECT 'before ' || $1", "x", NULL, &r);
+  char sql[96];
+  snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%d)", atoi(pid.value));
+  admin_exec(sql);
+  rec after = {.code = PGTAG_ECONN};
+  for (int i = 0; i < 50 && after.code != PGTAG_OK; i++) { /* until the pool saw it */
+    run_query(pool, "SELECT 'after ' || $1", "y", NULL, &after);
+    if (after.code != PGTAG_OK)
+      run_for(&loop, 20);
+  }
+  assert_int_equal(after.code, PGTAG_OK);
+  assert_string_equal(after.value, "after y");
+  run_query(pool, "SELECT 'before ' || $1", "z", NULL, &r);
+  assert_done(&r, NULL, PGTAG_OK);
+  assert_string_equal(r.value, "before z");
+  test_pool_close(&loop, pool);
+}
+
+/* statement_cache bounds what a connection keeps prepared: the least
+ * recently used go (DEALLOCATE), and every query still gets its own
+ * statement's result. */
+static void least_recently_used_are_deallocated(void **state) {
+  (void)state;
+  pgtag_pool *pool = one_conn_pool(NULL, 8);
+  for (int round = 0; round < 3; round++) {
+    for (int k = 0; k < 30; k++) {
+      char sql[64], want[16];
+      rec r;
+      snprintf(sql, sizeof sql, "SELECT $1::int + %d", k);
+      snprintf(want, sizeof want, "%d", 100 + k);
+      run_query(pool, sql, "100", NULL, &r);
+      assert_done(&r, NULL, PGTAG_OK);
+      assert_string_equal(r.value, want);
+    }
+  }
+  int n = prepared_here(pool);
+  print_message("%d statements prepared after 90 queries of 30 texts, cache of 8\n", n);
+  assert_true(n >= 1 && n <= 8);
+  test_pool_close(&loop, pool);
+}
+
+/* What goes the old way: a query asked to, a statement that cannot be
+ * prepared, parameters too long to be worth it, and every query on a
+ * connection without standard_conforming_strings, where doubling quotes
+ * would not be enough.  Each gives the right result. */
+static void what_goes_the_old_way(void **state) {
+  (void)state;
+  pgtag_pool *pool = one_conn_pool(NULL, 256);
+  rec r, acq = {0}, step;
+  run_query(pool, "SHOW standard_conforming_strings", NULL, NULL, &r);
+  assert_string_equal(r.value, "on");
+  static char big[20001];
+  memset(big, 'q', sizeof big - 1);
+  big[1000] = '\'';
+  run_query(pool, "SELECT length($1)", big, NULL, &r);
+  assert_done(&r, NULL, PGTAG_OK);
+  assert_string_equal(r.value, "20000");
+  int before = prepared_here(pool);
+
+  acquire_in(pool, NULL, &acq);
+  assert_true(run_until(&loop, &acq.calls, 1, 5000));
+  run_held(acq.conn, "SET standard_conforming_strings = off", &step);
+  assert_done(&step, NULL, PGTAG_OK);
+  memset(&r, 0, sizeof r);
+  const char *tricky = "a\\'b";
+  assert_int_equal(pgtag_conn_query(acq.conn, "SELECT $1::text, length($1)", 1, &tricky,
+                                    rec_result, &r), PGTAG_OK);
+  assert_true(run_until(&loop, &r.calls, 1, 5000));
+  assert_done(&r, NULL, PGTAG_OK);
+  assert_string_equal(r.value, tricky);
+  assert_string_equal(r.value2, "4");
+  run_held(acq.conn, "RESET standard_conforming_strings", &step);
+  pgtag_release(acq.conn);
+  assert_int_equal(prepared_here(pool), before); /* neither was prepared */
+  test_pool_close(&loop, pool);
+}
+
+/* ------------------------------------------------------------------------
+ * Literals: the same bytes as a parameter, in every client encoding
+ * ------------------------------------------------------------------------ */
+
+static uint32_t rng = 0x9e3779b9u;
+static unsigned next_rand(void) {
+  rng ^= rng << 13;
+  rng ^= rng >> 17;
+  rng ^= rng << 5;
+  return rng;
+}
+
+/* Bytes biased to what could end a literal or a comment. */
+static void random_value(char *out, size_t cap) {
+  static const char special[] = "'\\*/;-$\" \n\tEe0x%";
+  size_t len = next_rand() % (cap - 1);
+  for (size_t i = 0; i < len; i++) {
+    unsigned r = next_rand();
+    char c = r % 3 == 0 ? special[(r >> 8) % (sizeof special - 1)] : (char)(1 + (r >> 8) % 255);
+    out[i] = c;
+  }
+  out[len] = '\0';
+}
+
+static const char *const hostile[] = {
+    "'", "''", "\\", "\\'", "'; DROP TABLE pgtag_victim; --", "*/ SELECT 1 /*", "/*", "*/",
+    "$$", "$tag$", "E'\\x27'", "\xe3\x81\x82'", "\x95\\", "\x81\x27", "\xa4\x5c'", "%27", "NULL",
+};
+
+typedef struct {
+  int compared, equal_ok, both_failed, differ;
+  char first_diff[512];
+} fuzz_tally;
+
+static void compare_one(pgtag_pool *pool, const char *value, fuzz_tally *t) {
+  rec old, cached;
+  run_query(pool, "SELECT $1::text", value, &as_text, &old);
+  run_query(pool, "SELECT $1::text", value, NULL, &cached);
+  t->compared++;
+  if (old.code == PGTAG_OK && cached.code == PGTAG_OK && strcmp(old.value, cached.value) == 0) {
+    t->equal_ok++;
+    return;
+  }
+  if (old.code != PGTAG_OK && cached.code == old.code &&
+      strcmp(old.sqlstate, cached.sqlstate) == 0) {
+    t->both_failed++;
+    return;
+  }
+  if (t->differ++ == 0)
+    snprintf(t->first_diff, sizeof t->first_diff, "%s / %.200s vs %s / %.200s", old.sqlstate,
+             old.value, cached.sqlstate, cached.value);
+}
+
+static void literals_give_the_server_the_same_bytes(void **state) {
+  (void)state;
+  static const char *const encodings[] = {
+      "SQL_ASCII", "UTF8", "EUC_JP", "EUC_CN", "EUC_KR", "EUC_TW", "EUC_JIS_2004",
+      "LATIN1", "LATIN2", "LATIN3", "LATIN4", "LATIN5", "LATIN6", "LATIN7", "LATIN8",
+      "LATIN9", "LATIN10", "WIN1256", "WIN1258", "WIN866", "WIN874", "KOI8R", "WIN1251",
+      "WIN1252", "ISO_8859_5", "ISO_8859_6", "ISO_8859_7", "ISO_8859_8", "WIN1250",
+      "WIN1253", "WIN1254", "WIN1255", "WIN1257", "KOI8U", "SJIS", "BIG5", "GBK", "UHC",
+      "GB18030", "JOHAB", "SHIFT_JIS_2004", "MULE_INTERNAL"};
+  int tested = 0, total = 0, ok = 0, failed = 0, loop_closed = 0;
+  for (size_t e = 0; e < sizeof encodings / sizeof *encodings; e++) {
+    /* accepted by this server as a client encoding? */
+    char conninfo[600];
+    snprintf(conninfo, sizeof conninfo, "%s client_encoding=%s", test_conninfo(), encodings[e]);
+    PGconn *c = PQconnectdb(conninfo);
+    int accepted = PQstatus(c) == CONNECTION_OK;
+    PQfinish(c);
+    if (!accepted)
+      continue; /* the server has no conversion to it */
+    tested++;
+    if (loop_closed)
+      assert_int_equal(uv_loop_init(&loop), 0);
+    pgtag_pool *pool = one_conn_pool(conninfo, 256);
+    fuzz_tally t;
+    memset(&t, 0, sizeof t);
+    for (size_t h = 0; h < sizeof hostile / sizeof *hostile; h++)
+      compare_one(pool, hostile[h], &t);
+    for (int i = 0; i < 150; i++) {
+      char value[48];
+      random_value(value, sizeof value);
+      compare_one(pool, value, &t);
+    }
+    if (t.differ > 0)
+      fail_msg("%s: %d of %d values differ, first: %s", encodings[e], t.differ, t.compared,
+               t.first_diff);
+    assert_true(t.equal_ok > 0); /* hostile ASCII values at least */
+    total += t.compared;
+    ok += t.equal_ok;
+    failed += t.both_failed;
+    test_pool_close(&loop, pool); /* closes the loop */
+    loop_closed = 1;
+  }
+  if (!loop_closed)
+    assert_int_equal(uv_loop_close(&loop), 0);
+  print_message("%d client encodings, %d values: %d identical results, %d refused alike\n",
+                tested, total, ok, failed);
+  assert_true(tested >= 30);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup(queries_run_as_tagged_executes, setup),
+      cmocka_unit_test_setup(statement_gone_is_prepared_again, setup),
+      cmocka_unit_test_setup(altered_table_is_planned_again, setup),
+      cmocka_unit_test_setup(name_taken_is_skipped, setup),
+      cmocka_unit_test_setup(new_connection_new_statements, setup),
+      cmocka_unit_test_setup(least_recently_used_are_deallocated, setup),
+      cmocka_unit_test_setup(what_goes_the_old_way, setup),
+      cmocka_unit_test_setup(literals_give_the_server_the_same_bytes, setup),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
