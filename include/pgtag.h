@@ -66,7 +66,10 @@ typedef enum {
   PGTAG_ECONN,       /**< the connection failed or was lost, or its
                         server stopped taking writes (a standby, or a
                         demoted or fenced primary: sqlstate 25006, and the
-                        pool replaces the connection) */
+                        pool replaces the connection), or the server
+                        refused to connect for a reason waiting will not
+                        fix (a wrong database, role or password: see
+                        pgtag_pool_new) */
   PGTAG_ETIMEDOUT,   /**< no connection became free within acquire_timeout_ms,
                         or a query ran past its statement timeout */
   PGTAG_ECANCELED,   /**< its request was canceled (pgtag_ctx_cancel) */
@@ -85,9 +88,11 @@ typedef struct {
   pgtag_errcode code; /**< never PGTAG_OK */
   /** The server's SQLSTATE when the server sent one: always for ESERVER, and
    * for ECONN when the server said why it closed the connection (57P01 for
-   * pg_terminate_backend, for instance).  NULL otherwise. */
+   * pg_terminate_backend, for instance) or why it refused one (3D000 for a
+   * database that does not exist, 28000, 28P01...).  NULL otherwise. */
   const char *sqlstate;
-  /** A human-readable message, never NULL. */
+  /** A human-readable message, never NULL, on one line.  For a refused
+   * connection, the whole of libpq's message (host and server's words). */
   const char *message;
 } pgtag_error;
 
@@ -210,10 +215,17 @@ typedef enum {
 
 /** How much a log line matters. */
 typedef enum {
-  PGTAG_LOG_DEBUG = 0, /**< connection events, retries */
-  PGTAG_LOG_INFO,      /**< pool opened and closed */
-  PGTAG_LOG_WARN,      /**< slow queries, leaks, N+1, lost connections */
-  PGTAG_LOG_ERROR      /**< misuse of the API */
+  PGTAG_LOG_DEBUG = 0, /**< connection events: each connection established,
+                          each failed attempt that repeats the previous
+                          one's error */
+  PGTAG_LOG_INFO,      /**< pool opened (where it connects: host, port,
+                          database, user; never a password) and closed;
+                          notices from the server (RAISE NOTICE...) */
+  PGTAG_LOG_WARN,      /**< slow queries, leaks, N+1, lost connections; a
+                          failed connection attempt once per change of
+                          error, not per attempt, and the connection that
+                          ends a run of failures */
+  PGTAG_LOG_ERROR      /**< misuse of the API, a configuration refused */
 } pgtag_log_level;
 
 /** Receives every message pgtag logs, each as one line: no trailing newline,
@@ -443,19 +455,42 @@ void pgtag_pool_config_init(pgtag_pool_config *cfg);
  * min_conns connections in the background.  Returns PGTAG_EINVAL for a NULL
  * argument, an unparsable conninfo, max_conns < 1, min_conns outside
  * [0, max_conns], a negative timeout or limit, a bad tag_key or an unknown
- * enum value; PGTAG_ENOMEM when out of memory.  *out is set only on PGTAG_OK.
+ * enum value, with the reason logged at ERROR; PGTAG_ENOMEM when out of
+ * memory.  *out is set only on PGTAG_OK.
+ *
+ * Connecting happens later, when operations need connections.  A failed
+ * attempt is retried with backoff (reconnect_base_ms) while operations wait,
+ * up to acquire_timeout_ms, after which they fail with PGTAG_ETIMEDOUT and
+ * the last connection error in the message: a server down, starting up or
+ * out of connection slots may come back.  A server that refuses with an
+ * error waiting will not fix (SQLSTATE class 28: role, password,
+ * pg_hba.conf; 3D: database; 42: privileges, options; 22; 0A; 55000: the
+ * database takes no connections; or libpq had no password to send) fails
+ * the operations waiting for a connection at once, as long as none of the
+ * pool's connections is open: PGTAG_ECONN, the server's SQLSTATE (NULL for
+ * the missing password) and libpq's whole message.  The pool keeps trying,
+ * on demand and with backoff, since a DBA may fix the cause: while it
+ * backs off, new operations fail the same way at once; the first one after
+ * the backoff waits for the attempt it starts.  A multi-host conninfo
+ * counts as refused only when every host refused so.
  * Thread: the one that runs loop; the pool belongs to it. */
 pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
                              pgtag_pool **out);
 
 /** Begin closing.  Operations waiting for a connection fail with
  * PGTAG_ECLOSED; queries already sent finish normally; idle connections
- * close at once; held ones when their holder releases them (a release after
- * close has begun is valid), or at once, whatever the leak_policy, when
- * their request has already ended (leaked: nobody will release them).
+ * and connection attempts close at once, and a pending reconnect (its
+ * backoff) is cancelled; held ones close when their holder releases them
+ * (a release after close has begun is valid), or at once, whatever the
+ * leak_policy, when their request has already ended (leaked: nobody will
+ * release them).  With nothing in flight, done runs within a loop
+ * iteration or two, never after a backoff or a timeout.
  * Once every handle is closed, done(arg) runs (done may be NULL) and the
- * pool is freed: after that the loop holds no pgtag handle and the pool
- * must not be used.  A second call is ignored.
+ * pool is freed as soon as done returns: from the call of done on, the
+ * pool must not be used, and any later call with it, pgtag_pool_close
+ * included, is a use of freed memory.  The loop then holds no pgtag handle
+ * (uv_loop_close succeeds).  A second call before done has run is ignored,
+ * with a WARN log line; its done is never called.
  * Thread: the pool's loop thread. */
 void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg);
 

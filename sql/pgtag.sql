@@ -80,17 +80,26 @@ $$;
 -- their columns.
 DROP VIEW IF EXISTS pgtag.activity, pgtag.blocking, pgtag.statements;
 
--- What every backend runs, with the request behind it.  Ages use
--- clock_timestamp(): now() is this query's own start, which can be earlier
--- than a query_start read from the statistics snapshot a moment later.
+-- What every backend runs, with the request behind it.  An idle backend
+-- (a pool's connection between requests) serves no request: its
+-- request_id is NULL, its tags '{}' and its query_age NULL, while
+-- last_request_id still names the request of its last query and idle_for
+-- says since when; otherwise the last request's ID and a growing age would
+-- read like a stuck request.  "WHERE request_id IS NOT NULL" keeps the
+-- requests at work (idle in transaction included: that one holds a
+-- transaction open).  Ages use clock_timestamp(): now() is this query's
+-- own start, which can be earlier than a query_start read from the
+-- statistics snapshot a moment later.
 CREATE VIEW pgtag.activity AS
 SELECT a.pid,
-       pgtag.request_id(a.query) AS request_id,
-       pgtag.tags(a.query) AS tags,
+       CASE WHEN a.state <> 'idle' THEN pgtag.request_id(a.query) END AS request_id,
+       CASE WHEN a.state <> 'idle' THEN pgtag.tags(a.query) ELSE '{}'::jsonb END AS tags,
        a.state,
        a.wait_event_type,
        a.wait_event,
-       clock_timestamp() - a.query_start AS query_age,
+       CASE WHEN a.state <> 'idle' THEN clock_timestamp() - a.query_start END AS query_age,
+       CASE WHEN a.state = 'idle' THEN clock_timestamp() - a.state_change END AS idle_for,
+       pgtag.request_id(a.query) AS last_request_id,
        clock_timestamp() - a.xact_start AS xact_age,
        a.query_id,
        a.usename,

@@ -2,8 +2,28 @@
 --
 --   psql -X -v ON_ERROR_STOP=1 -f sql/setup.sql
 --
--- then restart the server (shared_preload_libraries needs it; the others
--- take effect on reload), and run sql/pgtag.sql in each database you watch.
+-- then restart the server (shared_preload_libraries and
+-- track_activity_query_size need it), create the extension in each
+-- database you watch:
+--
+--   psql -X -v ON_ERROR_STOP=1 -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements'
+--
+-- and run sql/pgtag.sql there.  Works on a server that has never loaded
+-- pg_stat_statements, and again on one that has (tests/setup_sql.sh).
+
+-- Before PostgreSQL 17, ALTER SYSTEM rejects a setting the server does not
+-- know, and pg_stat_statements' settings are unknown until the restart
+-- loads the module.  A placeholder set in this session makes them known;
+-- once the module is loaded there is nothing to do (and pg_stat_statements.max
+-- could not be set in a session anyway).
+DO $$
+BEGIN
+  IF current_setting('pg_stat_statements.max', true) IS NULL THEN
+    PERFORM set_config('pg_stat_statements.max', '10000', false);
+    PERFORM set_config('pg_stat_statements.track_utility', 'off', false);
+  END IF;
+END
+$$;
 
 -- pg_stat_statements: per-statement totals, with one sample request ID each.
 ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements';

@@ -162,6 +162,9 @@ struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
     conn_retire(conn);
     return NULL;
   }
+  /* The server's SQLSTATE reaches us only in the text of a refusal, and
+   * only in verbose mode (connect_error.h); back to default once connected. */
+  PQsetErrorVerbosity(conn->pg, PQERRORS_VERBOSE);
   conn->poll_fd = -1;
   conn->state = CONN_CONNECTING;
   queue_init(&conn->node);
@@ -190,6 +193,7 @@ static void connect_step(struct conn *conn) {
   switch (PQconnectPoll(conn->pg)) {
   case PGRES_POLLING_OK:
     uv_timer_stop(&conn->timer);
+    PQsetErrorVerbosity(conn->pg, PQERRORS_DEFAULT);
     if (PQsetnonblocking(conn->pg, 1) != 0) {
       pool_on_connect_failed(conn, PQerrorMessage(conn->pg));
       return;

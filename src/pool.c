@@ -157,6 +157,25 @@ static op *waiter_pop(pgtag_pool *pool) {
   return o;
 }
 
+/* Why a wait ended: with the last connection error, whole (it names the
+ * host and the server's reason), when connecting is what failed. */
+static void set_wait_timeout_error(const pgtag_pool *pool, op *o) {
+  const char *last = pool->connect_failures_in_row > 0 ? pool->connect_err.message : NULL;
+  char head[96];
+  snprintf(head, sizeof head, "no connection became free within %d ms",
+           pool->cfg.acquire_timeout_ms);
+  op_set_error(o, PGTAG_ETIMEDOUT, NULL, head);
+  if (last == NULL || last[0] == '\0')
+    return;
+  size_t n = strlen(head) + strlen(last) + 32;
+  char *msg = malloc(n);
+  if (msg == NULL)
+    return; /* the head alone */
+  snprintf(msg, n, "%s (last connection error: %s)", head, last);
+  free(o->message);
+  o->message = msg;
+}
+
 /* Deadlines are submission time plus one fixed timeout, so they rise along
  * the queue: one timer at the head's deadline serves every waiter. */
 static void on_wait_timeout(uv_timer_t *timer) {
@@ -170,16 +189,7 @@ static void on_wait_timeout(uv_timer_t *timer) {
       break;
     waiter_pop(pool);
     pool->stats.timeouts++;
-    char msg[256];
-    if (pool->last_connect_error[0] != '\0' && pool->connect_failures_in_row > 0)
-      snprintf(msg, sizeof msg,
-               "no connection became free within %d ms (last connection "
-               "error: %.160s)",
-               pool->cfg.acquire_timeout_ms, pool->last_connect_error);
-    else
-      snprintf(msg, sizeof msg, "no connection became free within %d ms",
-               pool->cfg.acquire_timeout_ms);
-    op_set_error(o, PGTAG_ETIMEDOUT, NULL, msg);
+    set_wait_timeout_error(pool, o);
     op_finish(o);
   }
   wait_timer_arm(pool);
@@ -231,6 +241,11 @@ static void on_retry(uv_timer_t *timer) {
 static void connect_failed(pgtag_pool *pool, const char *message) {
   pool->stats.connect_failures++;
   int n = ++pool->connect_failures_in_row;
+  /* A server that refuses every attempt the same way is said once, and
+   * again when the reason changes; each retry goes to DEBUG. */
+  pgtag_log_level level =
+      n == 1 || strncmp(pool->last_connect_error, message, sizeof pool->last_connect_error - 1) != 0
+          ? PGTAG_LOG_WARN : PGTAG_LOG_DEBUG;
   snprintf(pool->last_connect_error, sizeof pool->last_connect_error, "%s", message);
   if (pool->closing)
     return;
@@ -241,7 +256,7 @@ static void connect_failed(pgtag_pool *pool, const char *message) {
   if (delay > cap)
     delay = cap;
   delay = delay / 2 + uv_hrtime() / 1000 % (delay / 2 + 1);
-  pool_log(pool, PGTAG_LOG_WARN, "connection attempt failed: %s (retry in %llu ms)",
+  pool_log(pool, level, "connection attempt failed: %s (retry in %llu ms)",
            message, (unsigned long long)delay);
   uv_timer_start(&pool->retry_timer, on_retry, delay, 0);
   /* The retry keeps the loop alive only for someone who is waiting. */
@@ -265,6 +280,7 @@ static void maybe_connect_more(pgtag_pool *pool, int pressed) {
   for (; want > 0 && total < pool->cfg.max_conns; want--, total++) {
     struct conn *conn = conn_start(pool, err, sizeof err);
     if (conn == NULL) {
+      pool_note_connect_error(pool, err, 0);
       connect_failed(pool, err);
       return;
     }
@@ -275,9 +291,52 @@ static void maybe_connect_more(pgtag_pool *pool, int pressed) {
 
 static void maybe_connect(pgtag_pool *pool) { maybe_connect_more(pool, 0); }
 
+/* The server refused the last attempt with an error that waiting will not
+ * fix (a wrong database, role or password), and no connection is open
+ * that could serve anyone: an operation waiting for one would only wait
+ * out acquire_timeout_ms to learn less than this. */
+static int refused_now(const pgtag_pool *pool) {
+  return pool->connect_err.refused && live_conns(pool) == pool->count[CONN_CONNECTING];
+}
+
+/* Refused, and backing off: no attempt will be made for a while, so a new
+ * operation fails at once.  Once the backoff has passed, the next one
+ * waits for the attempt it starts (a DBA may have fixed the cause). */
+static int refused_backing_off(const pgtag_pool *pool) {
+  return refused_now(pool) && uv_is_active((const uv_handle_t *)&pool->retry_timer);
+}
+
+static void fail_refused(pgtag_pool *pool, op *o) {
+  const connect_error *e = &pool->connect_err;
+  op_set_error(o, PGTAG_ECONN, e->sqlstate[0] != '\0' ? e->sqlstate : NULL,
+               "the server refused the connection");
+  if (e->message != NULL) {
+    char *whole = strdup(e->message); /* op_set_error would cut it */
+    if (whole != NULL) {
+      free(o->message);
+      o->message = whole;
+    }
+  }
+  o->sql = NULL; /* may point at the caller's memory */
+  o->values = NULL;
+  defer(pool, o);
+}
+
+static void fail_refused_waiters(pgtag_pool *pool) {
+  if (!refused_now(pool) || queue_empty(&pool->waiters))
+    return;
+  while (!queue_empty(&pool->waiters))
+    fail_refused(pool, waiter_pop(pool));
+  wait_timer_arm(pool);
+}
+
 void pool_on_connected(struct conn *conn) {
   pgtag_pool *pool = conn->pool;
   pool->stats.connects++;
+  if (pool->connect_failures_in_row > 0)
+    pool_log(pool, PGTAG_LOG_WARN, "connected again after %d failed attempts",
+             pool->connect_failures_in_row);
+  pool_clear_connect_error(pool);
   pool->connect_failures_in_row = 0;
   if (pool->replacements_due > 0) {
     pool->replacements_due--;
@@ -289,10 +348,13 @@ void pool_on_connected(struct conn *conn) {
 
 void pool_on_connect_failed(struct conn *conn, const char *message) {
   pgtag_pool *pool = conn->pool;
-  char msg[256];
-  text_line(msg, sizeof msg, message); /* message may live in conn */
+  char msg[1024];
+  /* Read before drop_conn frees it: message may live in conn. */
+  pool_note_connect_error(pool, message, conn->pg != NULL && PQconnectionNeedsPassword(conn->pg));
+  text_line(msg, sizeof msg, pool->connect_err.message ? pool->connect_err.message : message);
   drop_conn(pool, conn);
   connect_failed(pool, msg);
+  fail_refused_waiters(pool);
   maybe_finish_close(pool);
 }
 
@@ -953,6 +1015,10 @@ static pgtag_errcode wait_for_conn(pgtag_pool *pool, op *o) {
     op_discard(o);
     return PGTAG_EQUEUEFULL;
   }
+  if (refused_backing_off(pool)) {
+    fail_refused(pool, o);
+    return PGTAG_OK;
+  }
   waiter_add(pool, o);
   pgtag_ctx *previous = pgtag_ctx_enter(NULL); /* opening connections is pool work */
   maybe_connect(pool);
@@ -1320,6 +1386,38 @@ static void connect_params(pgtag_pool *pool) {
   pool->conn_keys[n] = NULL, pool->conn_values[n] = NULL;
 }
 
+/* INFO: where the pool connects, never the password or other secrets of
+ * the conninfo. */
+static void log_opened(const pgtag_pool *pool) {
+  if (pool->cfg.log_level > PGTAG_LOG_INFO)
+    return;
+  const char *host = NULL, *hostaddr = NULL, *port = NULL, *dbname = NULL, *user = NULL;
+  PQconninfoOption *opts = PQconninfoParse(pool->conninfo, NULL);
+  for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++) {
+    if (o->val == NULL)
+      continue;
+    if (strcmp(o->keyword, "host") == 0)
+      host = o->val;
+    else if (strcmp(o->keyword, "hostaddr") == 0)
+      hostaddr = o->val;
+    else if (strcmp(o->keyword, "port") == 0)
+      port = o->val;
+    else if (strcmp(o->keyword, "dbname") == 0)
+      dbname = o->val;
+    else if (strcmp(o->keyword, "user") == 0)
+      user = o->val;
+  }
+  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
+  pool_log(pool, PGTAG_LOG_INFO,
+           "pool opened: host %.200s, port %.32s, database %.100s, user %.100s, "
+           "max_conns %d, min_conns %d",
+           host ? host : hostaddr ? hostaddr : "(libpq default)", port ? port : "(default)",
+           dbname ? dbname : "(default)", user ? user : "(default)", pool->cfg.max_conns,
+           pool->cfg.min_conns);
+  pgtag_ctx_leave(previous);
+  PQconninfoFree(opts);
+}
+
 static void on_pool_handle_closed(uv_handle_t *handle) {
   pool_handle_closed(handle->data);
 }
@@ -1337,6 +1435,7 @@ static void pool_free(pgtag_pool *pool) {
   free(pool->conninfo);
   free(pool->name);
   free(pool->tag_key);
+  pool_clear_connect_error(pool);
   free(pool);
 }
 
@@ -1417,6 +1516,7 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
     uv_timer_start(&pool->maint_timer, on_maint, period, period);
     uv_unref((uv_handle_t *)&pool->maint_timer);
   }
+  log_opened(pool);
   maybe_connect(pool);
   *out = pool;
   return PGTAG_OK;
@@ -1470,6 +1570,9 @@ static void maybe_finish_close(pgtag_pool *pool) {
 void pool_handle_closed(pgtag_pool *pool) {
   if (--pool->handles > 0 || !pool->handles_closing)
     return;
+  pgtag_ctx *outer = pgtag_ctx_enter(NULL);
+  pool_log(pool, PGTAG_LOG_INFO, "pool closed");
+  pgtag_ctx_leave(outer);
   if (pool->close_done != NULL) {
     pgtag_ctx *previous = pgtag_ctx_enter(NULL);
     pool->close_done(pool->close_arg);

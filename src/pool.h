@@ -3,6 +3,7 @@
 #define PGTAG_POOL_H
 
 #include "conn.h"
+#include "connect_error.h"
 #include "op.h"
 #include "pipeline.h"
 #include "queue.h"
@@ -62,6 +63,9 @@ struct pgtag_pool {
   void *close_arg;
 
   pgtag_stats stats; /* the counters; gauges come from count[] */
+
+  connect_error connect_err; /* the last failed connection attempt, whole;
+                                cleared by a success */
 };
 
 /* Logging with the pool's hook; "pgtag[name]: " is prepended by the default

@@ -4,6 +4,8 @@
 # statement logged.
 #
 #   tests/e2e_service.sh BUILD_DIR     prints TAP lines; exits 1 on a failure
+# pipefail: never "cmd | grep -q" here, which fails when grep stops reading
+# early and cmd dies of SIGPIPE; logs are read into a variable first.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=$(cd "${1:?usage: e2e_service.sh BUILD_DIR}" && pwd)

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL 15 cluster for the tests, the demo and the benchmark.
 #
-#   tests/pgserver.sh start DIR    initdb into DIR, start on a unix socket in DIR
-#                                  and a free loopback port; writes DIR/env
+#   tests/pgserver.sh start DIR [bare]
+#                                  initdb into DIR, start on a unix socket in DIR
+#                                  and a free loopback port; writes DIR/env.
+#                                  bare: as initdb left it, without
+#                                  pg_stat_statements (for sql/setup.sql's test)
 #   tests/pgserver.sh stop DIR [fast|immediate]
 #                                  stop it (DIR is left for the caller to remove)
 #   tests/pgserver.sh restart DIR [fast|immediate]
@@ -72,12 +75,18 @@ start)
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$dir'
 max_connections = 200
-shared_preload_libraries = 'pg_stat_statements'
-compute_query_id = on
-pg_stat_statements.track = all
 fsync = off
 synchronous_commit = off
 full_page_writes = off
+CONF
+  if [ "${3:-}" = bare ]; then
+    start_on_free_port
+    exit 0
+  fi
+  cat >>"$dir/data/postgresql.conf" <<CONF
+shared_preload_libraries = 'pg_stat_statements'
+compute_query_id = on
+pg_stat_statements.track = all
 log_line_prefix = '%m [%p] '
 CONF
   start_on_free_port

@@ -141,6 +141,23 @@ static void activity_shows_the_request(void **state) {
    * statement cache sent it */
   assert_sent_as(v + strlen(prefix), "SELECT pg_sleep(1)");
   wait_rec(&q);
+
+  /* Back in the pool, its backend serves no request: no request_id, no
+   * age that grows like a stuck query's, only what it ran last. */
+  const char *idle = "SELECT count(*) FROM pgtag.activity "
+                     "WHERE last_request_id = 'watch-me' AND state = 'idle'";
+  for (int i = 0; i < 200 && admin_int(idle) == 0; i++)
+    run_for(&loop, 5);
+  admin_value("SELECT coalesce(request_id, 'none') || '|' || tags::text || '|' || "
+              "(query_age IS NULL) || '|' || (idle_for >= '0'::interval) "
+              "FROM pgtag.activity WHERE last_request_id = 'watch-me'",
+              v, sizeof v);
+  assert_string_equal(v, "none|{}|true|true");
+  admin_value("SELECT query FROM pgtag.activity WHERE last_request_id = 'watch-me'", v, sizeof v);
+  assert_sent_as(v, "SELECT pg_sleep(1)");
+  assert_int_equal(admin_int("SELECT count(*) FROM pgtag.activity "
+                             "WHERE request_id IS NOT NULL AND last_request_id = 'watch-me'"),
+                   0);
   pgtag_ctx_unref(ctx);
   test_pool_close(&loop, pool);
 }
@@ -306,7 +323,7 @@ static void n_plus_one_is_reported_once(void **state) {
   memset(q, 0, sizeof q);
 
   for (int i = 0; i < 6; i++) {
-    char id[8];
+    char id[12];
     snprintf(id, sizeof id, "%d", i);
     query_params_in(pool, ctx, "SELECT $1::int AS item", id, &q[i]); /* one per item */
   }

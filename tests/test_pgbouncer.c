@@ -306,7 +306,7 @@ static void pipelined_statements_mean_the_same_through_the_pooler(void **state) 
   rec r[N], before = {0}, fx = {0};
   memset(r, 0, sizeof r);
   for (int i = 0; i < N; i++) {
-    char row[8];
+    char row[12];
     snprintf(row, sizeof row, "%d", i + 1);
     query_param_in(pool, NULL, update, row, &r[i]);
   }

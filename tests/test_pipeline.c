@@ -179,7 +179,7 @@ static void writes_in_a_pipeline_happen_once(void **state) {
   completions = 0;
   query_param_in(pool, NULL, sleep2[0], "0.05", &first);
   for (int i = 0; i < 7; i++) {
-    char v[8];
+    char v[12]; /* any int: the compiler cannot see i is small */
     snprintf(v, sizeof v, "%d", i);
     query_param_in(pool, NULL, stmts[i == 3 ? 2 : 1], v, &w[i]);
   }
@@ -266,7 +266,7 @@ static void timeout_of_the_first_spares_the_rest(void **state) {
   completions = 0;
   query_param_in(pool, slow, stmts[0], "30", &head);
   for (int i = 0; i < 5; i++) {
-    char p[8];
+    char p[12];
     snprintf(p, sizeof p, "%d", i);
     query_param_in(pool, quick, "SELECT $1::text", p, &tail[i]);
   }
@@ -274,7 +274,7 @@ static void timeout_of_the_first_spares_the_rest(void **state) {
   assert_true(run_until(&loop, &completions, 6, 10000));
   assert_done(&head, slow, PGTAG_ETIMEDOUT);
   for (int i = 0; i < 5; i++) {
-    char p[8];
+    char p[12];
     snprintf(p, sizeof p, "%d", i);
     assert_done(&tail[i], quick, PGTAG_OK);
     assert_string_equal(tail[i].value, p);
@@ -430,14 +430,14 @@ static void batch_of_three(pgtag_pool *pool, const char *sql) {
   memset(r, 0, sizeof r);
   int base = completions;
   for (int i = 0; i < 3; i++) {
-    char v[8];
+    char v[12];
     snprintf(v, sizeof v, "%d", i);
     query_param_in(pool, NULL, sql, v, &r[i]);
   }
   assert_int_equal(in_pipeline(pool), 3);
   assert_true(run_until(&loop, &completions, base + 3, 5000));
   for (int i = 0; i < 3; i++) {
-    char v[8];
+    char v[12];
     snprintf(v, sizeof v, "%d", i);
     assert_done(&r[i], NULL, PGTAG_OK);
     assert_string_equal(r[i].value, v);

@@ -855,7 +855,7 @@ static void waiters_are_served_in_order(void **state) {
   acquire_in(pool, NULL, &hold);
   wait_rec(&hold);
   for (int i = 0; i < 8; i++) {
-    char id[16];
+    char id[24];
     snprintf(id, sizeof id, "fifo-%d", i);
     ctxs[i] = pgtag_ctx_new(id);
     memset(&items[i], 0, sizeof items[i]);
@@ -954,7 +954,7 @@ static void release_after_queued_queries(void **state) {
   assert_int_equal(conn_query_in(acq.conn, a, "SELECT 4", &q[0]), PGTAG_EINVAL);
   assert_true(run_until(&loop, &q[2].calls, 1, 5000));
   for (int i = 0; i < 3; i++) {
-    char want[4];
+    char want[12];
     snprintf(want, sizeof want, "%d", i + 1);
     assert_done(&q[i], a, PGTAG_OK);
     assert_string_equal(q[i].value, want);

@@ -1,0 +1,38 @@
+/* Why a connection attempt failed, and whether waiting could fix it.
+ *
+ * libpq gives no PGresult for a failed connection, so the server's SQLSTATE
+ * is read from the error message: conn.c sets PQERRORS_VERBOSE while
+ * connecting, which makes libpq write "SEVERITY:  SQLSTATE: message" and a
+ * LOCATION line; the message kept for users has neither. */
+#ifndef PGTAG_CONNECT_ERROR_H
+#define PGTAG_CONNECT_ERROR_H
+
+#include <stddef.h>
+
+struct pgtag_pool;
+
+typedef struct {
+  char sqlstate[6]; /* the server's, of the last refusal; "" when none */
+  int refused;      /* every host refused with an error that waiting will
+                       not fix (a wrong database, role or password...) */
+  char *message;    /* the whole message as one line, without SQLSTATE
+                       tokens and LOCATION lines; NULL when out of memory */
+} connect_error;
+
+/* Read libpq's verbose connection error.  needs_password: libpq's
+ * PQconnectionNeedsPassword, a refusal of its own (no SQLSTATE). */
+void connect_error_parse(connect_error *out, const char *pqmsg, int needs_password);
+
+/* Nonzero when sqlstate names a refusal that retrying will not cure: the
+ * configuration (conninfo, role, database, privileges, pg_hba.conf) has to
+ * change first.  Too many connections, a server starting up or shutting
+ * down (53xxx, 57Pxx) and everything else are worth retrying. */
+int connect_error_permanent(const char *sqlstate);
+
+/* Record a failed attempt as the pool's last connection error. */
+void pool_note_connect_error(struct pgtag_pool *pool, const char *pqmsg, int needs_password);
+
+/* A connection was established: forget the last error. */
+void pool_clear_connect_error(struct pgtag_pool *pool);
+
+#endif
