@@ -1319,7 +1319,7 @@ void pgtag_pool_config_init(pgtag_pool_config *cfg) {
   cfg->reconnect_base_ms = 100;
   cfg->reconnect_max_ms = 5000;
   cfg->tcp_keepalive_s = 60;
-  cfg->pipeline_depth = 4;
+  cfg->pipeline_depth = 8;
   cfg->pipeline_fast_ms = 5;
   cfg->statement_cache = 256;
   cfg->idle_timeout_ms = 30000;

@@ -590,7 +590,7 @@ static void hol_tick(uv_timer_t *t) {
 static void fast_reads_never_wait_behind_a_slow_one(void **state) {
   (void)state;
   pgtag_pool_config cfg;
-  test_config(&cfg); /* default pipelining: depth 4, pipeline_fast_ms 5 */
+  test_config(&cfg); /* default pipelining: depth 8, pipeline_fast_ms 5 */
   cfg.max_conns = cfg.min_conns = 2;
   cfg.log_level = PGTAG_LOG_ERROR;
   hol_load l;
