@@ -13,15 +13,15 @@
 #include <string.h>
 
 /* Op records come from per-pool caches, so that a steady stream of
- * queries allocates nothing.  Two sizes: an op with up to about 100 bytes
+ * queries allocates nothing.  Two sizes: an op with up to about 80 bytes
  * of copied arguments (a waiting query's SQL and parameters; the size also
  * bounds a waiting request's memory), and one with up to about 350; bigger
  * ones are allocated to measure and freed.  The sizes fill malloc chunks
  * exactly. */
-static const uint32_t record_size[OP_SIZE_CLASSES] = {232, 488};
+static const uint32_t record_size[OP_SIZE_CLASSES] = {248, 504};
 #define OP_CACHE_MAX 1024
 
-_Static_assert(sizeof(op) <= 232 - 64, "op records leave room for arguments");
+_Static_assert(sizeof(op) <= 248 - 80, "op records leave room for arguments");
 
 static int size_class(size_t need) {
   for (int c = 0; c < OP_SIZE_CLASSES; c++)
