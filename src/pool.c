@@ -1224,13 +1224,9 @@ pgtag_errcode pgtag_conn_query_ex(pgtag_conn h, const char *sql, int nparams,
 
   int send_now = conn->state == CONN_HELD && !conn_on_wire(conn) && conn->cancel == NULL;
   int keep = conn->state == CONN_HELD && (!send_now || keeps_args(pool));
-  op *o = op_new(pool, OP_QUERY, sql, nparams, values, keep);
+  op *o = query_op_new(pool, sql, nparams, values, opts, cb, arg, keep);
   if (o == NULL)
     return PGTAG_ENOMEM;
-  o->cb.result = cb;
-  o->arg = arg;
-  o->timeout_ms = timeout_of(pool, opts);
-  o->uncached = opts != NULL && opts->no_cache;
 
   if (conn->state == CONN_LOST) {
     defer_error(pool, o, PGTAG_ECONN, "connection lost");

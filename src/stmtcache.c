@@ -42,30 +42,6 @@ static stmt_entry *set_of(const stmt_cache *c, uint64_t hash) {
   return &c->slots[(hash % (uint64_t)c->nsets) * STMT_WAYS];
 }
 
-/* Room for n more bytes and a NUL. */
-static int reserve(tag_buf *b, size_t n) {
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + n + 1)
-      cap *= 2;
-    char *d = realloc(b->data, cap);
-    if (d == NULL)
-      return -1;
-    b->data = d;
-    b->cap = cap;
-  }
-  return 0;
-}
-
-static int append(tag_buf *b, const char *s, size_t n) {
-  if (reserve(b, n) != 0)
-    return -1;
-  memcpy(b->data + b->len, s, n);
-  b->len += n;
-  b->data[b->len] = '\0';
-  return 0;
-}
-
 /* The statement's text as a comment after the EXECUTE, so that
  * pg_stat_activity and the server log (which shows no prepared text for an
  * EXECUTE sent in the extended protocol) still say what runs: at most
@@ -133,14 +109,14 @@ static int build_execute(stmt_cache *c, PGconn *pg, stmt_entry *e, int nparams,
   if (e->excerpt_enc != enc) /* SET client_encoding on a held connection */
     write_excerpt(e->excerpt, e->sql, e->excerpt_enc = enc);
   b->len = 0;
-  if (append(b, e->head, e->head_len) != 0)
+  if (tag_buf_append(b, e->head, e->head_len) != 0)
     return -1;
   size_t literals = 0;
   for (int i = 0; i < nparams; i++) {
-    if (append(b, i == 0 ? "(" : ", ", i == 0 ? 1 : 2) != 0)
+    if (tag_buf_append(b, i == 0 ? "(" : ", ", i == 0 ? 1 : 2) != 0)
       return -1;
     if (values[i] == NULL) {
-      if (append(b, "NULL", 4) != 0)
+      if (tag_buf_append(b, "NULL", 4) != 0)
         return -1;
       continue;
     }
@@ -149,19 +125,19 @@ static int build_execute(stmt_cache *c, PGconn *pg, stmt_entry *e, int nparams,
     if (literals > STMT_LITERALS_MAX)
       return -1;
     /* room for the escaped value (at most twice as long) and its quotes */
-    if (append(b, "'", 1) != 0 || reserve(b, 2 * len + 2) != 0)
+    if (tag_buf_append(b, "'", 1) != 0 || tag_buf_reserve(b, 2 * len + 2) != 0)
       return -1;
     int error = 0;
     size_t out = PQescapeStringConn(pg, b->data + b->len, values[i], len, &error);
     if (error)
       return -1; /* not valid in the client encoding: the server says so, the old way */
     b->len += out;
-    if (append(b, "'", 1) != 0)
+    if (tag_buf_append(b, "'", 1) != 0)
       return -1;
   }
-  if (nparams > 0 && append(b, ")", 1) != 0)
+  if (nparams > 0 && tag_buf_append(b, ")", 1) != 0)
     return -1;
-  return append(b, e->excerpt, strlen(e->excerpt));
+  return tag_buf_append(b, e->excerpt, strlen(e->excerpt));
 }
 
 int stmtcache_plan(stmt_cache *c, PGconn *pg, uint64_t hash, const char *sql, int nparams,

@@ -15,7 +15,7 @@ void tag_buf_free(tag_buf *buf) {
   buf->len = buf->cap = 0;
 }
 
-static int reserve(tag_buf *buf, size_t more) {
+int tag_buf_reserve(tag_buf *buf, size_t more) {
   size_t need = buf->len + more + 1;
   if (need <= buf->cap)
     return 0;
@@ -30,8 +30,8 @@ static int reserve(tag_buf *buf, size_t more) {
   return 0;
 }
 
-static int append(tag_buf *buf, const char *s, size_t n) {
-  if (reserve(buf, n) != 0)
+int tag_buf_append(tag_buf *buf, const char *s, size_t n) {
+  if (tag_buf_reserve(buf, n) != 0)
     return -1;
   memcpy(buf->data + buf->len, s, n);
   buf->len += n;
@@ -40,7 +40,7 @@ static int append(tag_buf *buf, const char *s, size_t n) {
 }
 
 static int append_str(tag_buf *buf, const char *s) {
-  return append(buf, s, strlen(s));
+  return tag_buf_append(buf, s, strlen(s));
 }
 
 /* Bytes kept as they are: 1 in both styles, 2 in the prefix style only
@@ -63,7 +63,7 @@ static const unsigned char safe[256] = {
 int tag_encode(tag_buf *buf, const char *value, int allow_colon) {
   static const char hex[] = "0123456789ABCDEF";
   size_t n = strlen(value);
-  if (reserve(buf, 3 * n) != 0)
+  if (tag_buf_reserve(buf, 3 * n) != 0)
     return -1;
   char *out = buf->data + buf->len;
   unsigned char keep = allow_colon ? 3 : 1;
@@ -85,25 +85,25 @@ int tag_encode(tag_buf *buf, const char *value, int allow_colon) {
 /* "/" "* requestId=abc route=x *" "/ SELECT ..." */
 static int render_prefix(tag_buf *buf, const char *key, const pgtag_ctx *ctx,
                          const char *sql) {
-  if (append_str(buf, "/* ") || append_str(buf, key) || append(buf, "=", 1) ||
+  if (append_str(buf, "/* ") || append_str(buf, key) || tag_buf_append(buf, "=", 1) ||
       tag_encode(buf, ctx->request_id, 1))
     return -1;
   for (int i = 0; i < ctx->ntags; i++) {
     if (strcmp(ctx->tags[i].key, key) == 0)
       continue; /* the request ID owns that key */
-    if (append(buf, " ", 1) || append_str(buf, ctx->tags[i].key) ||
-        append(buf, "=", 1) || tag_encode(buf, ctx->tags[i].value, 1))
+    if (tag_buf_append(buf, " ", 1) || append_str(buf, ctx->tags[i].key) ||
+        tag_buf_append(buf, "=", 1) || tag_encode(buf, ctx->tags[i].value, 1))
       return -1;
   }
-  return append(buf, " */ ", 4) || append_str(buf, sql) ? -1 : 0;
+  return tag_buf_append(buf, " */ ", 4) || append_str(buf, sql) ? -1 : 0;
 }
 
 static int append_pair(tag_buf *buf, int *first, const char *key,
                        const char *value) {
   int comma = !*first;
   *first = 0;
-  if ((comma && append(buf, ",", 1)) || append_str(buf, key) ||
-      append(buf, "='", 2) || tag_encode(buf, value, 0) || append(buf, "'", 1))
+  if ((comma && tag_buf_append(buf, ",", 1)) || append_str(buf, key) ||
+      tag_buf_append(buf, "='", 2) || tag_encode(buf, value, 0) || tag_buf_append(buf, "'", 1))
     return -1;
   return 0;
 }
@@ -117,7 +117,7 @@ static int render_sqlcommenter(tag_buf *buf, const char *key,
     end--;
   size_t body = end > 0 && sql[end - 1] == ';' ? end - 1 : end;
 
-  if (append(buf, sql, body) || append(buf, " /*", 3))
+  if (tag_buf_append(buf, sql, body) || tag_buf_append(buf, " /*", 3))
     return -1;
   int first = 1, key_done = 0;
   for (int i = 0; i < ctx->ntags; i++) {
@@ -134,7 +134,7 @@ static int render_sqlcommenter(tag_buf *buf, const char *key,
   }
   if (!key_done && append_pair(buf, &first, key, ctx->request_id))
     return -1;
-  return append(buf, "*/", 2) || append_str(buf, sql + body) ? -1 : 0;
+  return tag_buf_append(buf, "*/", 2) || append_str(buf, sql + body) ? -1 : 0;
 }
 
 const char *tag_render(tag_buf *buf, pgtag_tag_style style, const char *key,

@@ -16,6 +16,14 @@ typedef struct {
 
 void tag_buf_free(tag_buf *buf);
 
+/* Room for more bytes and a NUL after what buf holds.  0, or -1 when out
+ * of memory. */
+int tag_buf_reserve(tag_buf *buf, size_t more);
+
+/* Append n bytes of s and keep buf NUL-terminated.  0, or -1 when out of
+ * memory. */
+int tag_buf_append(tag_buf *buf, const char *s, size_t n);
+
 /* The text to send for sql: with ctx NULL or style PGTAG_TAG_NONE, sql
  * itself; otherwise the tagged text, written into buf and valid until buf is
  * next used.  Every value is percent-encoded outside a small safe set, so no
