@@ -24,17 +24,8 @@ cleanup() {
   [ -n "${KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
-n=0 failed=0
-
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-not_ok() { # not_ok NAME [DETAIL FILE]
-  n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"
-  [ -n "${2:-}" ] && [ -f "$2" ] && tail -30 "$2" | sed 's/^/# /'
-}
-check() { # check NAME COMMAND...
-  local name=$1; shift
-  if "$@" >"$work/out" 2>&1; then ok "$name"; else not_ok "$name" "$work/out"; fi
-}
+# shellcheck source=tests/tap.sh
+. "$(dirname "$0")/tap.sh"
 psql_q() { psql -X -q -At -v ON_ERROR_STOP=1 -d "$PGTAG_TEST_CONNINFO" -c "$1"; }
 server_log=$(dirname "$PGTAG_TEST_PGDATA")/server.log
 # The checks search a log slice as a file, not as `tail ... | grep -q`: with
@@ -400,5 +391,4 @@ replica() {
 }
 check "with --replica: reads run on the standby with their tags, the transfer on the primary" replica
 
-echo "1..$n"
-[ "$failed" -eq 0 ]
+tap_end

@@ -15,19 +15,8 @@ build=$(cd "${1:?usage: install.sh BUILD_DIR}" && pwd)
 work=$(mktemp -d /tmp/pgtag-install.XXXXXX)
 trap '[ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 prefix=$work/prefix
-n=0 failed=0
-
-check() { # check NAME COMMAND...: one TAP line; the output shown on failure
-  local name=$1; shift
-  n=$((n + 1))
-  if "$@" >"$work/out" 2>&1; then
-    echo "ok $n - $name"
-  else
-    echo "not ok $n - $name"
-    sed 's/^/# /' "$work/out"
-    failed=$((failed + 1))
-  fi
-}
+# shellcheck source=tests/tap.sh
+. "$(dirname "$0")/tap.sh"
 
 version=$(sed -nE 's/^project\(pgtag VERSION ([0-9.]+).*/\1/p' "$root/CMakeLists.txt")
 major=${version%%.*}
@@ -158,5 +147,4 @@ CMAKE
 }
 check "as a subproject (add_subdirectory): the library only, no cmocka needed" subproject
 
-echo "1..$n"
-[ "$failed" -eq 0 ]
+tap_end

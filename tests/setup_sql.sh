@@ -20,19 +20,8 @@ cleanup() {
   [ -n "${KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
-n=0 failed=0
-
-check() { # check NAME COMMAND...: one TAP line; the output shown on failure
-  local name=$1; shift
-  n=$((n + 1))
-  if "$@" >"$work/out" 2>&1; then
-    echo "ok $n - $name"
-  else
-    echo "not ok $n - $name"
-    sed 's/^/# /' "$work/out"
-    failed=$((failed + 1))
-  fi
-}
+# shellcheck source=tests/tap.sh
+. "$(dirname "$0")/tap.sh"
 
 if ! "$root/tests/pgserver.sh" start "$work/pg" bare >"$work/start.log" 2>&1; then
   echo "not ok 1 - a bare server starts"; sed 's/^/# /' "$work/start.log"; echo "1..1"; exit 1
@@ -101,5 +90,4 @@ check "CREATE EXTENSION and sql/pgtag.sql: pgtag.statements shows a query's requ
 
 check "setup.sql runs again once pg_stat_statements is loaded" run_setup
 
-echo "1..$n"
-[ "$failed" -eq 0 ]
+tap_end
