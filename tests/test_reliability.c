@@ -110,6 +110,57 @@ static void statement_timeout_cancels_on_the_server(void **state) {
   test_pool_close(&loop, pool);
 }
 
+/* After a statement timeout or a cancel, the connection goes back to the
+ * pool without a ROLLBACK outside any transaction (the server would warn
+ * "there is no transaction in progress" each time); one released inside a
+ * transaction is still rolled back.  Server notices reach the log hook at
+ * INFO. */
+static int no_tx_warnings;
+static void count_no_tx(pgtag_log_level level, const char *msg, void *arg) {
+  (void)level;
+  (void)arg;
+  if (strstr(msg, "no transaction in progress") != NULL)
+    no_tx_warnings++;
+}
+
+static void no_rollback_outside_a_transaction(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.max_conns = 1;
+  cfg.log = count_no_tx;
+  cfg.log_level = PGTAG_LOG_INFO;
+  no_tx_warnings = 0;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  pgtag_ctx *a = pgtag_ctx_new("timed");
+  rec slow = {0}, after = {0}, acq = {0}, begin = {0}, in_tx = {0}, check = {0};
+  pgtag_query_opts opts = {.timeout_ms = 100};
+  pgtag_ctx *prev = pgtag_ctx_enter(a);
+  assert_int_equal(pgtag_query_ex(pool, "SELECT pg_sleep(5)", 0, NULL, &opts, rec_result, &slow),
+                   PGTAG_OK);
+  pgtag_ctx_leave(prev);
+  wait_rec(&slow);
+  assert_done(&slow, a, PGTAG_ETIMEDOUT);
+  query_in(pool, a, "SELECT 'reused'", &after);
+  wait_rec(&after);
+  assert_done(&after, a, PGTAG_OK);
+  /* released inside a transaction: rolled back before the next request */
+  acquire_in(pool, a, &acq);
+  wait_rec(&acq);
+  conn_query_in(acq.conn, a, "BEGIN", &begin);
+  conn_query_in(acq.conn, a, "SELECT txid_current()", &in_tx);
+  wait_rec(&in_tx);
+  pgtag_release(acq.conn);
+  /* not in that transaction: no transaction ID assigned yet */
+  query_in(pool, a, "SELECT coalesce(txid_current_if_assigned()::text, 'none')", &check);
+  wait_rec(&check);
+  assert_done(&check, a, PGTAG_OK);
+  assert_string_equal(check.value, "none");
+  assert_int_equal(no_tx_warnings, 0);
+  pgtag_ctx_unref(a);
+  test_pool_close(&loop, pool);
+}
+
 static void held_query_blocked_on_a_lock_times_out(void **state) {
   (void)state;
   pgtag_pool *pool = test_pool_new(&loop, NULL);
@@ -654,6 +705,7 @@ static void bad_configuration_is_refused(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup(statement_timeout_cancels_on_the_server, setup),
+      cmocka_unit_test_setup(no_rollback_outside_a_transaction, setup),
       cmocka_unit_test_setup(held_query_blocked_on_a_lock_times_out, setup),
       cmocka_unit_test_setup(stopped_backend_is_given_up, setup),
       cmocka_unit_test_setup(cancel_everything_a_request_runs, setup),
