@@ -182,6 +182,34 @@ void pgtag_ctx_leave(pgtag_ctx *previous);
  * Thread: any; each thread has its own current context. */
 void pgtag_ctx_run(pgtag_ctx *ctx, void (*fn)(void *arg), void *arg);
 
+/** Give the request a deadline timeout_ms from now; 0 clears it.  Every
+ * operation of the request, in every pool, is bounded by the time the
+ * request has left:
+ *   - one submitted after the deadline fails at once, through its callback
+ *     (from the loop), with PGTAG_ETIMEDOUT, and is never sent;
+ *   - one waiting for a connection fails with PGTAG_ETIMEDOUT at the
+ *     deadline (whichever comes first of that and acquire_timeout_ms);
+ *   - a query running on the server is cancelled there at the deadline
+ *     (whichever comes first of that and its statement timeout) and fails
+ *     with PGTAG_ETIMEDOUT, as on a statement timeout, in the request's
+ *     context;
+ *   - a query pipelined behind another request's statement, or queued on
+ *     a held connection behind one of the request's own, fails so when its
+ *     turn comes (the pipelining rules keep that wait short: see
+ *     pipeline_fast_ms).
+ * A held connection stays held: its query is cancelled, and the holder
+ * releases it as usual (a transaction it had open is rolled back then).
+ * Setting a new deadline replaces the old one, for operations already
+ * under way too.  Returns PGTAG_EINVAL for a NULL ctx.
+ * Thread: the context's (its pools' loop thread). */
+pgtag_errcode pgtag_ctx_set_deadline(pgtag_ctx *ctx, uint64_t timeout_ms);
+
+/** Milliseconds the request has left before its deadline: 0 once it has
+ * passed, -1 when it has none (or ctx is NULL).  For budgets of your own
+ * (a call to another service, say).
+ * Thread: the context's (its pools' loop thread). */
+int64_t pgtag_ctx_time_left_ms(const pgtag_ctx *ctx);
+
 /** What one request did in the database, across all pools. */
 typedef struct {
   uint64_t queries;     /**< queries completed, any outcome */
@@ -526,6 +554,8 @@ typedef struct {
   uint64_t errors;          /**< operations ended with an error */
   uint64_t timeouts;        /**< waits ended by acquire_timeout_ms */
   uint64_t statement_timeouts; /**< queries ended by a statement timeout */
+  uint64_t deadlines;       /**< operations ended by their request's deadline
+                               (pgtag_ctx_set_deadline) */
   uint64_t canceled;        /**< operations ended by pgtag_ctx_cancel */
   uint64_t connects;        /**< connections established */
   uint64_t connect_failures;/**< connection attempts that failed */

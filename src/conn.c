@@ -8,6 +8,7 @@
  * request that picks it up. */
 #include "conn.h"
 
+#include "context.h"
 #include "pool.h"
 #include "sqlkind.h"
 #include "stats.h"
@@ -280,8 +281,14 @@ static void head_deadline(struct conn *conn, op *o) {
   uint64_t now = uv_now(conn->pool->loop);
   int timeout = o->kind == OP_RESET ? RESET_TIMEOUT_MS : o->batched ? 0 : o->timeout_ms;
   o->running = 1;
+  /* Its request's deadline, when that comes first (pgtag_ctx_set_deadline;
+   * the server does not know it, so the pool cancels, batch or not). */
+  int64_t left = o->kind == OP_QUERY ? ctx_left_ms(o->ctx, uv_hrtime()) : -1;
+  o->by_deadline = left >= 0 && (timeout <= 0 || left < timeout);
   if (o->cancel_code != PGTAG_OK && !o->cancel_sent)
     o->deadline = now;
+  else if (!o->cancel_sent && o->by_deadline)
+    o->deadline = now + (uint64_t)left;
   else if (!o->cancel_sent)
     o->deadline = timeout > 0 ? now + (uint64_t)timeout : 0;
 }

@@ -233,6 +233,22 @@ void pgtag_ctx_stats(const pgtag_ctx *ctx, pgtag_request_stats *out) {
 
 int pgtag_ctx_ended(const pgtag_ctx *ctx) { return ctx != NULL && ctx->ended; }
 
+pgtag_errcode pgtag_ctx_set_deadline(pgtag_ctx *ctx, uint64_t timeout_ms) {
+  if (ctx == NULL)
+    return PGTAG_EINVAL;
+  ctx->deadline_ns = timeout_ms == 0 ? 0 : uv_hrtime() + timeout_ms * 1000000;
+  return PGTAG_OK;
+}
+
+int64_t ctx_left_ms(const pgtag_ctx *ctx, uint64_t now_ns) {
+  if (ctx == NULL || ctx->deadline_ns == 0)
+    return -1;
+  /* rounded up: a request with 0.4 ms left still has some */
+  return ctx->deadline_ns > now_ns ? (int64_t)((ctx->deadline_ns - now_ns + 999999) / 1000000) : 0;
+}
+
+int64_t pgtag_ctx_time_left_ms(const pgtag_ctx *ctx) { return ctx_left_ms(ctx, uv_hrtime()); }
+
 pgtag_ctx *pgtag_ctx_current(void) { return current; }
 
 pgtag_ctx *pgtag_ctx_enter(pgtag_ctx *ctx) {

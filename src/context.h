@@ -34,6 +34,7 @@ struct pgtag_ctx {
                     key, so encoders need not sort */
   pgtag_request_stats stats;
   ctx_statement *statements; /* CTX_STATEMENTS of them once counting */
+  uint64_t deadline_ns; /* uv_hrtime() by which its work must be done; 0 = none */
   uint64_t wrote; /* clusters it wrote through (one bit each, cluster.c):
                      its reads there go to the primary from then on */
   char id_buf[CTX_ID_INLINE];
@@ -41,5 +42,9 @@ struct pgtag_ctx {
 
 /* Nonzero when key is 1 to 32 characters from [A-Za-z0-9_.-]. */
 int ctx_key_valid(const char *key);
+
+/* Milliseconds ctx has left before its deadline at now_ns (uv_hrtime());
+ * -1 when it has none (or ctx is NULL), 0 once it has passed. */
+int64_t ctx_left_ms(const pgtag_ctx *ctx, uint64_t now_ns);
 
 #endif

@@ -126,6 +126,8 @@ int pgtag_stats_metrics(const pgtag_stats *stats, const char *const *names, int 
   COUNTER(&o, "pgtag_acquire_timeouts_total", "Waits ended by acquire_timeout_ms.", timeouts);
   COUNTER(&o, "pgtag_statement_timeouts_total", "Queries ended by a statement timeout.",
           statement_timeouts);
+  COUNTER(&o, "pgtag_deadlines_total", "Operations ended by their request's deadline.",
+          deadlines);
   COUNTER(&o, "pgtag_canceled_total", "Operations ended by pgtag_ctx_cancel.", canceled);
   COUNTER(&o, "pgtag_connects_total", "Connections established.", connects);
   COUNTER(&o, "pgtag_connect_failures_total", "Connection attempts that failed.",

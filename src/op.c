@@ -196,7 +196,10 @@ static void apply_cancel(op *o) {
   const char *how = confirmed ? "; cancelled on the server"
                     : skipped ? "; it never ran"
                               : "; the connection was closed";
-  if (o->cancel_code == PGTAG_ETIMEDOUT) {
+  if (o->cancel_code == PGTAG_ETIMEDOUT && o->by_deadline) {
+    snprintf(msg, sizeof msg, "its request's deadline passed%s", how);
+    o->pool->stats.deadlines++;
+  } else if (o->cancel_code == PGTAG_ETIMEDOUT) {
     snprintf(msg, sizeof msg, "statement timeout: the query ran longer than %d ms%s",
              o->timeout_ms, how);
     o->pool->stats.statement_timeouts++;

@@ -78,6 +78,8 @@ typedef struct op {
                                the next statement's is ready too */
   unsigned uncached : 1;    /* bypasses the statement cache
                                (pgtag_query_opts) */
+  unsigned by_deadline : 1; /* its limit, waiting or running, is its
+                               request's deadline (pgtag_ctx_set_deadline) */
   char sqlstate[6];
   uint32_t size;       /* bytes allocated for it, arguments included */
   union {

@@ -117,18 +117,22 @@ static void defer_error(pgtag_pool *pool, op *o, pgtag_errcode code,
 
 static void on_wait_timeout(uv_timer_t *timer);
 
-/* The timer fires at the first waiter's deadline, or earlier: deadlines
- * rise along the line, so a timer set for an earlier waiter that got a
- * connection since is left to fire, and on_wait_timeout sets it again.
- * That spares a timer-heap update per query under load.  While nobody
- * waits it does not keep the loop alive. */
+/* The timer fires at the first waiter's deadline, or earlier.  Deadlines
+ * of acquire_timeout_ms rise along the line; those of a request's own
+ * deadline (pgtag_ctx_set_deadline) do not, and the earliest of them is
+ * kept apart (deadlined_at: it may be stale, and early, never late).  A
+ * timer set for a waiter that got a connection since is left to fire, and
+ * on_wait_timeout sets it again: that spares a timer-heap update per query
+ * under load.  While nobody waits it does not keep the loop alive. */
 static void wait_timer_arm(pgtag_pool *pool) {
   uv_timer_t *t = &pool->wait_timer;
-  if (queue_empty(&pool->waiters) || first_op(&pool->waiters)->deadline == 0) {
+  uint64_t deadline = queue_empty(&pool->waiters) ? 0 : first_op(&pool->waiters)->deadline;
+  if (pool->ndeadlined > 0 && (deadline == 0 || pool->deadlined_at < deadline))
+    deadline = pool->deadlined_at;
+  if (deadline == 0) {
     uv_unref((uv_handle_t *)t);
     return;
   }
-  uint64_t deadline = first_op(&pool->waiters)->deadline;
   uv_ref((uv_handle_t *)t);
   if (uv_is_active((uv_handle_t *)t) && pool->wait_timer_at <= deadline)
     return;
@@ -139,9 +143,18 @@ static void wait_timer_arm(pgtag_pool *pool) {
 
 static void waiter_add(pgtag_pool *pool, op *o) {
   int was_empty = queue_empty(&pool->waiters);
+  uint64_t now = uv_now(pool->loop);
   if (pool->cfg.acquire_timeout_ms > 0)
-    o->deadline = uv_now(pool->loop) + (uint64_t)pool->cfg.acquire_timeout_ms;
+    o->deadline = now + (uint64_t)pool->cfg.acquire_timeout_ms;
   o->waiting_ns = uv_hrtime();
+  int64_t left = ctx_left_ms(o->ctx, o->waiting_ns);
+  if (left >= 0 && (o->deadline == 0 || now + (uint64_t)left < o->deadline)) {
+    o->deadline = now + (uint64_t)left; /* its request's deadline comes first */
+    o->by_deadline = 1;
+    if (pool->ndeadlined++ == 0 || o->deadline < pool->deadlined_at)
+      pool->deadlined_at = o->deadline;
+    was_empty = 1; /* the timer may have to fire earlier */
+  }
   queue_insert_tail(&pool->waiters, &o->node);
   pool->nwaiting++;
   if (was_empty)
@@ -150,10 +163,26 @@ static void waiter_add(pgtag_pool *pool, op *o) {
   uv_ref((uv_handle_t *)&pool->retry_timer);
 }
 
-static op *waiter_pop(pgtag_pool *pool) {
-  op *o = first_op(&pool->waiters);
+static void waiter_remove(pgtag_pool *pool, op *o) {
   queue_remove(&o->node);
   pool->nwaiting--;
+  if (o->by_deadline)
+    pool->ndeadlined--;
+}
+
+/* o goes back into the line before q (its place kept, or ahead of others
+ * to be sent again), with the deadline it had. */
+static void waiter_put_back(pgtag_pool *pool, op *o, queue *q) {
+  queue_insert_tail(q, &o->node); /* before q */
+  pool->nwaiting++;
+  if (o->by_deadline && (pool->ndeadlined++ == 0 || o->deadline < pool->deadlined_at))
+    pool->deadlined_at = o->deadline;
+  wait_timer_arm(pool);
+}
+
+static op *waiter_pop(pgtag_pool *pool) {
+  op *o = first_op(&pool->waiters);
+  waiter_remove(pool, o);
   return o;
 }
 
@@ -176,8 +205,25 @@ static void set_wait_timeout_error(const pgtag_pool *pool, op *o) {
   o->message = msg;
 }
 
-/* Deadlines are submission time plus one fixed timeout, so they rise along
- * the queue: one timer at the head's deadline serves every waiter. */
+/* A waiter's time is up: it fails, by its request's deadline or by
+ * acquire_timeout_ms, and is counted as such. */
+static void wait_expired(pgtag_pool *pool, op *o) {
+  if (o->by_deadline) {
+    waiter_remove(pool, o);
+    pool->stats.deadlines++;
+    op_set_error(o, PGTAG_ETIMEDOUT, NULL,
+                 "its request's deadline passed while it waited for a connection");
+  } else {
+    waiter_remove(pool, o);
+    pool->stats.timeouts++;
+    set_wait_timeout_error(pool, o);
+  }
+  op_finish(o);
+}
+
+/* acquire_timeout_ms deadlines rise along the line: the expired ones are at
+ * its head.  Requests' own deadlines can be anywhere: while any waits, the
+ * whole line is looked through, and the earliest left is noted. */
 static void on_wait_timeout(uv_timer_t *timer) {
   pgtag_pool *pool = timer->data;
   pgtag_ctx *previous = pgtag_ctx_enter(NULL);
@@ -187,10 +233,22 @@ static void on_wait_timeout(uv_timer_t *timer) {
     op *o = first_op(&pool->waiters);
     if (o->deadline == 0 || o->deadline > now)
       break;
-    waiter_pop(pool);
-    pool->stats.timeouts++;
-    set_wait_timeout_error(pool, o);
-    op_finish(o);
+    wait_expired(pool, o);
+  }
+  if (pool->ndeadlined > 0) {
+    uint64_t earliest = 0;
+    queue *q = queue_head(&pool->waiters);
+    while (q != &pool->waiters) {
+      op *o = queue_data(q, op, node);
+      q = q->next;
+      if (!o->by_deadline)
+        continue;
+      if (o->deadline <= now)
+        wait_expired(pool, o);
+      else if (earliest == 0 || o->deadline < earliest)
+        earliest = o->deadline;
+    }
+    pool->deadlined_at = earliest;
   }
   wait_timer_arm(pool);
   maybe_finish_close(pool);
@@ -388,9 +446,7 @@ static void make_available(pgtag_pool *pool, struct conn *conn) {
     /* The connection broke while the query was being sent.  Whatever part
      * reached the server ran without its Sync, so nothing of it committed:
      * the query keeps its place in line and the connection is replaced. */
-    queue_insert_head(&pool->waiters, &o->node);
-    pool->nwaiting++;
-    wait_timer_arm(pool);
+    waiter_put_back(pool, o, queue_head(&pool->waiters));
     log_lost(pool, conn);
     drop_conn(pool, conn);
     maybe_connect(pool);
@@ -488,8 +544,14 @@ static void held_next(pgtag_pool *pool, struct conn *conn) {
     conn_poll_update(conn);
     return;
   }
-  if (!queue_empty(&conn->pending)) {
-    op *next = first_op(&conn->pending);
+  op *next;
+  while ((next = queue_empty(&conn->pending) ? NULL : first_op(&conn->pending)) != NULL &&
+         ctx_left_ms(next->ctx, uv_hrtime()) == 0) {
+    queue_remove(&next->node); /* its request's time is up: never sent */
+    pool->stats.deadlines++;
+    defer_error(pool, next, PGTAG_ETIMEDOUT, "its request's deadline passed before it was sent");
+  }
+  if (next != NULL) {
     queue_remove(&next->node);
     if (conn_send(conn, next) != 0) {
       queue_insert_head(&conn->pending, &next->node);
@@ -516,9 +578,7 @@ static void feed(pgtag_pool *pool, struct conn *conn) {
       break;
     waiter_pop(pool);
     if (conn_send(conn, o) != 0) {
-      queue_insert_head(&pool->waiters, &o->node);
-      pool->nwaiting++;
-      wait_timer_arm(pool);
+      waiter_put_back(pool, o, queue_head(&pool->waiters));
       pool_on_conn_lost(conn, PQerrorMessage(conn->pg));
       return;
     }
@@ -541,8 +601,14 @@ static void requeue_front(pgtag_pool *pool, op *o) {
   o->solo = 1;
   o->resent++;
   o->deadline = q == &pool->waiters ? 0 : queue_data(q, op, node)->deadline;
-  queue_insert_tail(q, &o->node); /* before q */
-  pool->nwaiting++;
+  /* its own request's deadline still holds */
+  int64_t left = ctx_left_ms(o->ctx, uv_hrtime());
+  o->by_deadline = 0;
+  if (left >= 0 && (o->deadline == 0 || uv_now(pool->loop) + (uint64_t)left < o->deadline)) {
+    o->deadline = uv_now(pool->loop) + (uint64_t)left;
+    o->by_deadline = 1;
+  }
+  waiter_put_back(pool, o, q);
 }
 
 /* The results of one query or batch were handled: what the connection
@@ -949,8 +1015,7 @@ static int pool_cancel_ctx(pgtag_pool *pool, pgtag_ctx *ctx) {
     q = q->next;
     if (o->ctx != ctx)
       continue;
-    queue_remove(&o->node);
-    pool->nwaiting--;
+    waiter_remove(pool, o);
     pool->stats.canceled++;
     defer_error(pool, o, PGTAG_ECANCELED,
                 "canceled: its request was canceled before it got a connection");
@@ -995,6 +1060,23 @@ int pgtag_ctx_cancel(pgtag_ctx *ctx) {
 /* ------------------------------------------------------------------------
  * Submitting
  * ------------------------------------------------------------------------ */
+
+/* The current request's deadline has passed: an operation submitted now
+ * fails at once (from the loop) and is never sent.  o: its record, made
+ * without copies of the caller's memory. */
+static int refused_by_deadline(pgtag_pool *pool, op *o) {
+  if (ctx_left_ms(o->ctx, uv_hrtime()) != 0)
+    return 0;
+  pool->stats.deadlines++;
+  defer_error(pool, o, PGTAG_ETIMEDOUT, "its request's deadline had passed: not sent");
+  return 1;
+}
+
+/* Whether the current request's deadline has passed, before anything is
+ * taken for it. */
+static int current_past_deadline(void) {
+  return ctx_left_ms(pgtag_ctx_current(), uv_hrtime()) == 0;
+}
 
 static int query_args_valid(const char *sql, int nparams,
                             const char *const *values, const void *cb) {
@@ -1116,6 +1198,13 @@ pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
   pgtag_errcode rc = submit_check(pool);
   if (rc != PGTAG_OK)
     return rc;
+  if (current_past_deadline()) {
+    op *o = query_op_new(pool, NULL, 0, NULL, opts, cb, arg, 0);
+    if (o == NULL)
+      return PGTAG_ENOMEM;
+    refused_by_deadline(pool, o);
+    return PGTAG_OK;
+  }
 
   struct conn *conn;
   while ((conn = take_idle(pool)) != NULL) {
@@ -1178,6 +1267,8 @@ pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
     return PGTAG_ENOMEM;
   o->cb.acquire = cb;
   o->arg = arg;
+  if (refused_by_deadline(pool, o))
+    return PGTAG_OK;
   o->file = file;
   o->line = line;
   o->func = func;
@@ -1222,6 +1313,13 @@ pgtag_errcode pgtag_conn_query_ex(pgtag_conn h, const char *sql, int nparams,
     return PGTAG_OK;
   }
 
+  if (current_past_deadline()) {
+    op *o = query_op_new(pool, NULL, 0, NULL, opts, cb, arg, 0);
+    if (o == NULL)
+      return PGTAG_ENOMEM;
+    refused_by_deadline(pool, o);
+    return PGTAG_OK;
+  }
   int send_now = conn->state == CONN_HELD && !conn_on_wire(conn) && conn->cancel == NULL;
   int keep = conn->state == CONN_HELD && (!send_now || keeps_args(pool));
   op *o = query_op_new(pool, sql, nparams, values, opts, cb, arg, keep);

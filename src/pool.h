@@ -39,6 +39,8 @@ struct pgtag_pool {
                       the load a cluster routes reads by */
   uv_timer_t wait_timer; /* fires at the first waiter's deadline, or before */
   uint64_t wait_timer_at; /* uv_now() it is set for */
+  int ndeadlined;         /* waiters whose limit is their request's deadline */
+  uint64_t deadlined_at;  /* the earliest of those, or earlier (pool.c) */
 
   queue deferred;   /* ops whose outcome is known, callback not yet run */
   queue op_cache[OP_SIZE_CLASSES]; /* free op records for reuse (op.c) */
