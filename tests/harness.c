@@ -60,6 +60,12 @@ int sent_as(const char *seen, const char *want) {
   return cached_form(seen, sl, want, wl); /* untagged */
 }
 
+int time_scale(void) {
+  const char *s = getenv("PGTAG_TEST_TIME_SCALE");
+  int n = s != NULL ? atoi(s) : 1;
+  return n >= 1 ? n : 1;
+}
+
 uint64_t now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

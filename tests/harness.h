@@ -73,6 +73,11 @@ void assert_done(const rec *r, pgtag_ctx *ctx, pgtag_errcode code);
 
 uint64_t now_ms(void);
 
+/* How much slower than the machine's own pace the tests run:
+ * PGTAG_TEST_TIME_SCALE (./run sets 10 under valgrind), else 1.  Upper
+ * bounds on how long something may take are multiplied by it. */
+int time_scale(void);
+
 /* The text the server saw for a query (current_query(), pg_stat_activity)
  * is want, the query as tagged, or its form through the statement cache:
  * the same tag around "EXECUTE _pgtag_<n>" and its arguments.  Nonzero
