@@ -133,6 +133,15 @@ pgtag_ctx *pgtag_ctx_new(const char *request_id);
  * Thread: the context's (its pools' loop thread). */
 pgtag_errcode pgtag_ctx_set(pgtag_ctx *ctx, const char *key, const char *value);
 
+/** Set the request's W3C trace context (the traceparent header of
+ * https://www.w3.org/TR/trace-context/): validated, and stored as the tag
+ * "traceparent", where sqlcommenter readers and pg_tracing look for it.
+ * A later version's extra fields are dropped (only version 00's four go
+ * into the tag); NULL removes it.  Returns PGTAG_EINVAL (its reason on
+ * stderr) for a NULL ctx or an invalid value, which is not stored.
+ * Thread: the context's (its pools' loop thread). */
+pgtag_errcode pgtag_ctx_set_traceparent(pgtag_ctx *ctx, const char *traceparent);
+
 /** The value of an extra tag, or NULL.  Borrowed: valid until the tag is
  * changed or the context freed.
  * Thread: the context's (its pools' loop thread). */
@@ -170,9 +179,23 @@ pgtag_ctx *pgtag_ctx_current(void);
 
 /** Make ctx (may be NULL) current and return the previous one, which the
  * caller hands back to pgtag_ctx_leave.  No reference is taken: the caller
- * keeps ctx alive while it is current.
+ * keeps ctx alive while it is current.  A context still current when the
+ * loop goes back to waiting for events (a pgtag_ctx_leave forgotten, so
+ * that the next request's queries would carry this one's ID) is reported
+ * by every pool on that loop: a WARN line naming the request and where it
+ * was entered (the macro records the site), once per site, counted in
+ * pgtag_stats.left_current.
  * Thread: any; each thread has its own current context. */
 pgtag_ctx *pgtag_ctx_enter(pgtag_ctx *ctx);
+
+/** What the pgtag_ctx_enter macro calls: the same, with the call site
+ * recorded for that report. */
+pgtag_ctx *pgtag_ctx_enter_at(pgtag_ctx *ctx, const char *file, int line, const char *func);
+
+#ifndef PGTAG_BUILDING
+/** pgtag_ctx_enter, recording where it was called. */
+#define pgtag_ctx_enter(ctx) pgtag_ctx_enter_at((ctx), __FILE__, __LINE__, __func__)
+#endif
 
 /** Restore the context that pgtag_ctx_enter returned.
  * Thread: any; each thread has its own current context. */
@@ -227,6 +250,106 @@ typedef struct {
 void pgtag_ctx_stats(const pgtag_ctx *ctx, pgtag_request_stats *out);
 
 /* ------------------------------------------------------------------------
+ * The request's context across libuv's own asynchronous operations
+ *
+ * libuv runs every callback with no context current: a request that waits
+ * on a timer, hands work to the thread pool or reads a file would come
+ * back without its context, and its next query would go out untagged.
+ * These wrappers capture the context current when the operation starts
+ * (one reference), make it current again around its callbacks, and drop
+ * the reference after the last one.  You allocate them and keep them alive
+ * until then; data, and the libuv handle's or request's own data field,
+ * are yours; the fields ending in _ are pgtag's.
+ * ------------------------------------------------------------------------ */
+
+/** A uv_timer_t whose callback runs in the context current at start. */
+typedef struct pgtag_timer_s pgtag_timer;
+/** Receives the timer, with its context current. */
+typedef void (*pgtag_timer_cb)(pgtag_timer *timer);
+struct pgtag_timer_s {
+  uv_timer_t handle;  /**< the libuv handle */
+  void *data;         /**< yours */
+  pgtag_ctx *ctx_;    /**< pgtag's */
+  pgtag_timer_cb cb_; /**< pgtag's */
+  void (*closed_)(pgtag_timer *timer); /**< pgtag's */
+};
+
+/** uv_timer_init.  Returns 0 or a libuv error code.
+ * Thread: the one that runs loop. */
+int pgtag_timer_init(uv_loop_t *loop, pgtag_timer *timer);
+
+/** uv_timer_start, capturing the context current now (replacing the one
+ * of an earlier start): cb runs with it current.  A one-shot timer lets
+ * the context go after its callback (unless the callback started it
+ * again); a repeating one keeps it until pgtag_timer_stop or
+ * pgtag_timer_close.  Returns 0 or a libuv error code (UV_EINVAL for a
+ * NULL timer or cb; nothing is captured then).
+ * Thread: the timer's loop thread. */
+int pgtag_timer_start(pgtag_timer *timer, pgtag_timer_cb cb, uint64_t timeout, uint64_t repeat);
+
+/** uv_timer_stop, and the context is let go.  Returns 0.
+ * Thread: the timer's loop thread. */
+int pgtag_timer_stop(pgtag_timer *timer);
+
+/** Stop the timer, let its context go and close the handle; closed (may be
+ * NULL) runs once libuv has closed it, when the memory may be freed.
+ * Thread: the timer's loop thread. */
+void pgtag_timer_close(pgtag_timer *timer, void (*closed)(pgtag_timer *timer));
+
+/** Work for libuv's thread pool that runs in the context current when it
+ * was queued. */
+typedef struct pgtag_work_s pgtag_work;
+/** Runs on a thread-pool thread, with the context current there. */
+typedef void (*pgtag_work_cb)(pgtag_work *work);
+/** Runs on the loop thread afterwards, with the context current; status as
+ * libuv's (UV_ECANCELED if uv_cancel took it back). */
+typedef void (*pgtag_after_work_cb)(pgtag_work *work, int status);
+struct pgtag_work_s {
+  uv_work_t req;                  /**< the libuv request */
+  void *data;                     /**< yours */
+  pgtag_ctx *ctx_;                /**< pgtag's */
+  pgtag_work_cb work_cb_;         /**< pgtag's */
+  pgtag_after_work_cb after_cb_;  /**< pgtag's */
+};
+
+/** uv_queue_work, capturing the current context: work_cb runs on a thread
+ * of the pool with it current (on that thread: read the context, its ID
+ * and tags, but do not change it, and do not change it on the loop thread
+ * either until after_cb), then after_cb (may be NULL) on the loop thread
+ * with it current, after which it is let go.  Returns 0 or a libuv error
+ * code (UV_EINVAL for a NULL argument or work_cb; nothing is captured or
+ * called then).
+ * Thread: the one that runs loop. */
+int pgtag_queue_work(uv_loop_t *loop, pgtag_work *work, pgtag_work_cb work_cb,
+                     pgtag_after_work_cb after_cb);
+
+/** A uv_fs_t request whose callback runs in the context current when it
+ * was made. */
+typedef struct pgtag_fs_s pgtag_fs;
+/** Receives the request, with its context current; call uv_fs_req_cleanup
+ * on req as usual. */
+typedef void (*pgtag_fs_cb)(pgtag_fs *fs);
+struct pgtag_fs_s {
+  uv_fs_t req;      /**< give it to the uv_fs_* call */
+  void *data;       /**< yours */
+  pgtag_ctx *ctx_;  /**< pgtag's */
+  pgtag_fs_cb cb_;  /**< pgtag's */
+};
+
+/** Ready fs for one uv_fs_* call: captures the current context and returns
+ * the callback to give that call, as in
+ *     uv_fs_open(loop, &fs->req, path, O_RDONLY, 0, pgtag_fs_start(fs, on_open));
+ * cb then runs with the context current, after which it is let go.  If the
+ * uv_fs_* call fails at once (it returns an error and will not call back),
+ * call pgtag_fs_abandon.  Returns NULL for a NULL fs or cb.
+ * Thread: the loop thread the uv_fs_* call is made on. */
+uv_fs_cb pgtag_fs_start(pgtag_fs *fs, pgtag_fs_cb cb);
+
+/** The uv_fs_* call after pgtag_fs_start failed: let the context go.
+ * Thread: the loop thread. */
+void pgtag_fs_abandon(pgtag_fs *fs);
+
+/* ------------------------------------------------------------------------
  * Pool
  * ------------------------------------------------------------------------ */
 
@@ -255,6 +378,15 @@ typedef enum {
                           ends a run of failures */
   PGTAG_LOG_ERROR      /**< misuse of the API, a configuration refused */
 } pgtag_log_level;
+
+/** What a pool does with an operation submitted in no request's context, or
+ * in the context of a request that has ended (see context_check). */
+typedef enum {
+  PGTAG_CONTEXT_ALLOW = 0, /**< run it: untagged, or tagged with the ended
+                              request's ID */
+  PGTAG_CONTEXT_WARN,      /**< run it, and log a WARN line */
+  PGTAG_CONTEXT_REJECT     /**< refuse it: PGTAG_EINVAL, and an ERROR line */
+} pgtag_context_check;
 
 /** Receives every message pgtag logs, each as one line: no trailing newline,
  * control characters replaced, starting with "request <id>: " when a
@@ -447,6 +579,16 @@ typedef struct {
   pgtag_log_fn log;          /**< default: WARN and above to stderr */
   void *log_arg;             /**< passed to log */
   pgtag_log_level log_level; /**< least level passed to log; default WARN */
+  pgtag_context_check context_check; /**< a query or acquire submitted with
+                                no request context current, or in the
+                                context of a request that has ended
+                                (pgtag_ctx_end): run it (ALLOW, the
+                                default), run it and say so (WARN), or
+                                refuse it (REJECT: PGTAG_EINVAL).  Both
+                                are counted in pgtag_stats whatever the
+                                level; the log line, with the call site,
+                                comes once per site.  The pool's own
+                                queries are not checked. */
 
   /** Leak detection.  With no on_leak hook, each report is one WARN line
    * through log. */
@@ -556,6 +698,12 @@ typedef struct {
   uint64_t statement_timeouts; /**< queries ended by a statement timeout */
   uint64_t deadlines;       /**< operations ended by their request's deadline
                                (pgtag_ctx_set_deadline) */
+  uint64_t no_context;      /**< operations submitted with no request context
+                               current (context_check) */
+  uint64_t after_end;       /**< operations submitted in the context of a
+                               request that had ended (context_check) */
+  uint64_t left_current;    /**< contexts found current as the loop went back
+                               to waiting (pgtag_ctx_enter) */
   uint64_t canceled;        /**< operations ended by pgtag_ctx_cancel */
   uint64_t connects;        /**< connections established */
   uint64_t connect_failures;/**< connection attempts that failed */
@@ -643,6 +791,27 @@ pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
                              const pgtag_query_opts *opts, pgtag_result_cb cb,
                              void *arg);
 
+/** What the pgtag_query and pgtag_query_ex macros call: the same, with the
+ * call site given, which reports name (context_check, and the reason of a
+ * PGTAG_EINVAL).  The functions of those names are the same without a
+ * site, for callers that cannot use the macros.
+ * Thread: the pool's loop thread. */
+pgtag_errcode pgtag_query_at(pgtag_pool *pool, const char *sql, int nparams,
+                             const char *const *values, const pgtag_query_opts *opts,
+                             pgtag_result_cb cb, void *arg, const char *file, int line,
+                             const char *func);
+
+#ifndef PGTAG_BUILDING
+/** pgtag_query, recording the call site. */
+#define pgtag_query(pool, sql, nparams, values, cb, arg)                                \
+  pgtag_query_at((pool), (sql), (nparams), (values), NULL, (cb), (arg), __FILE__, __LINE__, \
+                 __func__)
+/** pgtag_query_ex, recording the call site. */
+#define pgtag_query_ex(pool, sql, nparams, values, opts, cb, arg)                       \
+  pgtag_query_at((pool), (sql), (nparams), (values), (opts), (cb), (arg), __FILE__,       \
+                 __LINE__, __func__)
+#endif
+
 /** Cancel everything the request ctx has under way, in every pool of this
  * thread: operations waiting for a connection, and queries not yet sent
  * (queued on its held connections, or about to go out in a pipeline), fail
@@ -706,6 +875,25 @@ pgtag_errcode pgtag_conn_query_ex(pgtag_conn conn, const char *sql, int nparams,
                                   const char *const *values,
                                   const pgtag_query_opts *opts,
                                   pgtag_result_cb cb, void *arg);
+
+/** What the pgtag_conn_query and pgtag_conn_query_ex macros call: the same,
+ * with the call site given (see pgtag_query_at).
+ * Thread: the pool's loop thread. */
+pgtag_errcode pgtag_conn_query_at(pgtag_conn conn, const char *sql, int nparams,
+                                  const char *const *values, const pgtag_query_opts *opts,
+                                  pgtag_result_cb cb, void *arg, const char *file, int line,
+                                  const char *func);
+
+#ifndef PGTAG_BUILDING
+/** pgtag_conn_query, recording the call site. */
+#define pgtag_conn_query(conn, sql, nparams, values, cb, arg)                             \
+  pgtag_conn_query_at((conn), (sql), (nparams), (values), NULL, (cb), (arg), __FILE__,      \
+                      __LINE__, __func__)
+/** pgtag_conn_query_ex, recording the call site. */
+#define pgtag_conn_query_ex(conn, sql, nparams, values, opts, cb, arg)                    \
+  pgtag_conn_query_at((conn), (sql), (nparams), (values), (opts), (cb), (arg), __FILE__,    \
+                      __LINE__, __func__)
+#endif
 
 /** Nonzero while conn is held: acquired, and neither released nor
  * reclaimed.  A held connection may still have been lost.
@@ -786,6 +974,21 @@ pgtag_errcode pgtag_cluster_new(uv_loop_t *loop, const pgtag_cluster_config *cfg
 pgtag_errcode pgtag_cluster_query(pgtag_cluster *cluster, int flags, const char *sql,
                                   int nparams, const char *const *values,
                                   pgtag_result_cb cb, void *arg);
+
+/** What the pgtag_cluster_query macro calls: the same, with the call site
+ * given (see pgtag_query_at).
+ * Thread: the cluster's loop thread. */
+pgtag_errcode pgtag_cluster_query_at(pgtag_cluster *cluster, int flags, const char *sql,
+                                     int nparams, const char *const *values,
+                                     pgtag_result_cb cb, void *arg, const char *file, int line,
+                                     const char *func);
+
+#ifndef PGTAG_BUILDING
+/** pgtag_cluster_query, recording the call site. */
+#define pgtag_cluster_query(cluster, flags, sql, nparams, values, cb, arg)                   \
+  pgtag_cluster_query_at((cluster), (flags), (sql), (nparams), (values), (cb), (arg), __FILE__, \
+                         __LINE__, __func__)
+#endif
 
 /** Take a connection on the primary for the current request (a
  * transaction), which from then on reads its own writes.  The macro

@@ -172,7 +172,7 @@ static void on_lag_timer(uv_timer_t *t) {
     replica *r = &c->replicas[i];
     if (r->probing)
       continue;
-    if (pgtag_query_ex(r->pool, LAG_SQL, 0, NULL, &opts, on_lag, r) == PGTAG_OK)
+    if (pool_query(r->pool, LAG_SQL, 0, NULL, &opts, on_lag, r, &site_internal) == PGTAG_OK)
       r->probing = 1;
   }
   pgtag_ctx_leave(previous);
@@ -195,26 +195,38 @@ static pgtag_pool *read_pool(const pgtag_cluster *c) {
   return best != NULL ? best : c->primary;
 }
 
-pgtag_errcode pgtag_cluster_query(pgtag_cluster *c, int flags, const char *sql, int nparams,
-                                  const char *const *values, pgtag_result_cb cb, void *arg) {
-  if (c == NULL || (flags & ~PGTAG_READ_ONLY) != 0)
-    return PGTAG_EINVAL;
+pgtag_errcode pgtag_cluster_query_at(pgtag_cluster *c, int flags, const char *sql, int nparams,
+                                     const char *const *values, pgtag_result_cb cb, void *arg,
+                                     const char *file, int line, const char *func) {
+  static const char fn[] = "pgtag_cluster_query";
+  const call_site site = {file, line, func};
+  if (c == NULL)
+    return refuse(NULL, &site, fn, "the cluster is NULL");
+  if ((flags & ~PGTAG_READ_ONLY) != 0)
+    return refuse(c->primary, &site, fn, "unknown flags (only PGTAG_READ_ONLY is)");
   if (c->closing)
     return PGTAG_ECLOSED;
   pgtag_ctx *ctx = pgtag_ctx_current();
   int wrote = ctx != NULL && (ctx->wrote & c->bit) != 0;
   if ((flags & PGTAG_READ_ONLY) && !wrote)
-    return pgtag_query(read_pool(c), sql, nparams, values, cb, arg);
-  pgtag_errcode rc = pgtag_query(c->primary, sql, nparams, values, cb, arg);
+    return pool_query(read_pool(c), sql, nparams, values, NULL, cb, arg, &site);
+  pgtag_errcode rc = pool_query(c->primary, sql, nparams, values, NULL, cb, arg, &site);
   if (rc == PGTAG_OK && ctx != NULL && !(flags & PGTAG_READ_ONLY))
     ctx->wrote |= c->bit;
   return rc;
 }
 
+pgtag_errcode (pgtag_cluster_query)(pgtag_cluster *c, int flags, const char *sql, int nparams,
+                                   const char *const *values, pgtag_result_cb cb, void *arg) {
+  return pgtag_cluster_query_at(c, flags, sql, nparams, values, cb, arg, NULL, 0, NULL);
+}
+
 pgtag_errcode pgtag_cluster_acquire_at(pgtag_cluster *c, pgtag_acquire_cb cb, void *arg,
                                        const char *file, int line, const char *func) {
-  if (c == NULL)
-    return PGTAG_EINVAL;
+  if (c == NULL) {
+    const call_site site = {file, line, func};
+    return refuse(NULL, &site, "pgtag_cluster_acquire", "the cluster is NULL");
+  }
   if (c->closing)
     return PGTAG_ECLOSED;
   pgtag_errcode rc = pgtag_acquire_at(c->primary, cb, arg, file, line, func);

@@ -13,6 +13,27 @@
 
 static _Thread_local pgtag_ctx *current;
 
+/* Where the application last entered a context (pgtag_ctx_enter_at), and
+ * the context current now that was already reported as left current. */
+static _Thread_local const char *enter_file, *enter_func;
+static _Thread_local int enter_line;
+static _Thread_local const pgtag_ctx *reported_left;
+
+/* A context function refused its arguments: one line on stderr saying why
+ * (a context belongs to no pool, so there is no pool's log hook to use),
+ * at most once a second per function. */
+static pgtag_errcode refuse_ctx(const char *fn, const char *why) {
+  static _Thread_local const char *last_fn;
+  static _Thread_local uint64_t last_ms;
+  uint64_t now = uv_hrtime() / 1000000;
+  if (fn != last_fn || now - last_ms >= 1000) {
+    last_fn = fn;
+    last_ms = now;
+    fprintf(stderr, "pgtag: error: %s: %s; nothing was done (PGTAG_EINVAL)\n", fn, why);
+  }
+  return PGTAG_EINVAL;
+}
+
 int ctx_key_valid(const char *key) {
   size_t n = 0;
   if (key == NULL)
@@ -136,8 +157,10 @@ static int tag_find(const pgtag_ctx *ctx, const char *key, int *pos) {
 
 pgtag_errcode pgtag_ctx_set(pgtag_ctx *ctx, const char *key, const char *value) {
   int pos;
-  if (ctx == NULL || !ctx_key_valid(key))
-    return PGTAG_EINVAL;
+  if (ctx == NULL)
+    return refuse_ctx("pgtag_ctx_set", "ctx is NULL");
+  if (!ctx_key_valid(key))
+    return refuse_ctx("pgtag_ctx_set", "the key must be 1 to 32 characters from [A-Za-z0-9_.-]");
   int found = tag_find(ctx, key, &pos);
   if (value == NULL) {
     if (found) {
@@ -149,7 +172,7 @@ pgtag_errcode pgtag_ctx_set(pgtag_ctx *ctx, const char *key, const char *value) 
     return PGTAG_OK;
   }
   if (!found && ctx->ntags == PGTAG_TAGS_MAX)
-    return PGTAG_EINVAL;
+    return refuse_ctx("pgtag_ctx_set", "the context has PGTAG_TAGS_MAX tags already");
   if (ctx->tags == NULL) {
     ctx->tags = malloc(PGTAG_TAGS_MAX * sizeof *ctx->tags);
     if (ctx->tags == NULL)
@@ -204,6 +227,8 @@ void pgtag_ctx_unref(pgtag_ctx *ctx) {
   }
   if (current == ctx)
     current = NULL; /* never leave a dangling current context behind */
+  if (reported_left == ctx)
+    reported_left = NULL;
   for (int i = 0; i < ctx->ntags; i++)
     free(ctx->tags[i].key);
   free(ctx->tags);
@@ -235,7 +260,7 @@ int pgtag_ctx_ended(const pgtag_ctx *ctx) { return ctx != NULL && ctx->ended; }
 
 pgtag_errcode pgtag_ctx_set_deadline(pgtag_ctx *ctx, uint64_t timeout_ms) {
   if (ctx == NULL)
-    return PGTAG_EINVAL;
+    return refuse_ctx("pgtag_ctx_set_deadline", "ctx is NULL");
   ctx->deadline_ns = timeout_ms == 0 ? 0 : uv_hrtime() + timeout_ms * 1000000;
   return PGTAG_OK;
 }
@@ -249,12 +274,81 @@ int64_t ctx_left_ms(const pgtag_ctx *ctx, uint64_t now_ns) {
 
 int64_t pgtag_ctx_time_left_ms(const pgtag_ctx *ctx) { return ctx_left_ms(ctx, uv_hrtime()); }
 
+/* n characters of lowercase hex; *zero says whether all were '0'. */
+static int lower_hex(const char *s, size_t n, int *zero) {
+  *zero = 1;
+  for (size_t i = 0; i < n; i++) {
+    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+      return 0;
+    *zero &= s[i] == '0';
+  }
+  return 1;
+}
+
+/* W3C trace context, level 1: version-traceid-parentid-flags, 2-32-16-2
+ * lowercase hex; version ff and all-zero IDs are invalid; version 00 is
+ * exactly that, a later version may have more fields after a '-'. */
+static int traceparent_valid(const char *v) {
+  int zero_version, zero_trace, zero_parent, zero_flags;
+  size_t len = strnlen(v, 512);
+  if (len < 55 || v[2] != '-' || v[35] != '-' || v[52] != '-')
+    return 0;
+  if (!lower_hex(v, 2, &zero_version) || memcmp(v, "ff", 2) == 0)
+    return 0;
+  if (memcmp(v, "00", 2) == 0 ? len != 55 : len > 55 && v[55] != '-')
+    return 0;
+  return lower_hex(v + 3, 32, &zero_trace) && !zero_trace &&
+         lower_hex(v + 36, 16, &zero_parent) && !zero_parent &&
+         lower_hex(v + 53, 2, &zero_flags);
+}
+
+pgtag_errcode pgtag_ctx_set_traceparent(pgtag_ctx *ctx, const char *traceparent) {
+  static const char fn[] = "pgtag_ctx_set_traceparent";
+  if (ctx == NULL)
+    return refuse_ctx(fn, "ctx is NULL");
+  if (traceparent == NULL)
+    return pgtag_ctx_set(ctx, "traceparent", NULL);
+  if (!traceparent_valid(traceparent))
+    return refuse_ctx(fn, "not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>, lowercase, "
+                          "IDs not all zero)");
+  /* only the four fields of level 1 go into the tag */
+  char value[56];
+  memcpy(value, traceparent, 55);
+  value[55] = '\0';
+  return pgtag_ctx_set(ctx, "traceparent", value);
+}
+
 pgtag_ctx *pgtag_ctx_current(void) { return current; }
 
 pgtag_ctx *pgtag_ctx_enter(pgtag_ctx *ctx) {
   pgtag_ctx *previous = current;
   current = ctx;
   return previous;
+}
+
+/* pgtag's own enters (around its callbacks) keep the application's site:
+ * only this one, the macro's, records one. */
+pgtag_ctx *pgtag_ctx_enter_at(pgtag_ctx *ctx, const char *file, int line, const char *func) {
+  if (ctx != NULL) {
+    enter_file = file;
+    enter_line = line;
+    enter_func = func;
+  }
+  return pgtag_ctx_enter(ctx);
+}
+
+pgtag_ctx *ctx_left_current(const char **file, int *line, const char **func) {
+  if (current == NULL) {
+    reported_left = NULL;
+    return NULL;
+  }
+  if (current == reported_left)
+    return NULL;
+  reported_left = current;
+  *file = enter_file;
+  *line = enter_line;
+  *func = enter_func;
+  return current;
 }
 
 void pgtag_ctx_leave(pgtag_ctx *previous) { current = previous; }

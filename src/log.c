@@ -39,19 +39,17 @@ void text_line(char *buf, size_t len, const char *msg) {
   buf[n] = '\0';
 }
 
-void pool_log(const pgtag_pool *pool, pgtag_log_level level, const char *fmt, ...) {
+static void pool_vlog(const pgtag_pool *pool, pgtag_log_level level, const char *fmt,
+                      va_list ap) {
   char msg[1536];
   int n = 0;
-  va_list ap;
   if (level < pool->cfg.log_level)
     return;
   /* Every line says which request it is about, when there is one. */
   pgtag_ctx *ctx = pgtag_ctx_current();
   if (ctx != NULL)
     n = snprintf(msg, sizeof msg, "request %.128s: ", pgtag_ctx_request_id(ctx));
-  va_start(ap, fmt);
   vsnprintf(msg + n, sizeof msg - (size_t)n, fmt, ap);
-  va_end(ap);
   /* One line, whatever a request ID or a server message held: a log line
    * must not be forged by a value. */
   for (char *p = msg; *p != '\0'; p++)
@@ -61,4 +59,20 @@ void pool_log(const pgtag_pool *pool, pgtag_log_level level, const char *fmt, ..
     pool->cfg.log(level, msg, pool->cfg.log_arg);
   else
     fprintf(stderr, "pgtag[%s]: %s: %s\n", pool->name, level_name(level), msg);
+}
+
+void pool_log(const pgtag_pool *pool, pgtag_log_level level, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  pool_vlog(pool, level, fmt, ap);
+  va_end(ap);
+}
+
+void log_default(pgtag_log_level level, const char *fmt, ...) {
+  /* the default hook and level (WARN, to stderr); never written */
+  static const pgtag_pool none = {.cfg = {.log_level = PGTAG_LOG_WARN}, .name = (char *)"pgtag"};
+  va_list ap;
+  va_start(ap, fmt);
+  pool_vlog(&none, level, fmt, ap);
+  va_end(ap);
 }

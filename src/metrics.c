@@ -129,6 +129,12 @@ int pgtag_stats_metrics(const pgtag_stats *stats, const char *const *names, int 
   COUNTER(&o, "pgtag_deadlines_total", "Operations ended by their request's deadline.",
           deadlines);
   COUNTER(&o, "pgtag_canceled_total", "Operations ended by pgtag_ctx_cancel.", canceled);
+  COUNTER(&o, "pgtag_no_context_total",
+          "Operations submitted with no request context current.", no_context);
+  COUNTER(&o, "pgtag_after_end_total",
+          "Operations submitted in the context of a request that had ended.", after_end);
+  COUNTER(&o, "pgtag_left_current_total",
+          "Contexts found current as the loop went back to waiting.", left_current);
   COUNTER(&o, "pgtag_connects_total", "Connections established.", connects);
   COUNTER(&o, "pgtag_connect_failures_total", "Connection attempts that failed.",
           connect_failures);

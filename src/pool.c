@@ -6,6 +6,7 @@
 #include "pool.h"
 
 #include "cancel.h"
+#include "checks.h"
 #include "context.h"
 #include "pipeline.h"
 #include "stats.h"
@@ -795,6 +796,8 @@ static void on_sync_prepare(uv_prepare_t *handle) {
   pgtag_ctx_leave(previous);
 }
 
+static void on_check_prepare(uv_prepare_t *handle) { check_left_current(handle->data); }
+
 void pool_need_sync(pgtag_pool *pool) {
   uv_prepare_start(&pool->sync_prepare, on_sync_prepare);
 }
@@ -855,20 +858,18 @@ static int was_reclaimed(const pgtag_pool *pool, uint64_t gen) {
 }
 
 pgtag_errcode pgtag_release(pgtag_conn h) {
+  static const call_site site = {NULL, 0, "pgtag_release"};
   struct conn *conn = h.impl_;
   if (conn == NULL || h.gen_ == 0)
-    return PGTAG_EINVAL;
+    return refuse(NULL, &site, "pgtag_release",
+                  "the connection handle is empty (all zero: from a failed acquire?)");
   pgtag_pool *pool = conn->pool;
-  if (!on_loop_thread(pool)) {
-    pool_log(pool, PGTAG_LOG_ERROR, "pgtag_release: called off the loop thread; ignored");
-    return PGTAG_EINVAL;
-  }
+  if (!on_loop_thread(pool))
+    return refuse(pool, &site, "pgtag_release", "called off the pool's loop thread");
   if (held_conn(h) == NULL) {
     if (was_reclaimed(pool, h.gen_))
       return PGTAG_ERECLAIMED;
-    pool_log(pool, PGTAG_LOG_ERROR,
-             "pgtag_release: connection is not held (released twice?); ignored");
-    return PGTAG_EINVAL;
+    return refuse(pool, &site, "pgtag_release", "the connection is not held (released twice?)");
   }
   pgtag_ctx *previous = pgtag_ctx_enter(NULL);
   hold_end(conn, 1);
@@ -1078,19 +1079,6 @@ static int current_past_deadline(void) {
   return ctx_left_ms(pgtag_ctx_current(), uv_hrtime()) == 0;
 }
 
-static int query_args_valid(const char *sql, int nparams,
-                            const char *const *values, const void *cb) {
-  return sql != NULL && cb != NULL && nparams >= 0 &&
-         (nparams == 0 || values != NULL);
-}
-
-static pgtag_errcode submit_check(const pgtag_pool *pool) {
-  if (!on_loop_thread(pool))
-    return PGTAG_EINVAL;
-  if (pool->closing)
-    return PGTAG_ECLOSED;
-  return PGTAG_OK;
-}
 
 static pgtag_errcode wait_for_conn(pgtag_pool *pool, op *o) {
   if (pool->cfg.max_waiting > 0 && pool->nwaiting >= pool->cfg.max_waiting) {
@@ -1183,19 +1171,42 @@ static int keeps_args(const pgtag_pool *pool) {
   return pool->cfg.pipeline_depth > 1 || (pool->cfg.statement_cache > 0 && !pool->cfg.transaction_pooler);
 }
 
-pgtag_errcode pgtag_query(pgtag_pool *pool, const char *sql, int nparams,
-                          const char *const *values, pgtag_result_cb cb,
-                          void *arg) {
-  return pgtag_query_ex(pool, sql, nparams, values, NULL, cb, arg);
+/* The arguments every query takes: fn refuses the call (refuse: the
+ * reason logged) when one is bad.  PGTAG_OK otherwise. */
+static pgtag_errcode check_query_args(const pgtag_pool *pool, const call_site *site,
+                                      const char *fn, const char *sql, int nparams,
+                                      const char *const *values, const void *cb) {
+  if (sql == NULL)
+    return refuse(pool, site, fn, "sql is NULL");
+  if (cb == NULL)
+    return refuse(pool, site, fn, "the callback is NULL");
+  if (nparams < 0)
+    return refuse(pool, site, fn, "nparams is negative");
+  if (nparams > 0 && values == NULL)
+    return refuse(pool, site, fn, "values is NULL while nparams is above 0");
+  return PGTAG_OK;
 }
 
-pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
-                             const char *const *values,
-                             const pgtag_query_opts *opts, pgtag_result_cb cb,
-                             void *arg) {
-  if (pool == NULL || !query_args_valid(sql, nparams, values, (const void *)cb))
-    return PGTAG_EINVAL;
-  pgtag_errcode rc = submit_check(pool);
+/* What every operation of the application checks about its pool: fn is
+ * refused off the pool's loop thread, while the pool is closing, and by
+ * the context check. */
+static pgtag_errcode check_submit(pgtag_pool *pool, const call_site *site, const char *fn) {
+  if (!on_loop_thread(pool))
+    return refuse(pool, site, fn, "called off the pool's loop thread");
+  if (pool->closing)
+    return PGTAG_ECLOSED;
+  return check_context(pool, site, fn);
+}
+
+pgtag_errcode pool_query(pgtag_pool *pool, const char *sql, int nparams,
+                         const char *const *values, const pgtag_query_opts *opts,
+                         pgtag_result_cb cb, void *arg, const call_site *site) {
+  static const char fn[] = "pgtag_query";
+  if (pool == NULL)
+    return refuse(NULL, site, fn, "the pool is NULL");
+  pgtag_errcode rc = check_query_args(pool, site, fn, sql, nparams, values, (const void *)cb);
+  if (rc == PGTAG_OK)
+    rc = check_submit(pool, site, fn);
   if (rc != PGTAG_OK)
     return rc;
   if (current_past_deadline()) {
@@ -1254,11 +1265,36 @@ pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
   return wait_for_conn(pool, o);
 }
 
+pgtag_errcode (pgtag_query)(pgtag_pool *pool, const char *sql, int nparams,
+                            const char *const *values, pgtag_result_cb cb, void *arg) {
+  static const call_site site = {NULL, 0, "pgtag_query"};
+  return pool_query(pool, sql, nparams, values, NULL, cb, arg, &site);
+}
+
+pgtag_errcode (pgtag_query_ex)(pgtag_pool *pool, const char *sql, int nparams,
+                               const char *const *values, const pgtag_query_opts *opts,
+                               pgtag_result_cb cb, void *arg) {
+  static const call_site site = {NULL, 0, "pgtag_query_ex"};
+  return pool_query(pool, sql, nparams, values, opts, cb, arg, &site);
+}
+
+pgtag_errcode pgtag_query_at(pgtag_pool *pool, const char *sql, int nparams,
+                             const char *const *values, const pgtag_query_opts *opts,
+                             pgtag_result_cb cb, void *arg, const char *file, int line,
+                             const char *func) {
+  const call_site site = {file, line, func};
+  return pool_query(pool, sql, nparams, values, opts, cb, arg, &site);
+}
+
 pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
                                const char *file, int line, const char *func) {
-  if (pool == NULL || cb == NULL)
-    return PGTAG_EINVAL;
-  pgtag_errcode rc = submit_check(pool);
+  static const char fn[] = "pgtag_acquire";
+  const call_site site = {file, line, func};
+  if (pool == NULL)
+    return refuse(NULL, &site, fn, "the pool is NULL");
+  if (cb == NULL)
+    return refuse(pool, &site, fn, "the callback is NULL");
+  pgtag_errcode rc = check_submit(pool, &site, fn);
   if (rc != PGTAG_OK)
     return rc;
 
@@ -1284,26 +1320,23 @@ pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
   return PGTAG_OK;
 }
 
-pgtag_errcode pgtag_conn_query(pgtag_conn h, const char *sql, int nparams,
-                               const char *const *values, pgtag_result_cb cb,
-                               void *arg) {
-  return pgtag_conn_query_ex(h, sql, nparams, values, NULL, cb, arg);
-}
-
-pgtag_errcode pgtag_conn_query_ex(pgtag_conn h, const char *sql, int nparams,
-                                  const char *const *values,
-                                  const pgtag_query_opts *opts,
-                                  pgtag_result_cb cb, void *arg) {
+static pgtag_errcode conn_query(pgtag_conn h, const char *sql, int nparams,
+                                const char *const *values, const pgtag_query_opts *opts,
+                                pgtag_result_cb cb, void *arg, const call_site *site) {
+  static const char fn[] = "pgtag_conn_query";
   struct conn *conn = h.impl_;
-  if (conn == NULL || h.gen_ == 0 ||
-      !query_args_valid(sql, nparams, values, (const void *)cb))
-    return PGTAG_EINVAL;
+  if (conn == NULL || h.gen_ == 0)
+    return refuse(NULL, site, fn,
+                  "the connection handle is empty (all zero: from a failed acquire?)");
   pgtag_pool *pool = conn->pool;
+  pgtag_errcode rc = check_query_args(pool, site, fn, sql, nparams, values, (const void *)cb);
+  if (rc != PGTAG_OK)
+    return rc;
   if (!on_loop_thread(pool))
-    return PGTAG_EINVAL;
+    return refuse(pool, site, fn, "called off the pool's loop thread");
   if (held_conn(h) == NULL) {
-    if (!was_reclaimed(pool, h.gen_))
-      return PGTAG_EINVAL; /* released: the caller's bug, said at once */
+    if (!was_reclaimed(pool, h.gen_)) /* released: the caller's bug, said at once */
+      return refuse(pool, site, fn, "the connection is not held (released already?)");
     op *o = op_new(pool, OP_QUERY, NULL, 0, NULL, 0);
     if (o == NULL)
       return PGTAG_ENOMEM;
@@ -1312,6 +1345,9 @@ pgtag_errcode pgtag_conn_query_ex(pgtag_conn h, const char *sql, int nparams,
     defer_error(pool, o, PGTAG_ERECLAIMED, RECLAIMED_MESSAGE);
     return PGTAG_OK;
   }
+  rc = check_context(pool, site, fn);
+  if (rc != PGTAG_OK)
+    return rc;
 
   if (current_past_deadline()) {
     op *o = query_op_new(pool, NULL, 0, NULL, opts, cb, arg, 0);
@@ -1350,6 +1386,27 @@ pgtag_errcode pgtag_conn_query_ex(pgtag_conn h, const char *sql, int nparams,
   pgtag_ctx_leave(previous);
   defer_error(pool, o, PGTAG_ECONN, msg);
   return PGTAG_OK;
+}
+
+pgtag_errcode (pgtag_conn_query)(pgtag_conn h, const char *sql, int nparams,
+                                 const char *const *values, pgtag_result_cb cb, void *arg) {
+  static const call_site site = {NULL, 0, "pgtag_conn_query"};
+  return conn_query(h, sql, nparams, values, NULL, cb, arg, &site);
+}
+
+pgtag_errcode (pgtag_conn_query_ex)(pgtag_conn h, const char *sql, int nparams,
+                                    const char *const *values, const pgtag_query_opts *opts,
+                                    pgtag_result_cb cb, void *arg) {
+  static const call_site site = {NULL, 0, "pgtag_conn_query_ex"};
+  return conn_query(h, sql, nparams, values, opts, cb, arg, &site);
+}
+
+pgtag_errcode pgtag_conn_query_at(pgtag_conn h, const char *sql, int nparams,
+                                  const char *const *values, const pgtag_query_opts *opts,
+                                  pgtag_result_cb cb, void *arg, const char *file, int line,
+                                  const char *func) {
+  const call_site site = {file, line, func};
+  return conn_query(h, sql, nparams, values, opts, cb, arg, &site);
 }
 
 int pgtag_conn_held(pgtag_conn h) {
@@ -1598,10 +1655,16 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
   uv_timer_init(loop, &pool->maint_timer);
   uv_timer_init(loop, &pool->leak_timer);
   uv_prepare_init(loop, &pool->sync_prepare);
+  /* Each turn, before the loop waits: a context left current is found
+   * then (the application's callbacks have all run). */
+  uv_prepare_init(loop, &pool->check_prepare);
+  pool->check_prepare.data = pool;
+  uv_prepare_start(&pool->check_prepare, on_check_prepare);
+  uv_unref((uv_handle_t *)&pool->check_prepare);
   pool->sync_prepare.data = pool;
   uv_unref((uv_handle_t *)&pool->leak_timer); /* a report alone is no work */
   uv_idle_init(loop, &pool->defer_idle);
-  pool->handles = 6;
+  pool->handles = 7;
   pool->wait_timer.data = pool->retry_timer.data = pool->maint_timer.data = pool;
   pool->leak_timer.data = pool;
   pool->defer_idle.data = pool;
@@ -1658,6 +1721,7 @@ static void maybe_finish_close(pgtag_pool *pool) {
   uv_close((uv_handle_t *)&pool->maint_timer, on_pool_handle_closed);
   uv_close((uv_handle_t *)&pool->leak_timer, on_pool_handle_closed);
   uv_close((uv_handle_t *)&pool->sync_prepare, on_pool_handle_closed);
+  uv_close((uv_handle_t *)&pool->check_prepare, on_pool_handle_closed);
   uv_close((uv_handle_t *)&pool->defer_idle, on_pool_handle_closed);
 }
 

@@ -2,6 +2,7 @@
 #ifndef PGTAG_POOL_H
 #define PGTAG_POOL_H
 
+#include "checks.h"
 #include "conn.h"
 #include "connect_error.h"
 #include "op.h"
@@ -10,6 +11,9 @@
 
 #include <pthread.h>
 #include <stdarg.h>
+
+/* Call sites a pool has reported (checks.c). */
+#define POOL_REPORTED_SITES 256
 
 struct pgtag_pool {
   uv_loop_t *loop;
@@ -65,13 +69,18 @@ struct pgtag_pool {
   void *close_arg;
 
   pgtag_stats stats; /* the counters; gauges come from count[] */
+  uv_prepare_t check_prepare; /* before the loop waits: check_left_current */
+  uint64_t reported_sites[POOL_REPORTED_SITES]; /* reported once (checks.c) */
 
   connect_error connect_err; /* the last failed connection attempt, whole;
                                 cleared by a success */
 };
 
 /* Logging with the pool's hook; "pgtag[name]: " is prepended by the default
- * hook only. */
+ * hook only.  log_default: stderr, for calls that have no pool, at WARN and
+ * above. */
+void log_default(pgtag_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 void pool_log(const pgtag_pool *pool, pgtag_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -87,6 +96,12 @@ typedef struct {
   char s[24];
 } backend_name;
 backend_name backend_text(int pid);
+
+/* pgtag_query with its call site: what the public functions and the
+ * cluster (its lag probe with site_internal) call. */
+pgtag_errcode pool_query(pgtag_pool *pool, const char *sql, int nparams,
+                         const char *const *values, const pgtag_query_opts *opts,
+                         pgtag_result_cb cb, void *arg, const call_site *site);
 
 /* Hooks from conn.c; each runs from the loop. */
 void pool_on_connected(struct conn *conn);
