@@ -214,6 +214,80 @@ leak() {
 }
 check "--demo-leak: the forgotten connection is reported with its request ID and acquire site, and reclaimed" leak
 
+# ---- a hop through libuv's thread pool ------------------------------------
+# GET /accounts/{id}/digest hashes on the thread pool (pgtag_queue_work),
+# then queries: the hash reads the request ID current on the worker thread,
+# and the query, submitted from the after-work callback, carries the tag.
+hop() {
+  log_from=$(($(stat -c %s "$server_log") + 1))
+  mkdir -p "$work/hop"
+  local i bad=0
+  for i in $(seq 1 100); do
+    [ "$i" = 1 ] || echo next
+    printf 'url = "%s/accounts/%d/digest"\nheader = "X-Request-Id: hop-%d"\noutput = "%s/hop/%d.body"\n' \
+      "$url" $((3 * i + 1)) "$i" "$work" "$i"
+  done >"$work/hop.cfg"
+  curl -s --parallel --parallel-immediate --parallel-max 100 -K "$work/hop.cfg" 2>"$work/curl.err"
+  for i in $(seq 1 100); do
+    jq -e --arg id "hop-$i" --argjson aid $((3 * i + 1)) \
+      '.request_id == $id and .hashed_for == $id and .id == $aid and (.digest | test("^[0-9a-f]{16}$"))' \
+      "$work/hop/$i.body" >/dev/null || { echo "hop-$i: $(cat "$work/hop/$i.body")"; bad=1; }
+  done
+  [ "$bad" = 0 ] || return 1
+  # the server log: wait for the 100 statements, not a fixed time
+  for i in $(seq 200); do
+    new_log >"$work/log_hop"
+    [ "$(grep -c 'abalance, \$2::text' "$work/log_hop")" -ge 100 ] && break
+    sleep 0.05
+  done
+  awk '
+    /abalance, \$2::text/ {
+      if (!match($0, /requestId=hop-[0-9]+ /)) { print "untagged: " $0; bad = 1; next }
+      id = substr($0, RSTART + 14, RLENGTH - 15); count[id]++
+      if (match($0, /EXECUTE _pgtag_[0-9]+\('\''[0-9]+'\''/)) {
+        v = substr($0, RSTART, RLENGTH); sub(/^[^(]*\('\''/, "", v); sub(/'\''$/, "", v)
+        if (v != 3 * id + 1) { print "hop-" id " queried aid " v; bad = 1 }
+      } }
+    END {
+      for (i = 1; i <= 100; i++)
+        if (count[i] != 1) { print "hop-" i ": " count[i] + 0 " tagged queries, want 1"; bad = 1 }
+      exit bad }' "$work/log_hop"
+}
+check "a hop through the thread pool: 100 concurrent requests, each hash and query in its own request's context" hop
+
+# ---- a request's deadline --------------------------------------------------
+deadline() {
+  # a transfer with a 300 ms budget that waits for a row lock held for 3 s
+  psql -X -q -d "$PGTAG_TEST_CONNINFO" \
+    -c "BEGIN; SELECT 1 FROM pgbench_accounts WHERE aid = 5 FOR UPDATE; SELECT pg_sleep(3); COMMIT" \
+    >/dev/null 2>&1 &
+  local locker=$! i
+  for i in $(seq 250); do
+    [ "$(psql_q "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE '%aid = 5 FOR UPDATE; SELECT pg_sleep(3)%'")" = 1 ] && break
+    sleep 0.02
+  done
+  local t0 code ms
+  t0=$(date +%s%N)
+  code=$(curl -s -o "$work/deadline.body" -w '%{http_code}' -X POST -H 'X-Request-Id: deadline-1' \
+    -H 'X-Request-Timeout-Ms: 300' -d '{"from":5,"to":6,"amount":1}' "$url/transfer")
+  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  echo "answered $code in $ms ms: $(cat "$work/deadline.body")"
+  # the query is gone from the server while the locker still holds the row
+  local running=1
+  while kill -0 "$locker" 2>/dev/null; do
+    running=$(psql_q "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%requestId=deadline-1 %' AND state = 'active' AND pid <> pg_backend_pid()")
+    [ "$running" = 0 ] && break
+    sleep 0.05
+  done
+  wait "$locker"
+  [ "$code" = 504 ] && [ "$ms" -ge 300 ] && [ "$ms" -lt 2500 ] || return 1
+  jq -e '.request_id == "deadline-1" and (.error | test("deadline"))' "$work/deadline.body" >/dev/null || return 1
+  [ "$running" = 0 ] || { echo "the query of deadline-1 still runs on the server"; return 1; }
+  [ "$(psql_q "SELECT count(*) FROM pgbench_history WHERE delta = -1 AND aid = 5 AND mtime > now() - interval '10 s'")" = 0 ] &&
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'X-Request-Timeout-Ms: soon' "$url/accounts/1")" = 400 ]
+}
+check "a 300 ms deadline on a transfer stuck behind a lock: 504 in time, its query cancelled on the server, nothing written" deadline
+
 # ---- a client that goes away ----------------------------------------------
 gone() {
   # a transfer that waits for a row lock, and a client that gives up
@@ -252,7 +326,8 @@ metrics() {
     grep -qE '^pgtag_queries_total\{pool="worker-0"\} [0-9]+$' "$work/metrics" &&
     grep -qE '^pgtag_queries_total\{pool="worker-1"\} [0-9]+$' "$work/metrics" &&
     awk '/^pgtag_queries_total/ {s += $2} END {exit !(s >= 500)}' "$work/metrics" &&
-    awk '/^pgtag_canceled_total/ {s += $2} END {exit !(s >= 1)}' "$work/metrics"
+    awk '/^pgtag_canceled_total/ {s += $2} END {exit !(s >= 1)}' "$work/metrics" &&
+    awk '/^pgtag_deadlines_total/ {s += $2} END {exit !(s >= 1)}' "$work/metrics"
 }
 check "GET /metrics: one family per metric, a sample per worker's pool, the counts add up" metrics
 
@@ -290,6 +365,8 @@ sigterm() {
 }
 check "SIGTERM under load: exit 0, every request accepted was answered" sigterm
 
+check "no query outside a request's context, and no context left current (context_check = WARN)" \
+  bash -c "! grep -E 'no request context is current|its request has ended|still current as the loop' '$work/service.err'"
 check "no sanitizer report from the service" \
   bash -c "! grep -E 'ERROR: (Address|Leak)Sanitizer|runtime error:' '$work/service.err'"
 

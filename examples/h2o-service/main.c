@@ -7,7 +7,8 @@
  *                     [--replica CONNINFO]... CONNINFO
  *
  * Reads (GET routes) go to a --replica when one is healthy and not
- * lagging; writes and transactions to CONNINFO.
+ * lagging; writes and transactions to CONNINFO.  Each request has a
+ * deadline: its route's budget, or less with X-Request-Timeout-Ms.
  *
  * Port 0 picks a free one; the first line on stdout says which.  SIGINT or
  * SIGTERM: stop accepting, finish the requests already accepted, close the
@@ -149,6 +150,9 @@ static void worker_run(void *arg) {
   cfg.log = log_line;
   cfg.log_arg = w;
   cfg.log_level = PGTAG_LOG_WARN;
+  /* a query outside any request, or after its response, is a bug here:
+   * said, with its file:line */
+  cfg.context_check = PGTAG_CONTEXT_WARN;
   cc.primary = cfg;
   pgtag_errcode rc = pgtag_cluster_new(&w->loop, &cc, &w->db);
   if (rc != PGTAG_OK) {

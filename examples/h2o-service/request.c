@@ -8,10 +8,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
-/* X-Request-Id is kept when it is 1 to 128 bytes of visible ASCII;
- * anything else is replaced by a generated ID (and still served). */
-#define REQUEST_ID_MAX 128
-
+/* X-Request-Id is kept when it is 1 to REQUEST_ID_MAX bytes of visible
+ * ASCII; anything else is replaced by a generated ID (and still served). */
 static int visible_ascii(h2o_iovec_t v) {
   if (v.len == 0 || v.len > REQUEST_ID_MAX)
     return 0;
@@ -19,28 +17,6 @@ static int visible_ascii(h2o_iovec_t v) {
     if ((unsigned char)v.base[i] < 0x21 || (unsigned char)v.base[i] > 0x7e)
       return 0;
   return 1;
-}
-
-static int lower_hex(const char *s, size_t n, int *all_zero) {
-  *all_zero = 1;
-  for (size_t i = 0; i < n; i++) {
-    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-      return 0;
-    *all_zero &= s[i] == '0';
-  }
-  return 1;
-}
-
-/* W3C trace context: version-traceid-parentid-flags, 2-32-16-2 lowercase
- * hex, version ff and all-zero IDs invalid. */
-static int valid_traceparent(h2o_iovec_t v) {
-  int zero_version, zero_trace, zero_parent, zero_flags;
-  if (v.len != 55 || v.base[2] != '-' || v.base[35] != '-' || v.base[52] != '-')
-    return 0;
-  return lower_hex(v.base, 2, &zero_version) && memcmp(v.base, "ff", 2) != 0 &&
-         lower_hex(v.base + 3, 32, &zero_trace) && !zero_trace &&
-         lower_hex(v.base + 36, 16, &zero_parent) && !zero_parent &&
-         lower_hex(v.base + 53, 2, &zero_flags);
 }
 
 static h2o_iovec_t header_value(h2o_req_t *req, const char *name) {
@@ -122,6 +98,20 @@ void request_watch_clients(uv_timer_t *t) {
   }
 }
 
+/* X-Request-Timeout-Ms: 1 to 9 digits, not 0; -1 for anything else, 0 when
+ * absent. */
+static long long request_timeout(h2o_iovec_t v) {
+  if (v.len == 0)
+    return 0;
+  long long ms = 0;
+  for (size_t i = 0; i < v.len; i++) {
+    if (v.base[i] < '0' || v.base[i] > '9' || i >= 9)
+      return -1;
+    ms = ms * 10 + (v.base[i] - '0');
+  }
+  return ms > 0 ? ms : -1;
+}
+
 int request_handle(h2o_handler_t *self, h2o_req_t *req) {
   (void)self;
   worker *w = H2O_STRUCT_FROM_MEMBER(worker, h2o, req->conn->ctx);
@@ -137,12 +127,13 @@ int request_handle(h2o_handler_t *self, h2o_req_t *req) {
     free(r);
     return -1;
   }
+  r->timeout_ms = request_timeout(header_value(req, "x-request-timeout-ms"));
   h2o_iovec_t tp = header_value(req, "traceparent");
-  if (valid_traceparent(tp)) {
-    char tpbuf[56];
-    memcpy(tpbuf, tp.base, 55);
-    tpbuf[55] = '\0';
-    pgtag_ctx_set(r->ctx, "traceparent", tpbuf);
+  if (tp.len > 0 && tp.len < 512) { /* pgtag checks it: an invalid one is not kept */
+    char tpbuf[512];
+    memcpy(tpbuf, tp.base, tp.len);
+    tpbuf[tp.len] = '\0';
+    pgtag_ctx_set_traceparent(r->ctx, tpbuf);
   }
   r->w = w;
   r->req = req;
@@ -190,6 +181,7 @@ void request_reply_text(request *r, int status, const char *type, const char *bo
                     : status == 409 ? "Conflict"
                     : status == 499 ? "Client Closed Request"
                     : status == 503 ? "Service Unavailable"
+                    : status == 504 ? "Gateway Timeout"
                                     : "Internal Server Error";
   h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, type, strlen(type));
   h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0,

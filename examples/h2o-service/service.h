@@ -12,6 +12,9 @@
 #include <pgtag.h>
 #include <stdatomic.h>
 
+/* The longest X-Request-Id kept as the request ID. */
+#define REQUEST_ID_MAX 128
+
 typedef struct service service;
 typedef struct request request;
 
@@ -85,6 +88,10 @@ struct request {
   long long id, from, to, amount; /* the route's arguments */
   long long balance[2];           /* transfer: from's and to's, locked */
   long long bid;
+  long long timeout_ms;           /* X-Request-Timeout-Ms: 0 if absent, -1 if bad */
+  pgtag_work hop;                 /* digest: the hash, on libuv's thread pool */
+  char digest[17];                /* digest: its result, hex */
+  char hashed_for[REQUEST_ID_MAX + 1]; /* digest: the request ID current there */
 };
 
 /* request.c */
