@@ -1080,6 +1080,7 @@ static int current_past_deadline(void) {
 }
 
 
+
 static pgtag_errcode wait_for_conn(pgtag_pool *pool, op *o) {
   if (pool->cfg.max_waiting > 0 && pool->nwaiting >= pool->cfg.max_waiting) {
     op_discard(o);
@@ -1163,6 +1164,17 @@ static op *query_op_new(pgtag_pool *pool, const char *sql, int nparams,
   return o;
 }
 
+/* A query submitted past its request's deadline: failed through cb, with
+ * none of the caller's memory copied. */
+static pgtag_errcode query_past_deadline(pgtag_pool *pool, const pgtag_query_opts *opts,
+                                         pgtag_result_cb cb, void *arg) {
+  op *o = query_op_new(pool, NULL, 0, NULL, opts, cb, arg, 0);
+  if (o == NULL)
+    return PGTAG_ENOMEM;
+  refused_by_deadline(pool, o);
+  return PGTAG_OK;
+}
+
 /* A query keeps its own copy of its text and values, beyond the call that
  * submitted it, when it may be sent again: pipelined (its batch may skip
  * it), or through the statement cache (the server may refuse it for the
@@ -1209,13 +1221,8 @@ pgtag_errcode pool_query(pgtag_pool *pool, const char *sql, int nparams,
     rc = check_submit(pool, site, fn);
   if (rc != PGTAG_OK)
     return rc;
-  if (current_past_deadline()) {
-    op *o = query_op_new(pool, NULL, 0, NULL, opts, cb, arg, 0);
-    if (o == NULL)
-      return PGTAG_ENOMEM;
-    refused_by_deadline(pool, o);
-    return PGTAG_OK;
-  }
+  if (current_past_deadline())
+    return query_past_deadline(pool, opts, cb, arg);
 
   struct conn *conn;
   while ((conn = take_idle(pool)) != NULL) {
@@ -1349,13 +1356,8 @@ static pgtag_errcode conn_query(pgtag_conn h, const char *sql, int nparams,
   if (rc != PGTAG_OK)
     return rc;
 
-  if (current_past_deadline()) {
-    op *o = query_op_new(pool, NULL, 0, NULL, opts, cb, arg, 0);
-    if (o == NULL)
-      return PGTAG_ENOMEM;
-    refused_by_deadline(pool, o);
-    return PGTAG_OK;
-  }
+  if (current_past_deadline())
+    return query_past_deadline(pool, opts, cb, arg);
   int send_now = conn->state == CONN_HELD && !conn_on_wire(conn) && conn->cancel == NULL;
   int keep = conn->state == CONN_HELD && (!send_now || keeps_args(pool));
   op *o = query_op_new(pool, sql, nparams, values, opts, cb, arg, keep);

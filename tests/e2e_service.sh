@@ -214,6 +214,35 @@ leak() {
 }
 check "--demo-leak: the forgotten connection is reported with its request ID and acquire site, and reclaimed" leak
 
+# lock_row AID: a psql session locks the account for 3 s, in the
+# background (its pid in locker); returns once the lock is held, waiting
+# for the session's sleep, not a fixed time (psql took over 0.3 s to get
+# there on a busy machine).
+lock_row() {
+  psql -X -q -d "$PGTAG_TEST_CONNINFO" \
+    -c "BEGIN; SELECT 1 FROM pgbench_accounts WHERE aid = $1 FOR UPDATE; SELECT pg_sleep(3); COMMIT" \
+    >/dev/null 2>&1 &
+  locker=$!
+  local i
+  for i in $(seq 250); do
+    [ "$(psql_q "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE '%aid = $1 FOR UPDATE; SELECT pg_sleep(3)%'")" = 1 ] && return 0
+    sleep 0.02
+  done
+}
+# query_gone ID: while the locker still holds its row, waits until no query
+# of request ID runs on the server (once it commits, a query that was not
+# cancelled goes through); then waits for the locker.  Fails if one still runs.
+query_gone() {
+  local running=1
+  while kill -0 "$locker" 2>/dev/null; do
+    running=$(psql_q "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%requestId=$1 %' AND state = 'active' AND pid <> pg_backend_pid()")
+    [ "$running" = 0 ] && break
+    sleep 0.05
+  done
+  wait "$locker"
+  [ "$running" = 0 ] || { echo "the query of $1 still runs on the server"; return 1; }
+}
+
 # ---- a hop through libuv's thread pool ------------------------------------
 # GET /accounts/{id}/digest hashes on the thread pool (pgtag_queue_work),
 # then queries: the hash reads the request ID current on the worker thread,
@@ -258,31 +287,16 @@ check "a hop through the thread pool: 100 concurrent requests, each hash and que
 # ---- a request's deadline --------------------------------------------------
 deadline() {
   # a transfer with a 300 ms budget that waits for a row lock held for 3 s
-  psql -X -q -d "$PGTAG_TEST_CONNINFO" \
-    -c "BEGIN; SELECT 1 FROM pgbench_accounts WHERE aid = 5 FOR UPDATE; SELECT pg_sleep(3); COMMIT" \
-    >/dev/null 2>&1 &
-  local locker=$! i
-  for i in $(seq 250); do
-    [ "$(psql_q "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE '%aid = 5 FOR UPDATE; SELECT pg_sleep(3)%'")" = 1 ] && break
-    sleep 0.02
-  done
+  lock_row 5
   local t0 code ms
   t0=$(date +%s%N)
   code=$(curl -s -o "$work/deadline.body" -w '%{http_code}' -X POST -H 'X-Request-Id: deadline-1' \
     -H 'X-Request-Timeout-Ms: 300' -d '{"from":5,"to":6,"amount":1}' "$url/transfer")
   ms=$(( ($(date +%s%N) - t0) / 1000000 ))
   echo "answered $code in $ms ms: $(cat "$work/deadline.body")"
-  # the query is gone from the server while the locker still holds the row
-  local running=1
-  while kill -0 "$locker" 2>/dev/null; do
-    running=$(psql_q "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%requestId=deadline-1 %' AND state = 'active' AND pid <> pg_backend_pid()")
-    [ "$running" = 0 ] && break
-    sleep 0.05
-  done
-  wait "$locker"
+  query_gone deadline-1 || return 1
   [ "$code" = 504 ] && [ "$ms" -ge 300 ] && [ "$ms" -lt 2500 ] || return 1
   jq -e '.request_id == "deadline-1" and (.error | test("deadline"))' "$work/deadline.body" >/dev/null || return 1
-  [ "$running" = 0 ] || { echo "the query of deadline-1 still runs on the server"; return 1; }
   [ "$(psql_q "SELECT count(*) FROM pgbench_history WHERE delta = -1 AND aid = 5 AND mtime > now() - interval '10 s'")" = 0 ] &&
     [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'X-Request-Timeout-Ms: soon' "$url/accounts/1")" = 400 ]
 }
@@ -291,28 +305,11 @@ check "a 300 ms deadline on a transfer stuck behind a lock: 504 in time, its que
 # ---- a client that goes away ----------------------------------------------
 gone() {
   # a transfer that waits for a row lock, and a client that gives up
-  psql -X -q -d "$PGTAG_TEST_CONNINFO" \
-    -c "BEGIN; SELECT 1 FROM pgbench_accounts WHERE aid = 1 FOR UPDATE; SELECT pg_sleep(3); COMMIT" \
-    >/dev/null 2>&1 &
-  local locker=$! i
-  # the transfer must find the row locked: wait for the locker's sleep, not
-  # a fixed time (psql took over 0.3 s to get there on a busy machine)
-  for i in $(seq 250); do
-    [ "$(psql_q "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE '%FOR UPDATE; SELECT pg_sleep(3)%'")" = 1 ] && break
-    sleep 0.02
-  done
+  lock_row 1
   curl -s -m 1 -X POST -H 'X-Request-Id: gone-1' -d '{"from":1,"to":2,"amount":1}' \
     "$url/transfer"
-  # the cancel, while the locker still holds the row (once it commits, a
-  # query that was not cancelled goes through and pgbench_history shows it)
-  local waiting=1
-  while kill -0 "$locker" 2>/dev/null; do
-    waiting=$(psql_q "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%requestId=gone-1 %' AND state = 'active' AND pid <> pg_backend_pid()")
-    [ "$waiting" = 0 ] && break
-    sleep 0.05
-  done
-  wait "$locker"
-  [ "$waiting" = 0 ] || { echo "the query of gone-1 still runs on the server"; return 1; }
+  # the cancel, while the locker still holds the row
+  query_gone gone-1 || return 1
   grep -q 'request gone-1: client gone, 1 operation(s) canceled' "$work/service.err" ||
     { echo "no cancel"; return 1; }
   if grep -E 'request gone-1: .*leak' "$work/service.err"; then echo "leak reported"; return 1; fi

@@ -71,8 +71,12 @@ static void on_account(PGresult *res, const pgtag_error *err, void *arg) {
     not_found(r, "no such account");
     return;
   }
-  request_reply(r, 200, json_pack("{s:I,s:I,s:I}", "id", int_at(res, 0, 0), "branch",
-                                  int_at(res, 0, 1), "balance", int_at(res, 0, 2)));
+  json_t *body = json_pack("{s:I,s:I,s:I}", "id", int_at(res, 0, 0), "branch",
+                           int_at(res, 0, 1), "balance", int_at(res, 0, 2));
+  if (r->digest[0] != '\0') /* GET /accounts/{id}/digest */
+    json_object_update_missing_new(body, json_pack("{s:s,s:s}", "digest", r->digest,
+                                                   "hashed_for", r->hashed_for));
+  request_reply(r, 200, body);
 }
 
 static void get_account(request *r) {
@@ -149,23 +153,6 @@ static void hash_account(pgtag_work *work) {
   snprintf(r->digest, sizeof r->digest, "%016llx", h);
 }
 
-static void on_digest_account(PGresult *res, const pgtag_error *err, void *arg) {
-  request *r = arg;
-  if (!request_end_op(r))
-    return;
-  if (err != NULL) {
-    fail(r, err);
-    return;
-  }
-  if (PQntuples(res) == 0) {
-    not_found(r, "no such account");
-    return;
-  }
-  request_reply(r, 200, json_pack("{s:I,s:I,s:s,s:s}", "id", int_at(res, 0, 0), "balance",
-                                  int_at(res, 0, 1), "digest", PQgetvalue(res, 0, 2),
-                                  "hashed_for", r->hashed_for));
-}
-
 /* Back on the loop, and in the request's context again: the query is
  * tagged with its ID, with no pgtag_ctx_enter here. */
 static void on_hashed(pgtag_work *work, int status) {
@@ -180,9 +167,9 @@ static void on_hashed(pgtag_work *work, int status) {
   snprintf(id, sizeof id, "%lld", r->id);
   const char *params[] = {id, r->digest};
   request_begin_op(r, pgtag_cluster_query(r->w->db, PGTAG_READ_ONLY,
-                                          "SELECT aid, abalance, $2::text FROM pgbench_accounts "
-                                          "WHERE aid = $1",
-                                          2, params, on_digest_account, r));
+                                          "SELECT aid, bid, abalance, $2::text "
+                                          "FROM pgbench_accounts WHERE aid = $1",
+                                          2, params, on_account, r));
 }
 
 static void get_account_digest(request *r) {
