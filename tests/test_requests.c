@@ -328,6 +328,51 @@ static void every_hop_keeps_its_context(void **state) {
   test_pool_close(&loop, run.pool);
 }
 
+/* A repeating timer: each tick in the context it was started in; started
+ * again from another context, it runs in that one; stopped, it lets the
+ * context go. */
+typedef struct {
+  pgtag_ctx *want;
+  int ticks, wrong;
+} tick_run;
+
+static void on_tick(pgtag_timer *t) {
+  tick_run *run = t->data;
+  if (pgtag_ctx_current() != run->want)
+    run->wrong++;
+  run->ticks++;
+}
+
+static void a_repeating_timer_keeps_its_context_until_stopped(void **state) {
+  (void)state;
+  pgtag_ctx *a = pgtag_ctx_new("ticks-a"), *b = pgtag_ctx_new("ticks-b");
+  tick_run run = {a, 0, 0};
+  pgtag_timer t;
+  assert_int_equal(pgtag_timer_init(&loop, &t), 0);
+  t.data = &run;
+  pgtag_ctx *prev = pgtag_ctx_enter(a);
+  assert_int_equal(pgtag_timer_start(&t, on_tick, 1, 1), 0);
+  pgtag_ctx_leave(prev);
+  assert_true(run_until(&loop, &run.ticks, 3, 5000));
+  assert_int_equal(a->refs, 2);
+  prev = pgtag_ctx_enter(b); /* started again: b replaces a */
+  run.want = b;
+  assert_int_equal(pgtag_timer_start(&t, on_tick, 1, 1), 0);
+  pgtag_ctx_leave(prev);
+  assert_int_equal(a->refs, 1);
+  assert_int_equal(b->refs, 2);
+  run.ticks = 0;
+  assert_true(run_until(&loop, &run.ticks, 3, 5000));
+  assert_int_equal(pgtag_timer_stop(&t), 0);
+  assert_int_equal(b->refs, 1);
+  assert_int_equal(run.wrong, 0);
+  pgtag_timer_close(&t, NULL);
+  pgtag_ctx_unref(a);
+  pgtag_ctx_unref(b);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 /* The wrappers' bad arguments: errors, nothing captured. */
 static void hop_wrappers_refuse_bad_arguments(void **state) {
   (void)state;
@@ -614,6 +659,7 @@ int main(void) {
       cmocka_unit_test_setup(deadline_on_a_held_connection, setup),
       cmocka_unit_test_setup(the_smaller_limit_wins, setup),
       cmocka_unit_test_setup(every_hop_keeps_its_context, setup),
+      cmocka_unit_test_setup(a_repeating_timer_keeps_its_context_until_stopped, setup),
       cmocka_unit_test_setup(hop_wrappers_refuse_bad_arguments, setup),
       cmocka_unit_test_setup(forgotten_leave_is_reported, setup),
       cmocka_unit_test_setup(context_check_levels, setup),
