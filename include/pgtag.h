@@ -713,6 +713,11 @@ typedef struct {
   uint64_t reclaimed;       /**< connections taken back from their holder */
   uint64_t conns_lost;      /**< established connections that died */
   uint64_t reconnects;      /**< connections established to replace them */
+  uint64_t reads_retried;   /**< cluster reads that failed on this replica
+                               for a connection reason and were sent once
+                               more elsewhere */
+  uint64_t left_recovery;   /**< times this replica was found out of
+                               recovery (promoted) and left out of reads */
   uint64_t errors_by_code[PGTAG_NERRCODES]; /**< operations ended, by code */
   pgtag_histogram acquire_wait; /**< submit to getting a connection */
   pgtag_histogram query_time;   /**< each query's own time (see
@@ -969,7 +974,12 @@ pgtag_errcode pgtag_cluster_new(uv_loop_t *loop, const pgtag_cluster_config *cfg
 /** pgtag_query on the cluster: with PGTAG_READ_ONLY on a replica when one
  * qualifies and the current request has not written through the cluster;
  * otherwise on the primary (and then, without PGTAG_READ_ONLY, the
- * request counts as having written).  Same errors as pgtag_query.
+ * request counts as having written).  A read that fails on a replica for
+ * a connection reason (PGTAG_ECONN: the replica went down or its
+ * connection died, not an error the server reported) is sent once more,
+ * in the same request's context, to another healthy replica or the
+ * primary, and cb hears only how that went; counted in the replica's
+ * pgtag_stats.reads_retried.  Same errors as pgtag_query.
  * Thread: the cluster's loop thread. */
 pgtag_errcode pgtag_cluster_query(pgtag_cluster *cluster, int flags, const char *sql,
                                   int nparams, const char *const *values,
@@ -1002,6 +1012,23 @@ pgtag_errcode pgtag_cluster_query_at(pgtag_cluster *cluster, int flags, const ch
 pgtag_errcode pgtag_cluster_acquire_at(pgtag_cluster *cluster, pgtag_acquire_cb cb,
                                        void *arg, const char *file, int line,
                                        const char *func);
+
+/** Take a connection for the current request: with PGTAG_READ_ONLY on a
+ * replica when one qualifies and the request has not written through the
+ * cluster (a consistent snapshot for several reads; the request is not
+ * counted as a writer, and the server refuses writes on it), otherwise
+ * as pgtag_cluster_acquire.  No retry elsewhere: a held connection that
+ * fails fails its statements.  Same errors as pgtag_acquire, and
+ * PGTAG_EINVAL for unknown flags.
+ * Thread: the cluster's loop thread. */
+#define pgtag_cluster_acquire_ex(cluster, flags, cb, arg) \
+  pgtag_cluster_acquire_ex_at((cluster), (flags), (cb), (arg), __FILE__, __LINE__, __func__)
+
+/** What pgtag_cluster_acquire_ex calls.
+ * Thread: the cluster's loop thread. */
+pgtag_errcode pgtag_cluster_acquire_ex_at(pgtag_cluster *cluster, int flags,
+                                          pgtag_acquire_cb cb, void *arg, const char *file,
+                                          int line, const char *func);
 
 /** The primary's pool (statistics, metrics; queries sent on it directly
  * are not seen by read-your-writes), or NULL.  Borrowed.

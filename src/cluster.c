@@ -53,6 +53,7 @@ typedef struct {
   uint64_t replayed; /* replay position at the last good sample */
   wal_mark marks[MARKS]; /* received, not yet replayed; oldest first */
   int nmarks;
+  int promoted;      /* the last sample found it out of recovery */
 } replica;
 
 struct pgtag_cluster {
@@ -134,7 +135,18 @@ static void on_lag(PGresult *res, const pgtag_error *err, void *arg) {
   if (strcmp(PQgetvalue(res, 0, 0), "t") != 0 || PQgetisnull(res, 0, 2)) {
     forget_marks(r); /* promoted: not a replica of this primary any more */
     r->lag_ms = -1;
+    if (!r->promoted) {
+      r->promoted = 1;
+      r->pool->stats.left_recovery++;
+      pool_log(r->pool, PGTAG_LOG_WARN,
+               "this replica is not in recovery any more (promoted?): no read goes to it "
+               "until it is a standby again; writes still go to the cluster's primary pool");
+    }
     return;
+  }
+  if (r->promoted) {
+    r->promoted = 0;
+    pool_log(r->pool, PGTAG_LOG_WARN, "this replica is in recovery again: reads may go to it");
   }
   uint64_t replayed = strtoull(PQgetvalue(res, 0, 2), NULL, 10);
   if (replayed < r->replayed) { /* restarted from a restartpoint, or another server */
@@ -178,13 +190,14 @@ static void on_lag_timer(uv_timer_t *t) {
   pgtag_ctx_leave(previous);
 }
 
-/* The healthy replica with the least work outstanding, or the primary. */
-static pgtag_pool *read_pool(const pgtag_cluster *c) {
+/* The healthy replica with the least work outstanding, other than
+ * except, or the primary. */
+static pgtag_pool *read_pool(const pgtag_cluster *c, const pgtag_pool *except) {
   pgtag_pool *best = NULL;
   int best_load = 0;
   for (int i = 0; i < c->nreplicas; i++) {
     const replica *r = &c->replicas[i];
-    if (!healthy(c, r))
+    if (!healthy(c, r) || r->pool == except)
       continue;
     int load = r->pool->outstanding + r->pool->count[CONN_HELD];
     if (best == NULL || load < best_load) {
@@ -193,6 +206,65 @@ static pgtag_pool *read_pool(const pgtag_cluster *c) {
     }
   }
   return best != NULL ? best : c->primary;
+}
+
+/* A read sent to a replica, with what it takes to send it once more
+ * elsewhere: the caller's text and values are only theirs during the
+ * call, so they are copied into the same block. */
+typedef struct {
+  pgtag_cluster *cluster;
+  pgtag_pool *pool; /* the replica it went to */
+  pgtag_result_cb cb;
+  void *arg;
+  call_site site;   /* file and func are the program's literals */
+  int nparams;
+  const char **values;
+  char *sql;
+} replica_read;
+
+static replica_read *replica_read_new(pgtag_cluster *c, pgtag_pool *pool, const char *sql,
+                                      int nparams, const char *const *values,
+                                      pgtag_result_cb cb, void *arg, const call_site *site) {
+  size_t size = sizeof(replica_read) + (size_t)nparams * sizeof(char *) + strlen(sql) + 1;
+  for (int i = 0; i < nparams; i++)
+    size += values[i] != NULL ? strlen(values[i]) + 1 : 0;
+  replica_read *rr = malloc(size);
+  if (rr == NULL)
+    return NULL;
+  *rr = (replica_read){c, pool, cb, arg, *site, nparams, (const char **)(rr + 1), NULL};
+  char *text = (char *)(rr->values + nparams);
+  for (int i = 0; i < nparams; i++) {
+    rr->values[i] = NULL;
+    if (values[i] != NULL) {
+      rr->values[i] = strcpy(text, values[i]);
+      text += strlen(text) + 1;
+    }
+  }
+  rr->sql = strcpy(text, sql);
+  return rr;
+}
+
+static void on_read_retried(PGresult *res, const pgtag_error *err, void *arg) {
+  replica_read *rr = arg;
+  rr->cb(res, err, rr->arg);
+  free(rr);
+}
+
+/* In the request's context (pgtag made it current): a connection failure
+ * on the replica sends the read once more, elsewhere; anything else is
+ * the caller's answer. */
+static void on_replica_read(PGresult *res, const pgtag_error *err, void *arg) {
+  replica_read *rr = arg;
+  pgtag_cluster *c = rr->cluster;
+  if (err != NULL && err->code == PGTAG_ECONN && !c->closing) {
+    pgtag_pool *other = read_pool(c, rr->pool);
+    if (pool_query(other, rr->sql, rr->nparams, rr->values, NULL, on_read_retried, rr,
+                   &rr->site) == PGTAG_OK) {
+      rr->pool->stats.reads_retried++;
+      return;
+    }
+  }
+  on_read_retried(res, err, rr);
 }
 
 pgtag_errcode pgtag_cluster_query_at(pgtag_cluster *c, int flags, const char *sql, int nparams,
@@ -208,9 +280,19 @@ pgtag_errcode pgtag_cluster_query_at(pgtag_cluster *c, int flags, const char *sq
     return PGTAG_ECLOSED;
   pgtag_ctx *ctx = pgtag_ctx_current();
   int wrote = ctx != NULL && (ctx->wrote & c->bit) != 0;
-  if ((flags & PGTAG_READ_ONLY) && !wrote)
-    return pool_query(read_pool(c), sql, nparams, values, NULL, cb, arg, &site);
-  pgtag_errcode rc = pool_query(c->primary, sql, nparams, values, NULL, cb, arg, &site);
+  pgtag_pool *pool = (flags & PGTAG_READ_ONLY) && !wrote ? read_pool(c, NULL) : c->primary;
+  if (pool != c->primary && sql != NULL && cb != NULL && nparams >= 0 &&
+      (nparams == 0 || values != NULL)) {
+    /* bad arguments go on to pool_query, which says what is wrong */
+    replica_read *rr = replica_read_new(c, pool, sql, nparams, values, cb, arg, &site);
+    if (rr == NULL)
+      return PGTAG_ENOMEM;
+    pgtag_errcode rc = pool_query(pool, sql, nparams, values, NULL, on_replica_read, rr, &site);
+    if (rc != PGTAG_OK)
+      free(rr);
+    return rc;
+  }
+  pgtag_errcode rc = pool_query(pool, sql, nparams, values, NULL, cb, arg, &site);
   if (rc == PGTAG_OK && ctx != NULL && !(flags & PGTAG_READ_ONLY))
     ctx->wrote |= c->bit;
   return rc;
@@ -221,19 +303,30 @@ pgtag_errcode (pgtag_cluster_query)(pgtag_cluster *c, int flags, const char *sql
   return pgtag_cluster_query_at(c, flags, sql, nparams, values, cb, arg, NULL, 0, NULL);
 }
 
-pgtag_errcode pgtag_cluster_acquire_at(pgtag_cluster *c, pgtag_acquire_cb cb, void *arg,
-                                       const char *file, int line, const char *func) {
-  if (c == NULL) {
-    const call_site site = {file, line, func};
-    return refuse(NULL, &site, "pgtag_cluster_acquire", "the cluster is NULL");
-  }
+pgtag_errcode pgtag_cluster_acquire_ex_at(pgtag_cluster *c, int flags, pgtag_acquire_cb cb,
+                                          void *arg, const char *file, int line,
+                                          const char *func) {
+  static const char fn[] = "pgtag_cluster_acquire";
+  const call_site site = {file, line, func};
+  if (c == NULL)
+    return refuse(NULL, &site, fn, "the cluster is NULL");
+  if ((flags & ~PGTAG_READ_ONLY) != 0)
+    return refuse(c->primary, &site, fn, "unknown flags (only PGTAG_READ_ONLY is)");
   if (c->closing)
     return PGTAG_ECLOSED;
-  pgtag_errcode rc = pgtag_acquire_at(c->primary, cb, arg, file, line, func);
   pgtag_ctx *ctx = pgtag_ctx_current();
-  if (rc == PGTAG_OK && ctx != NULL)
+  int wrote = ctx != NULL && (ctx->wrote & c->bit) != 0;
+  int reads = (flags & PGTAG_READ_ONLY) && !wrote;
+  pgtag_errcode rc =
+      pgtag_acquire_at(reads ? read_pool(c, NULL) : c->primary, cb, arg, file, line, func);
+  if (rc == PGTAG_OK && ctx != NULL && !reads)
     ctx->wrote |= c->bit;
   return rc;
+}
+
+pgtag_errcode pgtag_cluster_acquire_at(pgtag_cluster *c, pgtag_acquire_cb cb, void *arg,
+                                       const char *file, int line, const char *func) {
+  return pgtag_cluster_acquire_ex_at(c, 0, cb, arg, file, line, func);
 }
 
 pgtag_pool *pgtag_cluster_primary(pgtag_cluster *c) { return c != NULL ? c->primary : NULL; }
@@ -287,14 +380,19 @@ static int conninfo_valid(const char *conninfo) {
 pgtag_errcode pgtag_cluster_new(uv_loop_t *loop, const pgtag_cluster_config *cfg,
                                 pgtag_cluster **out) {
   static _Thread_local unsigned next_bit;
-  if (loop == NULL || cfg == NULL || out == NULL || cfg->nreplicas < 0 ||
-      (cfg->nreplicas > 0 && cfg->replicas == NULL) || cfg->max_replica_lag_ms < 1 ||
-      cfg->lag_check_interval_ms < 1)
-    return PGTAG_EINVAL;
+  static const call_site site = {NULL, 0, "pgtag_cluster_new"};
+  const char *fn = site.func;
+  if (loop == NULL || cfg == NULL || out == NULL)
+    return refuse(NULL, &site, fn, "loop, cfg or out is NULL");
+  if (cfg->nreplicas < 0 || (cfg->nreplicas > 0 && cfg->replicas == NULL))
+    return refuse(NULL, &site, fn, "nreplicas is negative, or replicas is NULL");
+  if (cfg->max_replica_lag_ms < 1 || cfg->lag_check_interval_ms < 1)
+    return refuse(NULL, &site, fn,
+                  "max_replica_lag_ms and lag_check_interval_ms must be at least 1");
   /* Everything that can be wrong is checked before any pool exists. */
   for (int i = 0; i < cfg->nreplicas; i++)
     if (!conninfo_valid(cfg->replicas[i]))
-      return PGTAG_EINVAL;
+      return refuse(NULL, &site, fn, "a replica's conninfo is NULL or does not parse");
   pgtag_cluster *c = calloc(1, sizeof *c);
   if (c == NULL)
     return PGTAG_ENOMEM;

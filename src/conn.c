@@ -200,6 +200,7 @@ static void connect_step(struct conn *conn) {
       return;
     }
     PQsetNoticeReceiver(conn->pg, on_notice, conn);
+    conn->read_only_at_connect = conn_server_read_only(conn);
     conn->opener = conn->pool->cfg.transaction_pooler ? OPENER_TEXT : OPENER_UNPREPARED;
     /* A pooled server connection changes from one transaction to the
      * next: what is prepared on one is not on the others. */
@@ -765,6 +766,13 @@ static void on_timer_closed(uv_handle_t *handle) {
   pgtag_pool *pool = conn->pool;
   conn_retire(conn);
   pool_handle_closed(pool);
+}
+
+int conn_server_read_only(const struct conn *conn) {
+  const char *standby = PQparameterStatus(conn->pg, "in_hot_standby");
+  const char *fenced = PQparameterStatus(conn->pg, "default_transaction_read_only");
+  return (standby != NULL && strcmp(standby, "on") == 0) ||
+         (fenced != NULL && strcmp(fenced, "on") == 0);
 }
 
 int conn_alive(struct conn *conn) {

@@ -55,6 +55,9 @@ struct conn {
   int writes;     /* ... that may write */
   int no_batch;   /* reads get a sync point each (serializable default) */
   int opener;     /* the batch opener here: OPENER_UNPREPARED, ... (conn.c) */
+  int read_only_at_connect; /* the server was a standby, or read-only, when
+                               this connection was made: its refusals of
+                               writes are errors, not a failover */
   stmt_cache stmts; /* statements prepared on this server process */
   uint64_t chunk_ns; /* results held back together: the first one's start */
   int got_result; /* the head has sent a result already */
@@ -98,6 +101,11 @@ int conn_flush_staged(struct conn *conn);
  * up, and how long a cancelled query may take to end. */
 #define RESET_TIMEOUT_MS 5000
 #define CANCEL_GRACE_MS 5000
+
+/* Whether the server says it is read-only now: in hot standby, or
+ * default_transaction_read_only on (PostgreSQL 14 and later report both
+ * as they change). */
+int conn_server_read_only(const struct conn *conn);
 
 /* For a connection that has sat idle: nonzero if it still looks usable,
  * zero if the server has closed it (or sent it anything but silence that

@@ -142,6 +142,12 @@ int pgtag_stats_metrics(const pgtag_stats *stats, const char *const *names, int 
           conns_lost);
   COUNTER(&o, "pgtag_reconnects_total", "Connections established to replace lost ones.",
           reconnects);
+  COUNTER(&o, "pgtag_reads_retried_total",
+          "Cluster reads that failed on this replica's connection and were sent elsewhere.",
+          reads_retried);
+  COUNTER(&o, "pgtag_left_recovery_total",
+          "Times this replica was found promoted (out of recovery) and left out of reads.",
+          left_recovery);
   FAMILY(&o, "pgtag_leaks_total", "counter", "Leak reports, by kind.", st, {
     put(&o, "pgtag_leaks_total{%s,kind=\"request_ended\"} %llu\n", o.label,
         (unsigned long long)st->leaks_ended);

@@ -632,12 +632,7 @@ static int server_read_only(const struct conn *conn, const PGresult *res) {
   if (res == NULL || PQresultStatus(res) != PGRES_FATAL_ERROR)
     return 0;
   const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-  if (state == NULL || strcmp(state, "25006") != 0)
-    return 0;
-  const char *standby = PQparameterStatus(conn->pg, "in_hot_standby");
-  const char *fenced = PQparameterStatus(conn->pg, "default_transaction_read_only");
-  return (standby != NULL && strcmp(standby, "on") == 0) ||
-         (fenced != NULL && strcmp(fenced, "on") == 0);
+  return state != NULL && strcmp(state, "25006") == 0 && conn_server_read_only(conn);
 }
 
 static int res_sqlstate_is(const PGresult *res, const char *sqlstate) {
@@ -683,11 +678,14 @@ static void lost_with(struct conn *conn, op *o, PGresult *res, const char *why) 
 void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
   pgtag_pool *pool = conn->pool;
 
-  if (o->kind != OP_RESET && server_read_only(conn, res)) {
-    /* Its connections are no use for writes any more: this query and the
-     * others on the connection fail once with PGTAG_ECONN (SQLSTATE 25006
-     * kept), and the pool connects again, with backoff; a conninfo with
-     * target_session_attrs=read-write then finds the writable server. */
+  if (o->kind != OP_RESET && !conn->read_only_at_connect && server_read_only(conn, res)) {
+    /* The server was writable when this connection was made, and is not
+     * now (demoted, or fenced): its connections are no use for writes any
+     * more.  This query and the others on the connection fail once with
+     * PGTAG_ECONN (SQLSTATE 25006 kept), and the pool connects again, with
+     * backoff; a conninfo with target_session_attrs=read-write then finds
+     * the writable server.  On a connection made to a standby (a cluster's
+     * replica, a read-only pool) the refusal is the caller's error. */
     lost_with(conn, o, res, "the server is read-only now (a standby, or a demoted primary)");
     return;
   }
@@ -744,7 +742,7 @@ void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
       queue_insert_head(&conn->pending, &o->node);
     }
     o = NULL;
-  } else if (pipeline_resend(pool, conn, o, res, 0)) {
+  } else if (pipeline_resend(pool, conn, o, res, server_read_only(conn, res))) {
     /* It had no effect (pipeline.h): it goes again, first in line. */
     PQclear(res);
     requeue_front(pool, o);

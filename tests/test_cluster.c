@@ -3,7 +3,9 @@
  * is paused while the primary writes falls behind the lag limit and reads
  * move to the primary, then come back; a request that wrote reads from the
  * primary; a standby that is down is skipped; a large write after a quiet
- * spell does not read as the quiet spell's length of lag. */
+ * spell does not read as the quiet spell's length of lag; a read whose
+ * replica connection dies is retried elsewhere; a read-only transaction
+ * runs on the replica; a promoted replica is noticed. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -371,6 +373,156 @@ static void a_burst_after_a_quiet_spell_is_not_read_as_lag(void **state) {
   cluster_close(c);
 }
 
+/* Every log line of a cluster's pools, kept for the tests to read. */
+static char logged[16][512];
+static int nlogged;
+
+static void keep_log(pgtag_log_level level, const char *msg, void *arg) {
+  (void)level;
+  (void)arg;
+  if (nlogged < 16)
+    snprintf(logged[nlogged++], sizeof logged[0], "%s", msg);
+}
+
+static int logged_saying(const char *a, const char *b) {
+  int n = 0;
+  for (int i = 0; i < nlogged; i++)
+    n += strstr(logged[i], a) != NULL && strstr(logged[i], b) != NULL;
+  return n;
+}
+
+/* A read whose replica connection dies under it (pg_terminate_backend on
+ * the standby) is sent once more, to the primary here, in its request's
+ * context and with its tag; the caller hears only the second outcome.  An
+ * error the server reports is the caller's answer, not retried. */
+static void a_read_that_loses_its_replica_is_retried_elsewhere(void **state) {
+  (void)state;
+  pgtag_cluster *c = cluster_new(1000);
+  assert_true(wait_lag(c, 1000, 1, 5000));
+  pgtag_ctx *ctx = pgtag_ctx_new("retried-read");
+  rec r = {0}, bad = {0};
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
+  /* sleeps on the standby only, until it is terminated */
+  assert_int_equal(SUBMIT(pgtag_cluster_query(
+                       c, PGTAG_READ_ONLY,
+                       "SELECT current_setting('port'), current_query(), "
+                       "CASE WHEN pg_is_in_recovery() THEN pg_sleep(60) END",
+                       0, NULL, rec_result, &r)),
+                   PGTAG_OK);
+  pgtag_ctx_leave(prev);
+  const char *running = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+                        "AND query LIKE '/* requestId=retried-read */%'";
+  uint64_t end = now_ms() + 10000;
+  while (admin_int_on(pair.standby, running) != 1 && now_ms() < end)
+    run_for(&loop, 10);
+  assert_int_equal(admin_int_on(pair.standby, running), 1);
+  admin_exec_on(pair.standby, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE query LIKE '/* requestId=retried-read */%'");
+  assert_true(run_until(&loop, &completions, 1, 10000));
+  assert_done(&r, ctx, PGTAG_OK); /* once, in its context */
+  assert_int_equal(atoi(r.value), pair.primary_port);
+  assert_non_null(strstr(r.value2, "/* requestId=retried-read */"));
+  pgtag_stats st;
+  pgtag_pool_stats(pgtag_cluster_replica(c, 0), &st);
+  assert_int_equal(st.reads_retried, 1);
+  /* the server's own error: not retried */
+  assert_true(wait_lag(c, 1000, 1, 10000)); /* the replica's pool has reconnected */
+  prev = pgtag_ctx_enter(ctx);
+  assert_int_equal(SUBMIT(pgtag_cluster_query(c, PGTAG_READ_ONLY, "SELECT 1/0", 0, NULL,
+                                              rec_result, &bad)),
+                   PGTAG_OK);
+  pgtag_ctx_leave(prev);
+  assert_true(run_until(&loop, &completions, 2, 5000));
+  assert_done(&bad, ctx, PGTAG_ESERVER);
+  assert_string_equal(bad.sqlstate, "22012");
+  pgtag_pool_stats(pgtag_cluster_replica(c, 0), &st);
+  assert_int_equal(st.reads_retried, 1);
+  pgtag_ctx_unref(ctx);
+  cluster_close(c);
+}
+
+/* pgtag_cluster_acquire_ex with PGTAG_READ_ONLY: a held connection on the
+ * replica, on which the server refuses writes, and the request is not
+ * counted as a writer: its next read still goes to the replica. */
+static void a_read_only_transaction_runs_on_the_replica(void **state) {
+  (void)state;
+  pgtag_cluster *c = cluster_new(1000);
+  assert_true(wait_lag(c, 1000, 1, 5000));
+  pgtag_ctx *ctx = pgtag_ctx_new("ro-tx");
+  rec acq = {0}, port = {0}, write = {0}, after = {0}, flags = {0};
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
+  assert_int_equal(pgtag_cluster_acquire_ex(c, 0x100, rec_acquire, &flags), PGTAG_EINVAL);
+  assert_int_equal(pgtag_cluster_acquire_ex(c, PGTAG_READ_ONLY, rec_acquire, &acq), PGTAG_OK);
+  pgtag_ctx_leave(prev);
+  assert_true(run_until(&loop, &completions, 1, 5000));
+  assert_done(&acq, ctx, PGTAG_OK);
+  assert_int_equal(conn_query_in(acq.conn, ctx, "SELECT current_setting('port')", &port),
+                   PGTAG_OK);
+  assert_int_equal(
+      conn_query_in(acq.conn, ctx, "INSERT INTO replicated (note) VALUES ('ro')", &write),
+      PGTAG_OK);
+  assert_true(run_until(&loop, &completions, 3, 5000));
+  assert_done(&port, ctx, PGTAG_OK);
+  assert_int_equal(atoi(port.value), pair.standby_port);
+  assert_done(&write, ctx, PGTAG_ESERVER);
+  assert_string_equal(write.sqlstate, "25006"); /* read-only transaction */
+  pgtag_stats st;
+  pgtag_pool_stats(pgtag_cluster_replica(c, 0), &st);
+  assert_int_equal(st.conns_lost, 0); /* a standby's refusal is no failover */
+  pgtag_release(acq.conn);
+  read_in(c, ctx, &after);
+  assert_true(run_until(&loop, &completions, 4, 5000));
+  assert_int_equal(atoi(after.value), pair.standby_port);
+  assert_int_equal(flags.calls, 0);
+  pgtag_ctx_unref(ctx);
+  cluster_close(c);
+}
+
+/* A replica promoted under the cluster: said once, counted, and reads go
+ * elsewhere.  Promotes the second standby (stopped at teardown). */
+static void a_promoted_replica_is_noticed(void **state) {
+  (void)state;
+  static const char *replicas[1];
+  replicas[0] = standby2;
+  pgtag_cluster_config cfg;
+  pgtag_cluster_config_init(&cfg);
+  test_config(&cfg.primary);
+  cfg.primary.conninfo = pair.primary;
+  cfg.primary.name = "app";
+  cfg.primary.log = keep_log;
+  cfg.primary.log_level = PGTAG_LOG_WARN;
+  cfg.replicas = replicas;
+  cfg.nreplicas = 1;
+  cfg.lag_check_interval_ms = 50;
+  nlogged = 0;
+  pgtag_cluster *c = NULL;
+  assert_int_equal(pgtag_cluster_new(&loop, &cfg, &c), PGTAG_OK);
+  assert_true(wait_lag(c, 1000, 1, 5000));
+  pair_ctl(&pair, "s2", "promote", NULL);
+  pgtag_stats st = {0};
+  uint64_t end = now_ms() + 10000;
+  while (st.left_recovery == 0 && now_ms() < end) {
+    run_for(&loop, 20);
+    pgtag_pool_stats(pgtag_cluster_replica(c, 0), &st);
+  }
+  assert_int_equal(st.left_recovery, 1);
+  assert_int_equal(logged_saying("not in recovery any more", "no read goes to it"), 1);
+  assert_int_equal(pgtag_cluster_replica_lag_ms(c, 0), -1);
+  pgtag_ctx *ctx = pgtag_ctx_new("after-promotion");
+  rec r = {0};
+  read_in(c, ctx, &r);
+  assert_true(run_until(&loop, &completions, 1, 5000));
+  assert_done(&r, ctx, PGTAG_OK);
+  assert_int_equal(atoi(r.value), pair.primary_port);
+  /* said once, not at every sample */
+  run_for(&loop, 200);
+  pgtag_pool_stats(pgtag_cluster_replica(c, 0), &st);
+  assert_int_equal(st.left_recovery, 1);
+  assert_int_equal(logged_saying("not in recovery any more", "no read goes to it"), 1);
+  pgtag_ctx_unref(ctx);
+  cluster_close(c);
+}
+
 static void bad_cluster_arguments(void **state) {
   (void)state;
   pgtag_cluster_config cfg;
@@ -437,6 +589,9 @@ int main(void) {
       cmocka_unit_test_setup(a_lagging_replica_is_skipped_until_it_catches_up, setup),
       cmocka_unit_test_setup(reads_spread_over_replicas_by_load, setup),
       cmocka_unit_test_setup(a_burst_after_a_quiet_spell_is_not_read_as_lag, setup),
+      cmocka_unit_test_setup(a_read_that_loses_its_replica_is_retried_elsewhere, setup),
+      cmocka_unit_test_setup(a_read_only_transaction_runs_on_the_replica, setup),
+      cmocka_unit_test_setup(a_promoted_replica_is_noticed, setup),
       cmocka_unit_test_setup(bad_cluster_arguments, setup),
       cmocka_unit_test_setup(a_replica_that_is_down_is_skipped, setup),
   };
