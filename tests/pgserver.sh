@@ -39,8 +39,17 @@ start_on_free_port() {
   for try in 1 2 3 4 5 6 7 8 9 10; do
     port=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
     port_in_use "$port" && continue
-    if pg_ctl_run -w -t 60 -o "-p $port" start >/dev/null 2>&1; then
+    if pg_ctl_run -w -t 60 -o "-p $port" start >"$dir/pg_ctl.log" 2>&1; then
       break
+    fi
+    # pg_ctl has been seen to give up on a server that did start (loaded
+    # machine): one that runs and answers on the port is taken; retrying
+    # would only find its lock file.
+    if pg_ctl_run status >/dev/null 2>&1; then
+      for _ in $(seq 1 600); do
+        "$bindir/pg_isready" -q -h "$dir" -p "$port" && break 2
+        sleep 0.1
+      done
     fi
     port=""
   done
