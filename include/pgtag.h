@@ -324,12 +324,26 @@ typedef struct {
                                 0 = never; default 0 */
   int reconnect_base_ms;     /**< after a failed connection attempt, wait
                                 this long before the next, doubling with
-                                each failure in a row up to
-                                reconnect_max_ms; every delay is drawn at
-                                random from its upper half, so pools that
-                                lost the same server do not retry in step;
-                                default 100 */
+                                each failed round in a row up to
+                                reconnect_max_ms (reconnect_waiting_max_ms
+                                while operations wait); every delay is
+                                drawn at random from its upper half, so
+                                pools that lost the same server do not
+                                retry in step.  After a failed round the
+                                pool makes one attempt at a time until one
+                                succeeds, then opens the connections its
+                                waiting operations need; default 100 */
   int reconnect_max_ms;      /**< default 5000 */
+  int reconnect_waiting_max_ms; /**< while operations wait for a connection,
+                                the longest backoff delay (at least
+                                reconnect_base_ms): a backoff that grew
+                                longer while nobody waited is cut to it when
+                                an operation comes.  Not when the server
+                                refused the pool for a reason waiting will
+                                not fix (see pgtag_pool_new): that backs off
+                                to reconnect_max_ms.  0 = the default, 500
+                                (measured: see "Running at scale" in the
+                                README) */
   int statement_timeout_ms;  /**< longest a query may run, from the moment
                                 the server can start it (sent, or the
                                 statement ahead of it on the connection
