@@ -8,6 +8,7 @@
 #include "cancel.h"
 #include "context.h"
 #include "pipeline.h"
+#include "resolve.h"
 #include "stats.h"
 
 #include <stdio.h>
@@ -1480,6 +1481,7 @@ static void pool_free(pgtag_pool *pool) {
   free(pool->conninfo);
   free(pool->name);
   free(pool->tag_key);
+  resolver_free(pool->resolver);
   pool_clear_connect_error(pool);
   free(pool);
 }
@@ -1536,6 +1538,10 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
   if (pool->cfg.reconnect_waiting_max_ms == 0)
     pool->cfg.reconnect_waiting_max_ms = RECONNECT_WAITING_MAX_MS;
   connect_params(pool);
+  if (resolver_new(pool, pool->conninfo, &pool->resolver) != 0) {
+    pool_free(pool);
+    return PGTAG_ENOMEM;
+  }
   pool->loop = loop;
   pool->thread = pthread_self();
   if (thread_pools.next == NULL)
@@ -1583,6 +1589,7 @@ void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg) {
   uv_timer_stop(&pool->wait_timer);
   uv_timer_stop(&pool->retry_timer);
   uv_timer_stop(&pool->maint_timer);
+  resolver_cancel(pool->resolver);
   while (!queue_empty(&pool->waiters))
     defer_error(pool, waiter_pop(pool), PGTAG_ECLOSED, "the pool is closing");
 
