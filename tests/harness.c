@@ -60,6 +60,20 @@ int sent_as(const char *seen, const char *want) {
   return cached_form(seen, sl, want, wl); /* untagged */
 }
 
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#endif
+
+int under_valgrind(void) {
+#ifdef RUNNING_ON_VALGRIND
+  return RUNNING_ON_VALGRIND;
+#else
+  return 0;
+#endif
+}
+
 uint64_t now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

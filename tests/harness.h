@@ -73,6 +73,11 @@ void assert_done(const rec *r, pgtag_ctx *ctx, pgtag_errcode code);
 
 uint64_t now_ms(void);
 
+/* Nonzero under valgrind, which runs the program's own computing (a TLS
+ * handshake's arithmetic, say) tens of times slower: for the bounds of
+ * tests that time the loop. */
+int under_valgrind(void);
+
 /* The text the server saw for a query (current_query(), pg_stat_activity)
  * is want, the query as tagged, or its form through the statement cache:
  * the same tag around "EXECUTE _pgtag_<n>" and its arguments.  Nonzero
