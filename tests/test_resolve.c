@@ -18,6 +18,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -428,9 +430,99 @@ static void tls_require(void **state) {
   assert_string_equal(r.value, "false");
 }
 
+/* A server that says yes to TLS ('S' to the SSLRequest) and then never
+ * answers the ClientHello: libpq is in the middle of its handshake, and
+ * waits for the server's reply.  A thread of its own, blocking as it
+ * likes. */
+typedef struct {
+  int listener, port;
+  volatile int stop;
+  int requests; /* SSLRequests answered */
+  int held[16];
+  int nheld;
+} mute_tls;
+
+static void *mute_tls_serve(void *arg) {
+  mute_tls *m = arg;
+  while (!m->stop) {
+    struct pollfd p = {.fd = m->listener, .events = POLLIN};
+    if (poll(&p, 1, 20) <= 0)
+      continue;
+    int c = accept(m->listener, NULL, NULL);
+    if (c < 0)
+      continue;
+    unsigned char req[8];
+    size_t got = 0;
+    while (got < sizeof req) {
+      ssize_t n = recv(c, req + got, sizeof req - got, 0);
+      if (n <= 0)
+        break;
+      got += (size_t)n;
+    }
+    /* length 8, then 1234 5679: the SSLRequest */
+    static const unsigned char ssl_request[8] = {0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f};
+    if (got == sizeof req && memcmp(req, ssl_request, 8) == 0 && send(c, "S", 1, 0) == 1)
+      m->requests++;
+    if (m->nheld < 16)
+      m->held[m->nheld++] = c; /* open and silent */
+    else
+      close(c);
+  }
+  return NULL;
+}
+
+/* The handshake waits for the server the way connecting does, one socket
+ * event at a time: a server that stops answering in the middle of it
+ * holds the attempt until connect_timeout_ms, never the loop. */
+static void tls_handshake_with_a_mute_server_does_not_stop_the_loop(void **state) {
+  (void)state;
+  mute_tls m = {.listener = socket(AF_INET, SOCK_STREAM, 0)};
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof a;
+  assert_int_equal(bind(m.listener, (struct sockaddr *)&a, sizeof a), 0);
+  assert_int_equal(listen(m.listener, 16), 0);
+  getsockname(m.listener, (struct sockaddr *)&a, &len);
+  pthread_t t;
+  assert_int_equal(pthread_create(&t, NULL, mute_tls_serve, &m), 0);
+
+  set_hosts("127.0.0.1 mute.pgtag.test\n");
+  char conninfo[256];
+  snprintf(conninfo, sizeof conninfo, "host=mute.pgtag.test port=%d user=postgres sslmode=require",
+           ntohs(a.sin_port));
+  pgtag_pool_config cfg;
+  pgtag_pool_config_init(&cfg);
+  cfg.conninfo = conninfo;
+  cfg.max_conns = 2;
+  cfg.connect_timeout_ms = 1000;
+  cfg.acquire_timeout_ms = 2500;
+  cfg.log = quiet_log;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  lateness late;
+  lateness_start(&late);
+  rec r = {0};
+  assert_int_equal(query_in(pool, NULL, "SELECT 1", &r), PGTAG_OK);
+  wait_rec(&r, 5000);
+  lateness_stop(&late);
+  m.stop = 1;
+  pthread_join(t, NULL);
+  print_message("%d handshakes left hanging; the loop's 10 ms timer at worst %llu ms late; "
+                "%s\n", m.requests, (unsigned long long)late.worst, r.message);
+  assert_done(&r, NULL, PGTAG_ETIMEDOUT);
+  assert_true(m.requests >= 1);
+  assert_non_null(strstr(r.message, "timed out after 1000 ms"));
+  assert_true(late.worst < late_limit());
+  pool_done(pool);
+  for (int i = 0; i < m.nheld; i++)
+    close(m.held[i]);
+  close(m.listener);
+}
+
 /* verify-full checks the certificate against the host name (which the
- * pool resolved, handing libpq only the address), and the handshakes of
- * eight connections opening at once never hold the loop. */
+ * pool resolved, handing libpq only the address), for eight connections
+ * opening at once.  Their handshakes cost the loop some CPU (and the
+ * server's eight more): with both CPUs busy elsewhere a 10 ms timer came
+ * up to 162 ms late under ASan, so this bound is looser than the
+ * blocking one above. */
 static void tls_verify_full_checks_the_name(void **state) {
   (void)state;
   char conninfo[768];
@@ -458,7 +550,7 @@ static void tls_verify_full_checks_the_name(void **state) {
   }
   print_message("8 TLS connections opened at once: the loop's 10 ms timer at worst %llu ms "
                 "late\n", (unsigned long long)late.worst);
-  assert_true(late.worst < late_limit());
+  assert_true(late.worst < (under_valgrind() ? 3000 : 500));
   pool_done(pool);
 
   /* the same address under a name the certificate does not have */
@@ -489,6 +581,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(a_moved_name_is_followed, setup, teardown),
       cmocka_unit_test_setup_teardown(every_address_in_order, setup, teardown),
       cmocka_unit_test_setup_teardown(tls_require, setup, teardown),
+      cmocka_unit_test_setup_teardown(tls_handshake_with_a_mute_server_does_not_stop_the_loop,
+                                      setup, teardown),
       cmocka_unit_test_setup_teardown(tls_verify_full_checks_the_name, setup, teardown),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
