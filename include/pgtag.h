@@ -467,7 +467,22 @@ const char *pgtag_leak_kind_name(pgtag_leak_kind kind);
 /** How a pool behaves.  Fill it with pgtag_pool_config_init, then set what
  * you need; pgtag_pool_new copies it. */
 typedef struct {
-  const char *conninfo;      /**< libpq connection string; copied.  Required. */
+  const char *conninfo;      /**< libpq connection string; copied.  Required.
+                                Its host names (host, also from PGHOST) are
+                                resolved by the pool on libuv's thread pool
+                                (uv_getaddrinfo), never on the loop, again
+                                at every connection attempt, and handed to
+                                libpq as hostaddr, one entry per address in
+                                the resolver's order (as libpq would try
+                                them), with host kept: TLS verification
+                                (sslmode=verify-full), the password file
+                                and messages use the name.  Attempts that
+                                overlap share one lookup per name.  A unix
+                                socket path, an IP address, or a host with
+                                its own hostaddr goes to libpq untouched;
+                                so does a conninfo with service=, whose
+                                hosts libpq alone reads (and resolves,
+                                blocking). */
   const char *name;          /**< names the pool in logs; default "pgtag" */
   int min_conns;             /**< kept open at all times; default 0 */
   int max_conns;             /**< upper bound, >= 1; default 10 */
@@ -475,8 +490,11 @@ typedef struct {
                                 default 10000 */
   int max_waiting;           /**< most operations waiting for a connection;
                                 0 = no limit; default 10000 */
-  int connect_timeout_ms;    /**< longest connection attempt; 0 = no limit;
-                                default 5000 */
+  int connect_timeout_ms;    /**< longest connection attempt, resolving its
+                                host names included (a name with no answer
+                                by then fails the attempt: "could not
+                                translate host name ... no answer within");
+                                0 = no limit; default 5000 */
   int idle_timeout_ms;       /**< close connections idle this long while more
                                 than min_conns are open; 0 = never;
                                 default 30000 */
@@ -484,12 +502,26 @@ typedef struct {
                                 0 = never; default 0 */
   int reconnect_base_ms;     /**< after a failed connection attempt, wait
                                 this long before the next, doubling with
-                                each failure in a row up to
-                                reconnect_max_ms; every delay is drawn at
-                                random from its upper half, so pools that
-                                lost the same server do not retry in step;
-                                default 100 */
+                                each failed round in a row up to
+                                reconnect_max_ms (reconnect_waiting_max_ms
+                                while operations wait); every delay is
+                                drawn at random from its upper half, so
+                                pools that lost the same server do not
+                                retry in step.  After a failed round the
+                                pool makes one attempt at a time until one
+                                succeeds, then opens the connections its
+                                waiting operations need; default 100 */
   int reconnect_max_ms;      /**< default 5000 */
+  int reconnect_waiting_max_ms; /**< while operations wait for a connection,
+                                the longest backoff delay (at least
+                                reconnect_base_ms): a backoff that grew
+                                longer while nobody waited is cut to it when
+                                an operation comes.  Not when the server
+                                refused the pool for a reason waiting will
+                                not fix (see pgtag_pool_new): that backs off
+                                to reconnect_max_ms.  0 = the default, 500
+                                (measured: see "Running at scale" in the
+                                README) */
   int statement_timeout_ms;  /**< longest a query may run, from the moment
                                 the server can start it (sent, or the
                                 statement ahead of it on the connection
@@ -659,8 +691,11 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
  * pool is freed as soon as done returns: from the call of done on, the
  * pool must not be used, and any later call with it, pgtag_pool_close
  * included, is a use of freed memory.  The loop then holds no pgtag handle
- * (uv_loop_close succeeds).  A second call before done has run is ignored,
- * with a WARN log line; its done is never called.
+ * (uv_loop_close succeeds).  A host name lookup that a thread of libuv's
+ * pool is running cannot be stopped: closing waits for it (at most the
+ * system resolver's own timeout, 10 s with glibc's defaults); lookups not
+ * yet running are cancelled.  A second call before done has run is
+ * ignored, with a WARN log line; its done is never called.
  * Thread: the pool's loop thread. */
 void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg);
 

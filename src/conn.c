@@ -10,6 +10,7 @@
 
 #include "context.h"
 #include "pool.h"
+#include "resolve.h"
 #include "sqlkind.h"
 #include "stats.h"
 
@@ -123,10 +124,18 @@ static void on_notice(void *arg, const PGresult *res) {
 
 static void on_connect_timeout(uv_timer_t *timer) {
   struct conn *conn = timer->data;
-  char msg[128];
+  char msg[512];
   pgtag_ctx *previous = pgtag_ctx_enter(NULL);
-  snprintf(msg, sizeof msg, "connection attempt timed out after %d ms",
-           conn->pool->cfg.connect_timeout_ms);
+  if (conn->resolving != NULL) {
+    char names[384];
+    resolver_pending(conn, names, sizeof names);
+    snprintf(msg, sizeof msg,
+             "could not translate host name %s to address: no answer within %d ms "
+             "(connect_timeout_ms)", names, conn->pool->cfg.connect_timeout_ms);
+  } else {
+    snprintf(msg, sizeof msg, "connection attempt timed out after %d ms",
+             conn->pool->cfg.connect_timeout_ms);
+  }
   pool_on_connect_failed(conn, msg);
   pgtag_ctx_leave(previous);
 }
@@ -146,6 +155,60 @@ static void conn_retire(struct conn *conn) {
   queue_insert_tail(&conn->pool->spare, &conn->node);
 }
 
+/* libpq's part: PQconnectStartParams, with the addresses resolved for
+ * this attempt when the pool has names to resolve.  Returns 0, or -1 with
+ * errbuf filled. */
+static int pq_start(struct conn *conn, char *errbuf, size_t errlen) {
+  pgtag_pool *pool = conn->pool;
+  /* The pool's defaults first, the conninfo (expanded) next, the resolved
+   * lists last: libpq lets the last value of a keyword win, so the user's
+   * settings override the defaults, and libpq sees no name to resolve. */
+  const char *keys[16], *values[16];
+  int n = 0;
+  for (; pool->conn_keys[n] != NULL; n++) {
+    keys[n] = pool->conn_keys[n];
+    values[n] = pool->conn_values[n];
+  }
+  resolved *res = NULL;
+  if (pool->resolver != NULL) {
+    res = calloc(1, sizeof *res);
+    int entries = res != NULL ? resolver_params(pool->resolver, res) : -1;
+    if (entries <= 0) {
+      text_line(errbuf, errlen, entries < 0 ? "out of memory" : res->notes.data);
+      if (res != NULL)
+        resolved_free(res);
+      free(res);
+      return -1;
+    }
+    keys[n] = "host", values[n++] = res->host.data;
+    keys[n] = "hostaddr", values[n++] = res->hostaddr.data;
+    if (res->has_port)
+      keys[n] = "port", values[n++] = res->port.data;
+    conn->connect_names = res; /* for the error message, should it fail */
+  }
+  keys[n] = NULL, values[n] = NULL;
+  conn->pg = PQconnectStartParams(keys, values, 1);
+  if (conn->pg == NULL || PQstatus(conn->pg) == CONNECTION_BAD) {
+    /* Every host may fail at once (refused on this machine, say). */
+    tag_buf msg = {0};
+    const char *pqmsg = conn->pg ? PQerrorMessage(conn->pg) : "out of memory";
+    if (conn->pg != NULL && res != NULL && resolved_explain(res, pqmsg, &msg) == 0)
+      pqmsg = msg.data;
+    text_line(errbuf, errlen, pqmsg);
+    tag_buf_free(&msg);
+    return -1;
+  }
+  /* The server's SQLSTATE reaches us only in the text of a refusal, and
+   * only in verbose mode (connect_error.h); back to default once connected. */
+  PQsetErrorVerbosity(conn->pg, PQERRORS_VERBOSE);
+  /* libpq's protocol: before the first PQconnectPoll, wait for writability. */
+  if (conn_watch(conn, 1) != 0) {
+    snprintf(errbuf, errlen, "cannot poll the connection's socket");
+    return -1;
+  }
+  return 0;
+}
+
 struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
   struct conn *conn = conn_alloc(pool);
   if (conn == NULL) {
@@ -153,19 +216,6 @@ struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
     return NULL;
   }
   conn->pool = pool;
-  /* The pool's defaults first, the conninfo (expanded) last: libpq lets
-   * the last value of a keyword win, so the user's settings override. */
-  conn->pg = PQconnectStartParams(pool->conn_keys, pool->conn_values, 1);
-  if (conn->pg == NULL || PQstatus(conn->pg) == CONNECTION_BAD) {
-    text_line(errbuf, errlen,
-                 conn->pg ? PQerrorMessage(conn->pg) : "out of memory");
-    PQfinish(conn->pg);
-    conn_retire(conn);
-    return NULL;
-  }
-  /* The server's SQLSTATE reaches us only in the text of a refusal, and
-   * only in verbose mode (connect_error.h); back to default once connected. */
-  PQsetErrorVerbosity(conn->pg, PQERRORS_VERBOSE);
   conn->poll_fd = -1;
   conn->state = CONN_CONNECTING;
   queue_init(&conn->node);
@@ -178,9 +228,9 @@ struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
   conn->timer.data = conn;
   conn->created = uv_now(pool->loop);
 
-  /* libpq's protocol: before the first PQconnectPoll, wait for writability. */
-  if (conn_watch(conn, 1) != 0) {
-    snprintf(errbuf, errlen, "cannot poll the connection's socket");
+  int rc = pool->resolver != NULL ? resolver_join(pool->resolver, conn, errbuf, errlen)
+                                  : pq_start(conn, errbuf, errlen);
+  if (rc != 0) {
     conn_close(conn);
     return NULL;
   }
@@ -190,10 +240,36 @@ struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
   return conn;
 }
 
+void conn_resolved(struct conn *conn) {
+  char err[1024];
+  if (pq_start(conn, err, sizeof err) != 0)
+    pool_on_connect_failed(conn, err);
+}
+
+/* The attempt failed in libpq: its message, in the words it would have
+ * used had it resolved the names itself (resolved_explain). */
+static void connect_failed_pq(struct conn *conn) {
+  const char *pqmsg = PQerrorMessage(conn->pg);
+  tag_buf msg = {0};
+  if (conn->connect_names != NULL && resolved_explain(conn->connect_names, pqmsg, &msg) == 0)
+    pqmsg = msg.data;
+  pool_on_connect_failed(conn, pqmsg);
+  tag_buf_free(&msg);
+}
+
+/* Done with what the attempt was given. */
+static void forget_names(struct conn *conn) {
+  if (conn->connect_names != NULL)
+    resolved_free(conn->connect_names);
+  free(conn->connect_names);
+  conn->connect_names = NULL;
+}
+
 static void connect_step(struct conn *conn) {
   switch (PQconnectPoll(conn->pg)) {
   case PGRES_POLLING_OK:
     uv_timer_stop(&conn->timer);
+    forget_names(conn);
     PQsetErrorVerbosity(conn->pg, PQERRORS_DEFAULT);
     if (PQsetnonblocking(conn->pg, 1) != 0) {
       pool_on_connect_failed(conn, PQerrorMessage(conn->pg));
@@ -228,7 +304,7 @@ static void connect_step(struct conn *conn) {
       pool_on_connect_failed(conn, "cannot poll the connection's socket");
     return;
   default:
-    pool_on_connect_failed(conn, PQerrorMessage(conn->pg));
+    connect_failed_pq(conn);
     return;
   }
 }
@@ -798,6 +874,8 @@ int conn_poll_update(struct conn *conn) {
 }
 
 void conn_shut(struct conn *conn) {
+  resolver_leave(conn);
+  forget_names(conn);
   stmtcache_free(&conn->stmts); /* they went with the server process */
   poll_close(conn);
   uv_timer_stop(&conn->timer);

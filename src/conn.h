@@ -39,6 +39,9 @@ struct conn {
   uint64_t poll_ino; /* while connecting: which socket poll_fd was */
   int poll_events;   /* what the poll was last started with */
   uv_timer_t timer; /* connect timeout */
+  struct resolve_attempt *resolving; /* waiting for its host names (resolve.h) */
+  struct resolved *connect_names; /* what libpq was given for the names
+                                    resolved, for its error message */
   int want_write;   /* output left in libpq's buffer */
 
   /* The pipeline (pipeline.c has its rules).  Everything sent whose
@@ -79,10 +82,15 @@ struct conn {
   char last_sql[LAST_SQL_MAX + 1]; /* the last statement sent, untagged */
 };
 
-/* Start connecting.  Returns the connection (state CONN_CONNECTING, not yet
- * linked into the pool), or NULL with errbuf filled when the attempt failed
- * at once. */
+/* Start connecting: with the pool's resolver (resolve.h), once its host
+ * names are resolved, else at once.  Returns the connection (state
+ * CONN_CONNECTING, not yet linked into the pool), or NULL with errbuf
+ * filled when the attempt failed at once.  connect_timeout_ms counts from
+ * here, resolution included. */
 struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen);
+
+/* conn's host names have answered (resolve.c): libpq starts connecting. */
+void conn_resolved(struct conn *conn);
 
 /* Send op's query (tagged with op's context) behind whatever is on the
  * wire: a read that may share a batch is staged, to go out with the

@@ -9,6 +9,7 @@
 #include "checks.h"
 #include "context.h"
 #include "pipeline.h"
+#include "resolve.h"
 #include "stats.h"
 
 #include <stdio.h>
@@ -295,8 +296,33 @@ static void on_retry(uv_timer_t *timer) {
   pgtag_ctx_leave(previous);
 }
 
+/* reconnect_waiting_max_ms's default: the README ("Running at scale")
+ * has the measurements behind it. */
+#define RECONNECT_WAITING_MAX_MS 500
+
+/* The ceiling of backoff delays now.  While operations wait, a short one
+ * (reconnect_waiting_max_ms): a server that is back, or a standby just
+ * promoted, is found within a fraction of a second, and with one attempt
+ * per step (maybe_connect_more) that costs a server little.  While nobody
+ * waits, or when the server refused the pool for a reason waiting will not
+ * fix, it grows to reconnect_max_ms. */
+static uint64_t backoff_cap(const pgtag_pool *pool) {
+  uint64_t cap = (uint64_t)pool->cfg.reconnect_max_ms;
+  uint64_t waiting = (uint64_t)pool->cfg.reconnect_waiting_max_ms;
+  if (waiting < (uint64_t)pool->cfg.reconnect_base_ms)
+    waiting = (uint64_t)pool->cfg.reconnect_base_ms;
+  if (pool->nwaiting > 0 && !pool->connect_err.refused && waiting < cap)
+    cap = waiting;
+  return cap;
+}
+
+/* Drawn at random from the upper half of d, so that pools that lost the
+ * same server do not retry in step. */
+static uint64_t jitter(uint64_t d) { return d / 2 + uv_hrtime() / 1000 % (d / 2 + 1); }
+
 /* Exponential backoff with jitter, so a server that is down or restarting
- * sees a trickle of attempts rather than a storm. */
+ * sees a trickle of attempts rather than a storm: reconnect_base_ms,
+ * doubling with each failed round, up to the ceiling. */
 static void connect_failed(pgtag_pool *pool, const char *message) {
   pool->stats.connect_failures++;
   int n = ++pool->connect_failures_in_row;
@@ -308,34 +334,54 @@ static void connect_failed(pgtag_pool *pool, const char *message) {
   snprintf(pool->last_connect_error, sizeof pool->last_connect_error, "%s", message);
   if (pool->closing)
     return;
-  uint64_t cap = (uint64_t)pool->cfg.reconnect_max_ms;
-  uint64_t delay = (uint64_t)pool->cfg.reconnect_base_ms;
-  for (int i = 1; i < n && delay < cap; i++)
-    delay *= 2;
-  if (delay > cap)
-    delay = cap;
-  delay = delay / 2 + uv_hrtime() / 1000 % (delay / 2 + 1);
-  pool_log(pool, level, "connection attempt failed: %s (retry in %llu ms)",
-           message, (unsigned long long)delay);
-  uv_timer_start(&pool->retry_timer, on_retry, delay, 0);
+  uv_timer_t *t = &pool->retry_timer;
+  /* One step per round: the other attempts of a round that has failed
+   * already change nothing.  (Counting each, eight attempts failing
+   * together put the next one at reconnect_max_ms: 2.5 to 5 s.) */
+  if (!uv_is_active((uv_handle_t *)t)) {
+    uint64_t cap = backoff_cap(pool), delay = (uint64_t)pool->cfg.reconnect_base_ms;
+    for (int i = ++pool->backoff_step; i > 1 && delay < cap; i--)
+      delay *= 2;
+    uv_timer_start(t, on_retry, jitter(delay < cap ? delay : cap), 0);
+  }
+  pool_log(pool, level, "connection attempt failed: %s (retry in %llu ms)", message,
+           (unsigned long long)uv_timer_get_due_in(t));
   /* The retry keeps the loop alive only for someone who is waiting. */
   if (pool->nwaiting > 0)
-    uv_ref((uv_handle_t *)&pool->retry_timer);
+    uv_ref((uv_handle_t *)t);
   else
-    uv_unref((uv_handle_t *)&pool->retry_timer);
+    uv_unref((uv_handle_t *)t);
+}
+
+/* Someone waits now: a backoff that grew long while nobody waited is cut
+ * to the waiting ceiling. */
+static void hurry_retry(pgtag_pool *pool) {
+  uint64_t cap = backoff_cap(pool);
+  if (pool->nwaiting > 0 && uv_timer_get_due_in(&pool->retry_timer) > cap)
+    uv_timer_start(&pool->retry_timer, on_retry, jitter(cap), 0);
 }
 
 /* Open connections for waiters not already covered by attempts under way,
- * and up to min_conns, within max_conns; not while backing off. */
+ * and up to min_conns, within max_conns; not while backing off.  After a
+ * failed round, one attempt at a time until one succeeds
+ * (pool_on_connected opens the rest then): a server that is down, or a
+ * standby not yet promoted, gets one attempt per backoff step from a pool,
+ * not max_conns. */
 static void maybe_connect_more(pgtag_pool *pool, int pressed) {
   char err[256];
-  if (pool->closing || uv_is_active((uv_handle_t *)&pool->retry_timer))
+  if (pool->closing)
     return;
+  if (uv_is_active((uv_handle_t *)&pool->retry_timer)) {
+    hurry_retry(pool);
+    return;
+  }
   int total = live_conns(pool);
   int want = pool->cfg.min_conns - total;
   int uncovered = pool->nwaiting + pressed - pool->count[CONN_CONNECTING];
   if (uncovered > want)
     want = uncovered;
+  if (pool->backoff_step > 0 && want > 1 - pool->count[CONN_CONNECTING])
+    want = 1 - pool->count[CONN_CONNECTING];
   for (; want > 0 && total < pool->cfg.max_conns; want--, total++) {
     struct conn *conn = conn_start(pool, err, sizeof err);
     if (conn == NULL) {
@@ -397,12 +443,14 @@ void pool_on_connected(struct conn *conn) {
              pool->connect_failures_in_row);
   pool_clear_connect_error(pool);
   pool->connect_failures_in_row = 0;
+  pool->backoff_step = 0;
   if (pool->replacements_due > 0) {
     pool->replacements_due--;
     pool->stats.reconnects++;
   }
   pool_log(pool, PGTAG_LOG_DEBUG, "connected (%s)", backend_text(conn->backend_pid).s);
   make_available(pool, conn);
+  maybe_connect(pool); /* after one attempt at a time: the others waiting */
 }
 
 void pool_on_connect_failed(struct conn *conn, const char *message) {
@@ -1469,6 +1517,7 @@ void pgtag_pool_config_init(pgtag_pool_config *cfg) {
   cfg->connect_timeout_ms = 5000;
   cfg->reconnect_base_ms = 100;
   cfg->reconnect_max_ms = 5000;
+  cfg->reconnect_waiting_max_ms = RECONNECT_WAITING_MAX_MS;
   cfg->tcp_keepalive_s = 60;
   cfg->pipeline_depth = 8;
   cfg->pipeline_fast_ms = 5;
@@ -1504,7 +1553,8 @@ static const char *config_problem(const pgtag_pool_config *cfg) {
   if (cfg->statement_cache < 0 || cfg->statement_cache > 100000)
     return "statement_cache must be between 0 and 100000";
   if (cfg->reconnect_base_ms < 0 || cfg->reconnect_max_ms < 0 ||
-      cfg->statement_timeout_ms < 0 || cfg->tcp_keepalive_s < 0)
+      cfg->reconnect_waiting_max_ms < 0 || cfg->statement_timeout_ms < 0 ||
+      cfg->tcp_keepalive_s < 0)
     return "timeouts and limits must not be negative";
   if (cfg->reconnect_base_ms > 0 && cfg->reconnect_max_ms > 0 &&
       cfg->reconnect_max_ms < cfg->reconnect_base_ms)
@@ -1586,6 +1636,7 @@ static void pool_free(pgtag_pool *pool) {
   free(pool->conninfo);
   free(pool->name);
   free(pool->tag_key);
+  resolver_free(pool->resolver);
   pool_clear_connect_error(pool);
   free(pool);
 }
@@ -1639,7 +1690,13 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
   if (pool->cfg.reconnect_max_ms == 0)
     pool->cfg.reconnect_max_ms = pool->cfg.reconnect_base_ms > 5000
                                      ? pool->cfg.reconnect_base_ms : 5000;
+  if (pool->cfg.reconnect_waiting_max_ms == 0)
+    pool->cfg.reconnect_waiting_max_ms = RECONNECT_WAITING_MAX_MS;
   connect_params(pool);
+  if (resolver_new(pool, pool->conninfo, &pool->resolver) != 0) {
+    pool_free(pool);
+    return PGTAG_ENOMEM;
+  }
   pool->loop = loop;
   pool->thread = pthread_self();
   if (thread_pools.next == NULL)
@@ -1693,6 +1750,7 @@ void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg) {
   uv_timer_stop(&pool->wait_timer);
   uv_timer_stop(&pool->retry_timer);
   uv_timer_stop(&pool->maint_timer);
+  resolver_cancel(pool->resolver);
   while (!queue_empty(&pool->waiters))
     defer_error(pool, waiter_pop(pool), PGTAG_ECLOSED, "the pool is closing");
 

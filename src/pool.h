@@ -54,6 +54,8 @@ struct pgtag_pool {
 
   uv_timer_t retry_timer; /* connect backoff */
   int connect_failures_in_row;
+  int backoff_step; /* rounds of attempts failed in a row */
+  struct resolver *resolver; /* the conninfo's host names; NULL: none */
   int replacements_due; /* connections lost, not yet replaced */
   char last_connect_error[256];
 

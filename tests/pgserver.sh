@@ -15,13 +15,18 @@
 #                                  PRIMARY_DIR (pg_basebackup -R), started
 #                                  on its own socket and free port
 #   tests/pgserver.sh promote DIR  promote the standby in DIR
+#   tests/pgserver.sh tls DIR NAME TLS for the running server in DIR: a CA
+#                                  and a certificate for host name NAME,
+#                                  made here (openssl) into DIR/tls
+#                                  (ca.crt is the one clients verify
+#                                  with), then ssl = on
 #
 # DIR/env holds PGTAG_TEST_CONNINFO, PGHOST, PGPORT, PGUSER and PGDATABASE.
 # As root the server runs as the postgres user, which owns DIR.
 set -euo pipefail
 
-cmd=${1:?usage: pgserver.sh start|stop|restart|up|standby|promote DIR}
-dir=${2:?usage: pgserver.sh start|stop|restart|up|standby|promote DIR}
+cmd=${1:?usage: pgserver.sh start|stop|restart|up|standby|promote|tls DIR}
+dir=${2:?usage: pgserver.sh start|stop|restart|up|standby|promote|tls DIR}
 bindir=$(ls -d /usr/lib/postgresql/15/bin 2>/dev/null || true)
 [ -n "$bindir" ] || { echo "pgserver.sh: PostgreSQL 15 is not installed" >&2; exit 1; }
 
@@ -39,8 +44,17 @@ start_on_free_port() {
   for try in 1 2 3 4 5 6 7 8 9 10; do
     port=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
     port_in_use "$port" && continue
-    if pg_ctl_run -w -t 60 -o "-p $port" start >/dev/null 2>&1; then
+    if pg_ctl_run -w -t 60 -o "-p $port" start >"$dir/pg_ctl.log" 2>&1; then
       break
+    fi
+    # pg_ctl has been seen to give up on a server that did start (loaded
+    # machine): one that runs and answers on the port is taken; retrying
+    # would only find its lock file.
+    if pg_ctl_run status >/dev/null 2>&1; then
+      for _ in $(seq 1 600); do
+        "$bindir/pg_isready" -q -h "$dir" -p "$port" && break 2
+        sleep 0.1
+      done
     fi
     port=""
   done
@@ -111,6 +125,37 @@ standby)
 promote)
   as_owner "$bindir/pg_ctl" -D "$dir/data" -w -t 60 promote >/dev/null
   ;;
+tls)
+  name=${3:?usage: pgserver.sh tls DIR NAME}
+  tls=$dir/tls
+  mkdir -p "$tls"
+  # P-256 keys: made in milliseconds, where RSA takes up to a second.
+  key=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  {
+    openssl req -x509 "${key[@]}" -days 2 -subj "/CN=pgtag test CA" \
+      -keyout "$tls/ca.key" -out "$tls/ca.crt"
+    openssl req "${key[@]}" -subj "/CN=$name" -keyout "$tls/server.key" -out "$tls/server.csr"
+    printf 'subjectAltName = DNS:%s\n' "$name" >"$tls/server.ext"
+    openssl x509 -req -days 2 -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" \
+      -CAcreateserial -extfile "$tls/server.ext" -out "$tls/server.crt"
+  } >"$tls/openssl.log" 2>&1 || { cat "$tls/openssl.log" >&2; exit 1; }
+  [ "$(id -u)" = 0 ] && chown -R postgres: "$tls"
+  chmod 600 "$tls/server.key"
+  cat >>"$dir/data/postgresql.conf" <<CONF
+ssl = on
+ssl_cert_file = '$tls/server.crt'
+ssl_key_file = '$tls/server.key'
+CONF
+  pg_ctl_run reload >/dev/null
+  # The reload is asynchronous: back once the server says ssl is on.
+  for _ in $(seq 1 100); do
+    [ "$(PGHOST=$dir PGPORT=$(cat "$dir/port") psql -X -At -U postgres -d postgres \
+         -c 'SHOW ssl')" = on ] && exit 0
+    sleep 0.1
+  done
+  echo "pgserver.sh: ssl is still off after the reload" >&2
+  exit 1
+  ;;
 restart)
   pg_ctl_run -w -t 60 -m "${3:-fast}" restart >/dev/null
   ;;
@@ -118,7 +163,7 @@ up)
   pg_ctl_run -w -t 60 start >/dev/null
   ;;
 *)
-  echo "usage: pgserver.sh start|stop|restart|up DIR" >&2
+  echo "usage: pgserver.sh start|stop|restart|up|standby|promote|tls DIR" >&2
   exit 2
   ;;
 esac

@@ -1,11 +1,14 @@
 /* Failover on real servers: a primary and its streaming standby
  * (pg_basebackup -R), a pool with a multi-host conninfo
- * (target_session_attrs=read-write), 64 requests writing all the time.
- * The primary is stopped (immediate) and the standby promoted; or the
- * primary is fenced read-only (writes fail with 25006) and the standby
- * promoted.  Every operation ends exactly once, in its own request; the
- * pool writes on the new primary within 3 s of the promotion; nothing is
- * written twice; no connection to the old primary survives. */
+ * (target_session_attrs=read-write) and every other setting at its
+ * default, 64 requests writing all the time.  The primary is stopped
+ * (immediate) and the standby promoted 0.3 s later, or 2 s later (long
+ * enough for a backoff to grow); or the primary is fenced read-only
+ * (writes fail with 25006) and the standby promoted.  Every operation ends
+ * exactly once, in its own request; the pool writes on the new primary
+ * within 1 s of the promotion; it makes no storm of connection attempts
+ * meanwhile; nothing is written twice; no connection to the old primary
+ * survives. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -102,6 +105,7 @@ static void write_submit(writer *w) {
 typedef struct {
   server_pair *pair;
   int fence;           /* fence the primary read-only instead of stopping it */
+  int promote_after_ms;
   writer *w;
   volatile uint64_t broken_at; /* now_ms() when the primary stopped writing */
   volatile int done;
@@ -110,6 +114,8 @@ typedef struct {
 static void *failover_thread(void *arg) {
   failover *f = arg;
   struct timespec pause = {0, 300 * 1000000};
+  struct timespec promote = {f->promote_after_ms / 1000,
+                             (long)(f->promote_after_ms % 1000) * 1000000};
   nanosleep(&pause, NULL);
   f->broken_at = now_ms();
   if (f->fence) {
@@ -119,14 +125,14 @@ static void *failover_thread(void *arg) {
   } else {
     pair_ctl(f->pair, "p", "stop", "immediate");
   }
-  nanosleep(&pause, NULL);
+  nanosleep(&promote, NULL);
   pair_ctl(f->pair, "s", "promote", NULL);
   f->w->since = now_ms();
   f->done = 1;
   return NULL;
 }
 
-static void failover_under_writes(int fence) {
+static void failover_under_writes(int fence, int promote_after_ms) {
   server_pair pair;
   pair_start(&pair);
   admin_exec_on(pair.primary, "CREATE TABLE fo_writes (id text, at timestamptz DEFAULT now())");
@@ -145,10 +151,7 @@ static void failover_under_writes(int fence) {
   test_config(&cfg);
   cfg.conninfo = conninfo;
   cfg.max_conns = 8;
-  cfg.acquire_timeout_ms = 10000;
-  cfg.reconnect_base_ms = 50;
-  cfg.reconnect_max_ms = 500;
-  cfg.log_level = PGTAG_LOG_ERROR;
+  cfg.log_level = PGTAG_LOG_ERROR; /* the rest as a user gets it */
   writer *w = calloc(1, sizeof *w);
   w->pool = test_pool_new(&loop, &cfg);
   for (int i = 0; i < CONCURRENCY; i++)
@@ -159,7 +162,7 @@ static void failover_under_writes(int fence) {
     run_for(&loop, 20);
   assert_true(w->ok > CONCURRENCY);
 
-  failover f = {.pair = &pair, .fence = fence, .w = w};
+  failover f = {.pair = &pair, .fence = fence, .promote_after_ms = promote_after_ms, .w = w};
   pthread_t t;
   assert_int_equal(pthread_create(&t, NULL, failover_thread, &f), 0);
   while (!f.done)
@@ -175,19 +178,27 @@ static void failover_under_writes(int fence) {
 
   pgtag_stats st;
   pgtag_pool_stats(w->pool, &st);
-  print_message("%s: %d writes, %d ok, %d ECONN (%d of them 25006), %d lost connections, "
-                "%d reconnects, %d failed connection attempts; the new primary took a write "
-                "%lld ms after the promotion\n",
-                fence ? "fenced primary" : "stopped primary", w->submitted, w->ok, w->econn,
+  uint64_t outage_ms = w->first_ok_after - f.broken_at;
+  print_message("%s, promoted %d ms later: %d writes, %d ok, %d ECONN (%d of them 25006), "
+                "%d lost connections, %d reconnects, %d failed connection attempts in %llu ms "
+                "of outage; the new primary took a write %lld ms after the promotion\n",
+                fence ? "fenced primary" : "stopped primary", promote_after_ms, w->submitted,
+                w->ok, w->econn,
                 w->read_only, (int)st.conns_lost, (int)st.reconnects,
-                (int)st.connect_failures,
+                (int)st.connect_failures, (unsigned long long)outage_ms,
                 w->first_ok_after ? (long long)(w->first_ok_after - w->since) : -1LL);
   /* No reconnect storm: while no server was writable the pool backed off
-   * (50 ms doubling to 500 ms), with at most one round of max_conns
-   * attempts per backoff delay (250 ms at least once at the cap), not an
-   * attempt per waiting request or per failed write. */
-  uint64_t outage_ms = w->first_ok_after - f.broken_at;
-  assert_true(st.connect_failures <= (uint64_t)cfg.max_conns * (2 + outage_ms / 250));
+   * (the defaults: 100 ms doubling to 500 ms while requests wait), with at
+   * most one round of max_conns attempts per backoff delay (250 ms at
+   * least once at the cap), not an attempt per waiting request or per
+   * failed write.  In fact one round, when the connections were lost, then
+   * one attempt at a time: delays of at least 50, 100, 200, then 250 ms. */
+  pgtag_pool_config defaults;
+  pgtag_pool_config_init(&defaults);
+  uint64_t shortest = (uint64_t)defaults.reconnect_waiting_max_ms / 2;
+  assert_int_equal(shortest, 250);
+  assert_true(st.connect_failures <= (uint64_t)cfg.max_conns * (2 + outage_ms / shortest));
+  assert_true(st.connect_failures <= (uint64_t)cfg.max_conns + 4 + outage_ms / shortest);
   if (w->other > 0)
     fail_msg("%d unexpected outcomes, last: %s", w->other, w->other_msg);
   assert_int_equal(w->completed, w->submitted); /* every operation ended once */
@@ -196,7 +207,7 @@ static void failover_under_writes(int fence) {
     assert_int_equal(w->calls[i], 1);
   assert_int_equal(w->wrong_ctx, 0);
   assert_true(w->first_ok_after != 0);
-  assert_true(w->first_ok_after - w->since < 3000);
+  assert_true(w->first_ok_after - w->since < 1000);
   assert_true(w->ok >= ok_at_promotion + 500);
   if (fence)
     assert_true(w->read_only > 0); /* the fenced writes failed as lost connections */
@@ -239,12 +250,19 @@ static void failover_under_writes(int fence) {
 
 static void primary_stopped_standby_promoted(void **state) {
   (void)state;
-  failover_under_writes(0);
+  failover_under_writes(0, 300);
+}
+
+/* While nobody could write for 2 s, the backoff reached its ceiling: the
+ * new primary is still found within 1 s. */
+static void primary_stopped_standby_promoted_2s_later(void **state) {
+  (void)state;
+  failover_under_writes(0, 2000);
 }
 
 static void primary_fenced_read_only_standby_promoted(void **state) {
   (void)state;
-  failover_under_writes(1);
+  failover_under_writes(1, 300);
 }
 
 /* A write refused because the application made its own transaction read
@@ -288,6 +306,7 @@ static void read_only_transaction_keeps_its_connection(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup(primary_stopped_standby_promoted, setup),
+      cmocka_unit_test_setup(primary_stopped_standby_promoted_2s_later, setup),
       cmocka_unit_test_setup(primary_fenced_read_only_standby_promoted, setup),
       cmocka_unit_test_setup(read_only_transaction_keeps_its_connection, setup),
   };
