@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 int in_submit;
 pgtag_errcode _submit_rc;
@@ -220,22 +221,49 @@ void pair_stop(server_pair *p) {
 
 static void on_deadline(uv_timer_t *t) { *(int *)t->data = 1; }
 
-int run_until(uv_loop_t *loop, const int *flag, int want, int timeout_ms) {
+int run_until(uv_loop_t *lp, const int *flag, int want, int timeout_ms) {
   uv_timer_t timer;
   int expired = 0;
-  uv_timer_init(loop, &timer);
+  uv_timer_init(lp, &timer);
   timer.data = &expired;
   uv_timer_start(&timer, on_deadline, (uint64_t)timeout_ms, 0);
   while (*flag < want && !expired)
-    uv_run(loop, UV_RUN_ONCE);
+    uv_run(lp, UV_RUN_ONCE);
   uv_close((uv_handle_t *)&timer, NULL);
-  uv_run(loop, UV_RUN_NOWAIT);
+  uv_run(lp, UV_RUN_NOWAIT);
   return *flag >= want;
 }
 
-void run_for(uv_loop_t *loop, int ms) {
+void run_for(uv_loop_t *lp, int ms) {
   int never = 0;
-  run_until(loop, &never, 1, ms);
+  run_until(lp, &never, 1, ms);
+}
+
+uint64_t wait_deadline(int timeout_ms) {
+  return now_ms() + (uint64_t)timeout_ms * (uint64_t)time_scale();
+}
+
+int wait_step(uv_loop_t *lp, uint64_t end) {
+  if (now_ms() >= end)
+    return 0;
+  if (lp != NULL)
+    run_for(lp, 10);
+  else
+    usleep(10000);
+  return 1;
+}
+
+uv_loop_t loop;
+
+int loop_setup(void **state) {
+  (void)state;
+  completions = 0;
+  return uv_loop_init(&loop);
+}
+
+void wait_rec(const rec *r) {
+  if (!run_until(&loop, &r->calls, 1, 20000 * time_scale()))
+    fail_msg("no callback within %d ms", 20000 * time_scale());
 }
 
 void test_config(pgtag_pool_config *cfg) {
@@ -245,14 +273,14 @@ void test_config(pgtag_pool_config *cfg) {
   cfg->name = "test";
 }
 
-pgtag_pool *test_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg) {
+pgtag_pool *test_pool_new(uv_loop_t *lp, const pgtag_pool_config *cfg) {
   pgtag_pool_config def;
   pgtag_pool *pool = NULL;
   if (cfg == NULL) {
     test_config(&def);
     cfg = &def;
   }
-  assert_int_equal(pgtag_pool_new(loop, cfg, &pool), PGTAG_OK);
+  assert_int_equal(pgtag_pool_new(lp, cfg, &pool), PGTAG_OK);
   assert_non_null(pool);
   return pool;
 }
@@ -262,13 +290,13 @@ static void on_closed(void *arg) {
   assert_null(pgtag_ctx_current()); /* pool work runs with no context */
 }
 
-void test_pool_close(uv_loop_t *loop, pgtag_pool *pool) {
+void test_pool_close(uv_loop_t *lp, pgtag_pool *pool) {
   int closed = 0;
   pgtag_pool_close(pool, on_closed, &closed);
-  assert_true(run_until(loop, &closed, 1, 10000));
+  assert_true(run_until(lp, &closed, 1, 10000));
   assert_int_equal(closed, 1);
-  uv_run(loop, UV_RUN_NOWAIT);
-  assert_int_equal(uv_loop_close(loop), 0);
+  uv_run(lp, UV_RUN_NOWAIT);
+  assert_int_equal(uv_loop_close(lp), 0);
 }
 
 static void rec_common(rec *r, const pgtag_error *err) {

@@ -19,16 +19,38 @@ int admin_int(const char *sql);
 
 /* Run the loop until *flag >= want or timeout_ms passed; returns 1 when the
  * flag got there. */
-int run_until(uv_loop_t *loop, const int *flag, int want, int timeout_ms);
-/* Run the loop for ms milliseconds. */
-void run_for(uv_loop_t *loop, int ms);
+int run_until(uv_loop_t *lp, const int *flag, int want, int timeout_ms);
+/* Run the loop for ms milliseconds.  Only to show that something does NOT
+ * happen within a time, or to let time pass on purpose: a test waiting for
+ * something to happen waits for it (run_until, WAIT_FOR). */
+void run_for(uv_loop_t *lp, int ms);
+
+/* Run lp (or, when lp is NULL, sleep) until cond holds, testing it every
+ * 10 ms, for timeout_ms at most, scaled by time_scale().  A generous bound
+ * for a wait on something that should happen: the caller then asserts
+ * cond, which may have been false all along. */
+#define WAIT_FOR(lp, cond, timeout_ms)                   \
+  do {                                                   \
+    uint64_t wait_end_ = wait_deadline(timeout_ms);      \
+    while (!(cond) && wait_step((lp), wait_end_))        \
+      continue;                                          \
+  } while (0)
+uint64_t wait_deadline(int timeout_ms);
+/* One step of WAIT_FOR: 0 once past end, else runs loop (sleeps) 10 ms. */
+int wait_step(uv_loop_t *lp, uint64_t end);
+
+/* The loop the tests of a program run on, one test at a time. */
+extern uv_loop_t loop;
+/* A cmocka setup: a fresh loop, completions 0.  Each test closes the loop
+ * (test_pool_close or uv_loop_close). */
+int loop_setup(void **state);
 
 /* A pool on loop with test defaults: the test server, max_conns 4. */
 void test_config(pgtag_pool_config *cfg);
-pgtag_pool *test_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg);
+pgtag_pool *test_pool_new(uv_loop_t *lp, const pgtag_pool_config *cfg);
 /* Close the pool, wait for done, and check the loop is left with nothing
  * (uv_loop_close succeeds). */
-void test_pool_close(uv_loop_t *loop, pgtag_pool *pool);
+void test_pool_close(uv_loop_t *lp, pgtag_pool *pool);
 
 /* Set while a test is inside a submitting call; callbacks fail the test if
  * they see it set. */
@@ -52,6 +74,9 @@ typedef struct {
 } rec;
 
 extern int completions; /* bumped by every rec callback */
+
+/* Run the loop until r's callback ran; fails the test after 20 s (scaled). */
+void wait_rec(const rec *r);
 
 void rec_result(PGresult *res, const pgtag_error *err, void *arg);
 void rec_acquire(pgtag_conn conn, const pgtag_error *err, void *arg);

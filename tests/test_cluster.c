@@ -15,7 +15,6 @@
 
 #include "harness.h"
 
-static uv_loop_t loop;
 static server_pair pair;
 static char standby2[512]; /* a second standby of the same primary */
 static int standby2_port;
@@ -40,12 +39,6 @@ static int group_teardown(void **state) {
   pair_ctl(&pair, "s2", "stop", "immediate");
   pair_stop(&pair);
   return 0;
-}
-
-static int setup(void **state) {
-  (void)state;
-  completions = 0;
-  return uv_loop_init(&loop);
 }
 
 static pgtag_cluster *cluster_of(const char *const *replicas, int n, int max_lag_ms) {
@@ -432,13 +425,13 @@ static void a_replica_that_is_down_is_skipped(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup(reads_land_on_the_replica_with_their_tags, setup),
-      cmocka_unit_test_setup(a_request_that_wrote_reads_its_writes, setup),
-      cmocka_unit_test_setup(a_lagging_replica_is_skipped_until_it_catches_up, setup),
-      cmocka_unit_test_setup(reads_spread_over_replicas_by_load, setup),
-      cmocka_unit_test_setup(a_burst_after_a_quiet_spell_is_not_read_as_lag, setup),
-      cmocka_unit_test_setup(bad_cluster_arguments, setup),
-      cmocka_unit_test_setup(a_replica_that_is_down_is_skipped, setup),
+      cmocka_unit_test_setup(reads_land_on_the_replica_with_their_tags, loop_setup),
+      cmocka_unit_test_setup(a_request_that_wrote_reads_its_writes, loop_setup),
+      cmocka_unit_test_setup(a_lagging_replica_is_skipped_until_it_catches_up, loop_setup),
+      cmocka_unit_test_setup(reads_spread_over_replicas_by_load, loop_setup),
+      cmocka_unit_test_setup(a_burst_after_a_quiet_spell_is_not_read_as_lag, loop_setup),
+      cmocka_unit_test_setup(bad_cluster_arguments, loop_setup),
+      cmocka_unit_test_setup(a_replica_that_is_down_is_skipped, loop_setup),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -19,14 +19,6 @@
 
 #include "harness.h"
 
-static uv_loop_t loop;
-
-static int setup(void **state) {
-  (void)state;
-  completions = 0;
-  return uv_loop_init(&loop);
-}
-
 enum { CONCURRENCY = 64, MAX_OPS = 200000 };
 
 typedef struct writer writer;
@@ -287,9 +279,9 @@ static void read_only_transaction_keeps_its_connection(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup(primary_stopped_standby_promoted, setup),
-      cmocka_unit_test_setup(primary_fenced_read_only_standby_promoted, setup),
-      cmocka_unit_test_setup(read_only_transaction_keeps_its_connection, setup),
+      cmocka_unit_test_setup(primary_stopped_standby_promoted, loop_setup),
+      cmocka_unit_test_setup(primary_fenced_read_only_standby_promoted, loop_setup),
+      cmocka_unit_test_setup(read_only_transaction_keeps_its_connection, loop_setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

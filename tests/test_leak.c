@@ -12,8 +12,6 @@
 
 #include "harness.h"
 
-static uv_loop_t loop;
-
 /* What one on_leak call saw, copied. */
 typedef struct {
   pgtag_leak_kind kind;
@@ -59,19 +57,13 @@ static void on_leak(const pgtag_leak *l, void *arg) {
 }
 
 static int setup(void **state) {
-  (void)state;
-  completions = 0;
   nreports = 0;
-  return uv_loop_init(&loop);
+  return loop_setup(state);
 }
 
 static void leak_config(pgtag_pool_config *cfg) {
   test_config(cfg);
   cfg->on_leak = on_leak;
-}
-
-static void wait_rec(const rec *r) {
-  assert_true(run_until(&loop, &r->calls, 1, 15000));
 }
 
 static void wait_reports(int n) {

@@ -14,18 +14,6 @@
 
 #include "harness.h"
 
-static uv_loop_t loop;
-
-static int setup(void **state) {
-  (void)state;
-  completions = 0;
-  return uv_loop_init(&loop);
-}
-
-static void wait_rec(const rec *r) {
-  assert_true(run_until(&loop, &r->calls, 1, 15000));
-}
-
 static void install_sql(void) {
   char path[1024];
   snprintf(path, sizeof path, "%s/sql/pgtag.sql", PGTAG_SOURCE_DIR);
@@ -544,14 +532,14 @@ static void metrics_in_prometheus_format(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup(server_reads_back_hostile_ids, setup),
-      cmocka_unit_test_setup(activity_shows_the_request, setup),
-      cmocka_unit_test_setup(blocking_names_both_requests, setup),
-      cmocka_unit_test_setup(statements_view_only_with_the_extension, setup),
-      cmocka_unit_test_setup(request_statistics, setup),
-      cmocka_unit_test_setup(n_plus_one_is_reported_once, setup),
-      cmocka_unit_test_setup(slow_queries_and_reports_are_logged_with_the_request, setup),
-      cmocka_unit_test_setup(metrics_in_prometheus_format, setup),
+      cmocka_unit_test_setup(server_reads_back_hostile_ids, loop_setup),
+      cmocka_unit_test_setup(activity_shows_the_request, loop_setup),
+      cmocka_unit_test_setup(blocking_names_both_requests, loop_setup),
+      cmocka_unit_test_setup(statements_view_only_with_the_extension, loop_setup),
+      cmocka_unit_test_setup(request_statistics, loop_setup),
+      cmocka_unit_test_setup(n_plus_one_is_reported_once, loop_setup),
+      cmocka_unit_test_setup(slow_queries_and_reports_are_logged_with_the_request, loop_setup),
+      cmocka_unit_test_setup(metrics_in_prometheus_format, loop_setup),
   };
   return cmocka_run_group_tests(tests, group_setup, NULL);
 }

@@ -18,7 +18,6 @@
 #include "harness.h"
 #include "pool.h"
 
-static uv_loop_t loop;
 static char bouncer_dir[256];
 static char bouncer_conninfo[512];
 
@@ -48,12 +47,6 @@ static int group_teardown(void **state) {
   snprintf(cmd, sizeof cmd, "'%s/tests/pgbouncer.sh' stop '%s/b'; rm -rf '%s'",
            PGTAG_SOURCE_DIR, bouncer_dir, bouncer_dir);
   return system(cmd) == 0 ? 0 : -1;
-}
-
-static int setup(void **state) {
-  (void)state;
-  completions = 0;
-  return uv_loop_init(&loop);
 }
 
 static pgtag_pool *bouncer_pool(int max_conns, int depth, int pooler_mode) {
@@ -464,14 +457,14 @@ static void leak_report_has_no_made_up_pid(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup(tagged_requests_without_pipelining, setup),
-      cmocka_unit_test_setup(tagged_requests_pipelined_16_deep, setup),
-      cmocka_unit_test_setup(batches_overlap_on_one_connection, setup),
-      cmocka_unit_test_setup(pipelined_statements_mean_the_same_through_the_pooler, setup),
-      cmocka_unit_test_setup(held_transaction_stays_on_one_backend, setup),
-      cmocka_unit_test_setup(statement_timeout_cancels_through_the_pooler, setup),
-      cmocka_unit_test_setup(no_session_state_on_server_connections, setup),
-      cmocka_unit_test_setup(leak_report_has_no_made_up_pid, setup),
+      cmocka_unit_test_setup(tagged_requests_without_pipelining, loop_setup),
+      cmocka_unit_test_setup(tagged_requests_pipelined_16_deep, loop_setup),
+      cmocka_unit_test_setup(batches_overlap_on_one_connection, loop_setup),
+      cmocka_unit_test_setup(pipelined_statements_mean_the_same_through_the_pooler, loop_setup),
+      cmocka_unit_test_setup(held_transaction_stays_on_one_backend, loop_setup),
+      cmocka_unit_test_setup(statement_timeout_cancels_through_the_pooler, loop_setup),
+      cmocka_unit_test_setup(no_session_state_on_server_connections, loop_setup),
+      cmocka_unit_test_setup(leak_report_has_no_made_up_pid, loop_setup),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -25,14 +25,6 @@
 #include "harness.h"
 #include "pool.h"
 
-static uv_loop_t loop;
-
-static int setup(void **state) {
-  (void)state;
-  completions = 0;
-  return uv_loop_init(&loop);
-}
-
 static pgtag_pool *pipelined_pool(int max_conns, int depth, int statement_timeout_ms) {
   pgtag_pool_config cfg;
   test_config(&cfg);
@@ -785,21 +777,21 @@ static void cancels_and_timeouts_touch_only_their_own_request(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup(results_go_to_their_own_requests, setup),
-      cmocka_unit_test_setup(writes_in_a_pipeline_happen_once, setup),
-      cmocka_unit_test_setup(transaction_statements_keep_a_connection_to_themselves, setup),
-      cmocka_unit_test_setup(acquire_waits_its_turn, setup),
-      cmocka_unit_test_setup(timeout_of_the_first_spares_the_rest, setup),
-      cmocka_unit_test_setup(cancel_reaches_queries_waiting_in_the_pipeline, setup),
-      cmocka_unit_test_setup(lost_connection_fails_each_pipelined_query_once, setup),
-      cmocka_unit_test_setup(writes_of_different_requests_never_share_a_transaction, setup),
-      cmocka_unit_test_setup(select_of_a_writing_function_runs_once, setup),
-      cmocka_unit_test_setup(batch_opener_survives_what_a_holder_does, setup),
-      cmocka_unit_test_setup(read_result_arrives_while_a_slow_read_of_its_batch_runs, setup),
-      cmocka_unit_test_setup(request_stats_charge_only_own_time, setup),
-      cmocka_unit_test_setup(fast_reads_never_wait_behind_a_slow_one, setup),
-      cmocka_unit_test_setup(no_deadlock_under_hot_row_load, setup),
-      cmocka_unit_test_setup(cancels_and_timeouts_touch_only_their_own_request, setup),
+      cmocka_unit_test_setup(results_go_to_their_own_requests, loop_setup),
+      cmocka_unit_test_setup(writes_in_a_pipeline_happen_once, loop_setup),
+      cmocka_unit_test_setup(transaction_statements_keep_a_connection_to_themselves, loop_setup),
+      cmocka_unit_test_setup(acquire_waits_its_turn, loop_setup),
+      cmocka_unit_test_setup(timeout_of_the_first_spares_the_rest, loop_setup),
+      cmocka_unit_test_setup(cancel_reaches_queries_waiting_in_the_pipeline, loop_setup),
+      cmocka_unit_test_setup(lost_connection_fails_each_pipelined_query_once, loop_setup),
+      cmocka_unit_test_setup(writes_of_different_requests_never_share_a_transaction, loop_setup),
+      cmocka_unit_test_setup(select_of_a_writing_function_runs_once, loop_setup),
+      cmocka_unit_test_setup(batch_opener_survives_what_a_holder_does, loop_setup),
+      cmocka_unit_test_setup(read_result_arrives_while_a_slow_read_of_its_batch_runs, loop_setup),
+      cmocka_unit_test_setup(request_stats_charge_only_own_time, loop_setup),
+      cmocka_unit_test_setup(fast_reads_never_wait_behind_a_slow_one, loop_setup),
+      cmocka_unit_test_setup(no_deadlock_under_hot_row_load, loop_setup),
+      cmocka_unit_test_setup(cancels_and_timeouts_touch_only_their_own_request, loop_setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,18 +21,6 @@
  * Helpers
  * ------------------------------------------------------------------------ */
 
-static uv_loop_t loop;
-
-static int setup(void **state) {
-  (void)state;
-  completions = 0;
-  return uv_loop_init(&loop);
-}
-
-static void wait_rec(const rec *r) {
-  assert_true(run_until(&loop, &r->calls, 1, 15000));
-}
-
 /* Run the loop until cond (over st, refreshed from pool) holds, 5 s at most. */
 #define WAIT_STATS(pool, st, cond)              \
   for (int wait_i_ = 0; wait_i_ < 250; wait_i_++) { \
@@ -1385,38 +1373,38 @@ static void waiter_keeps_the_loop_alive_during_backoff(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup(server_sees_tag, setup),
-      cmocka_unit_test_setup(no_context_no_tag, setup),
-      cmocka_unit_test_setup(tag_reaches_server_log_and_pg_stat_statements, setup),
-      cmocka_unit_test_setup(tag_styles_and_key, setup),
-      cmocka_unit_test_setup(connection_opened_by_a_serves_b_in_b, setup),
-      cmocka_unit_test_setup(interleaved_requests, setup),
-      cmocka_unit_test_setup(chained_queries_keep_the_tag, setup),
-      cmocka_unit_test_setup(context_released_exactly_once, setup),
-      cmocka_unit_test_setup(pool_work_runs_without_context, setup),
-      cmocka_unit_test_setup(syntax_error_in_context, setup),
-      cmocka_unit_test_setup(terminated_backend_in_context, setup),
-      cmocka_unit_test_setup(terminated_held_connection, setup),
-      cmocka_unit_test_setup(idle_connection_killed_is_noticed, setup),
-      cmocka_unit_test_setup(hostile_request_ids_change_nothing, setup),
-      cmocka_unit_test_setup(bad_arguments_are_refused, setup),
-      cmocka_unit_test_setup(parameters_nulls_and_big_values, setup),
-      cmocka_unit_test_setup(acquire_timeout, setup),
-      cmocka_unit_test_setup(max_waiting_refuses_at_once, setup),
-      cmocka_unit_test_setup(waiters_are_served_in_order, setup),
-      cmocka_unit_test_setup(release_rolls_back, setup),
-      cmocka_unit_test_setup(release_after_queued_queries, setup),
-      cmocka_unit_test_setup(close_with_waiters_and_holders, setup),
-      cmocka_unit_test_setup(min_conns_and_idle_timeout, setup),
-      cmocka_unit_test_setup(unreachable_server_times_out_with_reason, setup),
-      cmocka_unit_test_setup(hung_server_connect_timeout, setup),
-      cmocka_unit_test_setup(multi_host_conninfo_follows_the_socket, setup),
-      cmocka_unit_test_setup(max_lifetime_retires_connections, setup),
-      cmocka_unit_test_setup(burst_every_callback_once, setup),
-      cmocka_unit_test_setup(server_restart_is_survived, setup),
-      cmocka_unit_test_setup(copy_is_refused_and_the_connection_replaced, setup),
-      cmocka_unit_test_setup(lost_held_connection_frees_its_slot, setup),
-      cmocka_unit_test_setup(waiter_keeps_the_loop_alive_during_backoff, setup),
+      cmocka_unit_test_setup(server_sees_tag, loop_setup),
+      cmocka_unit_test_setup(no_context_no_tag, loop_setup),
+      cmocka_unit_test_setup(tag_reaches_server_log_and_pg_stat_statements, loop_setup),
+      cmocka_unit_test_setup(tag_styles_and_key, loop_setup),
+      cmocka_unit_test_setup(connection_opened_by_a_serves_b_in_b, loop_setup),
+      cmocka_unit_test_setup(interleaved_requests, loop_setup),
+      cmocka_unit_test_setup(chained_queries_keep_the_tag, loop_setup),
+      cmocka_unit_test_setup(context_released_exactly_once, loop_setup),
+      cmocka_unit_test_setup(pool_work_runs_without_context, loop_setup),
+      cmocka_unit_test_setup(syntax_error_in_context, loop_setup),
+      cmocka_unit_test_setup(terminated_backend_in_context, loop_setup),
+      cmocka_unit_test_setup(terminated_held_connection, loop_setup),
+      cmocka_unit_test_setup(idle_connection_killed_is_noticed, loop_setup),
+      cmocka_unit_test_setup(hostile_request_ids_change_nothing, loop_setup),
+      cmocka_unit_test_setup(bad_arguments_are_refused, loop_setup),
+      cmocka_unit_test_setup(parameters_nulls_and_big_values, loop_setup),
+      cmocka_unit_test_setup(acquire_timeout, loop_setup),
+      cmocka_unit_test_setup(max_waiting_refuses_at_once, loop_setup),
+      cmocka_unit_test_setup(waiters_are_served_in_order, loop_setup),
+      cmocka_unit_test_setup(release_rolls_back, loop_setup),
+      cmocka_unit_test_setup(release_after_queued_queries, loop_setup),
+      cmocka_unit_test_setup(close_with_waiters_and_holders, loop_setup),
+      cmocka_unit_test_setup(min_conns_and_idle_timeout, loop_setup),
+      cmocka_unit_test_setup(unreachable_server_times_out_with_reason, loop_setup),
+      cmocka_unit_test_setup(hung_server_connect_timeout, loop_setup),
+      cmocka_unit_test_setup(multi_host_conninfo_follows_the_socket, loop_setup),
+      cmocka_unit_test_setup(max_lifetime_retires_connections, loop_setup),
+      cmocka_unit_test_setup(burst_every_callback_once, loop_setup),
+      cmocka_unit_test_setup(server_restart_is_survived, loop_setup),
+      cmocka_unit_test_setup(copy_is_refused_and_the_connection_replaced, loop_setup),
+      cmocka_unit_test_setup(lost_held_connection_frees_its_slot, loop_setup),
+      cmocka_unit_test_setup(waiter_keeps_the_loop_alive_during_backoff, loop_setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,18 +21,6 @@
 #include "context.h"
 #include "harness.h"
 
-static uv_loop_t loop;
-
-static int setup(void **state) {
-  (void)state;
-  completions = 0;
-  return uv_loop_init(&loop);
-}
-
-static void wait_rec(const rec *r) {
-  assert_true(run_until(&loop, &r->calls, 1, 20000));
-}
-
 static void tcp_conninfo(char *out, size_t len) {
   const char *port = getenv("PGPORT");
   assert_non_null(port);
@@ -704,20 +692,20 @@ static void bad_configuration_is_refused(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup(statement_timeout_cancels_on_the_server, setup),
-      cmocka_unit_test_setup(no_rollback_outside_a_transaction, setup),
-      cmocka_unit_test_setup(held_query_blocked_on_a_lock_times_out, setup),
-      cmocka_unit_test_setup(stopped_backend_is_given_up, setup),
-      cmocka_unit_test_setup(cancel_everything_a_request_runs, setup),
-      cmocka_unit_test_setup(idle_connection_killed_in_the_same_turn, setup),
-      cmocka_unit_test_setup(keepalive_defaults_and_conninfo_override, setup),
-      cmocka_unit_test_setup(ten_megabyte_query_and_parameter, setup),
-      cmocka_unit_test_setup(ten_thousand_waiting, setup),
-      cmocka_unit_test_setup(bad_configuration_is_refused, setup),
+      cmocka_unit_test_setup(statement_timeout_cancels_on_the_server, loop_setup),
+      cmocka_unit_test_setup(no_rollback_outside_a_transaction, loop_setup),
+      cmocka_unit_test_setup(held_query_blocked_on_a_lock_times_out, loop_setup),
+      cmocka_unit_test_setup(stopped_backend_is_given_up, loop_setup),
+      cmocka_unit_test_setup(cancel_everything_a_request_runs, loop_setup),
+      cmocka_unit_test_setup(idle_connection_killed_in_the_same_turn, loop_setup),
+      cmocka_unit_test_setup(keepalive_defaults_and_conninfo_override, loop_setup),
+      cmocka_unit_test_setup(ten_megabyte_query_and_parameter, loop_setup),
+      cmocka_unit_test_setup(ten_thousand_waiting, loop_setup),
+      cmocka_unit_test_setup(bad_configuration_is_refused, loop_setup),
       /* these stop or restart the server: last */
-      cmocka_unit_test_setup(restart_under_load, setup),
-      cmocka_unit_test_setup(restart_under_load_pipelined, setup),
-      cmocka_unit_test_setup(server_down_at_start_then_up, setup),
+      cmocka_unit_test_setup(restart_under_load, loop_setup),
+      cmocka_unit_test_setup(restart_under_load_pipelined, loop_setup),
+      cmocka_unit_test_setup(server_down_at_start_then_up, loop_setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

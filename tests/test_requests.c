@@ -16,14 +16,6 @@
 #include "context.h"
 #include "harness.h"
 
-static uv_loop_t loop;
-
-static int setup(void **state) {
-  (void)state;
-  completions = 0;
-  return uv_loop_init(&loop);
-}
-
 /* ------------------------------------------------------------------------
  * Deadlines
  * ------------------------------------------------------------------------ */
@@ -653,19 +645,19 @@ static void traceparent_is_validated(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup(deadline_cancels_the_running_query, setup),
-      cmocka_unit_test_setup(deadline_while_waiting_for_a_connection, setup),
-      cmocka_unit_test_setup(after_the_deadline_nothing_is_sent, setup),
-      cmocka_unit_test_setup(deadline_on_a_held_connection, setup),
-      cmocka_unit_test_setup(the_smaller_limit_wins, setup),
-      cmocka_unit_test_setup(every_hop_keeps_its_context, setup),
-      cmocka_unit_test_setup(a_repeating_timer_keeps_its_context_until_stopped, setup),
-      cmocka_unit_test_setup(hop_wrappers_refuse_bad_arguments, setup),
-      cmocka_unit_test_setup(forgotten_leave_is_reported, setup),
-      cmocka_unit_test_setup(context_check_levels, setup),
-      cmocka_unit_test_setup(every_refusal_says_why, setup),
-      cmocka_unit_test_setup(a_call_off_the_loop_thread_says_so, setup),
-      cmocka_unit_test_setup(traceparent_is_validated, setup),
+      cmocka_unit_test_setup(deadline_cancels_the_running_query, loop_setup),
+      cmocka_unit_test_setup(deadline_while_waiting_for_a_connection, loop_setup),
+      cmocka_unit_test_setup(after_the_deadline_nothing_is_sent, loop_setup),
+      cmocka_unit_test_setup(deadline_on_a_held_connection, loop_setup),
+      cmocka_unit_test_setup(the_smaller_limit_wins, loop_setup),
+      cmocka_unit_test_setup(every_hop_keeps_its_context, loop_setup),
+      cmocka_unit_test_setup(a_repeating_timer_keeps_its_context_until_stopped, loop_setup),
+      cmocka_unit_test_setup(hop_wrappers_refuse_bad_arguments, loop_setup),
+      cmocka_unit_test_setup(forgotten_leave_is_reported, loop_setup),
+      cmocka_unit_test_setup(context_check_levels, loop_setup),
+      cmocka_unit_test_setup(every_refusal_says_why, loop_setup),
+      cmocka_unit_test_setup(a_call_off_the_loop_thread_says_so, loop_setup),
+      cmocka_unit_test_setup(traceparent_is_validated, loop_setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -20,14 +20,6 @@
 #include "connect_error.h"
 #include "harness.h"
 
-static uv_loop_t loop;
-
-static int setup(void **state) {
-  (void)state;
-  completions = 0;
-  return uv_loop_init(&loop);
-}
-
 /* Every log line, with its level. */
 #define MAX_LINES 256
 static struct {
@@ -381,11 +373,11 @@ static void log_levels_as_documented(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(parses_libpq_connection_errors),
-      cmocka_unit_test_setup(missing_database_fails_fast_then_recovers, setup),
-      cmocka_unit_test_setup(unknown_role_fails_fast, setup),
-      cmocka_unit_test_setup(server_down_is_waited_for, setup),
-      cmocka_unit_test_setup(close_does_not_wait_out_the_backoff, setup),
-      cmocka_unit_test_setup(log_levels_as_documented, setup),
+      cmocka_unit_test_setup(missing_database_fails_fast_then_recovers, loop_setup),
+      cmocka_unit_test_setup(unknown_role_fails_fast, loop_setup),
+      cmocka_unit_test_setup(server_down_is_waited_for, loop_setup),
+      cmocka_unit_test_setup(close_does_not_wait_out_the_backoff, loop_setup),
+      cmocka_unit_test_setup(log_levels_as_documented, loop_setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
