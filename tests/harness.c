@@ -188,9 +188,9 @@ void pair_start(server_pair *p) {
   snprintf(p->dir, sizeof p->dir, "/tmp/pgtag-pair.XXXXXX");
   if (mkdtemp(p->dir) == NULL || chmod(p->dir, 0755) != 0)
     fail_msg("mkdtemp failed");
-  snprintf(line, sizeof line, "'%s/tests/pgserver.sh' start '%s/p' && "
+  snprintf(line, sizeof line, "export PGTAG_SERVER_OWNER=%d; '%s/tests/pgserver.sh' start '%s/p' && "
            "'%s/tests/pgserver.sh' standby '%s/s' '%s/p'",
-           PGTAG_SOURCE_DIR, p->dir, PGTAG_SOURCE_DIR, p->dir, p->dir);
+           (int)getpid(), PGTAG_SOURCE_DIR, p->dir, PGTAG_SOURCE_DIR, p->dir, p->dir);
   shell(line);
   char d[300];
   snprintf(d, sizeof d, "%s/p", p->dir);
@@ -205,8 +205,8 @@ void pair_start(server_pair *p) {
 
 void pair_ctl(server_pair *p, const char *side, const char *cmd, const char *arg) {
   char line[1024];
-  snprintf(line, sizeof line, "'%s/tests/pgserver.sh' %s '%s/%s' %s", PGTAG_SOURCE_DIR, cmd,
-           p->dir, side, arg ? arg : "");
+  snprintf(line, sizeof line, "PGTAG_SERVER_OWNER=%d '%s/tests/pgserver.sh' %s '%s/%s' %s",
+           (int)getpid(), PGTAG_SOURCE_DIR, cmd, p->dir, side, arg ? arg : "");
   shell(line);
 }
 
@@ -217,6 +217,41 @@ void pair_stop(server_pair *p) {
            PGTAG_SOURCE_DIR, p->dir, PGTAG_SOURCE_DIR, p->dir, p->dir);
   if (system(line) != 0)
     fail_msg("%s failed", line);
+}
+
+static char own_dir[256];
+
+int own_server_setup(void **state) {
+  (void)state;
+  char line[1024], pgdir[300], v[600];
+  snprintf(own_dir, sizeof own_dir, "/tmp/pgtag-own.XXXXXX");
+  if (mkdtemp(own_dir) == NULL || chmod(own_dir, 0755) != 0)
+    fail_msg("mkdtemp failed");
+  snprintf(pgdir, sizeof pgdir, "%s/pg", own_dir);
+  snprintf(line, sizeof line, "PGTAG_SERVER_OWNER=%d '%s/tests/pgserver.sh' start '%s'",
+           (int)getpid(), PGTAG_SOURCE_DIR, pgdir);
+  shell(line);
+  int port = dir_port(pgdir);
+  snprintf(v, sizeof v, "%d", port);
+  setenv("PGPORT", v, 1);
+  setenv("PGHOST", pgdir, 1);
+  snprintf(v, sizeof v, "%s/data", pgdir);
+  setenv("PGTAG_TEST_PGDATA", v, 1);
+  snprintf(v, sizeof v, "host=%s port=%d user=postgres dbname=postgres", pgdir, port);
+  setenv("PGTAG_TEST_CONNINFO", v, 1);
+  PQfinish(admin); /* the next admin query connects to this server */
+  admin = NULL;
+  return 0;
+}
+
+int own_server_teardown(void **state) {
+  (void)state;
+  char line[1024];
+  PQfinish(admin);
+  admin = NULL;
+  snprintf(line, sizeof line, "'%s/tests/pgserver.sh' stop '%s/pg' immediate; rm -rf '%s'",
+           PGTAG_SOURCE_DIR, own_dir, own_dir);
+  return system(line) == 0 ? 0 : -1;
 }
 
 static void on_deadline(uv_timer_t *t) { *(int *)t->data = 1; }

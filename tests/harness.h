@@ -137,6 +137,17 @@ void pair_start(server_pair *p);
 void pair_ctl(server_pair *p, const char *side, const char *cmd, const char *arg);
 void pair_stop(server_pair *p);
 
+/* A server of the program's own, for a program that stops, restarts or
+ * reconfigures its server: a cmocka group setup that starts one
+ * (tests/pgserver.sh, in a temporary directory) and points the environment
+ * at it (PGTAG_TEST_CONNINFO, PGHOST, PGPORT, PGTAG_TEST_PGDATA), so that
+ * test_conninfo(), admin_exec() and server_ctl() act on it and never on
+ * the server other programs share; and the group teardown that stops and
+ * removes it.  A program that dies first takes its server with it
+ * (PGTAG_SERVER_OWNER). */
+int own_server_setup(void **state);
+int own_server_teardown(void **state);
+
 /* Restart the test server (pg_ctl restart -m mode); returns once it is up. */
 void server_restart(const char *mode);
 /* tests/pgserver.sh cmd (stop, up, restart) on the test server. */

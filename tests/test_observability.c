@@ -26,8 +26,11 @@ static void install_sql(void) {
   admin_exec(script);
 }
 
+/* Its own server: it drops and creates pg_stat_statements and resets its
+ * counts, which no other program may see half-way. */
 static int group_setup(void **state) {
-  (void)state;
+  if (own_server_setup(state) != 0)
+    return -1;
   install_sql();
   install_sql(); /* idempotent */
   return 0;
@@ -541,5 +544,5 @@ int main(void) {
       cmocka_unit_test_setup(slow_queries_and_reports_are_logged_with_the_request, loop_setup),
       cmocka_unit_test_setup(metrics_in_prometheus_format, loop_setup),
   };
-  return cmocka_run_group_tests(tests, group_setup, NULL);
+  return cmocka_run_group_tests(tests, group_setup, own_server_teardown);
 }

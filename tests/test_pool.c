@@ -1406,5 +1406,6 @@ int main(void) {
       cmocka_unit_test_setup(lost_held_connection_frees_its_slot, loop_setup),
       cmocka_unit_test_setup(waiter_keeps_the_loop_alive_during_backoff, loop_setup),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  /* its own server: it restarts it, stops it, kills its backends */
+  return cmocka_run_group_tests(tests, own_server_setup, own_server_teardown);
 }

@@ -707,5 +707,6 @@ int main(void) {
       cmocka_unit_test_setup(restart_under_load_pipelined, loop_setup),
       cmocka_unit_test_setup(server_down_at_start_then_up, loop_setup),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  /* its own server: it restarts it, stops it, kills its backends */
+  return cmocka_run_group_tests(tests, own_server_setup, own_server_teardown);
 }
