@@ -293,6 +293,10 @@ uv_loop_t loop;
 int loop_setup(void **state) {
   (void)state;
   completions = 0;
+  /* a fresh admin session: what a failed test left open in it (a
+   * transaction, a lock) must not reach the next test */
+  PQfinish(admin);
+  admin = NULL;
   return uv_loop_init(&loop);
 }
 

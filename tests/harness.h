@@ -41,8 +41,8 @@ int wait_step(uv_loop_t *lp, uint64_t end);
 
 /* The loop the tests of a program run on, one test at a time. */
 extern uv_loop_t loop;
-/* A cmocka setup: a fresh loop, completions 0.  Each test closes the loop
- * (test_pool_close or uv_loop_close). */
+/* A cmocka setup: a fresh loop, completions 0, a fresh admin session.
+ * Each test closes the loop (test_pool_close or uv_loop_close). */
 int loop_setup(void **state);
 
 /* A pool on loop with test defaults: the test server, max_conns 4. */

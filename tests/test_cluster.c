@@ -181,11 +181,28 @@ static void a_request_that_wrote_reads_its_writes(void **state) {
   cluster_close(c);
 }
 
+/* Replay paused on the standby by the test below, resumed in its teardown
+ * should it fail before it does: the tests after it need a standby that
+ * keeps up. */
+static int replay_paused;
+
+static int resume_replay(void **state) {
+  (void)state;
+  if (replay_paused) {
+    PGconn *c = PQconnectdb(pair.standby);
+    PQclear(PQexec(c, "SELECT pg_wal_replay_resume()"));
+    PQfinish(c);
+  }
+  replay_paused = 0;
+  return 0;
+}
+
 static void a_lagging_replica_is_skipped_until_it_catches_up(void **state) {
   (void)state;
   enum { LIMIT = 300 };
   pgtag_cluster *c = cluster_new(LIMIT);
   assert_true(wait_lag(c, LIMIT, 1, 5000));
+  replay_paused = 1;
   admin_exec_on(pair.standby, "SELECT pg_wal_replay_pause()");
   /* the primary writes on while the standby replays nothing */
   uint64_t end = now_ms() + 5000;
@@ -203,6 +220,7 @@ static void a_lagging_replica_is_skipped_until_it_catches_up(void **state) {
   assert_int_equal(atoi(r.value), pair.primary_port); /* moved to the primary */
 
   admin_exec_on(pair.standby, "SELECT pg_wal_replay_resume()");
+  replay_paused = 0;
   assert_true(wait_lag(c, LIMIT, 1, 5000));
   rec back = {0};
   pgtag_ctx *ctx2 = pgtag_ctx_new("lag-2");
@@ -427,7 +445,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup(reads_land_on_the_replica_with_their_tags, loop_setup),
       cmocka_unit_test_setup(a_request_that_wrote_reads_its_writes, loop_setup),
-      cmocka_unit_test_setup(a_lagging_replica_is_skipped_until_it_catches_up, loop_setup),
+      cmocka_unit_test_setup_teardown(a_lagging_replica_is_skipped_until_it_catches_up, loop_setup,
+                                      resume_replay),
       cmocka_unit_test_setup(reads_spread_over_replicas_by_load, loop_setup),
       cmocka_unit_test_setup(a_burst_after_a_quiet_spell_is_not_read_as_lag, loop_setup),
       cmocka_unit_test_setup(bad_cluster_arguments, loop_setup),

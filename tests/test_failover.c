@@ -118,8 +118,19 @@ static void *failover_thread(void *arg) {
   return NULL;
 }
 
+/* The pair of the failover tests, stopped and removed in their teardown,
+ * failed or not. */
+static server_pair pair;
+
+static int stop_pair(void **state) {
+  (void)state;
+  if (pair.dir[0] != '\0')
+    pair_stop(&pair);
+  pair.dir[0] = '\0';
+  return 0;
+}
+
 static void failover_under_writes(int fence) {
-  server_pair pair;
   pair_start(&pair);
   admin_exec_on(pair.primary, "CREATE TABLE fo_writes (id text, at timestamptz DEFAULT now())");
   /* the standby has the table before the load starts */
@@ -226,7 +237,6 @@ static void failover_under_writes(int fence) {
                      0);
   test_pool_close(&loop, w->pool);
   free(w);
-  pair_stop(&pair);
 }
 
 static void primary_stopped_standby_promoted(void **state) {
@@ -279,8 +289,9 @@ static void read_only_transaction_keeps_its_connection(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup(primary_stopped_standby_promoted, loop_setup),
-      cmocka_unit_test_setup(primary_fenced_read_only_standby_promoted, loop_setup),
+      cmocka_unit_test_setup_teardown(primary_stopped_standby_promoted, loop_setup, stop_pair),
+      cmocka_unit_test_setup_teardown(primary_fenced_read_only_standby_promoted, loop_setup,
+                                      stop_pair),
       cmocka_unit_test_setup(read_only_transaction_keeps_its_connection, loop_setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -191,6 +191,19 @@ static void held_query_blocked_on_a_lock_times_out(void **state) {
   test_pool_close(&loop, pool);
 }
 
+/* The backend stopped by stopped_backend_is_given_up, continued in its
+ * teardown should the test fail before it does: a stopped backend would
+ * hold up every later test's pg_ctl. */
+static int frozen;
+
+static int continue_frozen(void **state) {
+  (void)state;
+  if (frozen > 0)
+    kill(frozen, SIGCONT);
+  frozen = 0;
+  return 0;
+}
+
 /* The backend is stopped (SIGSTOP): the query, and the cancel request,
  * go unanswered; the connection is given up after the grace period. */
 static void stopped_backend_is_given_up(void **state) {
@@ -205,12 +218,13 @@ static void stopped_backend_is_given_up(void **state) {
   query_in(pool, ctx, "SELECT pg_backend_pid()::text", &pid);
   wait_rec(&pid);
   int backend = atoi(pid.value);
+  frozen = backend;
   assert_int_equal(kill(backend, SIGSTOP), 0);
   uint64_t t0 = now_ms();
   query_in(pool, ctx, "SELECT 'into the void'", &q);
   wait_rec(&q);
   uint64_t took = now_ms() - t0;
-  kill(backend, SIGCONT);
+  continue_frozen(NULL);
   assert_done(&q, ctx, PGTAG_ETIMEDOUT);
   assert_non_null(strstr(q.message, "connection was closed"));
   assert_true(took >= 200 + CANCEL_GRACE_MS - 100 && took < 200 + CANCEL_GRACE_MS + 3000);
@@ -695,7 +709,7 @@ int main(void) {
       cmocka_unit_test_setup(statement_timeout_cancels_on_the_server, loop_setup),
       cmocka_unit_test_setup(no_rollback_outside_a_transaction, loop_setup),
       cmocka_unit_test_setup(held_query_blocked_on_a_lock_times_out, loop_setup),
-      cmocka_unit_test_setup(stopped_backend_is_given_up, loop_setup),
+      cmocka_unit_test_setup_teardown(stopped_backend_is_given_up, loop_setup, continue_frozen),
       cmocka_unit_test_setup(cancel_everything_a_request_runs, loop_setup),
       cmocka_unit_test_setup(idle_connection_killed_in_the_same_turn, loop_setup),
       cmocka_unit_test_setup(keepalive_defaults_and_conninfo_override, loop_setup),
