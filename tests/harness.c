@@ -219,6 +219,26 @@ void pair_stop(server_pair *p) {
     fail_msg("%s failed", line);
 }
 
+static PGconn *gate;
+
+void gate_shut(void) {
+  admin_exec("CREATE OR REPLACE FUNCTION " GATE " RETURNS void LANGUAGE sql "
+             "AS 'SELECT pg_advisory_xact_lock_shared(4242)'");
+  if (gate != NULL)
+    fail_msg("the gate is shut already");
+  gate = PQconnectdb(test_conninfo());
+  PGresult *res = PQexec(gate, "SELECT pg_advisory_lock(4242)");
+  int ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+  PQclear(res);
+  if (!ok)
+    fail_msg("the gate did not shut: %s", PQerrorMessage(gate));
+}
+
+void gate_open(void) {
+  PQfinish(gate); /* the lock ends with the session */
+  gate = NULL;
+}
+
 static char own_dir[256];
 
 int own_server_setup(void **state) {
@@ -297,6 +317,7 @@ int loop_setup(void **state) {
    * transaction, a lock) must not reach the next test */
   PQfinish(admin);
   admin = NULL;
+  gate_open();
   return uv_loop_init(&loop);
 }
 

@@ -137,6 +137,18 @@ void pair_start(server_pair *p);
 void pair_ctl(server_pair *p, const char *side, const char *cmd, const char *arg);
 void pair_stop(server_pair *p);
 
+/* A gate on the test server.  While it is shut, a query that calls GATE
+ * (one row: "SELECT x FROM " GATE) waits, active on the server, until the
+ * test opens it: for a query that must still be running when the test
+ * looks, however slow the machine; a pg_sleep of a fixed time is not that.
+ * It waits as it runs, not as it is prepared (as a locked table would),
+ * and it is a read to pgtag (pg_advisory_* by name is a write).  The gate
+ * is an advisory lock held on a connection of its own; the next test's
+ * loop_setup opens a gate a failed test left shut. */
+#define GATE "pgtag_gate()"
+void gate_shut(void);
+void gate_open(void);
+
 /* A server of the program's own, for a program that stops, restarts or
  * reconfigures its server: a cmocka group setup that starts one
  * (tests/pgserver.sh, in a temporary directory) and points the environment
