@@ -185,7 +185,7 @@ static void missing_database_fails_fast_then_recovers(void **state) {
   /* Requests keep coming: each fails at once, attempts go on with backoff,
    * and the log says it once, however many attempts fail. */
   pgtag_stats st;
-  for (uint64_t end = now_ms() + 5000; now_ms() < end;) {
+  for (uint64_t end = wait_deadline(5000); now_ms() < end;) {
     pgtag_pool_stats(pool, &st);
     if (st.connect_failures >= 5)
       break;
@@ -194,7 +194,7 @@ static void missing_database_fails_fast_then_recovers(void **state) {
     assert_true(run_until(&loop, &q.calls, 1, 1000));
     assert_done(&q, ctx, PGTAG_ECONN);
     assert_string_equal(q.sqlstate, "3D000");
-    run_for(&loop, 10);
+    run_for(&loop, 10); /* the next request comes 10 ms later */
   }
   pgtag_pool_stats(pool, &st);
   assert_true(st.connect_failures >= 5);
@@ -206,7 +206,7 @@ static void missing_database_fails_fast_then_recovers(void **state) {
   /* The DBA creates it: the pool serves again, and says so once. */
   admin_exec("CREATE DATABASE pgtag_missing_db");
   int served = 0;
-  for (uint64_t end = now_ms() + 5000; !served && now_ms() < end;) {
+  for (uint64_t end = wait_deadline(5000); !served && now_ms() < end;) {
     memset(&q, 0, sizeof q);
     assert_int_equal(query_in(pool, ctx, "SELECT current_database()", &q), PGTAG_OK);
     assert_true(run_until(&loop, &q.calls, 1, 2000));
@@ -215,7 +215,7 @@ static void missing_database_fails_fast_then_recovers(void **state) {
       served = 1;
     } else {
       assert_done(&q, ctx, PGTAG_ECONN); /* only until the next attempt */
-      run_for(&loop, 10);
+      run_for(&loop, 10); /* the next request comes 10 ms later */
     }
   }
   assert_true(served);

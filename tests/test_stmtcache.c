@@ -166,12 +166,11 @@ static void new_connection_new_statements(void **state) {
   char sql[96];
   snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%d)", atoi(pid.value));
   admin_exec(sql);
-  rec after = {.code = PGTAG_ECONN};
-  for (int i = 0; i < 50 && after.code != PGTAG_OK; i++) { /* until the pool saw it */
-    run_query(pool, "SELECT 'after ' || $1", "y", NULL, &after);
-    if (after.code != PGTAG_OK)
-      run_for(&loop, 20);
-  }
+  pgtag_stats st; /* the pool saw it go */
+  WAIT_FOR(&loop, (pgtag_pool_stats(pool, &st), st.conns_lost == 1), 10000);
+  assert_int_equal(st.conns_lost, 1);
+  rec after;
+  run_query(pool, "SELECT 'after ' || $1", "y", NULL, &after);
   assert_int_equal(after.code, PGTAG_OK);
   assert_string_equal(after.value, "after y");
   run_query(pool, "SELECT 'before ' || $1", "z", NULL, &r);
