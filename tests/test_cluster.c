@@ -76,16 +76,15 @@ static void cluster_close(pgtag_cluster *c) {
 
 /* Wait until replica 0's lag satisfies want (1: sampled and within limit,
  * 0: sampled and beyond it, -1: not healthy). */
+static int lag_is(pgtag_cluster *c, int limit, int want) {
+  int lag = pgtag_cluster_replica_lag_ms(c, 0);
+  return (want == 1 && lag >= 0 && lag <= limit) || (want == 0 && lag > limit) ||
+         (want == -1 && lag < 0);
+}
+
 static int wait_lag(pgtag_cluster *c, int limit, int want, int timeout_ms) {
-  uint64_t end = now_ms() + (uint64_t)timeout_ms;
-  while (now_ms() < end) {
-    int lag = pgtag_cluster_replica_lag_ms(c, 0);
-    if ((want == 1 && lag >= 0 && lag <= limit) || (want == 0 && lag > limit) ||
-        (want == -1 && lag < 0))
-      return 1;
-    run_for(&loop, 20);
-  }
-  return 0;
+  WAIT_FOR(&loop, lag_is(c, limit, want), timeout_ms);
+  return lag_is(c, limit, want);
 }
 
 /* Which server ran a query: its port.  Read-only, in ctx. */
@@ -205,7 +204,7 @@ static void a_lagging_replica_is_skipped_until_it_catches_up(void **state) {
   replay_paused = 1;
   admin_exec_on(pair.standby, "SELECT pg_wal_replay_pause()");
   /* the primary writes on while the standby replays nothing */
-  uint64_t end = now_ms() + 5000;
+  uint64_t end = wait_deadline(5000);
   int lagging = 0;
   while (!lagging && now_ms() < end) {
     admin_exec_on(pair.primary, "INSERT INTO replicated (note) VALUES ('while paused')");
@@ -239,10 +238,10 @@ static void reads_spread_over_replicas_by_load(void **state) {
   (void)state;
   const char *replicas[] = {pair.standby, standby2};
   pgtag_cluster *c = cluster_of(replicas, 2, 1000);
-  uint64_t end = now_ms() + 5000;
-  while (now_ms() < end &&
-         (pgtag_cluster_replica_lag_ms(c, 0) < 0 || pgtag_cluster_replica_lag_ms(c, 1) < 0))
-    run_for(&loop, 20);
+  WAIT_FOR(&loop,
+           pgtag_cluster_replica_lag_ms(c, 0) >= 0 && pgtag_cluster_replica_lag_ms(c, 1) >= 0,
+           10000);
+  assert_true(pgtag_cluster_replica_lag_ms(c, 0) >= 0);
   assert_true(pgtag_cluster_replica_lag_ms(c, 1) >= 0);
   enum { N = 40 };
   rec r[N];
@@ -285,13 +284,8 @@ static int standby_caught_up(int timeout_ms) {
   char lsn[64], sql[160];
   lsn_on(pair.primary, "SELECT pg_current_wal_insert_lsn()", lsn, sizeof lsn);
   snprintf(sql, sizeof sql, "SELECT (pg_last_wal_replay_lsn() >= '%s')::int", lsn);
-  uint64_t end = now_ms() + (uint64_t)timeout_ms;
-  while (admin_int_on(pair.standby, sql) != 1) {
-    if (now_ms() >= end)
-      return 0;
-    run_for(&loop, 20);
-  }
-  return 1;
+  WAIT_FOR(&loop, admin_int_on(pair.standby, sql) == 1, timeout_ms);
+  return admin_int_on(pair.standby, sql) == 1;
 }
 
 /* What the cluster said of replica 0 after every loop iteration of a
@@ -333,7 +327,7 @@ static void a_burst_after_a_quiet_spell_is_not_read_as_lag(void **state) {
   pgtag_cluster *c = cluster_new(LIMIT);
   admin_exec_on(pair.primary, "INSERT INTO replicated (note) VALUES ('before the quiet')");
   assert_true(wait_lag(c, LIMIT, 1, 5000));
-  run_for(&loop, QUIET_MS); /* the quiet spell, while the cluster samples */
+  run_for(&loop, QUIET_MS); /* the quiet spell, on purpose, while the cluster samples */
 
   /* the standby has replayed all the primary wrote, and says so */
   assert_true(standby_caught_up(10000));

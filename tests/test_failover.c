@@ -99,6 +99,11 @@ typedef struct {
   volatile int done;
 } failover;
 
+/* Static: should the wait for it fail, the thread still writes here. */
+static failover failing;
+
+/* The failure's timeline, on purpose: writes flow a while longer, then no
+ * primary takes writes for at least 300 ms, then the standby is promoted. */
 static void *failover_thread(void *arg) {
   failover *f = arg;
   struct timespec pause = {0, 300 * 1000000};
@@ -134,10 +139,9 @@ static void failover_under_writes(int fence) {
   pair_start(&pair);
   admin_exec_on(pair.primary, "CREATE TABLE fo_writes (id text, at timestamptz DEFAULT now())");
   /* the standby has the table before the load starts */
-  for (int i = 0; i < 100 && admin_int_on(pair.standby, "SELECT count(*) FROM pg_tables "
-                                                        "WHERE tablename = 'fo_writes'") == 0;
-       i++)
-    run_for(&loop, 20);
+  const char *has_table = "SELECT count(*) FROM pg_tables WHERE tablename = 'fo_writes'";
+  WAIT_FOR(&loop, admin_int_on(pair.standby, has_table) == 1, 10000);
+  assert_int_equal(admin_int_on(pair.standby, has_table), 1);
 
   char conninfo[1024];
   snprintf(conninfo, sizeof conninfo,
@@ -158,23 +162,21 @@ static void failover_under_writes(int fence) {
     write_submit(w);
   /* writes flow before the failover (under valgrind, connecting alone can
    * take longer than the whole load does natively) */
-  for (int i = 0; i < 500 && w->ok <= CONCURRENCY; i++)
-    run_for(&loop, 20);
+  WAIT_FOR(&loop, w->ok > CONCURRENCY, 20000);
   assert_true(w->ok > CONCURRENCY);
 
-  failover f = {.pair = &pair, .fence = fence, .w = w};
+  failing = (failover){.pair = &pair, .fence = fence, .w = w};
+  failover *f = &failing;
   pthread_t t;
-  assert_int_equal(pthread_create(&t, NULL, failover_thread, &f), 0);
-  while (!f.done)
-    run_for(&loop, 10);
+  assert_int_equal(pthread_create(&t, NULL, failover_thread, f), 0);
+  WAIT_FOR(&loop, f->done, 180000); /* pg_ctl gives up after 60 s, twice */
+  assert_true(f->done);
   pthread_join(t, NULL);
   /* writes go on until the new primary has taken 500 of them */
   int ok_at_promotion = w->ok;
-  for (int i = 0; i < 1000 && w->ok < ok_at_promotion + 500; i++)
-    run_for(&loop, 10);
+  WAIT_FOR(&loop, w->ok >= ok_at_promotion + 500, 20000);
   w->stop = 1;
-  for (int i = 0; i < 1000 && w->completed < w->submitted; i++)
-    run_for(&loop, 10);
+  WAIT_FOR(&loop, w->completed == w->submitted, 20000);
 
   pgtag_stats st;
   pgtag_pool_stats(w->pool, &st);
@@ -189,7 +191,7 @@ static void failover_under_writes(int fence) {
    * (50 ms doubling to 500 ms), with at most one round of max_conns
    * attempts per backoff delay (250 ms at least once at the cap), not an
    * attempt per waiting request or per failed write. */
-  uint64_t outage_ms = w->first_ok_after - f.broken_at;
+  uint64_t outage_ms = w->first_ok_after - f->broken_at;
   assert_true(st.connect_failures <= (uint64_t)cfg.max_conns * (2 + outage_ms / 250));
   if (w->other > 0)
     fail_msg("%d unexpected outcomes, last: %s", w->other, w->other_msg);
