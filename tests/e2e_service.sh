@@ -33,6 +33,24 @@ server_log=$(dirname "$PGTAG_TEST_PGDATA")/server.log
 # match, kills tail with SIGPIPE whenever tail has more than one write
 # (8 KB) to make, and a line that is there reads as missing.
 log_since() { tail -c +"$2" "$1" >"$3"; } # log_since LOG OFFSET FILE
+# wait_for SECONDS COMMAND...: runs COMMAND until it succeeds, 50 ms apart,
+# for SECONDS at most; fails if it never did.  Every wait here is on
+# something that should happen, never a fixed time.
+wait_for() {
+  local end=$((SECONDS + $1))
+  shift
+  until "$@"; do
+    [ "$SECONDS" -lt "$end" ] || return 1
+    sleep 0.05
+  done
+}
+# has_lines N REGEX [LOG [OFFSET]]: the log (the server's, from $log_from)
+# has at least N lines matching REGEX.  PostgreSQL logs a statement as it
+# begins, but writes its log line on its own schedule.
+has_lines() {
+  log_since "${3:-$server_log}" "${4:-$log_from}" "$work/lines"
+  [ "$(grep -cE "$2" "$work/lines")" -ge "$1" ]
+}
 
 [ -x "$service" ] || { not_ok "pgtag_h2o_service was built"; echo "1..$n"; exit 1; }
 
@@ -40,7 +58,10 @@ log_since() { tail -c +"$2" "$1" >"$3"; } # log_since LOG OFFSET FILE
 pgbench -i -s 1 -q "$PGTAG_TEST_CONNINFO" >"$work/pgbench.log" 2>&1 ||
   { not_ok "pgbench -i" "$work/pgbench.log"; echo "1..$n"; exit 1; }
 psql_q "ALTER SYSTEM SET log_statement = 'all'" && psql_q "SELECT pg_reload_conf()" >/dev/null
-sleep 0.2
+# the postmaster has reloaded once a new session has it; the service's
+# sessions are all newer
+logs_all() { [ "$(psql_q "SHOW log_statement")" = all ]; }
+wait_for 30 logs_all || { not_ok "log_statement = all took effect"; echo "1..$n"; exit 1; }
 log_from=$(($(stat -c %s "$server_log") + 1))
 new_log() { tail -c +"$log_from" "$server_log"; }
 
@@ -49,12 +70,11 @@ start_service() { # start_service ARGS... CONNINFO: sets svc_pid and url
     >"$work/service.out" 2>"$work/service.err" &
   svc_pid=$!
   url=""
-  for _ in $(seq 100); do
-    url=$(sed -nE 's|^listening on (http://[0-9.]+:[0-9]+) .*|\1|p' "$work/service.out")
-    [ -n "$url" ] && return 0
-    sleep 0.05
-  done
-  return 1
+  wait_for 60 listening
+}
+listening() {
+  url=$(sed -nE 's|^listening on (http://[0-9.]+:[0-9]+) .*|\1|p' "$work/service.out")
+  [ -n "$url" ]
 }
 start_service --demo-leak "$PGTAG_TEST_CONNINFO" || { not_ok "the service starts" "$work/service.err"; echo "1..$n"; exit 1; }
 ok "the service starts and says where it listens ($url)"
@@ -92,7 +112,7 @@ check "200 concurrent requests: each answer carries its own X-Request-Id" concur
 # carry its own ID: the account query's parameter is the account that
 # request asked for, and a summary request's two queries both carry its ID.
 logged_ids() {
-  sleep 0.3
+  wait_for 30 has_lines 300 'execute <unnamed>: /\* requestId=e2e-[0-9]+ '
   new_log >"$work/log1"
   awk '
     match($0, /\[[0-9]+\]/) { pid = substr($0, RSTART, RLENGTH) }
@@ -143,7 +163,7 @@ hostile() {
         { echo "ID #$i not replaced by a UUID: $echoed"; bad=1; }
     fi
   done
-  sleep 0.3
+  wait_for 30 has_lines 7 'execute <unnamed>:'
   [ "$(psql_q "SELECT count(*) FROM pgbench_accounts")" = "$accounts_before" ] ||
     { echo "pgbench_accounts changed"; bad=1; }
   # every statement the service sent starts with the tag and is the SELECT
@@ -159,13 +179,18 @@ hostile() {
 }
 check "hostile X-Request-Id values are served and nothing else reaches the database" hostile
 
-check "a valid traceparent goes into the tag; an invalid one does not" bash -c "
+traceparent() {
   curl -sf -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' \
-    -H 'X-Request-Id: tp-good' '$url/accounts/3' >/dev/null &&
-  curl -sf -H 'traceparent: 00-00000000000000000000000000000000-00f067aa0ba902b7-01' \
-    -H 'X-Request-Id: tp-bad' '$url/accounts/3' >/dev/null && sleep 0.3 &&
-  tail -c +$log_from '$server_log' | grep -q 'requestId=tp-good route=GET%20%2Faccounts%2F%7Bid%7D traceparent=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 \*/' &&
-  tail -c +$log_from '$server_log' | grep 'requestId=tp-bad ' | grep -vq traceparent"
+    -H 'X-Request-Id: tp-good' "$url/accounts/3" >/dev/null &&
+    curl -sf -H 'traceparent: 00-00000000000000000000000000000000-00f067aa0ba902b7-01' \
+      -H 'X-Request-Id: tp-bad' "$url/accounts/3" >/dev/null || return 1
+  wait_for 30 has_lines 1 'requestId=tp-bad '
+  new_log >"$work/tp.log"
+  grep 'requestId=tp-bad ' "$work/tp.log" >"$work/tp-bad.log"
+  grep -q 'requestId=tp-good route=GET%20%2Faccounts%2F%7Bid%7D traceparent=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 \*/' "$work/tp.log" &&
+    grep -vq traceparent "$work/tp-bad.log"
+}
+check "a valid traceparent goes into the tag; an invalid one does not" traceparent
 
 # ---- transfers ------------------------------------------------------------
 psql_q "UPDATE pgbench_accounts SET abalance = 100000 WHERE aid <= 4; TRUNCATE pgbench_history"
@@ -203,31 +228,37 @@ transfers() {
 check "concurrent transfers: balances sum unchanged, each transfer once in pgbench_history" transfers
 
 # ---- --demo-leak: insufficient funds forgets its connection --------------
+# reclaimed: /metrics (a snapshot of each worker's pools, 200 ms apart)
+# counts a reclaimed connection
+reclaimed() {
+  curl -s "$url/metrics" >"$work/metrics.reclaimed" &&
+    awk '/^pgtag_reclaimed_total/ {s += $2} END {exit !(s >= 1)}' "$work/metrics.reclaimed"
+}
 leak() {
   [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'X-Request-Id: leaky-1' \
         -d '{"from":5,"to":6,"amount":1}' "$url/transfer")" = 409 ] || return 1
-  sleep 0.3
+  wait_for 30 grep -qE 'request leaky-1: .*leak' "$work/service.err"
   grep -E 'request leaky-1: .*leak' "$work/service.err" ||
     { echo "no leak report for leaky-1"; cat "$work/service.err"; return 1; }
   grep -E 'request leaky-1: .*routes\.c:[0-9]+' "$work/service.err" >/dev/null &&
-    curl -s "$url/metrics" | grep -E '^pgtag_reclaimed_total' | awk '{s += $2} END {exit !(s >= 1)}'
+    { wait_for 30 reclaimed || { echo "/metrics counts no reclaimed connection"; return 1; }; }
 }
 check "--demo-leak: the forgotten connection is reported with its request ID and acquire site, and reclaimed" leak
 
-# lock_row AID: a psql session locks the account for 3 s, in the
-# background (its pid in locker); returns once the lock is held, waiting
-# for the session's sleep, not a fixed time (psql took over 0.3 s to get
-# there on a busy machine).
+# lock_row AID [SECONDS]: a psql session locks the account for SECONDS
+# (3), in the background (its pid in locker); returns once the lock is
+# held, waiting for the session's sleep, not a fixed time (psql took over
+# 0.3 s to get there on a busy machine); fails if it never is.
 lock_row() {
+  local secs=${2:-3}
   psql -X -q -d "$PGTAG_TEST_CONNINFO" \
-    -c "BEGIN; SELECT 1 FROM pgbench_accounts WHERE aid = $1 FOR UPDATE; SELECT pg_sleep(3); COMMIT" \
+    -c "BEGIN; SELECT 1 FROM pgbench_accounts WHERE aid = $1 FOR UPDATE; SELECT pg_sleep($secs); COMMIT" \
     >/dev/null 2>&1 &
   locker=$!
-  local i
-  for i in $(seq 250); do
-    [ "$(psql_q "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE '%aid = $1 FOR UPDATE; SELECT pg_sleep(3)%'")" = 1 ] && return 0
-    sleep 0.02
-  done
+  wait_for 30 row_locked "$1" "$secs" || { echo "account $1 was never locked"; return 1; }
+}
+row_locked() {
+  [ "$(psql_q "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND query LIKE '%aid = $1 FOR UPDATE; SELECT pg_sleep($2)%'")" = 1 ]
 }
 # query_gone ID: while the locker still holds its row, waits until no query
 # of request ID runs on the server (once it commits, a query that was not
@@ -264,11 +295,8 @@ hop() {
   done
   [ "$bad" = 0 ] || return 1
   # the server log: wait for the 100 statements, not a fixed time
-  for i in $(seq 200); do
-    new_log >"$work/log_hop"
-    [ "$(grep -c 'abalance, \$2::text' "$work/log_hop")" -ge 100 ] && break
-    sleep 0.05
-  done
+  wait_for 30 has_lines 100 'abalance, \$2::text'
+  new_log >"$work/log_hop"
   awk '
     /abalance, \$2::text/ {
       if (!match($0, /requestId=hop-[0-9]+ /)) { print "untagged: " $0; bad = 1; next }
@@ -287,7 +315,7 @@ check "a hop through the thread pool: 100 concurrent requests, each hash and que
 # ---- a request's deadline --------------------------------------------------
 deadline() {
   # a transfer with a 300 ms budget that waits for a row lock held for 3 s
-  lock_row 5
+  lock_row 5 || return 1
   local t0 code ms
   t0=$(date +%s%N)
   code=$(curl -s -o "$work/deadline.body" -w '%{http_code}' -X POST -H 'X-Request-Id: deadline-1' \
@@ -305,7 +333,7 @@ check "a 300 ms deadline on a transfer stuck behind a lock: 504 in time, its que
 # ---- a client that goes away ----------------------------------------------
 gone() {
   # a transfer that waits for a row lock, and a client that gives up
-  lock_row 1
+  lock_row 1 || return 1
   curl -s -m 1 -X POST -H 'X-Request-Id: gone-1' -d '{"from":1,"to":2,"amount":1}' \
     "$url/transfer"
   # the cancel, while the locker still holds the row
@@ -329,22 +357,33 @@ metrics() {
 check "GET /metrics: one family per metric, a sample per worker's pool, the counts add up" metrics
 
 # ---- SIGTERM under load ---------------------------------------------------
+# in_flight N: /metrics shows at least N requests that hold a connection or
+# wait for one (the service's pools, snapshots 200 ms apart)
+in_flight() {
+  curl -s "$url/metrics" >"$work/metrics.inflight" &&
+    awk -v n="$1" '/^pgtag_connections\{.*state="held"\}/ || /^pgtag_waiting\{/ {s += $2}
+                   END {exit !(s >= n)}' "$work/metrics.inflight"
+}
 sigterm() {
-  psql -X -q -d "$PGTAG_TEST_CONNINFO" \
-    -c "BEGIN; SELECT 1 FROM pgbench_accounts WHERE aid = 3 FOR UPDATE; SELECT pg_sleep(1.5); COMMIT" \
-    >/dev/null 2>&1 &
-  local locker=$! i pids=()
-  sleep 0.2
-  wrk -t 2 -c 32 -d 3s "$url/accounts/9" >"$work/wrk.out" 2>&1 &
-  local wrk_pid=$!
-  # ten transfers that wait for the lock, so they are under way at SIGTERM
+  # account 3's row is held until after SIGTERM, however long getting there
+  # takes: the transfers wait for it, under way
+  lock_row 3 60 || return 1
+  local i pids=()
   for i in $(seq 1 10); do
     curl -s -o "$work/term$i.body" -w '%{http_code}\n' -X POST \
       -d "{\"from\":3,\"to\":4,\"amount\":$((1000 + i))}" "$url/transfer" >"$work/term$i.code" &
     pids+=($!)
   done
-  sleep 0.5
+  # each transfer's handler has run: it holds a connection or waits for one
+  wait_for 30 in_flight 10 || { echo "the ten transfers are not all under way"; return 1; }
+  wrk -t 2 -c 32 -d 3s "$url/accounts/9" >"$work/wrk.out" 2>&1 &
+  local wrk_pid=$!
+  # and the load with them (the transfers hold all connections of a pool)
+  wait_for 30 in_flight 11 || { echo "the load is not under way"; return 1; }
   kill -TERM "$svc_pid"
+  # the row goes free: the transfers finish, the service exits
+  psql_q "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid()
+          AND query LIKE '%aid = 3 FOR UPDATE; SELECT pg_sleep(60)%'" >/dev/null
   local rc=0
   wait "$svc_pid" || rc=$?
   svc_pid=""
@@ -387,7 +426,7 @@ bouncer() {
   kill -TERM "$svc_pid"; wait "$svc_pid"; local rc=$?; svc_pid=""
   "$root/tests/pgbouncer.sh" stop "$work/bouncer"
   [ "$rc" = 0 ] || { echo "service exit code $rc"; return 1; }
-  sleep 0.3
+  wait_for 30 has_lines 50 'requestId=pgb-[0-9]+ route='
   log_since "$server_log" "$log_from" "$work/bouncer.log"
   for i in $(seq 1 50); do
     jq -e --arg id "pgb-$i" '.request_id == $id and .id > 0' "$work/par/pgb$i.body" >/dev/null ||
@@ -405,6 +444,15 @@ bouncer() {
 check "behind PgBouncer (transaction mode): every query reaches the server with its own ID, a transaction on one backend" bouncer
 
 # ---- a read replica -------------------------------------------------------
+# both_healthy: adds the worker that answered GET /healthz to seen when it
+# has the replica within the lag limit; true once both workers have
+both_healthy() {
+  health=$(curl -s "$url/healthz")
+  local w
+  w=$(jq -r 'select(.replicas[0].lag_ms | . >= 0 and . <= 1000) | .worker' <<<"$health")
+  [ -n "$w" ] && [[ " $seen " != *" $w "* ]] && seen="$seen $w"
+  [ "$(wc -w <<<"$seen")" = 2 ]
+}
 replica() {
   # a streaming standby of the test server; it logs every statement too
   "$root/tests/pgserver.sh" standby "$work/standby" "$(dirname "$PGTAG_TEST_PGDATA")" ||
@@ -415,14 +463,8 @@ replica() {
   # both workers have heard from the replica and have it within the lag
   # limit (1000 ms, the service's default), so reads go there; healthz says
   # which worker answered
-  local seen="" health
-  for _ in $(seq 200); do
-    health=$(curl -s "$url/healthz")
-    w=$(jq -r 'select(.replicas[0].lag_ms | . >= 0 and . <= 1000) | .worker' <<<"$health")
-    [ -n "$w" ] && [[ " $seen " != *" $w "* ]] && seen="$seen $w"
-    [ "$(wc -w <<<"$seen")" = 2 ] && break
-    sleep 0.02
-  done
+  local seen="" health=""
+  wait_for 30 both_healthy
   [ "$(wc -w <<<"$seen")" = 2 ] || {
     echo "the replica never became healthy for both workers (healthy:$seen); last healthz: $health"
     echo "standby received, replayed, paused: $(psql -X -At -d "$standby_conninfo" -c \
@@ -443,7 +485,8 @@ replica() {
          -d '{"from":1,"to":2,"amount":1}' "$url/transfer")
   [ "$code" = 200 ] || { echo "transfer: HTTP $code"; return 1; }
   kill -TERM "$svc_pid"; wait "$svc_pid"; local rc=$?; svc_pid=""
-  sleep 0.3
+  wait_for 30 has_lines 22 'requestId=rep-(sum|[0-9]+) route=' "$standby_log" "$standby_from"
+  wait_for 30 has_lines 1 'requestId=rep-tx route=.*FOR UPDATE' "$server_log" "$primary_from"
   "$root/tests/pgserver.sh" stop "$work/standby" immediate
   [ "$rc" = 0 ] || { echo "service exit code $rc"; return 1; }
   log_since "$standby_log" "$standby_from" "$work/rep-standby.log"

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 int in_submit;
 pgtag_errcode _submit_rc;
@@ -187,9 +188,9 @@ void pair_start(server_pair *p) {
   snprintf(p->dir, sizeof p->dir, "/tmp/pgtag-pair.XXXXXX");
   if (mkdtemp(p->dir) == NULL || chmod(p->dir, 0755) != 0)
     fail_msg("mkdtemp failed");
-  snprintf(line, sizeof line, "'%s/tests/pgserver.sh' start '%s/p' && "
+  snprintf(line, sizeof line, "export PGTAG_SERVER_OWNER=%d; '%s/tests/pgserver.sh' start '%s/p' && "
            "'%s/tests/pgserver.sh' standby '%s/s' '%s/p'",
-           PGTAG_SOURCE_DIR, p->dir, PGTAG_SOURCE_DIR, p->dir, p->dir);
+           (int)getpid(), PGTAG_SOURCE_DIR, p->dir, PGTAG_SOURCE_DIR, p->dir, p->dir);
   shell(line);
   char d[300];
   snprintf(d, sizeof d, "%s/p", p->dir);
@@ -204,8 +205,8 @@ void pair_start(server_pair *p) {
 
 void pair_ctl(server_pair *p, const char *side, const char *cmd, const char *arg) {
   char line[1024];
-  snprintf(line, sizeof line, "'%s/tests/pgserver.sh' %s '%s/%s' %s", PGTAG_SOURCE_DIR, cmd,
-           p->dir, side, arg ? arg : "");
+  snprintf(line, sizeof line, "PGTAG_SERVER_OWNER=%d '%s/tests/pgserver.sh' %s '%s/%s' %s",
+           (int)getpid(), PGTAG_SOURCE_DIR, cmd, p->dir, side, arg ? arg : "");
   shell(line);
 }
 
@@ -218,24 +219,111 @@ void pair_stop(server_pair *p) {
     fail_msg("%s failed", line);
 }
 
+static PGconn *gate;
+
+void gate_shut(void) {
+  admin_exec("CREATE OR REPLACE FUNCTION " GATE " RETURNS void LANGUAGE sql "
+             "AS 'SELECT pg_advisory_xact_lock_shared(4242)'");
+  if (gate != NULL)
+    fail_msg("the gate is shut already");
+  gate = PQconnectdb(test_conninfo());
+  PGresult *res = PQexec(gate, "SELECT pg_advisory_lock(4242)");
+  int ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+  PQclear(res);
+  if (!ok)
+    fail_msg("the gate did not shut: %s", PQerrorMessage(gate));
+}
+
+void gate_open(void) {
+  PQfinish(gate); /* the lock ends with the session */
+  gate = NULL;
+}
+
+static char own_dir[256];
+
+int own_server_setup(void **state) {
+  (void)state;
+  char line[1024], pgdir[300], v[600];
+  snprintf(own_dir, sizeof own_dir, "/tmp/pgtag-own.XXXXXX");
+  if (mkdtemp(own_dir) == NULL || chmod(own_dir, 0755) != 0)
+    fail_msg("mkdtemp failed");
+  snprintf(pgdir, sizeof pgdir, "%s/pg", own_dir);
+  snprintf(line, sizeof line, "PGTAG_SERVER_OWNER=%d '%s/tests/pgserver.sh' start '%s'",
+           (int)getpid(), PGTAG_SOURCE_DIR, pgdir);
+  shell(line);
+  int port = dir_port(pgdir);
+  snprintf(v, sizeof v, "%d", port);
+  setenv("PGPORT", v, 1);
+  setenv("PGHOST", pgdir, 1);
+  snprintf(v, sizeof v, "%s/data", pgdir);
+  setenv("PGTAG_TEST_PGDATA", v, 1);
+  snprintf(v, sizeof v, "host=%s port=%d user=postgres dbname=postgres", pgdir, port);
+  setenv("PGTAG_TEST_CONNINFO", v, 1);
+  PQfinish(admin); /* the next admin query connects to this server */
+  admin = NULL;
+  return 0;
+}
+
+int own_server_teardown(void **state) {
+  (void)state;
+  char line[1024];
+  PQfinish(admin);
+  admin = NULL;
+  snprintf(line, sizeof line, "'%s/tests/pgserver.sh' stop '%s/pg' immediate; rm -rf '%s'",
+           PGTAG_SOURCE_DIR, own_dir, own_dir);
+  return system(line) == 0 ? 0 : -1;
+}
+
 static void on_deadline(uv_timer_t *t) { *(int *)t->data = 1; }
 
-int run_until(uv_loop_t *loop, const int *flag, int want, int timeout_ms) {
+int run_until(uv_loop_t *lp, const int *flag, int want, int timeout_ms) {
   uv_timer_t timer;
   int expired = 0;
-  uv_timer_init(loop, &timer);
+  uv_timer_init(lp, &timer);
   timer.data = &expired;
   uv_timer_start(&timer, on_deadline, (uint64_t)timeout_ms, 0);
   while (*flag < want && !expired)
-    uv_run(loop, UV_RUN_ONCE);
+    uv_run(lp, UV_RUN_ONCE);
   uv_close((uv_handle_t *)&timer, NULL);
-  uv_run(loop, UV_RUN_NOWAIT);
+  uv_run(lp, UV_RUN_NOWAIT);
   return *flag >= want;
 }
 
-void run_for(uv_loop_t *loop, int ms) {
+void run_for(uv_loop_t *lp, int ms) {
   int never = 0;
-  run_until(loop, &never, 1, ms);
+  run_until(lp, &never, 1, ms);
+}
+
+uint64_t wait_deadline(int timeout_ms) {
+  return now_ms() + (uint64_t)timeout_ms * (uint64_t)time_scale();
+}
+
+int wait_step(uv_loop_t *lp, uint64_t end) {
+  if (now_ms() >= end)
+    return 0;
+  if (lp != NULL)
+    run_for(lp, 10);
+  else
+    usleep(10000);
+  return 1;
+}
+
+uv_loop_t loop;
+
+int loop_setup(void **state) {
+  (void)state;
+  completions = 0;
+  /* a fresh admin session: what a failed test left open in it (a
+   * transaction, a lock) must not reach the next test */
+  PQfinish(admin);
+  admin = NULL;
+  gate_open();
+  return uv_loop_init(&loop);
+}
+
+void wait_rec(const rec *r) {
+  if (!run_until(&loop, &r->calls, 1, 20000 * time_scale()))
+    fail_msg("no callback within %d ms", 20000 * time_scale());
 }
 
 void test_config(pgtag_pool_config *cfg) {
@@ -245,14 +333,14 @@ void test_config(pgtag_pool_config *cfg) {
   cfg->name = "test";
 }
 
-pgtag_pool *test_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg) {
+pgtag_pool *test_pool_new(uv_loop_t *lp, const pgtag_pool_config *cfg) {
   pgtag_pool_config def;
   pgtag_pool *pool = NULL;
   if (cfg == NULL) {
     test_config(&def);
     cfg = &def;
   }
-  assert_int_equal(pgtag_pool_new(loop, cfg, &pool), PGTAG_OK);
+  assert_int_equal(pgtag_pool_new(lp, cfg, &pool), PGTAG_OK);
   assert_non_null(pool);
   return pool;
 }
@@ -262,13 +350,13 @@ static void on_closed(void *arg) {
   assert_null(pgtag_ctx_current()); /* pool work runs with no context */
 }
 
-void test_pool_close(uv_loop_t *loop, pgtag_pool *pool) {
+void test_pool_close(uv_loop_t *lp, pgtag_pool *pool) {
   int closed = 0;
   pgtag_pool_close(pool, on_closed, &closed);
-  assert_true(run_until(loop, &closed, 1, 10000));
+  assert_true(run_until(lp, &closed, 1, 10000));
   assert_int_equal(closed, 1);
-  uv_run(loop, UV_RUN_NOWAIT);
-  assert_int_equal(uv_loop_close(loop), 0);
+  uv_run(lp, UV_RUN_NOWAIT);
+  assert_int_equal(uv_loop_close(lp), 0);
 }
 
 static void rec_common(rec *r, const pgtag_error *err) {

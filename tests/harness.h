@@ -19,16 +19,38 @@ int admin_int(const char *sql);
 
 /* Run the loop until *flag >= want or timeout_ms passed; returns 1 when the
  * flag got there. */
-int run_until(uv_loop_t *loop, const int *flag, int want, int timeout_ms);
-/* Run the loop for ms milliseconds. */
-void run_for(uv_loop_t *loop, int ms);
+int run_until(uv_loop_t *lp, const int *flag, int want, int timeout_ms);
+/* Run the loop for ms milliseconds.  Only to show that something does NOT
+ * happen within a time, or to let time pass on purpose: a test waiting for
+ * something to happen waits for it (run_until, WAIT_FOR). */
+void run_for(uv_loop_t *lp, int ms);
+
+/* Run lp (or, when lp is NULL, sleep) until cond holds, testing it every
+ * 10 ms, for timeout_ms at most, scaled by time_scale().  A generous bound
+ * for a wait on something that should happen: the caller then asserts
+ * cond, which may have been false all along. */
+#define WAIT_FOR(lp, cond, timeout_ms)                   \
+  do {                                                   \
+    uint64_t wait_end_ = wait_deadline(timeout_ms);      \
+    while (!(cond) && wait_step((lp), wait_end_))        \
+      continue;                                          \
+  } while (0)
+uint64_t wait_deadline(int timeout_ms);
+/* One step of WAIT_FOR: 0 once past end, else runs loop (sleeps) 10 ms. */
+int wait_step(uv_loop_t *lp, uint64_t end);
+
+/* The loop the tests of a program run on, one test at a time. */
+extern uv_loop_t loop;
+/* A cmocka setup: a fresh loop, completions 0, a fresh admin session.
+ * Each test closes the loop (test_pool_close or uv_loop_close). */
+int loop_setup(void **state);
 
 /* A pool on loop with test defaults: the test server, max_conns 4. */
 void test_config(pgtag_pool_config *cfg);
-pgtag_pool *test_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg);
+pgtag_pool *test_pool_new(uv_loop_t *lp, const pgtag_pool_config *cfg);
 /* Close the pool, wait for done, and check the loop is left with nothing
  * (uv_loop_close succeeds). */
-void test_pool_close(uv_loop_t *loop, pgtag_pool *pool);
+void test_pool_close(uv_loop_t *lp, pgtag_pool *pool);
 
 /* Set while a test is inside a submitting call; callbacks fail the test if
  * they see it set. */
@@ -52,6 +74,9 @@ typedef struct {
 } rec;
 
 extern int completions; /* bumped by every rec callback */
+
+/* Run the loop until r's callback ran; fails the test after 20 s (scaled). */
+void wait_rec(const rec *r);
 
 void rec_result(PGresult *res, const pgtag_error *err, void *arg);
 void rec_acquire(pgtag_conn conn, const pgtag_error *err, void *arg);
@@ -111,6 +136,29 @@ void pair_start(server_pair *p);
 /* tests/pgserver.sh cmd on one side ("p" or "s"), e.g. stop immediate. */
 void pair_ctl(server_pair *p, const char *side, const char *cmd, const char *arg);
 void pair_stop(server_pair *p);
+
+/* A gate on the test server.  While it is shut, a query that calls GATE
+ * (one row: "SELECT x FROM " GATE) waits, active on the server, until the
+ * test opens it: for a query that must still be running when the test
+ * looks, however slow the machine; a pg_sleep of a fixed time is not that.
+ * It waits as it runs, not as it is prepared (as a locked table would),
+ * and it is a read to pgtag (pg_advisory_* by name is a write).  The gate
+ * is an advisory lock held on a connection of its own; the next test's
+ * loop_setup opens a gate a failed test left shut. */
+#define GATE "pgtag_gate()"
+void gate_shut(void);
+void gate_open(void);
+
+/* A server of the program's own, for a program that stops, restarts or
+ * reconfigures its server: a cmocka group setup that starts one
+ * (tests/pgserver.sh, in a temporary directory) and points the environment
+ * at it (PGTAG_TEST_CONNINFO, PGHOST, PGPORT, PGTAG_TEST_PGDATA), so that
+ * test_conninfo(), admin_exec() and server_ctl() act on it and never on
+ * the server other programs share; and the group teardown that stops and
+ * removes it.  A program that dies first takes its server with it
+ * (PGTAG_SERVER_OWNER). */
+int own_server_setup(void **state);
+int own_server_teardown(void **state);
 
 /* Restart the test server (pg_ctl restart -m mode); returns once it is up. */
 void server_restart(const char *mode);

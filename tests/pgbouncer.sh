@@ -52,7 +52,8 @@ server_reset_query =
 INI
     [ "$(id -u)" = 0 ] && chown postgres: "$dir/pgbouncer.ini" "$dir/userlist.txt"
     if as_owner pgbouncer -d "$dir/pgbouncer.ini" >/dev/null 2>&1; then
-      for _ in $(seq 50); do
+      # until it listens: 30 s at most, a bound for a loaded machine
+      for _ in $(seq 300); do
         port_in_use "$port" && break
         sleep 0.1
       done
@@ -76,7 +77,7 @@ stop)
   if [ -f "$dir/pgbouncer.pid" ]; then
     pid=$(cat "$dir/pgbouncer.pid")
     kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   fi
   ;;
 *)

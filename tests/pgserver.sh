@@ -23,6 +23,10 @@
 #
 # DIR/env holds PGTAG_TEST_CONNINFO, PGHOST, PGPORT, PGUSER and PGDATABASE.
 # As root the server runs as the postgres user, which owns DIR.
+#
+# With PGTAG_SERVER_OWNER set to a pid, start and standby leave a watcher
+# that stops the server and removes DIR once that process has exited: a
+# test program that dies before its teardown leaves no server running.
 set -euo pipefail
 
 cmd=${1:?usage: pgserver.sh start|stop|restart|up|standby|promote|tls DIR}
@@ -35,6 +39,16 @@ as_owner() {
 }
 
 pg_ctl_run() { as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" "$@"; }
+
+watch_owner() {
+  [ -n "${PGTAG_SERVER_OWNER:-}" ] || return 0
+  local self
+  self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+  # its own session, and none of the caller's descriptors: ctest waits for
+  # the test's output to close, and kills the test's process group
+  setsid bash -c 'tail --pid="$1" -f /dev/null; "$2" stop "$3" immediate; rm -rf "$3"' \
+    watcher "$PGTAG_SERVER_OWNER" "$self" "$dir" </dev/null >/dev/null 2>&1 &
+}
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -82,7 +96,9 @@ start)
   mkdir -p "$dir"
   [ "$(id -u)" = 0 ] && chown postgres: "$dir"
   chmod 700 "$dir"
-  as_owner "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust \
+  # --no-sync: a throwaway cluster (fsync is off too); it halves the time
+  # a test program waits for a server of its own
+  as_owner "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync \
     --encoding=UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
     { cat "$dir/initdb.log" >&2; exit 1; }
   cat >>"$dir/data/postgresql.conf" <<CONF
@@ -95,6 +111,7 @@ full_page_writes = off
 CONF
   if [ "${3:-}" = bare ]; then
     start_on_free_port
+    watch_owner
     exit 0
   fi
   cat >>"$dir/data/postgresql.conf" <<CONF
@@ -104,6 +121,7 @@ pg_stat_statements.track = all
 log_line_prefix = '%m [%p] '
 CONF
   start_on_free_port
+  watch_owner
   PGHOST=$dir PGPORT=$port psql -X -q -U postgres -d postgres -v ON_ERROR_STOP=1 \
     -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' >/dev/null
   ;;
@@ -121,6 +139,7 @@ standby)
   # Its own socket directory and port: later lines win.
   echo "unix_socket_directories = '$dir'" >>"$dir/data/postgresql.conf"
   start_on_free_port
+  watch_owner
   ;;
 promote)
   as_owner "$bindir/pg_ctl" -D "$dir/data" -w -t 60 promote >/dev/null

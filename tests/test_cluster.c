@@ -17,7 +17,6 @@
 
 #include "harness.h"
 
-static uv_loop_t loop;
 static server_pair pair;
 static char standby2[512]; /* a second standby of the same primary */
 static int standby2_port;
@@ -42,12 +41,6 @@ static int group_teardown(void **state) {
   pair_ctl(&pair, "s2", "stop", "immediate");
   pair_stop(&pair);
   return 0;
-}
-
-static int setup(void **state) {
-  (void)state;
-  completions = 0;
-  return uv_loop_init(&loop);
 }
 
 static pgtag_cluster *cluster_of(const char *const *replicas, int n, int max_lag_ms) {
@@ -85,16 +78,15 @@ static void cluster_close(pgtag_cluster *c) {
 
 /* Wait until replica 0's lag satisfies want (1: sampled and within limit,
  * 0: sampled and beyond it, -1: not healthy). */
+static int lag_is(pgtag_cluster *c, int limit, int want) {
+  int lag = pgtag_cluster_replica_lag_ms(c, 0);
+  return (want == 1 && lag >= 0 && lag <= limit) || (want == 0 && lag > limit) ||
+         (want == -1 && lag < 0);
+}
+
 static int wait_lag(pgtag_cluster *c, int limit, int want, int timeout_ms) {
-  uint64_t end = now_ms() + (uint64_t)timeout_ms;
-  while (now_ms() < end) {
-    int lag = pgtag_cluster_replica_lag_ms(c, 0);
-    if ((want == 1 && lag >= 0 && lag <= limit) || (want == 0 && lag > limit) ||
-        (want == -1 && lag < 0))
-      return 1;
-    run_for(&loop, 20);
-  }
-  return 0;
+  WAIT_FOR(&loop, lag_is(c, limit, want), timeout_ms);
+  return lag_is(c, limit, want);
 }
 
 /* Which server ran a query: its port.  Read-only, in ctx. */
@@ -190,14 +182,31 @@ static void a_request_that_wrote_reads_its_writes(void **state) {
   cluster_close(c);
 }
 
+/* Replay paused on the standby by the test below, resumed in its teardown
+ * should it fail before it does: the tests after it need a standby that
+ * keeps up. */
+static int replay_paused;
+
+static int resume_replay(void **state) {
+  (void)state;
+  if (replay_paused) {
+    PGconn *c = PQconnectdb(pair.standby);
+    PQclear(PQexec(c, "SELECT pg_wal_replay_resume()"));
+    PQfinish(c);
+  }
+  replay_paused = 0;
+  return 0;
+}
+
 static void a_lagging_replica_is_skipped_until_it_catches_up(void **state) {
   (void)state;
   enum { LIMIT = 300 };
   pgtag_cluster *c = cluster_new(LIMIT);
   assert_true(wait_lag(c, LIMIT, 1, 5000));
+  replay_paused = 1;
   admin_exec_on(pair.standby, "SELECT pg_wal_replay_pause()");
   /* the primary writes on while the standby replays nothing */
-  uint64_t end = now_ms() + 5000;
+  uint64_t end = wait_deadline(5000);
   int lagging = 0;
   while (!lagging && now_ms() < end) {
     admin_exec_on(pair.primary, "INSERT INTO replicated (note) VALUES ('while paused')");
@@ -212,6 +221,7 @@ static void a_lagging_replica_is_skipped_until_it_catches_up(void **state) {
   assert_int_equal(atoi(r.value), pair.primary_port); /* moved to the primary */
 
   admin_exec_on(pair.standby, "SELECT pg_wal_replay_resume()");
+  replay_paused = 0;
   assert_true(wait_lag(c, LIMIT, 1, 5000));
   rec back = {0};
   pgtag_ctx *ctx2 = pgtag_ctx_new("lag-2");
@@ -230,10 +240,10 @@ static void reads_spread_over_replicas_by_load(void **state) {
   (void)state;
   const char *replicas[] = {pair.standby, standby2};
   pgtag_cluster *c = cluster_of(replicas, 2, 1000);
-  uint64_t end = now_ms() + 5000;
-  while (now_ms() < end &&
-         (pgtag_cluster_replica_lag_ms(c, 0) < 0 || pgtag_cluster_replica_lag_ms(c, 1) < 0))
-    run_for(&loop, 20);
+  WAIT_FOR(&loop,
+           pgtag_cluster_replica_lag_ms(c, 0) >= 0 && pgtag_cluster_replica_lag_ms(c, 1) >= 0,
+           10000);
+  assert_true(pgtag_cluster_replica_lag_ms(c, 0) >= 0);
   assert_true(pgtag_cluster_replica_lag_ms(c, 1) >= 0);
   enum { N = 40 };
   rec r[N];
@@ -276,13 +286,8 @@ static int standby_caught_up(int timeout_ms) {
   char lsn[64], sql[160];
   lsn_on(pair.primary, "SELECT pg_current_wal_insert_lsn()", lsn, sizeof lsn);
   snprintf(sql, sizeof sql, "SELECT (pg_last_wal_replay_lsn() >= '%s')::int", lsn);
-  uint64_t end = now_ms() + (uint64_t)timeout_ms;
-  while (admin_int_on(pair.standby, sql) != 1) {
-    if (now_ms() >= end)
-      return 0;
-    run_for(&loop, 20);
-  }
-  return 1;
+  WAIT_FOR(&loop, admin_int_on(pair.standby, sql) == 1, timeout_ms);
+  return admin_int_on(pair.standby, sql) == 1;
 }
 
 /* What the cluster said of replica 0 after every loop iteration of a
@@ -324,7 +329,7 @@ static void a_burst_after_a_quiet_spell_is_not_read_as_lag(void **state) {
   pgtag_cluster *c = cluster_new(LIMIT);
   admin_exec_on(pair.primary, "INSERT INTO replicated (note) VALUES ('before the quiet')");
   assert_true(wait_lag(c, LIMIT, 1, 5000));
-  run_for(&loop, QUIET_MS); /* the quiet spell, while the cluster samples */
+  run_for(&loop, QUIET_MS); /* the quiet spell, on purpose, while the cluster samples */
 
   /* the standby has replayed all the primary wrote, and says so */
   assert_true(standby_caught_up(10000));
@@ -412,9 +417,7 @@ static void a_read_that_loses_its_replica_is_retried_elsewhere(void **state) {
   pgtag_ctx_leave(prev);
   const char *running = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
                         "AND query LIKE '/* requestId=retried-read */%'";
-  uint64_t end = now_ms() + 10000;
-  while (admin_int_on(pair.standby, running) != 1 && now_ms() < end)
-    run_for(&loop, 10);
+  WAIT_FOR(&loop, admin_int_on(pair.standby, running) == 1, 10000);
   assert_int_equal(admin_int_on(pair.standby, running), 1);
   admin_exec_on(pair.standby, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                               "WHERE query LIKE '/* requestId=retried-read */%'");
@@ -500,11 +503,8 @@ static void a_promoted_replica_is_noticed(void **state) {
   assert_true(wait_lag(c, 1000, 1, 5000));
   pair_ctl(&pair, "s2", "promote", NULL);
   pgtag_stats st = {0};
-  uint64_t end = now_ms() + 10000;
-  while (st.left_recovery == 0 && now_ms() < end) {
-    run_for(&loop, 20);
-    pgtag_pool_stats(pgtag_cluster_replica(c, 0), &st);
-  }
+  WAIT_FOR(&loop, (pgtag_pool_stats(pgtag_cluster_replica(c, 0), &st), st.left_recovery != 0),
+           10000);
   assert_int_equal(st.left_recovery, 1);
   assert_int_equal(logged_saying("not in recovery any more", "no read goes to it"), 1);
   assert_int_equal(pgtag_cluster_replica_lag_ms(c, 0), -1);
@@ -514,7 +514,8 @@ static void a_promoted_replica_is_noticed(void **state) {
   assert_true(run_until(&loop, &completions, 1, 5000));
   assert_done(&r, ctx, PGTAG_OK);
   assert_int_equal(atoi(r.value), pair.primary_port);
-  /* said once, not at every sample */
+  /* said once, not at every sample: an absence, so a span of time (four
+   * samples at 50 ms) is what there is to wait for */
   run_for(&loop, 200);
   pgtag_pool_stats(pgtag_cluster_replica(c, 0), &st);
   assert_int_equal(st.left_recovery, 1);
@@ -584,16 +585,17 @@ static void a_replica_that_is_down_is_skipped(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup(reads_land_on_the_replica_with_their_tags, setup),
-      cmocka_unit_test_setup(a_request_that_wrote_reads_its_writes, setup),
-      cmocka_unit_test_setup(a_lagging_replica_is_skipped_until_it_catches_up, setup),
-      cmocka_unit_test_setup(reads_spread_over_replicas_by_load, setup),
-      cmocka_unit_test_setup(a_burst_after_a_quiet_spell_is_not_read_as_lag, setup),
-      cmocka_unit_test_setup(a_read_that_loses_its_replica_is_retried_elsewhere, setup),
-      cmocka_unit_test_setup(a_read_only_transaction_runs_on_the_replica, setup),
-      cmocka_unit_test_setup(a_promoted_replica_is_noticed, setup),
-      cmocka_unit_test_setup(bad_cluster_arguments, setup),
-      cmocka_unit_test_setup(a_replica_that_is_down_is_skipped, setup),
+      cmocka_unit_test_setup(reads_land_on_the_replica_with_their_tags, loop_setup),
+      cmocka_unit_test_setup(a_request_that_wrote_reads_its_writes, loop_setup),
+      cmocka_unit_test_setup_teardown(a_lagging_replica_is_skipped_until_it_catches_up, loop_setup,
+                                      resume_replay),
+      cmocka_unit_test_setup(reads_spread_over_replicas_by_load, loop_setup),
+      cmocka_unit_test_setup(a_burst_after_a_quiet_spell_is_not_read_as_lag, loop_setup),
+      cmocka_unit_test_setup(a_read_that_loses_its_replica_is_retried_elsewhere, loop_setup),
+      cmocka_unit_test_setup(a_read_only_transaction_runs_on_the_replica, loop_setup),
+      cmocka_unit_test_setup(a_promoted_replica_is_noticed, loop_setup),
+      cmocka_unit_test_setup(bad_cluster_arguments, loop_setup),
+      cmocka_unit_test_setup(a_replica_that_is_down_is_skipped, loop_setup),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -22,14 +22,6 @@
 
 #include "harness.h"
 
-static uv_loop_t loop;
-
-static int setup(void **state) {
-  (void)state;
-  completions = 0;
-  return uv_loop_init(&loop);
-}
-
 enum { CONCURRENCY = 64, MAX_OPS = 200000 };
 
 typedef struct writer writer;
@@ -111,6 +103,11 @@ typedef struct {
   volatile int done;
 } failover;
 
+/* Static: should the wait for it fail, the thread still writes here. */
+static failover failing;
+
+/* The failure's timeline, on purpose: writes flow a while longer, then no
+ * primary takes writes for at least 300 ms, then the standby is promoted. */
 static void *failover_thread(void *arg) {
   failover *f = arg;
   struct timespec pause = {0, 300 * 1000000};
@@ -132,15 +129,25 @@ static void *failover_thread(void *arg) {
   return NULL;
 }
 
+/* The pair of the failover tests, stopped and removed in their teardown,
+ * failed or not. */
+static server_pair pair;
+
+static int stop_pair(void **state) {
+  (void)state;
+  if (pair.dir[0] != '\0')
+    pair_stop(&pair);
+  pair.dir[0] = '\0';
+  return 0;
+}
+
 static void failover_under_writes(int fence, int promote_after_ms) {
-  server_pair pair;
   pair_start(&pair);
   admin_exec_on(pair.primary, "CREATE TABLE fo_writes (id text, at timestamptz DEFAULT now())");
   /* the standby has the table before the load starts */
-  for (int i = 0; i < 100 && admin_int_on(pair.standby, "SELECT count(*) FROM pg_tables "
-                                                        "WHERE tablename = 'fo_writes'") == 0;
-       i++)
-    run_for(&loop, 20);
+  const char *has_table = "SELECT count(*) FROM pg_tables WHERE tablename = 'fo_writes'";
+  WAIT_FOR(&loop, admin_int_on(pair.standby, has_table) == 1, 10000);
+  assert_int_equal(admin_int_on(pair.standby, has_table), 1);
 
   char conninfo[1024];
   snprintf(conninfo, sizeof conninfo,
@@ -158,27 +165,25 @@ static void failover_under_writes(int fence, int promote_after_ms) {
     write_submit(w);
   /* writes flow before the failover (under valgrind, connecting alone can
    * take longer than the whole load does natively) */
-  for (int i = 0; i < 500 && w->ok <= CONCURRENCY; i++)
-    run_for(&loop, 20);
+  WAIT_FOR(&loop, w->ok > CONCURRENCY, 20000);
   assert_true(w->ok > CONCURRENCY);
 
-  failover f = {.pair = &pair, .fence = fence, .promote_after_ms = promote_after_ms, .w = w};
+  failing = (failover){.pair = &pair, .fence = fence, .promote_after_ms = promote_after_ms, .w = w};
+  failover *f = &failing;
   pthread_t t;
-  assert_int_equal(pthread_create(&t, NULL, failover_thread, &f), 0);
-  while (!f.done)
-    run_for(&loop, 10);
+  assert_int_equal(pthread_create(&t, NULL, failover_thread, f), 0);
+  WAIT_FOR(&loop, f->done, 180000); /* pg_ctl gives up after 60 s, twice */
+  assert_true(f->done);
   pthread_join(t, NULL);
   /* writes go on until the new primary has taken 500 of them */
   int ok_at_promotion = w->ok;
-  for (int i = 0; i < 1000 && w->ok < ok_at_promotion + 500; i++)
-    run_for(&loop, 10);
+  WAIT_FOR(&loop, w->ok >= ok_at_promotion + 500, 20000);
   w->stop = 1;
-  for (int i = 0; i < 1000 && w->completed < w->submitted; i++)
-    run_for(&loop, 10);
+  WAIT_FOR(&loop, w->completed == w->submitted, 20000);
 
   pgtag_stats st;
   pgtag_pool_stats(w->pool, &st);
-  uint64_t outage_ms = w->first_ok_after - f.broken_at;
+  uint64_t outage_ms = w->first_ok_after - f->broken_at;
   print_message("%s, promoted %d ms later: %d writes, %d ok, %d ECONN (%d of them 25006), "
                 "%d lost connections, %d reconnects, %d failed connection attempts in %llu ms "
                 "of outage; the new primary took a write %lld ms after the promotion\n",
@@ -245,7 +250,6 @@ static void failover_under_writes(int fence, int promote_after_ms) {
                      0);
   test_pool_close(&loop, w->pool);
   free(w);
-  pair_stop(&pair);
 }
 
 static void primary_stopped_standby_promoted(void **state) {
@@ -305,10 +309,12 @@ static void read_only_transaction_keeps_its_connection(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup(primary_stopped_standby_promoted, setup),
-      cmocka_unit_test_setup(primary_stopped_standby_promoted_2s_later, setup),
-      cmocka_unit_test_setup(primary_fenced_read_only_standby_promoted, setup),
-      cmocka_unit_test_setup(read_only_transaction_keeps_its_connection, setup),
+      cmocka_unit_test_setup_teardown(primary_stopped_standby_promoted, loop_setup, stop_pair),
+      cmocka_unit_test_setup_teardown(primary_stopped_standby_promoted_2s_later, loop_setup,
+                                      stop_pair),
+      cmocka_unit_test_setup_teardown(primary_fenced_read_only_standby_promoted, loop_setup,
+                                      stop_pair),
+      cmocka_unit_test_setup(read_only_transaction_keeps_its_connection, loop_setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,8 +12,6 @@
 
 #include "harness.h"
 
-static uv_loop_t loop;
-
 /* What one on_leak call saw, copied. */
 typedef struct {
   pgtag_leak_kind kind;
@@ -59,10 +57,8 @@ static void on_leak(const pgtag_leak *l, void *arg) {
 }
 
 static int setup(void **state) {
-  (void)state;
-  completions = 0;
   nreports = 0;
-  return uv_loop_init(&loop);
+  return loop_setup(state);
 }
 
 static void leak_config(pgtag_pool_config *cfg) {
@@ -70,12 +66,8 @@ static void leak_config(pgtag_pool_config *cfg) {
   cfg->on_leak = on_leak;
 }
 
-static void wait_rec(const rec *r) {
-  assert_true(run_until(&loop, &r->calls, 1, 15000));
-}
-
 static void wait_reports(int n) {
-  assert_true(run_until(&loop, &nreports, n, 5000));
+  assert_true(run_until(&loop, &nreports, n, 10000 * time_scale()));
 }
 
 static int ends_with(const char *s, const char *suffix) {
@@ -104,7 +96,7 @@ static void request_end_reports_once(void **state) {
   conn_query_in(acq.conn, ctx, "BEGIN", &begin);
   conn_query_in(acq.conn, ctx, "SELECT 'the last one'", &upd);
   wait_rec(&upd);
-  run_for(&loop, 30);
+  run_for(&loop, 30); /* a time for a report that must not come */
   assert_int_equal(nreports, 0); /* held, but the request is running */
 
   pgtag_ctx_end(ctx);
@@ -129,7 +121,7 @@ static void request_end_reports_once(void **state) {
   pgtag_ctx_ref(ctx);
   pgtag_ctx_unref(ctx);
   pgtag_ctx_end(ctx);
-  run_for(&loop, 50);
+  run_for(&loop, 50); /* a time for a second report that must not come */
   assert_int_equal(nreports, 1);
   assert_true(pgtag_conn_held(acq.conn)); /* REPORT leaves it with its holder */
 
@@ -167,7 +159,7 @@ static void several_connections_in_several_pools(void **state) {
   assert_true(run_until(&loop, &completions, 3, 5000));
   pgtag_ctx_end(ctx);
   wait_reports(3);
-  run_for(&loop, 50);
+  run_for(&loop, 50); /* a time for a fourth report that must not come */
   assert_int_equal(nreports, 3);
   int first = 0, second = 0, pids = 0;
   for (int i = 0; i < 3; i++) {
@@ -225,7 +217,7 @@ static void released_in_time_is_not_reported(void **state) {
   assert_int_equal(pgtag_acquire(pool, end_then_release_cb, &e), PGTAG_OK);
   pgtag_ctx_leave(prev);
   wait_rec(&e.acq);
-  run_for(&loop, 400); /* past the threshold too */
+  run_for(&loop, 400); /* past the threshold too: no report may come */
   assert_int_equal(nreports, 0);
   pgtag_stats st;
   pgtag_pool_stats(pool, &st);
@@ -251,7 +243,7 @@ static void threshold_then_late_release(void **state) {
   wait_rec(&other);
   wait_reports(2);
   assert_true(now_ms() - t0 >= 100);
-  run_for(&loop, 400); /* once per acquisition */
+  run_for(&loop, 400); /* twice the threshold: once per acquisition, no more */
   assert_int_equal(nreports, 2);
   int mine = strcmp(reports[0].request_id, "leak-slow") == 0 ? 0 : 1;
   assert_int_equal(reports[mine].kind, PGTAG_LEAK_THRESHOLD);
@@ -295,7 +287,7 @@ static void reclaim_serves_the_waiter(void **state) {
   conn_query_in(acq.conn, leaker, "INSERT INTO pgtag_leak_rb VALUES (1)", &ins);
   wait_rec(&ins);
   acquire_in(pool, next, &wait); /* max_conns 1: waits */
-  run_for(&loop, 50);
+  run_for(&loop, 50); /* a time for a grant that must not come */
   assert_int_equal(wait.calls, 0);
 
   pgtag_ctx_end(leaker);
@@ -351,8 +343,7 @@ static void reclaim_cancels_the_running_query(void **state) {
   snprintf(sql, sizeof sql,
            "SELECT count(*) FROM pg_stat_activity WHERE pid = %d AND "
            "wait_event = 'PgSleep' AND state = 'active'", pid);
-  for (int i = 0; i < 100 && admin_int(sql) == 0; i++)
-    run_for(&loop, 20);
+  WAIT_FOR(&loop, admin_int(sql) == 1, 10000);
   assert_int_equal(admin_int(sql), 1);
 
   uint64_t t0 = now_ms();
@@ -411,7 +402,7 @@ static void request_ended_while_waiting(void **state) {
   wait_rec(&hold);
   acquire_in(pool, ctx, &acq);
   pgtag_ctx_end(ctx);
-  run_for(&loop, 30);
+  run_for(&loop, 30); /* a time for a report that must not come */
   assert_int_equal(nreports, 0); /* holds nothing yet */
   pgtag_release(hold.conn);
   wait_rec(&acq); /* granted to an ended request, and not released */
@@ -448,7 +439,7 @@ static void close_takes_back_leaked_connections(void **state) {
   wait_rec(&sleep);
   assert_done(&sleep, leaker, PGTAG_ERECLAIMED);
   assert_int_equal(pgtag_release(acq.conn), PGTAG_ERECLAIMED);
-  run_for(&loop, 100);
+  run_for(&loop, 100); /* a time for a close that must not finish yet */
   assert_int_equal(closed, 0);
   assert_true(pgtag_conn_held(held.conn));
   conn_query_in(held.conn, busy, "SELECT 'finishing'", &late);
@@ -532,8 +523,7 @@ static void default_report_is_one_log_line(void **state) {
   conn_query_in(acq.conn, ctx, "SELECT\n  'two lines'", &q);
   wait_rec(&q);
   pgtag_ctx_end(ctx);
-  for (int i = 0; i < 100 && logged[0] == '\0'; i++)
-    run_for(&loop, 10);
+  WAIT_FOR(&loop, logged[0] != '\0', 10000);
   assert_true(strncmp(logged, "request logged-leak: leak: the request ended while holding", 58) == 0);
   snprintf(want, sizeof want, "test_leak.c:%d in default_report_is_one_log_line()", line);
   assert_non_null(strstr(logged, want));

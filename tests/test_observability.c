@@ -14,18 +14,6 @@
 
 #include "harness.h"
 
-static uv_loop_t loop;
-
-static int setup(void **state) {
-  (void)state;
-  completions = 0;
-  return uv_loop_init(&loop);
-}
-
-static void wait_rec(const rec *r) {
-  assert_true(run_until(&loop, &r->calls, 1, 15000));
-}
-
 static void install_sql(void) {
   char path[1024];
   snprintf(path, sizeof path, "%s/sql/pgtag.sql", PGTAG_SOURCE_DIR);
@@ -38,8 +26,11 @@ static void install_sql(void) {
   admin_exec(script);
 }
 
+/* Its own server: it drops and creates pg_stat_statements and resets its
+ * counts, which no other program may see half-way. */
 static int group_setup(void **state) {
-  (void)state;
+  if (own_server_setup(state) != 0)
+    return -1;
   install_sql();
   install_sql(); /* idempotent */
   return 0;
@@ -122,39 +113,37 @@ static void activity_shows_the_request(void **state) {
   rec q = {0};
   char v[256];
 
-  query_in(pool, ctx, "SELECT pg_sleep(1)", &q);
-  /* the row is read while the query runs: once it is done the row stays,
-   * idle, so waiting for the row and then reading it failed on a busy
-   * machine whenever the wait outlasted the query */
+  /* the row is read while the query runs: it runs until the test has read
+   * it (a pg_sleep(1) once did, and on a busy machine the wait for its row
+   * outlasted it) */
+  gate_shut();
+  query_in(pool, ctx, "SELECT 'watched' FROM " GATE, &q);
   const char *sql = "SELECT state || '|' || (tags->>'route') || '|' || "
                     "(query_age >= '0'::interval) || '|' || query FROM pgtag.activity "
                     "WHERE request_id = 'watch-me' AND state = 'active'";
-  uint64_t end = now_ms() + 10000;
-  admin_value(sql, v, sizeof v);
-  while (v[0] == '\0' && now_ms() < end) {
-    run_for(&loop, 5);
-    admin_value(sql, v, sizeof v);
-  }
+  WAIT_FOR(&loop, (admin_value(sql, v, sizeof v), v[0] != '\0'), 10000);
   const char *prefix = "active|GET /slow|true|";
   assert_memory_equal(v, prefix, strlen(prefix));
   /* the statement as sent, tag stripped: the text, or its EXECUTE when the
    * statement cache sent it */
-  assert_sent_as(v + strlen(prefix), "SELECT pg_sleep(1)");
+  assert_sent_as(v + strlen(prefix), "SELECT 'watched' FROM " GATE);
+  assert_int_equal(q.calls, 0);
+  gate_open();
   wait_rec(&q);
+  assert_done(&q, ctx, PGTAG_OK);
 
   /* Back in the pool, its backend serves no request: no request_id, no
    * age that grows like a stuck query's, only what it ran last. */
   const char *idle = "SELECT count(*) FROM pgtag.activity "
                      "WHERE last_request_id = 'watch-me' AND state = 'idle'";
-  for (int i = 0; i < 200 && admin_int(idle) == 0; i++)
-    run_for(&loop, 5);
+  WAIT_FOR(&loop, admin_int(idle) > 0, 10000);
   admin_value("SELECT coalesce(request_id, 'none') || '|' || tags::text || '|' || "
               "(query_age IS NULL) || '|' || (idle_for >= '0'::interval) "
               "FROM pgtag.activity WHERE last_request_id = 'watch-me'",
               v, sizeof v);
   assert_string_equal(v, "none|{}|true|true");
   admin_value("SELECT query FROM pgtag.activity WHERE last_request_id = 'watch-me'", v, sizeof v);
-  assert_sent_as(v, "SELECT pg_sleep(1)");
+  assert_sent_as(v, "SELECT 'watched' FROM " GATE);
   assert_int_equal(admin_int("SELECT count(*) FROM pgtag.activity "
                              "WHERE request_id IS NOT NULL AND last_request_id = 'watch-me'"),
                    0);
@@ -179,8 +168,7 @@ static void blocking_names_both_requests(void **state) {
   query_in(pool, waiter, "UPDATE pgtag_row SET n = n + 10 WHERE id = 1", &blocked);
 
   const char *sql = "SELECT count(*) FROM pgtag.blocking WHERE blocked_request_id = 'waits-for-it'";
-  for (int i = 0; i < 200 && admin_int(sql) == 0; i++)
-    run_for(&loop, 10);
+  WAIT_FOR(&loop, admin_int(sql) > 0, 10000);
   admin_value("SELECT blocked_request_id || '|' || blocking_request_id || '|' || "
               "(lock_wait IS NOT NULL) || '|' || blocking_state "
               "FROM pgtag.blocking WHERE blocked_request_id = 'waits-for-it'",
@@ -544,14 +532,14 @@ static void metrics_in_prometheus_format(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup(server_reads_back_hostile_ids, setup),
-      cmocka_unit_test_setup(activity_shows_the_request, setup),
-      cmocka_unit_test_setup(blocking_names_both_requests, setup),
-      cmocka_unit_test_setup(statements_view_only_with_the_extension, setup),
-      cmocka_unit_test_setup(request_statistics, setup),
-      cmocka_unit_test_setup(n_plus_one_is_reported_once, setup),
-      cmocka_unit_test_setup(slow_queries_and_reports_are_logged_with_the_request, setup),
-      cmocka_unit_test_setup(metrics_in_prometheus_format, setup),
+      cmocka_unit_test_setup(server_reads_back_hostile_ids, loop_setup),
+      cmocka_unit_test_setup(activity_shows_the_request, loop_setup),
+      cmocka_unit_test_setup(blocking_names_both_requests, loop_setup),
+      cmocka_unit_test_setup(statements_view_only_with_the_extension, loop_setup),
+      cmocka_unit_test_setup(request_statistics, loop_setup),
+      cmocka_unit_test_setup(n_plus_one_is_reported_once, loop_setup),
+      cmocka_unit_test_setup(slow_queries_and_reports_are_logged_with_the_request, loop_setup),
+      cmocka_unit_test_setup(metrics_in_prometheus_format, loop_setup),
   };
-  return cmocka_run_group_tests(tests, group_setup, NULL);
+  return cmocka_run_group_tests(tests, group_setup, own_server_teardown);
 }

@@ -18,7 +18,6 @@
 #include "harness.h"
 #include "pool.h"
 
-static uv_loop_t loop;
 static char bouncer_dir[256];
 static char bouncer_conninfo[512];
 
@@ -48,12 +47,6 @@ static int group_teardown(void **state) {
   snprintf(cmd, sizeof cmd, "'%s/tests/pgbouncer.sh' stop '%s/b'; rm -rf '%s'",
            PGTAG_SOURCE_DIR, bouncer_dir, bouncer_dir);
   return system(cmd) == 0 ? 0 : -1;
-}
-
-static int setup(void **state) {
-  (void)state;
-  completions = 0;
-  return uv_loop_init(&loop);
 }
 
 static pgtag_pool *bouncer_pool(int max_conns, int depth, int pooler_mode) {
@@ -193,10 +186,9 @@ static void requests_through_the_pooler(int depth) {
   uv_timer_init(&loop, &arrivals);
   arrivals.data = &l;
   uv_timer_start(&arrivals, on_arrivals, 0, 1);
-  run_for(&loop, 1000);
+  run_for(&loop, 1000); /* the load's duration, on purpose */
   uv_close((uv_handle_t *)&arrivals, NULL);
-  for (int i = 0; i < 500 && l.completed < l.submitted; i++)
-    run_for(&loop, 10);
+  WAIT_FOR(&loop, l.completed == l.submitted, 20000);
   print_message("depth %d: %d requests in a second, deepest pipeline %d, %d samples with "
                 "sync points overlapping\n", depth, l.completed, deepest, overlapping);
   assert_int_equal(l.completed, l.submitted);
@@ -240,14 +232,17 @@ static void batches_overlap_on_one_connection(void **state) {
   uv_check_start(&check, sample_depth);
   uv_unref((uv_handle_t *)&check);
   deepest = overlapping = 0;
-  /* One statement, slow for the first query only: the pool knows it as a
-   * fast one (it joins pipelines only behind those), so the others go out
-   * behind the slow one while it runs. */
-  const char *sql = "SELECT $1::text, current_query() "
-                    "FROM pg_sleep(CASE $1 WHEN '500' THEN 0.3 ELSE 0 END)";
+  /* One statement the pool knows as a fast one (it joins pipelines only
+   * behind those); once the gate is shut, the first of the twelve waits
+   * on it, so the others go out behind it while it runs, however slowly
+   * the batches go out. */
+  const char *sql = "SELECT $1::text, current_query() FROM " GATE;
+  gate_shut(); /* makes GATE, open for the warm-up */
+  gate_open();
   rec warm = {0};
   assert_int_equal(query_param_in(pool, NULL, sql, "0", &warm), PGTAG_OK);
   assert_true(run_until(&loop, &completions, 1, 5000)); /* connected */
+  gate_shut();
   pgtag_ctx *ctx[BATCHES * PER];
   rec r[BATCHES * PER];
   char param[BATCHES * PER][16];
@@ -262,6 +257,8 @@ static void batches_overlap_on_one_connection(void **state) {
     }
     uv_run(&loop, UV_RUN_NOWAIT); /* its sync point goes out; then the next batch */
   }
+  WAIT_FOR(&loop, deepest == BATCHES * PER, 10000);
+  gate_open();
   assert_true(run_until(&loop, &completions, 1 + BATCHES * PER, 10000));
   /* all twelve in flight at once, sent in three loop iterations: three
    * sync points outstanding on the one connection */
@@ -454,7 +451,7 @@ static void leak_report_has_no_made_up_pid(void **state) {
   assert_true(run_until(&loop, &completions, 1, 5000));
   assert_done(&acq, ctx, PGTAG_OK);
   pgtag_ctx_end(ctx);
-  run_for(&loop, 50);
+  run_until(&loop, &leaks, 1, 10000 * time_scale());
   assert_int_equal(leaks, 1);
   assert_int_equal(seen_leak.backend_pid, 0);
   assert_int_equal(pgtag_release(acq.conn), PGTAG_OK);
@@ -464,14 +461,14 @@ static void leak_report_has_no_made_up_pid(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup(tagged_requests_without_pipelining, setup),
-      cmocka_unit_test_setup(tagged_requests_pipelined_16_deep, setup),
-      cmocka_unit_test_setup(batches_overlap_on_one_connection, setup),
-      cmocka_unit_test_setup(pipelined_statements_mean_the_same_through_the_pooler, setup),
-      cmocka_unit_test_setup(held_transaction_stays_on_one_backend, setup),
-      cmocka_unit_test_setup(statement_timeout_cancels_through_the_pooler, setup),
-      cmocka_unit_test_setup(no_session_state_on_server_connections, setup),
-      cmocka_unit_test_setup(leak_report_has_no_made_up_pid, setup),
+      cmocka_unit_test_setup(tagged_requests_without_pipelining, loop_setup),
+      cmocka_unit_test_setup(tagged_requests_pipelined_16_deep, loop_setup),
+      cmocka_unit_test_setup(batches_overlap_on_one_connection, loop_setup),
+      cmocka_unit_test_setup(pipelined_statements_mean_the_same_through_the_pooler, loop_setup),
+      cmocka_unit_test_setup(held_transaction_stays_on_one_backend, loop_setup),
+      cmocka_unit_test_setup(statement_timeout_cancels_through_the_pooler, loop_setup),
+      cmocka_unit_test_setup(no_session_state_on_server_connections, loop_setup),
+      cmocka_unit_test_setup(leak_report_has_no_made_up_pid, loop_setup),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -25,14 +25,6 @@
 #include "harness.h"
 #include "pool.h"
 
-static uv_loop_t loop;
-
-static int setup(void **state) {
-  (void)state;
-  completions = 0;
-  return uv_loop_init(&loop);
-}
-
 static pgtag_pool *pipelined_pool(int max_conns, int depth, int statement_timeout_ms) {
   pgtag_pool_config cfg;
   test_config(&cfg);
@@ -43,13 +35,9 @@ static pgtag_pool *pipelined_pool(int max_conns, int depth, int statement_timeou
   cfg.statement_timeout_ms = statement_timeout_ms;
   cfg.log_level = PGTAG_LOG_ERROR;
   pgtag_pool *pool = test_pool_new(&loop, &cfg);
-  pgtag_stats st;
-  for (int i = 0; i < 250; i++) { /* connected before the test starts */
-    pgtag_pool_stats(pool, &st);
-    if (st.idle == max_conns)
-      break;
-    run_for(&loop, 10);
-  }
+  pgtag_stats st; /* connected before the test starts */
+  WAIT_FOR(&loop, (pgtag_pool_stats(pool, &st), st.idle == max_conns), 10000);
+  assert_int_equal(st.idle, max_conns);
   return pool;
 }
 
@@ -63,6 +51,18 @@ static struct conn *only_conn(pgtag_pool *pool) {
  * before the loop blocks. */
 static int in_pipeline(pgtag_pool *pool) {
   return only_conn(pool)->nwire + only_conn(pool)->nstaged;
+}
+
+/* Wait until the one connection's backend runs a pg_sleep: the statements
+ * behind it in the pipeline have gone out, and a cancel reaches a backend
+ * that has read its query. */
+static void wait_sleeping(pgtag_pool *pool) {
+  char sql[160];
+  snprintf(sql, sizeof sql,
+           "SELECT count(*) FROM pg_stat_activity WHERE pid = %d AND wait_event = 'PgSleep'",
+           PQbackendPID(only_conn(pool)->pg));
+  WAIT_FOR(&loop, admin_int(sql) == 1, 10000);
+  assert_int_equal(admin_int(sql), 1);
 }
 
 /* Run each statement once (with parameter "0" when it takes one), so the
@@ -301,7 +301,7 @@ static void cancel_reaches_queries_waiting_in_the_pipeline(void **state) {
   query_param_in(pool, gone, stmts[0], "32", &r[4]);
   query_param_in(pool, stays, stmts[1], "c", &r[5]);
   assert_int_equal(in_pipeline(pool), 6);
-  run_for(&loop, 100);
+  wait_sleeping(pool);
   assert_int_equal(pgtag_ctx_cancel(gone), 3);
   assert_true(run_until(&loop, &completions, 6, 15000));
   for (int i = 0; i < 6; i += 2)
@@ -332,11 +332,11 @@ static void lost_connection_fails_each_pipelined_query_once(void **state) {
   for (int i = 1; i < 6; i++)
     query_in(pool, ctx, "SELECT 1", &r[i]);
   assert_int_equal(in_pipeline(pool), 6);
-  run_for(&loop, 100);
+  wait_sleeping(pool);
   snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%d)", atoi(pid.value));
   admin_exec(sql);
   assert_true(run_until(&loop, &completions, 7, 5000));
-  run_for(&loop, 50);
+  run_for(&loop, 50); /* a time for second callbacks that must not come */
   for (int i = 0; i < 6; i++)
     assert_done(&r[i], ctx, PGTAG_ECONN); /* exactly once each */
   query_in(pool, ctx, "SELECT 'recovered'", &after);
@@ -489,11 +489,13 @@ static void read_result_arrives_while_a_slow_read_of_its_batch_runs(void **state
   completions = 0;
   rec fast = {0}, slow = {0};
   pgtag_ctx *a = pgtag_ctx_new("fast"), *b = pgtag_ctx_new("slow");
+  gate_shut(); /* the slow read runs until the test has seen the fast one's result */
   query_param_in(pool, a, stmts[0], "fast", &fast);
-  query_in(pool, b, "SELECT 'slow' FROM pg_sleep(0.5)", &slow);
+  query_in(pool, b, "SELECT 'slow' FROM " GATE, &slow);
   assert_true(run_until(&loop, &fast.calls, 1, 5000));
   assert_done(&fast, a, PGTAG_OK);
   assert_int_equal(slow.calls, 0); /* still running */
+  gate_open();
   assert_true(run_until(&loop, &slow.calls, 1, 5000));
   assert_done(&slow, b, PGTAG_OK);
   pgtag_ctx_unref(a);
@@ -533,7 +535,7 @@ static void request_stats_charge_only_own_time(void **state) {
 typedef struct {
   pgtag_pool *pool;
   int behind_slow; /* samples with a statement on the wire behind the sleep */
-  int sleeps, fast, fast_done, wrong;
+  int sleeps, sleeps_done, fast, fast_done, wrong;
   uv_timer_t tick;
 } hol_load;
 
@@ -576,6 +578,7 @@ static void hol_sleep_done(PGresult *res, const pgtag_error *err, void *arg) {
   hol_load *l = arg;
   (void)res;
   l->wrong += err != NULL;
+  l->sleeps_done++;
 }
 
 static void hol_tick(uv_timer_t *t) {
@@ -607,7 +610,7 @@ static void fast_reads_never_wait_behind_a_slow_one(void **state) {
     hol_submit_fast(&l);
   assert_true(run_until(&loop, &l.sleeps, 8, 10000));
   assert_true(run_until(&loop, &l.fast_done, l.fast, 10000));
-  run_for(&loop, 600); /* the last sleeps end */
+  assert_true(run_until(&loop, &l.sleeps_done, 7, 10000)); /* the last sleeps end */
   uv_close((uv_handle_t *)&check, NULL);
   uv_close((uv_handle_t *)&l.tick, NULL);
   print_message("%d fast reads beside 7 sleeps; %d samples with a statement behind a sleep\n",
@@ -785,21 +788,21 @@ static void cancels_and_timeouts_touch_only_their_own_request(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup(results_go_to_their_own_requests, setup),
-      cmocka_unit_test_setup(writes_in_a_pipeline_happen_once, setup),
-      cmocka_unit_test_setup(transaction_statements_keep_a_connection_to_themselves, setup),
-      cmocka_unit_test_setup(acquire_waits_its_turn, setup),
-      cmocka_unit_test_setup(timeout_of_the_first_spares_the_rest, setup),
-      cmocka_unit_test_setup(cancel_reaches_queries_waiting_in_the_pipeline, setup),
-      cmocka_unit_test_setup(lost_connection_fails_each_pipelined_query_once, setup),
-      cmocka_unit_test_setup(writes_of_different_requests_never_share_a_transaction, setup),
-      cmocka_unit_test_setup(select_of_a_writing_function_runs_once, setup),
-      cmocka_unit_test_setup(batch_opener_survives_what_a_holder_does, setup),
-      cmocka_unit_test_setup(read_result_arrives_while_a_slow_read_of_its_batch_runs, setup),
-      cmocka_unit_test_setup(request_stats_charge_only_own_time, setup),
-      cmocka_unit_test_setup(fast_reads_never_wait_behind_a_slow_one, setup),
-      cmocka_unit_test_setup(no_deadlock_under_hot_row_load, setup),
-      cmocka_unit_test_setup(cancels_and_timeouts_touch_only_their_own_request, setup),
+      cmocka_unit_test_setup(results_go_to_their_own_requests, loop_setup),
+      cmocka_unit_test_setup(writes_in_a_pipeline_happen_once, loop_setup),
+      cmocka_unit_test_setup(transaction_statements_keep_a_connection_to_themselves, loop_setup),
+      cmocka_unit_test_setup(acquire_waits_its_turn, loop_setup),
+      cmocka_unit_test_setup(timeout_of_the_first_spares_the_rest, loop_setup),
+      cmocka_unit_test_setup(cancel_reaches_queries_waiting_in_the_pipeline, loop_setup),
+      cmocka_unit_test_setup(lost_connection_fails_each_pipelined_query_once, loop_setup),
+      cmocka_unit_test_setup(writes_of_different_requests_never_share_a_transaction, loop_setup),
+      cmocka_unit_test_setup(select_of_a_writing_function_runs_once, loop_setup),
+      cmocka_unit_test_setup(batch_opener_survives_what_a_holder_does, loop_setup),
+      cmocka_unit_test_setup(read_result_arrives_while_a_slow_read_of_its_batch_runs, loop_setup),
+      cmocka_unit_test_setup(request_stats_charge_only_own_time, loop_setup),
+      cmocka_unit_test_setup(fast_reads_never_wait_behind_a_slow_one, loop_setup),
+      cmocka_unit_test_setup(no_deadlock_under_hot_row_load, loop_setup),
+      cmocka_unit_test_setup(cancels_and_timeouts_touch_only_their_own_request, loop_setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

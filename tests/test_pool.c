@@ -21,26 +21,9 @@
  * Helpers
  * ------------------------------------------------------------------------ */
 
-static uv_loop_t loop;
-
-static int setup(void **state) {
-  (void)state;
-  completions = 0;
-  return uv_loop_init(&loop);
-}
-
-static void wait_rec(const rec *r) {
-  assert_true(run_until(&loop, &r->calls, 1, 15000));
-}
-
-/* Run the loop until cond (over st, refreshed from pool) holds, 5 s at most. */
-#define WAIT_STATS(pool, st, cond)              \
-  for (int wait_i_ = 0; wait_i_ < 250; wait_i_++) { \
-    pgtag_pool_stats((pool), &(st));            \
-    if (cond)                                   \
-      break;                                    \
-    run_for(&loop, 20);                         \
-  }
+/* Run the loop until cond (over st, refreshed from pool) holds, 10 s at
+ * most (scaled). */
+#define WAIT_STATS(pool, st, cond) WAIT_FOR(&loop, (pgtag_pool_stats((pool), &(st)), (cond)), 10000)
 
 static void tagged(char *out, size_t len, const char *id, const char *sql) {
   snprintf(out, len, "/* requestId=%s */ %s", id, sql);
@@ -96,6 +79,22 @@ static void server_sees_tag(void **state) {
   test_pool_close(&loop, pool);
 }
 
+/* A line of the server's log, or the one after it, has tag and then sql. */
+static int logged_with_tag(const char *tag, const char *sql) {
+  char path[512], line[4096], prev_line[4096] = "";
+  snprintf(path, sizeof path, "%s/server.log", getenv("PGHOST"));
+  FILE *f = fopen(path, "r");
+  assert_non_null(f);
+  int found = 0;
+  while (!found && fgets(line, sizeof line, f) != NULL) {
+    char *t = strstr(prev_line, tag);
+    found = t != NULL && strstr(t, sql) != NULL;
+    snprintf(prev_line, sizeof prev_line, "%s", line);
+  }
+  fclose(f);
+  return found;
+}
+
 /* The two other places the issue promises the request ID: the server log
  * (log_min_duration_statement) and pg_stat_statements. */
 static void tag_reaches_server_log_and_pg_stat_statements(void **state) {
@@ -121,27 +120,12 @@ static void tag_reaches_server_log_and_pg_stat_statements(void **state) {
   wait_rec(&q);
   assert_done(&q, a, PGTAG_OK);
   pgtag_release(acq.conn);
-  run_for(&loop, 50);
 
   /* The statement's log line has the tag and the statement (through the
-   * statement cache, after the EXECUTE, as a comment). */
-  char path[512], line[4096], prev_line[4096] = "";
-  snprintf(path, sizeof path, "%s/server.log", getenv("PGHOST"));
-  int found = 0;
-  for (int tries = 0; tries < 50 && !found; tries++) { /* the logger may lag */
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    while (fgets(line, sizeof line, f) != NULL) {
-      char *t = strstr(prev_line, tag);
-      if (t != NULL && strstr(t, "SELECT 'logged' FROM pgtag_log_probe") != NULL)
-        found = 1;
-      snprintf(prev_line, sizeof prev_line, "%s", line);
-    }
-    fclose(f);
-    if (!found)
-      run_for(&loop, 20);
-  }
-  assert_true(found);
+   * statement cache, after the EXECUTE, as a comment); the server may
+   * write it after the result went out. */
+  WAIT_FOR(&loop, logged_with_tag(tag, "SELECT 'logged' FROM pgtag_log_probe"), 10000);
+  assert_true(logged_with_tag(tag, "SELECT 'logged' FROM pgtag_log_probe"));
 
   char text[512];
   admin_value("SELECT query FROM pg_stat_statements WHERE query LIKE '%FROM pgtag_log_probe'",
@@ -272,13 +256,16 @@ static void interleaved_requests(void **state) {
   rec ra = {0}, rb = {0};
   char want[256];
 
-  query_in(pool, a, "SELECT pg_sleep(0.3)::text, current_query()", &ra);
+  gate_shut(); /* A runs until B is done, however long B takes */
+  query_in(pool, a, "SELECT 'a', current_query() FROM " GATE, &ra);
   query_in(pool, b, "SELECT 'b', current_query()", &rb);
+  wait_rec(&rb);
+  gate_open();
   assert_true(run_until(&loop, &completions, 2, 15000));
   assert_done(&ra, a, PGTAG_OK);
   assert_done(&rb, b, PGTAG_OK);
   assert_true(rb.order < ra.order); /* B finished first, still in B */
-  tagged(want, sizeof want, "slow-A", "SELECT pg_sleep(0.3)::text, current_query()");
+  tagged(want, sizeof want, "slow-A", "SELECT 'a', current_query() FROM " GATE);
   assert_sent_as(ra.value2, want);
   tagged(want, sizeof want, "fast-B", "SELECT 'b', current_query()");
   assert_sent_as(rb.value2, want);
@@ -346,9 +333,8 @@ static void chained_queries_keep_the_tag(void **state) {
   assert_done(&h.second, a, PGTAG_OK);
   assert_done(&h.third, a, PGTAG_OK);
   assert_sent_as(h.third.value, want);
-  run_for(&loop, 20);
   pgtag_stats st;
-  pgtag_pool_stats(pool, &st);
+  WAIT_STATS(pool, st, st.held == 0);
   assert_int_equal(st.held, 0);
   assert_int_equal(a->refs, 1);
   pgtag_ctx_unref(a);
@@ -414,7 +400,9 @@ static void pool_work_runs_without_context(void **state) {
   char sql[128];
   snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%d)", atoi(pid.value));
   admin_exec(sql); /* the pool notices, logs, reconnects: all without a context */
-  run_for(&loop, 200);
+  pgtag_stats st;
+  WAIT_STATS(pool, st, st.conns_lost == 1);
+  assert_int_equal(st.conns_lost, 1);
   query_in(pool, a, "SELECT 1", &r);
   wait_rec(&r);
   assert_done(&r, a, PGTAG_OK);
@@ -468,12 +456,8 @@ static int wait_for_activity(const char *like) {
   snprintf(sql, sizeof sql,
            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%s'",
            like);
-  for (int i = 0; i < 250; i++) {
-    if (admin_int(sql) > 0)
-      return 1;
-    run_for(&loop, 20);
-  }
-  return 0;
+  WAIT_FOR(&loop, admin_int(sql) > 0, 10000);
+  return admin_int(sql) > 0;
 }
 
 static void terminated_backend_in_context(void **state) {
@@ -701,7 +685,7 @@ static void bad_arguments_are_refused(void **state) {
   assert_int_equal(pgtag_release(acq.conn), PGTAG_EINVAL); /* twice: logged, ignored */
   assert_int_equal(quiet_log_errors, errors_before + 1);
   assert_int_equal(pgtag_conn_query(acq.conn, "SELECT 1", 0, NULL, rec_result, &r), PGTAG_EINVAL);
-  run_for(&loop, 50);
+  run_for(&loop, 50); /* a time for a callback that must not come */
   assert_int_equal(r.calls, 0); /* no refusal is followed by a callback */
   pgtag_stats st;
   pgtag_pool_stats(pool, &st);
@@ -815,7 +799,7 @@ static void max_waiting_refuses_at_once(void **state) {
   assert_done(&b, NULL, PGTAG_OK);
   assert_done(&c, NULL, PGTAG_OK);
   pgtag_release(c.conn);
-  run_for(&loop, 50);
+  run_for(&loop, 50); /* a time for callbacks that must not come */
   assert_int_equal(d.calls, 0);
   assert_int_equal(e.calls, 0);
   test_pool_close(&loop, pool);
@@ -961,9 +945,8 @@ static void release_after_queued_queries(void **state) {
     if (i > 0)
       assert_true(q[i].order > q[i - 1].order);
   }
-  run_for(&loop, 20);
   pgtag_stats st;
-  pgtag_pool_stats(pool, &st);
+  WAIT_STATS(pool, st, st.held == 0 && st.idle == 1);
   assert_int_equal(st.held, 0);
   assert_int_equal(st.idle, 1);
   assert_int_equal(a->refs, 1);
@@ -986,7 +969,8 @@ static void close_with_waiters_and_holders(void **state) {
   int closed = 0;
 
   acquire_in(pool, a, &ra);
-  query_in(pool, q, "SELECT pg_sleep(0.3)::text || 'q'", &rq);
+  gate_shut(); /* Q runs until the test has seen it and closed the pool */
+  query_in(pool, q, "SELECT 'q' FROM " GATE, &rq);
   assert_true(wait_for_activity("/* requestId=running-Q */%"));
   assert_int_equal(ra.calls, 1);
   acquire_in(pool, b, &rb);
@@ -1008,6 +992,8 @@ static void close_with_waiters_and_holders(void **state) {
   conn_query_in(ra.conn, a, "SELECT 'still'", &still);
   wait_rec(&still);
   assert_done(&still, a, PGTAG_OK);
+  assert_int_equal(rq.calls, 0);
+  gate_open();
   wait_rec(&rq);
   assert_done(&rq, q, PGTAG_OK);
   assert_string_equal(rq.value, "q");
@@ -1041,14 +1027,17 @@ static void min_conns_and_idle_timeout(void **state) {
 
   WAIT_STATS(pool, st, st.idle == 2);
   assert_int_equal(st.idle, 2);
+  gate_shut(); /* the four run at once, however slow the machine */
   for (int i = 0; i < 4; i++)
-    query_in(pool, NULL, "SELECT pg_sleep(0.2)", &r[i]);
+    query_in(pool, NULL, "SELECT 1 FROM " GATE, &r[i]);
+  WAIT_STATS(pool, st, st.busy == 4);
+  gate_open();
   assert_true(run_until(&loop, &completions, 4, 10000));
   pgtag_pool_stats(pool, &st);
   assert_int_equal(st.connects, 4); /* grew to max_conns for the burst */
   WAIT_STATS(pool, st, st.total == 2);
   assert_int_equal(st.total, 2); /* shrank back, never below min_conns */
-  run_for(&loop, 300);
+  run_for(&loop, 300); /* twice the idle timeout: it must not shrink below */
   pgtag_pool_stats(pool, &st);
   assert_int_equal(st.total, 2);
   test_pool_close(&loop, pool);
@@ -1247,7 +1236,7 @@ static void burst_every_callback_once(void **state) {
   }
   assert_int_equal(burst_done, 0);
   assert_true(run_until(&loop, &burst_done, BURST, 30000));
-  run_for(&loop, 50);
+  run_for(&loop, 50); /* a time for second callbacks that must not come */
   for (int i = 0; i < BURST; i++) {
     burst_req *b = &reqs[i];
     assert_int_equal(b->calls, 1);
@@ -1331,8 +1320,7 @@ static void lost_held_connection_frees_its_slot(void **state) {
   char sql[128];
   snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%d)", pgtag_conn_backend_pid(acq.conn));
   admin_exec(sql);
-  for (int i = 0; i < 100 && pgtag_conn_backend_pid(acq.conn) != 0; i++)
-    run_for(&loop, 20);
+  WAIT_FOR(&loop, pgtag_conn_backend_pid(acq.conn) == 0, 10000);
   assert_int_equal(pgtag_conn_backend_pid(acq.conn), 0);
   query_in(pool, NULL, "SELECT 'served'", &other);
   wait_rec(&other);
@@ -1385,38 +1373,39 @@ static void waiter_keeps_the_loop_alive_during_backoff(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup(server_sees_tag, setup),
-      cmocka_unit_test_setup(no_context_no_tag, setup),
-      cmocka_unit_test_setup(tag_reaches_server_log_and_pg_stat_statements, setup),
-      cmocka_unit_test_setup(tag_styles_and_key, setup),
-      cmocka_unit_test_setup(connection_opened_by_a_serves_b_in_b, setup),
-      cmocka_unit_test_setup(interleaved_requests, setup),
-      cmocka_unit_test_setup(chained_queries_keep_the_tag, setup),
-      cmocka_unit_test_setup(context_released_exactly_once, setup),
-      cmocka_unit_test_setup(pool_work_runs_without_context, setup),
-      cmocka_unit_test_setup(syntax_error_in_context, setup),
-      cmocka_unit_test_setup(terminated_backend_in_context, setup),
-      cmocka_unit_test_setup(terminated_held_connection, setup),
-      cmocka_unit_test_setup(idle_connection_killed_is_noticed, setup),
-      cmocka_unit_test_setup(hostile_request_ids_change_nothing, setup),
-      cmocka_unit_test_setup(bad_arguments_are_refused, setup),
-      cmocka_unit_test_setup(parameters_nulls_and_big_values, setup),
-      cmocka_unit_test_setup(acquire_timeout, setup),
-      cmocka_unit_test_setup(max_waiting_refuses_at_once, setup),
-      cmocka_unit_test_setup(waiters_are_served_in_order, setup),
-      cmocka_unit_test_setup(release_rolls_back, setup),
-      cmocka_unit_test_setup(release_after_queued_queries, setup),
-      cmocka_unit_test_setup(close_with_waiters_and_holders, setup),
-      cmocka_unit_test_setup(min_conns_and_idle_timeout, setup),
-      cmocka_unit_test_setup(unreachable_server_times_out_with_reason, setup),
-      cmocka_unit_test_setup(hung_server_connect_timeout, setup),
-      cmocka_unit_test_setup(multi_host_conninfo_follows_the_socket, setup),
-      cmocka_unit_test_setup(max_lifetime_retires_connections, setup),
-      cmocka_unit_test_setup(burst_every_callback_once, setup),
-      cmocka_unit_test_setup(server_restart_is_survived, setup),
-      cmocka_unit_test_setup(copy_is_refused_and_the_connection_replaced, setup),
-      cmocka_unit_test_setup(lost_held_connection_frees_its_slot, setup),
-      cmocka_unit_test_setup(waiter_keeps_the_loop_alive_during_backoff, setup),
+      cmocka_unit_test_setup(server_sees_tag, loop_setup),
+      cmocka_unit_test_setup(no_context_no_tag, loop_setup),
+      cmocka_unit_test_setup(tag_reaches_server_log_and_pg_stat_statements, loop_setup),
+      cmocka_unit_test_setup(tag_styles_and_key, loop_setup),
+      cmocka_unit_test_setup(connection_opened_by_a_serves_b_in_b, loop_setup),
+      cmocka_unit_test_setup(interleaved_requests, loop_setup),
+      cmocka_unit_test_setup(chained_queries_keep_the_tag, loop_setup),
+      cmocka_unit_test_setup(context_released_exactly_once, loop_setup),
+      cmocka_unit_test_setup(pool_work_runs_without_context, loop_setup),
+      cmocka_unit_test_setup(syntax_error_in_context, loop_setup),
+      cmocka_unit_test_setup(terminated_backend_in_context, loop_setup),
+      cmocka_unit_test_setup(terminated_held_connection, loop_setup),
+      cmocka_unit_test_setup(idle_connection_killed_is_noticed, loop_setup),
+      cmocka_unit_test_setup(hostile_request_ids_change_nothing, loop_setup),
+      cmocka_unit_test_setup(bad_arguments_are_refused, loop_setup),
+      cmocka_unit_test_setup(parameters_nulls_and_big_values, loop_setup),
+      cmocka_unit_test_setup(acquire_timeout, loop_setup),
+      cmocka_unit_test_setup(max_waiting_refuses_at_once, loop_setup),
+      cmocka_unit_test_setup(waiters_are_served_in_order, loop_setup),
+      cmocka_unit_test_setup(release_rolls_back, loop_setup),
+      cmocka_unit_test_setup(release_after_queued_queries, loop_setup),
+      cmocka_unit_test_setup(close_with_waiters_and_holders, loop_setup),
+      cmocka_unit_test_setup(min_conns_and_idle_timeout, loop_setup),
+      cmocka_unit_test_setup(unreachable_server_times_out_with_reason, loop_setup),
+      cmocka_unit_test_setup(hung_server_connect_timeout, loop_setup),
+      cmocka_unit_test_setup(multi_host_conninfo_follows_the_socket, loop_setup),
+      cmocka_unit_test_setup(max_lifetime_retires_connections, loop_setup),
+      cmocka_unit_test_setup(burst_every_callback_once, loop_setup),
+      cmocka_unit_test_setup(server_restart_is_survived, loop_setup),
+      cmocka_unit_test_setup(copy_is_refused_and_the_connection_replaced, loop_setup),
+      cmocka_unit_test_setup(lost_held_connection_frees_its_slot, loop_setup),
+      cmocka_unit_test_setup(waiter_keeps_the_loop_alive_during_backoff, loop_setup),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  /* its own server: it restarts it, stops it, kills its backends */
+  return cmocka_run_group_tests(tests, own_server_setup, own_server_teardown);
 }

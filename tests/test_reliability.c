@@ -9,6 +9,7 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -20,18 +21,7 @@
 #include "conn.h"
 #include "context.h"
 #include "harness.h"
-
-static uv_loop_t loop;
-
-static int setup(void **state) {
-  (void)state;
-  completions = 0;
-  return uv_loop_init(&loop);
-}
-
-static void wait_rec(const rec *r) {
-  assert_true(run_until(&loop, &r->calls, 1, 20000));
-}
+#include "pool.h"
 
 static void tcp_conninfo(char *out, size_t len) {
   const char *port = getenv("PGPORT");
@@ -54,8 +44,7 @@ static int running(int pid, const char *waiting) {
 }
 
 static void wait_running(int pid, const char *waiting) {
-  for (int i = 0; i < 250 && running(pid, waiting) == 0; i++)
-    run_for(&loop, 20);
+  WAIT_FOR(&loop, running(pid, waiting) == 1, 10000);
   assert_int_equal(running(pid, waiting), 1);
 }
 
@@ -203,6 +192,19 @@ static void held_query_blocked_on_a_lock_times_out(void **state) {
   test_pool_close(&loop, pool);
 }
 
+/* The backend stopped by stopped_backend_is_given_up, continued in its
+ * teardown should the test fail before it does: a stopped backend would
+ * hold up every later test's pg_ctl. */
+static int frozen;
+
+static int continue_frozen(void **state) {
+  (void)state;
+  if (frozen > 0)
+    kill(frozen, SIGCONT);
+  frozen = 0;
+  return 0;
+}
+
 /* The backend is stopped (SIGSTOP): the query, and the cancel request,
  * go unanswered; the connection is given up after the grace period. */
 static void stopped_backend_is_given_up(void **state) {
@@ -217,12 +219,13 @@ static void stopped_backend_is_given_up(void **state) {
   query_in(pool, ctx, "SELECT pg_backend_pid()::text", &pid);
   wait_rec(&pid);
   int backend = atoi(pid.value);
+  frozen = backend;
   assert_int_equal(kill(backend, SIGSTOP), 0);
   uint64_t t0 = now_ms();
   query_in(pool, ctx, "SELECT 'into the void'", &q);
   wait_rec(&q);
   uint64_t took = now_ms() - t0;
-  kill(backend, SIGCONT);
+  continue_frozen(NULL);
   assert_done(&q, ctx, PGTAG_ETIMEDOUT);
   assert_non_null(strstr(q.message, "connection was closed"));
   assert_true(took >= 200 + CANCEL_GRACE_MS - 100 && took < 200 + CANCEL_GRACE_MS + 3000);
@@ -266,8 +269,7 @@ static void cancel_everything_a_request_runs(void **state) {
   snprintf(second, sizeof second,
            "SELECT count(*) FROM pg_stat_activity WHERE " SLEEPING " AND pid NOT IN (%d, %d)",
            pid, pgtag_conn_backend_pid(other_held.conn));
-  for (int i = 0; i < 250 && admin_int(second) == 0; i++)
-    run_for(&loop, 20);
+  WAIT_FOR(&loop, admin_int(second) == 1, 10000);
   assert_int_equal(admin_int(second), 1);
 
   in_submit = 1;
@@ -339,18 +341,17 @@ static void server_down_at_start_then_up(void **state) {
   print_message("connection attempts in 2.4 s of outage: %llu\n", (unsigned long long)attempts);
   assert_true(attempts >= 4 && attempts <= 16);
 
-  /* a request waiting when the server comes back is served */
-  rec back = {0};
-  query_in(pool, ctx, "SELECT 'back'", &back);
+  /* The server is back, the pool does not know it yet (its last attempts
+   * failed, the next is up to reconnect_max_ms away): a request is served.
+   * (Submitted before pg_ctl returned, as it once was, it timed out
+   * whenever pg_ctl took most of the 800 ms, the loop blocked meanwhile.) */
   server_ctl("up", NULL);
+  pgtag_pool_stats(pool, &after);
+  assert_int_equal(after.connects, 0);
+  rec back = {0};
   uint64_t t0 = now_ms();
+  query_in(pool, ctx, "SELECT 'back'", &back);
   wait_rec(&back);
-  if (back.code == PGTAG_ETIMEDOUT) { /* pg_ctl took most of its 800 ms */
-    memset(&back, 0, sizeof back);
-    t0 = now_ms();
-    query_in(pool, ctx, "SELECT 'back'", &back);
-    wait_rec(&back);
-  }
   assert_done(&back, ctx, PGTAG_OK);
   assert_true(now_ms() - t0 < 2000);
   pgtag_ctx_unref(ctx);
@@ -418,10 +419,12 @@ static void load_submit(load *l) {
   l->submitted++;
 }
 
+/* Static: should the wait for it fail, the thread still writes here. */
 typedef struct {
   const char *mode;
   volatile int done;
 } restarter;
+static restarter restarting;
 
 static void *restart_thread(void *arg) {
   restarter *r = arg;
@@ -442,22 +445,21 @@ static void restart_under_load_at(int pipeline_depth) {
   l.pool = test_pool_new(&loop, &cfg);
   for (int i = 0; i < 64; i++)
     load_submit(&l);
-  run_for(&loop, 500);
+  WAIT_FOR(&loop, l.ok > 64, 10000);
   assert_true(l.ok > 64);
 
   const char *modes[] = {"fast", "immediate"};
   for (int m = 0; m < 2; m++) {
     /* the loop keeps running while pg_ctl restarts the server */
-    restarter r = {modes[m], 0};
+    restarting = (restarter){modes[m], 0};
     pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, restart_thread, &r), 0);
-    while (!r.done)
-      run_for(&loop, 20);
+    assert_int_equal(pthread_create(&t, NULL, restart_thread, &restarting), 0);
+    WAIT_FOR(&loop, restarting.done, 120000); /* pg_ctl gives up after 60 s */
+    assert_true(restarting.done);
     pthread_join(t, NULL);
     uint64_t back = now_ms();
     int ok_before = l.ok;
-    for (int i = 0; i < 250 && l.ok < ok_before + 200; i++)
-      run_for(&loop, 20);
+    WAIT_FOR(&loop, l.ok >= ok_before + 200, 10000);
     print_message("depth %d, after the %s restart: %d ok, %d ECONN, %d ETIMEDOUT so far; "
                   "200 more served %llu ms after the server was back\n",
                   pipeline_depth, modes[m], l.ok, l.econn, l.etimedout,
@@ -467,8 +469,7 @@ static void restart_under_load_at(int pipeline_depth) {
   }
 
   l.stop = 1;
-  for (int i = 0; i < 500 && l.completed < l.submitted; i++)
-    run_for(&loop, 20);
+  WAIT_FOR(&loop, l.completed == l.submitted, 20000);
   if (l.other > 0)
     fail_msg("%d unexpected outcomes, last: %s", l.other, l.other_msg);
   assert_int_equal(l.completed, l.submitted); /* every callback once */
@@ -485,8 +486,7 @@ static void restart_under_load_at(int pipeline_depth) {
   test_pool_close(&loop, l.pool);
   const char *left = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = "
                      "'client backend' AND pid <> pg_backend_pid()";
-  for (int i = 0; i < 100 && admin_int(left) > 0; i++)
-    usleep(20000); /* backends exit just after their client hangs up */
+  WAIT_FOR(NULL, admin_int(left) == 0, 10000); /* backends exit just after their client hangs up */
   assert_int_equal(admin_int(left), 0);
 }
 
@@ -499,6 +499,14 @@ static void restart_under_load(void **state) {
 static void restart_under_load_pipelined(void **state) {
   (void)state;
   restart_under_load_at(8);
+}
+
+/* The pool's one connection has the server's close in its socket. */
+static int closed_by_the_server(pgtag_pool *pool) {
+  assert_false(queue_empty(&pool->conns));
+  struct conn *c = queue_data(queue_head(&pool->conns), struct conn, node);
+  struct pollfd p = {.fd = PQsocket(c->pg), .events = POLLIN | POLLRDHUP};
+  return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP)) != 0;
 }
 
 /* A connection killed while idle, and picked up in the same loop turn,
@@ -518,13 +526,14 @@ static void idle_connection_killed_in_the_same_turn(void **state) {
 
   query_in(pool, ctx, "SELECT pg_backend_pid()::text", &pid);
   wait_rec(&pid);
-  run_for(&loop, 20); /* idle for a while */
+  pgtag_stats st;
+  WAIT_FOR(&loop, (pgtag_pool_stats(pool, &st), st.idle == 1), 10000); /* idle, in the pool */
+  assert_int_equal(st.idle, 1);
   snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%d)", atoi(pid.value));
   admin_exec(sql);
-  snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_stat_activity WHERE pid = %d", atoi(pid.value));
-  for (int i = 0; i < 200 && admin_int(sql) > 0; i++)
-    usleep(10000);
-  usleep(50000); /* the FATAL and the close are in our socket now; the loop has not run */
+  /* the FATAL and the close are in our socket; the loop has not run */
+  WAIT_FOR(NULL, closed_by_the_server(pool), 10000);
+  assert_true(closed_by_the_server(pool));
   uv_update_time(&loop);
 
   query_in(pool, ctx, "SELECT pg_backend_pid()::text", &q);
@@ -636,7 +645,7 @@ static void ten_thousand_waiting(void **state) {
   assert_int_equal(query_in(pool, NULL, "SELECT 1", &refused), PGTAG_EQUEUEFULL);
   assert_true(run_until(&loop, &many_calls, 10000, 60000));
   assert_int_equal(many_wrong, 0);
-  run_for(&loop, 20);
+  run_for(&loop, 20); /* a time for callbacks beyond 10000, that must not come */
   assert_int_equal(many_calls, 10000);
   assert_int_equal(refused.calls, 0);
   for (int i = 0; i < 10; i++) {
@@ -704,20 +713,21 @@ static void bad_configuration_is_refused(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup(statement_timeout_cancels_on_the_server, setup),
-      cmocka_unit_test_setup(no_rollback_outside_a_transaction, setup),
-      cmocka_unit_test_setup(held_query_blocked_on_a_lock_times_out, setup),
-      cmocka_unit_test_setup(stopped_backend_is_given_up, setup),
-      cmocka_unit_test_setup(cancel_everything_a_request_runs, setup),
-      cmocka_unit_test_setup(idle_connection_killed_in_the_same_turn, setup),
-      cmocka_unit_test_setup(keepalive_defaults_and_conninfo_override, setup),
-      cmocka_unit_test_setup(ten_megabyte_query_and_parameter, setup),
-      cmocka_unit_test_setup(ten_thousand_waiting, setup),
-      cmocka_unit_test_setup(bad_configuration_is_refused, setup),
+      cmocka_unit_test_setup(statement_timeout_cancels_on_the_server, loop_setup),
+      cmocka_unit_test_setup(no_rollback_outside_a_transaction, loop_setup),
+      cmocka_unit_test_setup(held_query_blocked_on_a_lock_times_out, loop_setup),
+      cmocka_unit_test_setup_teardown(stopped_backend_is_given_up, loop_setup, continue_frozen),
+      cmocka_unit_test_setup(cancel_everything_a_request_runs, loop_setup),
+      cmocka_unit_test_setup(idle_connection_killed_in_the_same_turn, loop_setup),
+      cmocka_unit_test_setup(keepalive_defaults_and_conninfo_override, loop_setup),
+      cmocka_unit_test_setup(ten_megabyte_query_and_parameter, loop_setup),
+      cmocka_unit_test_setup(ten_thousand_waiting, loop_setup),
+      cmocka_unit_test_setup(bad_configuration_is_refused, loop_setup),
       /* these stop or restart the server: last */
-      cmocka_unit_test_setup(restart_under_load, setup),
-      cmocka_unit_test_setup(restart_under_load_pipelined, setup),
-      cmocka_unit_test_setup(server_down_at_start_then_up, setup),
+      cmocka_unit_test_setup(restart_under_load, loop_setup),
+      cmocka_unit_test_setup(restart_under_load_pipelined, loop_setup),
+      cmocka_unit_test_setup(server_down_at_start_then_up, loop_setup),
   };
-  return cmocka_run_group_tests(tests, NULL, NULL);
+  /* its own server: it restarts it, stops it, kills its backends */
+  return cmocka_run_group_tests(tests, own_server_setup, own_server_teardown);
 }

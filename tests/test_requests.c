@@ -16,14 +16,6 @@
 #include "context.h"
 #include "harness.h"
 
-static uv_loop_t loop;
-
-static int setup(void **state) {
-  (void)state;
-  completions = 0;
-  return uv_loop_init(&loop);
-}
-
 /* ------------------------------------------------------------------------
  * Deadlines
  * ------------------------------------------------------------------------ */
@@ -36,8 +28,9 @@ static int running_tagged(const char *id) {
   return admin_int(sql);
 }
 
-/* 100 ms on a request running pg_sleep(5): ETIMEDOUT in its context
- * within 250 ms, and the query gone from the server. */
+/* 100 ms on a request running pg_sleep(60): ETIMEDOUT in its context
+ * within 250 ms, and the query gone from the server (longer than any
+ * bound of the wait for that, scaled or not). */
 static void deadline_cancels_the_running_query(void **state) {
   (void)state;
   pgtag_pool *pool = test_pool_new(&loop, NULL);
@@ -45,14 +38,14 @@ static void deadline_cancels_the_running_query(void **state) {
   rec r = {0};
   assert_int_equal(pgtag_ctx_set_deadline(ctx, 100), PGTAG_OK);
   uint64_t t0 = now_ms();
-  query_in(pool, ctx, "SELECT pg_sleep(5)", &r);
+  query_in(pool, ctx, "SELECT pg_sleep(60)", &r);
   assert_true(run_until(&loop, &r.calls, 1, 5000));
   uint64_t took = now_ms() - t0;
   assert_done(&r, ctx, PGTAG_ETIMEDOUT);
   assert_non_null(strstr(r.message, "deadline"));
   print_message("ETIMEDOUT after %llu ms for a 100 ms deadline\n", (unsigned long long)took);
   assert_true(took >= 95 && took < 250 * (uint64_t)time_scale());
-  run_for(&loop, 500);
+  WAIT_FOR(&loop, running_tagged("deadline-run") == 0, 5000); /* the cancel is on its way */
   assert_int_equal(running_tagged("deadline-run"), 0);
   pgtag_stats st;
   pgtag_pool_stats(pool, &st);
@@ -109,7 +102,8 @@ static void after_the_deadline_nothing_is_sent(void **state) {
   admin_exec("CREATE TABLE IF NOT EXISTS pgtag_late (marker text)");
   admin_exec("DELETE FROM pgtag_late");
   assert_int_equal(pgtag_ctx_set_deadline(ctx, 1), PGTAG_OK);
-  usleep(5000);
+  WAIT_FOR(NULL, pgtag_ctx_time_left_ms(ctx) == 0, 1000);
+  assert_int_equal(pgtag_ctx_time_left_ms(ctx), 0);
   assert_int_equal(query_in(pool, ctx, "INSERT INTO pgtag_late VALUES ('pgtag_never_sent')", &q),
                    PGTAG_OK);
   assert_int_equal(acquire_in(pool, ctx, &acq), PGTAG_OK);
@@ -447,7 +441,9 @@ static void forgotten_leave_is_reported(void **state) {
   pgtag_ctx_enter(a); /* and no pgtag_ctx_leave */
   assert_int_equal(pgtag_query(pool, "SELECT 'a'", 0, NULL, rec_result, &ra), PGTAG_OK);
   assert_true(run_until(&loop, &ra.calls, 1, 5000));
-  run_for(&loop, 20);
+  /* said as the loop goes back to waiting */
+  WAIT_FOR(&loop, lines_saying(PGTAG_LOG_WARN, "request forgets-to-leave", site,
+                               "pgtag_ctx_leave") > 0, 5000);
   assert_int_equal(lines_saying(PGTAG_LOG_WARN, "request forgets-to-leave", site,
                                 "pgtag_ctx_leave"), 1);
   pgtag_stats st;
@@ -461,7 +457,7 @@ static void forgotten_leave_is_reported(void **state) {
   assert_true(run_until(&loop, &rb.calls, 1, 5000));
   assert_sent_as(rb.value, "/* requestId=next-request */ SELECT current_query()");
   pgtag_ctx_leave(NULL);
-  run_for(&loop, 20);
+  run_for(&loop, 20); /* a time for a second report that must not come */
   pgtag_pool_stats(pool, &st);
   assert_int_equal(st.left_current, 1); /* reported once */
   pgtag_ctx_unref(a);
@@ -571,7 +567,7 @@ static void every_refusal_says_why(void **state) {
     pgtag_query(pool, NULL, 0, NULL, rec_result, &r);
   assert_int_equal(nlogged, before + 1);
   pgtag_ctx_leave(prev);
-  run_for(&loop, 20);
+  run_for(&loop, 20); /* a time for a callback that must not come */
   assert_int_equal(r.calls, 0); /* no refusal calls back */
   pgtag_ctx_unref(ctx);
   test_pool_close(&loop, pool);
@@ -653,19 +649,19 @@ static void traceparent_is_validated(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup(deadline_cancels_the_running_query, setup),
-      cmocka_unit_test_setup(deadline_while_waiting_for_a_connection, setup),
-      cmocka_unit_test_setup(after_the_deadline_nothing_is_sent, setup),
-      cmocka_unit_test_setup(deadline_on_a_held_connection, setup),
-      cmocka_unit_test_setup(the_smaller_limit_wins, setup),
-      cmocka_unit_test_setup(every_hop_keeps_its_context, setup),
-      cmocka_unit_test_setup(a_repeating_timer_keeps_its_context_until_stopped, setup),
-      cmocka_unit_test_setup(hop_wrappers_refuse_bad_arguments, setup),
-      cmocka_unit_test_setup(forgotten_leave_is_reported, setup),
-      cmocka_unit_test_setup(context_check_levels, setup),
-      cmocka_unit_test_setup(every_refusal_says_why, setup),
-      cmocka_unit_test_setup(a_call_off_the_loop_thread_says_so, setup),
-      cmocka_unit_test_setup(traceparent_is_validated, setup),
+      cmocka_unit_test_setup(deadline_cancels_the_running_query, loop_setup),
+      cmocka_unit_test_setup(deadline_while_waiting_for_a_connection, loop_setup),
+      cmocka_unit_test_setup(after_the_deadline_nothing_is_sent, loop_setup),
+      cmocka_unit_test_setup(deadline_on_a_held_connection, loop_setup),
+      cmocka_unit_test_setup(the_smaller_limit_wins, loop_setup),
+      cmocka_unit_test_setup(every_hop_keeps_its_context, loop_setup),
+      cmocka_unit_test_setup(a_repeating_timer_keeps_its_context_until_stopped, loop_setup),
+      cmocka_unit_test_setup(hop_wrappers_refuse_bad_arguments, loop_setup),
+      cmocka_unit_test_setup(forgotten_leave_is_reported, loop_setup),
+      cmocka_unit_test_setup(context_check_levels, loop_setup),
+      cmocka_unit_test_setup(every_refusal_says_why, loop_setup),
+      cmocka_unit_test_setup(a_call_off_the_loop_thread_says_so, loop_setup),
+      cmocka_unit_test_setup(traceparent_is_validated, loop_setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

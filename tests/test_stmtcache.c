@@ -16,14 +16,6 @@
 
 #include "harness.h"
 
-static uv_loop_t loop;
-
-static int setup(void **state) {
-  (void)state;
-  completions = 0;
-  return uv_loop_init(&loop);
-}
-
 static pgtag_pool *one_conn_pool(const char *conninfo, int cache) {
   pgtag_pool_config cfg;
   test_config(&cfg);
@@ -174,12 +166,11 @@ static void new_connection_new_statements(void **state) {
   char sql[96];
   snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%d)", atoi(pid.value));
   admin_exec(sql);
-  rec after = {.code = PGTAG_ECONN};
-  for (int i = 0; i < 50 && after.code != PGTAG_OK; i++) { /* until the pool saw it */
-    run_query(pool, "SELECT 'after ' || $1", "y", NULL, &after);
-    if (after.code != PGTAG_OK)
-      run_for(&loop, 20);
-  }
+  pgtag_stats st; /* the pool saw it go */
+  WAIT_FOR(&loop, (pgtag_pool_stats(pool, &st), st.conns_lost == 1), 10000);
+  assert_int_equal(st.conns_lost, 1);
+  rec after;
+  run_query(pool, "SELECT 'after ' || $1", "y", NULL, &after);
   assert_int_equal(after.code, PGTAG_OK);
   assert_string_equal(after.value, "after y");
   run_query(pool, "SELECT 'before ' || $1", "z", NULL, &r);
@@ -351,14 +342,14 @@ static void literals_give_the_server_the_same_bytes(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup(queries_run_as_tagged_executes, setup),
-      cmocka_unit_test_setup(statement_gone_is_prepared_again, setup),
-      cmocka_unit_test_setup(altered_table_is_planned_again, setup),
-      cmocka_unit_test_setup(name_taken_is_skipped, setup),
-      cmocka_unit_test_setup(new_connection_new_statements, setup),
-      cmocka_unit_test_setup(least_recently_used_are_deallocated, setup),
-      cmocka_unit_test_setup(what_goes_the_old_way, setup),
-      cmocka_unit_test_setup(literals_give_the_server_the_same_bytes, setup),
+      cmocka_unit_test_setup(queries_run_as_tagged_executes, loop_setup),
+      cmocka_unit_test_setup(statement_gone_is_prepared_again, loop_setup),
+      cmocka_unit_test_setup(altered_table_is_planned_again, loop_setup),
+      cmocka_unit_test_setup(name_taken_is_skipped, loop_setup),
+      cmocka_unit_test_setup(new_connection_new_statements, loop_setup),
+      cmocka_unit_test_setup(least_recently_used_are_deallocated, loop_setup),
+      cmocka_unit_test_setup(what_goes_the_old_way, loop_setup),
+      cmocka_unit_test_setup(literals_give_the_server_the_same_bytes, loop_setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
