@@ -26,8 +26,8 @@
  * idle, a row per standby matched by application_name, and a query on the
  * primary.  Not a byte distance: it needs the primary's position too, and
  * bytes are not milliseconds.  The README has the measurements. */
-#define LAG_SQL                                                               \
-  "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn() - '0/0', "          \
+#define LAG_SQL                                                     \
+  "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn() - '0/0', " \
   "pg_last_wal_replay_lsn() - '0/0'"
 
 /* Enough marks for 64 samples of WAL not replayed (16 s at the default
@@ -44,13 +44,13 @@ typedef struct {
 typedef struct {
   pgtag_cluster *cluster;
   pgtag_pool *pool;
-  int lag_ms;        /* at the last good sample; -1: none, not a replica,
-                        or not known */
-  uint64_t heard_at; /* uv_now() of the last good sample */
-  int probing;       /* a lag query is under way */
-  int watching;      /* the last sample was good, so WAL first seen now
-                        arrived since it */
-  uint64_t replayed; /* replay position at the last good sample */
+  int lag_ms;            /* at the last good sample; -1: none, not a replica,
+                            or not known */
+  uint64_t heard_at;     /* uv_now() of the last good sample */
+  int probing;           /* a lag query is under way */
+  int watching;          /* the last sample was good, so WAL first seen now
+                            arrived since it */
+  uint64_t replayed;     /* replay position at the last good sample */
   wal_mark marks[MARKS]; /* received, not yet replayed; oldest first */
   int nmarks;
 } replica;
@@ -105,8 +105,7 @@ static void remember(replica *r, uint64_t lsn, uint64_t seen_at) {
           r->marks[k + 1].seen_at - r->marks[k].seen_at)
         k = i;
     r->marks[k].lsn = r->marks[k + 1].lsn;
-    memmove(&r->marks[k + 1], &r->marks[k + 2],
-            (size_t)(MARKS - k - 2) * sizeof r->marks[0]);
+    memmove(&r->marks[k + 1], &r->marks[k + 2], (size_t)(MARKS - k - 2) * sizeof r->marks[0]);
     r->nmarks--;
   }
   r->marks[r->nmarks++] = (wal_mark){.lsn = lsn, .seen_at = seen_at};
@@ -216,7 +215,7 @@ pgtag_errcode pgtag_cluster_query_at(pgtag_cluster *c, int flags, const char *sq
   return rc;
 }
 
-pgtag_errcode (pgtag_cluster_query)(pgtag_cluster *c, int flags, const char *sql, int nparams,
+pgtag_errcode(pgtag_cluster_query)(pgtag_cluster *c, int flags, const char *sql, int nparams,
                                    const char *const *values, pgtag_result_cb cb, void *arg) {
   return pgtag_cluster_query_at(c, flags, sql, nparams, values, cb, arg, NULL, 0, NULL);
 }

@@ -28,8 +28,8 @@ static int group_setup(void **state) {
   pair_ctl(&pair, "s2", "standby", path);
   snprintf(path, sizeof path, "%s/s2", pair.dir);
   standby2_port = dir_port(path);
-  snprintf(standby2, sizeof standby2, "host=%s/s2 port=%d user=postgres dbname=postgres",
-           pair.dir, standby2_port);
+  snprintf(standby2, sizeof standby2, "host=%s/s2 port=%d user=postgres dbname=postgres", pair.dir,
+           standby2_port);
   admin_exec_on(pair.primary, "CREATE TABLE replicated (id serial, note text)");
   admin_exec_on(pair.primary, "CREATE TABLE burst (id int, note text)");
   return 0;
@@ -99,8 +99,8 @@ static int wait_lag(pgtag_cluster *c, int limit, int want, int timeout_ms) {
 static void read_in(pgtag_cluster *c, pgtag_ctx *ctx, rec *r) {
   pgtag_ctx *prev = pgtag_ctx_enter(ctx);
   assert_int_equal(SUBMIT(pgtag_cluster_query(c, PGTAG_READ_ONLY,
-                                              "SELECT current_setting('port'), current_query()",
-                                              0, NULL, rec_result, r)),
+                                              "SELECT current_setting('port'), current_query()", 0,
+                                              NULL, rec_result, r)),
                    PGTAG_OK);
   pgtag_ctx_leave(prev);
 }
@@ -162,8 +162,8 @@ static void a_request_that_wrote_reads_its_writes(void **state) {
   assert_true(run_until(&loop, &completions, 2, 5000));
   assert_done(&w, a, PGTAG_OK);
   rec after = {0}, other = {0};
-  read_in(c, a, &after);   /* a wrote: the primary */
-  read_in(c, b, &other);   /* b did not: the replica */
+  read_in(c, a, &after); /* a wrote: the primary */
+  read_in(c, b, &other); /* b did not: the replica */
   assert_true(run_until(&loop, &completions, 4, 5000));
   assert_done(&after, a, PGTAG_OK);
   assert_done(&other, b, PGTAG_OK);
@@ -240,8 +240,8 @@ static void reads_spread_over_replicas_by_load(void **state) {
   pgtag_ctx *prev = pgtag_ctx_enter(ctx);
   for (int i = 0; i < N; i++)
     assert_int_equal(pgtag_cluster_query(c, PGTAG_READ_ONLY,
-                                         "SELECT current_setting('port') FROM pg_sleep(0.02)",
-                                         0, NULL, rec_result, &r[i]),
+                                         "SELECT current_setting('port') FROM pg_sleep(0.02)", 0,
+                                         NULL, rec_result, &r[i]),
                      PGTAG_OK);
   pgtag_ctx_leave(prev);
   assert_true(run_until(&loop, &completions, N, 10000));
@@ -351,7 +351,8 @@ static void a_burst_after_a_quiet_spell_is_not_read_as_lag(void **state) {
                 write_ms, w.readings, w.behind, w.worst_lag, w.worst_lag_at, w.worst_excess);
   if (w.worst_excess > SLACK_MS)
     fail_msg("the standby was reported %d ms behind %d ms into the write: %d ms more "
-             "than the write had been going on", w.worst_lag, w.worst_lag_at, w.worst_excess);
+             "than the write had been going on",
+             w.worst_lag, w.worst_lag_at, w.worst_excess);
   assert_true(w.readings > 0);
 
   /* and the reads stayed with it: it has every row */
@@ -397,8 +398,7 @@ static void bad_cluster_arguments(void **state) {
   assert_int_equal(pgtag_cluster_new(&loop, &cfg, &c), PGTAG_EINVAL);
   assert_null(c);
   rec r = {0};
-  assert_int_equal(pgtag_cluster_query(NULL, 0, "SELECT 1", 0, NULL, rec_result, &r),
-                   PGTAG_EINVAL);
+  assert_int_equal(pgtag_cluster_query(NULL, 0, "SELECT 1", 0, NULL, rec_result, &r), PGTAG_EINVAL);
   assert_null(pgtag_cluster_primary(NULL));
   assert_null(pgtag_cluster_replica(NULL, 0));
   assert_int_equal(pgtag_cluster_replica_lag_ms(NULL, 0), -1);

@@ -45,8 +45,8 @@ static void on_leak(const pgtag_leak *l, void *arg) {
   snprintf(r->func, sizeof r->func, "%s", l->func);
   snprintf(r->last_sql, sizeof r->last_sql, "%s", l->last_sql);
   for (int i = 0, n = 0; i < l->ntags; i++)
-    n += snprintf(r->tags + n, sizeof r->tags - (size_t)n, "%s%s=%s", i ? " " : "",
-                  l->tags[i].key, l->tags[i].value);
+    n += snprintf(r->tags + n, sizeof r->tags - (size_t)n, "%s%s=%s", i ? " " : "", l->tags[i].key,
+                  l->tags[i].value);
   for (int i = 0, n = 0; i < l->nframes && n < (int)sizeof r->frames; i++)
     n += snprintf(r->frames + n, sizeof r->frames - (size_t)n, "%s\n", l->frames[i]);
   r->line = l->line;
@@ -70,13 +70,9 @@ static void leak_config(pgtag_pool_config *cfg) {
   cfg->on_leak = on_leak;
 }
 
-static void wait_rec(const rec *r) {
-  assert_true(run_until(&loop, &r->calls, 1, 15000));
-}
+static void wait_rec(const rec *r) { assert_true(run_until(&loop, &r->calls, 1, 15000)); }
 
-static void wait_reports(int n) {
-  assert_true(run_until(&loop, &nreports, n, 5000));
-}
+static void wait_reports(int n) { assert_true(run_until(&loop, &nreports, n, 5000)); }
 
 static int ends_with(const char *s, const char *suffix) {
   size_t a = strlen(s), b = strlen(suffix);
@@ -199,7 +195,7 @@ typedef struct {
 static void end_then_release_cb(pgtag_conn conn, const pgtag_error *err, void *arg) {
   end_then_release *e = arg;
   rec_acquire(conn, err, &e->acq);
-  pgtag_ctx_end(e->ctx);     /* the wrong order, but in the same callback */
+  pgtag_ctx_end(e->ctx); /* the wrong order, but in the same callback */
   pgtag_release(conn);
 }
 
@@ -350,7 +346,8 @@ static void reclaim_cancels_the_running_query(void **state) {
   conn_query_in(acq.conn, leaker, "SELECT 'never sent'", &queued);
   snprintf(sql, sizeof sql,
            "SELECT count(*) FROM pg_stat_activity WHERE pid = %d AND "
-           "wait_event = 'PgSleep' AND state = 'active'", pid);
+           "wait_event = 'PgSleep' AND state = 'active'",
+           pid);
   for (int i = 0; i < 100 && admin_int(sql) == 0; i++)
     run_for(&loop, 20);
   assert_int_equal(admin_int(sql), 1);
@@ -534,7 +531,8 @@ static void default_report_is_one_log_line(void **state) {
   pgtag_ctx_end(ctx);
   for (int i = 0; i < 100 && logged[0] == '\0'; i++)
     run_for(&loop, 10);
-  assert_true(strncmp(logged, "request logged-leak: leak: the request ended while holding", 58) == 0);
+  assert_true(strncmp(logged, "request logged-leak: leak: the request ended while holding", 58) ==
+              0);
   snprintf(want, sizeof want, "test_leak.c:%d in default_report_is_one_log_line()", line);
   assert_non_null(strstr(logged, want));
   assert_non_null(strstr(logged, "last query: SELECT 'two lines'"));

@@ -45,8 +45,8 @@ static int group_setup(void **state) {
 static int group_teardown(void **state) {
   (void)state;
   char cmd[1024];
-  snprintf(cmd, sizeof cmd, "'%s/tests/pgbouncer.sh' stop '%s/b'; rm -rf '%s'",
-           PGTAG_SOURCE_DIR, bouncer_dir, bouncer_dir);
+  snprintf(cmd, sizeof cmd, "'%s/tests/pgbouncer.sh' stop '%s/b'; rm -rf '%s'", PGTAG_SOURCE_DIR,
+           bouncer_dir, bouncer_dir);
   return system(cmd) == 0 ? 0 : -1;
 }
 
@@ -134,8 +134,7 @@ static void load_submit(load *l) {
   r->ctx = pgtag_ctx_new(id);
   const char *vals[1] = {param};
   pgtag_ctx *prev = pgtag_ctx_enter(r->ctx);
-  if (pgtag_query(l->pool, "SELECT $1::text, current_query()", 1, vals, load_done, r) !=
-      PGTAG_OK)
+  if (pgtag_query(l->pool, "SELECT $1::text, current_query()", 1, vals, load_done, r) != PGTAG_OK)
     fail_msg("submit refused");
   pgtag_ctx_leave(prev);
   l->submitted++;
@@ -198,7 +197,8 @@ static void requests_through_the_pooler(int depth) {
   for (int i = 0; i < 500 && l.completed < l.submitted; i++)
     run_for(&loop, 10);
   print_message("depth %d: %d requests in a second, deepest pipeline %d, %d samples with "
-                "sync points overlapping\n", depth, l.completed, deepest, overlapping);
+                "sync points overlapping\n",
+                depth, l.completed, deepest, overlapping);
   assert_int_equal(l.completed, l.submitted);
   assert_int_equal(l.wrong, 0);
   assert_true(l.completed > 2 * N);

@@ -29,17 +29,15 @@ static int setup(void **state) {
   return uv_loop_init(&loop);
 }
 
-static void wait_rec(const rec *r) {
-  assert_true(run_until(&loop, &r->calls, 1, 15000));
-}
+static void wait_rec(const rec *r) { assert_true(run_until(&loop, &r->calls, 1, 15000)); }
 
 /* Run the loop until cond (over st, refreshed from pool) holds, 5 s at most. */
-#define WAIT_STATS(pool, st, cond)              \
+#define WAIT_STATS(pool, st, cond)                  \
   for (int wait_i_ = 0; wait_i_ < 250; wait_i_++) { \
-    pgtag_pool_stats((pool), &(st));            \
-    if (cond)                                   \
-      break;                                    \
-    run_for(&loop, 20);                         \
+    pgtag_pool_stats((pool), &(st));                \
+    if (cond)                                       \
+      break;                                        \
+    run_for(&loop, 20);                             \
   }
 
 static void tagged(char *out, size_t len, const char *id, const char *sql) {
@@ -89,8 +87,8 @@ static void server_sees_tag(void **state) {
   query_in(pool, ctx, "SELECT current_query()", &r2);
   wait_rec(&r2);
   assert_done(&r2, ctx, PGTAG_OK);
-  assert_sent_as(r2.value,
-                 "/* requestId=req-abc route=%2Forders%2F:id tenant=acme */ SELECT current_query()");
+  assert_sent_as(
+      r2.value, "/* requestId=req-abc route=%2Forders%2F:id tenant=acme */ SELECT current_query()");
   assert_int_equal(ctx->refs, 1); /* both captures released */
   pgtag_ctx_unref(ctx);
   test_pool_close(&loop, pool);
@@ -144,8 +142,8 @@ static void tag_reaches_server_log_and_pg_stat_statements(void **state) {
   assert_true(found);
 
   char text[512];
-  admin_value("SELECT query FROM pg_stat_statements WHERE query LIKE '%FROM pgtag_log_probe'",
-              text, sizeof text);
+  admin_value("SELECT query FROM pg_stat_statements WHERE query LIKE '%FROM pgtag_log_probe'", text,
+              sizeof text);
   /* through the statement cache, pg_stat_statements has the prepared text
    * (normalized: the constant became $1), untagged; the log line above
    * and pg_stat_activity carry the tag */
@@ -155,8 +153,8 @@ static void tag_reaches_server_log_and_pg_stat_statements(void **state) {
   rec q2 = {0};
   pgtag_query_opts as_text = {.no_cache = 1};
   pgtag_ctx *prev = pgtag_ctx_enter(a);
-  assert_int_equal(pgtag_query_ex(pool, "SELECT 'logged' FROM pgtag_log_probe2", 0, NULL,
-                                  &as_text, rec_result, &q2),
+  assert_int_equal(pgtag_query_ex(pool, "SELECT 'logged' FROM pgtag_log_probe2", 0, NULL, &as_text,
+                                  rec_result, &q2),
                    PGTAG_OK);
   pgtag_ctx_leave(prev);
   wait_rec(&q2);
@@ -297,8 +295,7 @@ static void chain_second(PGresult *res, const pgtag_error *err, void *arg) {
   chain *c = arg;
   rec_result(res, err, &c->first);
   /* no context handling here: the callback's context is inherited */
-  assert_int_equal(pgtag_query(c->pool, "SELECT current_query()", 0, NULL, rec_result,
-                               &c->second),
+  assert_int_equal(pgtag_query(c->pool, "SELECT current_query()", 0, NULL, rec_result, &c->second),
                    PGTAG_OK);
 }
 
@@ -639,14 +636,14 @@ static void bad_arguments_are_refused(void **state) {
   assert_int_equal(pgtag_pool_new(NULL, &cfg, &pool), PGTAG_EINVAL);
   assert_int_equal(pgtag_pool_new(&loop, NULL, &pool), PGTAG_EINVAL);
   assert_int_equal(pgtag_pool_new(&loop, &cfg, NULL), PGTAG_EINVAL);
-#define BAD(stmt)                                                  \
-  do {                                                             \
-    test_config(&cfg);                                             \
-    cfg.log = quiet_log;                                           \
-    stmt;                                                          \
-    pool = NULL;                                                   \
+#define BAD(stmt)                                                       \
+  do {                                                                  \
+    test_config(&cfg);                                                  \
+    cfg.log = quiet_log;                                                \
+    stmt;                                                               \
+    pool = NULL;                                                        \
     assert_int_equal(pgtag_pool_new(&loop, &cfg, &pool), PGTAG_EINVAL); \
-    assert_null(pool);                                             \
+    assert_null(pool);                                                  \
   } while (0)
   BAD(cfg.conninfo = NULL);
   BAD(cfg.conninfo = "host");
@@ -1128,8 +1125,8 @@ static void multi_host_conninfo_follows_the_socket(void **state) {
   assert_non_null(port);
   char conninfo[256];
   snprintf(conninfo, sizeof conninfo,
-           "host=127.0.0.1,127.0.0.1 port=%d,%s user=postgres dbname=postgres",
-           free_tcp_port(), port);
+           "host=127.0.0.1,127.0.0.1 port=%d,%s user=postgres dbname=postgres", free_tcp_port(),
+           port);
   pgtag_pool_config cfg;
   test_config(&cfg);
   cfg.conninfo = conninfo;
@@ -1236,10 +1233,18 @@ static void burst_every_callback_once(void **state) {
     pgtag_errcode rc;
     in_submit = 1;
     switch (b->kind) {
-    case 0: rc = pgtag_query(pool, "SELECT current_query()", 0, NULL, burst_result, b); break;
-    case 1: rc = pgtag_acquire(pool, burst_acquired, b); break;
-    case 2: rc = pgtag_query(pool, "SELECT 1/0", 0, NULL, burst_result, b); break;
-    default: rc = pgtag_query(pool, "SELECT $1::int", 1, vals, burst_result, b); break;
+    case 0:
+      rc = pgtag_query(pool, "SELECT current_query()", 0, NULL, burst_result, b);
+      break;
+    case 1:
+      rc = pgtag_acquire(pool, burst_acquired, b);
+      break;
+    case 2:
+      rc = pgtag_query(pool, "SELECT 1/0", 0, NULL, burst_result, b);
+      break;
+    default:
+      rc = pgtag_query(pool, "SELECT $1::int", 1, vals, burst_result, b);
+      break;
     }
     in_submit = 0;
     pgtag_ctx_leave(prev);
