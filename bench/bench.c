@@ -100,7 +100,7 @@ static int concurrency = 64, pool_size = 8, seconds = 10, depth = 0, tagged = 1,
 static int cached = 1;
 static const char *conninfo;
 static int naccounts = 1000000; /* pgbench scale 10 */
-static int hot_rows = 4;       /* HOT: rows the updates share */
+static int hot_rows = 4;        /* HOT: rows the updates share */
 
 /* Per worker thread (-j): each has its own loop and pool, as a server with
  * one loop per thread has; the main thread is worker 0. */
@@ -231,10 +231,10 @@ static void on_conn(pgtag_conn conn, const pgtag_error *err, void *arg) {
   const char *upd[2] = {r->delta, r->aid};
   const char *ins[4] = {r->tid, r->bid, r->aid, r->delta};
   pgtag_conn_query(conn, "BEGIN", 0, NULL, on_step, r);
-  pgtag_conn_query(conn, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", 1, sel,
-                   on_step, r);
-  pgtag_conn_query(conn, "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
-                   2, upd, on_step, r);
+  pgtag_conn_query(conn, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", 1, sel, on_step,
+                   r);
+  pgtag_conn_query(conn, "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2", 2,
+                   upd, on_step, r);
   pgtag_conn_query(conn,
                    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) "
                    "VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)",
@@ -307,14 +307,13 @@ static void request_start(request *r) {
     char id[16];
     put_uint(id, rand_aid() % (unsigned)hot_rows + 1);
     const char *hot[1] = {id};
-    rc = pgtag_query(pool, "UPDATE pgtag_bench_hot SET v = v + 1 WHERE id = $1", 1, hot, on_hot,
-                     r);
+    rc = pgtag_query(pool, "UPDATE pgtag_bench_hot SET v = v + 1 WHERE id = $1", 1, hot, on_hot, r);
   } else if (strcmp(workload, "SLOW") == 0) {
     rc = pgtag_query(pool, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", 1, params,
                      on_fast, r);
   } else if (strcmp(workload, "W3") == 0) {
-    rc = pgtag_query(pool, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", 1, params,
-                     on_w3, r);
+    rc = pgtag_query(pool, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", 1, params, on_w3,
+                     r);
   } else {
     rc = pgtag_query(pool, "SELECT abalance FROM pgbench_accounts WHERE aid = $1", 1, params,
                      on_select, r);
@@ -490,8 +489,7 @@ static void run_steady(void) {
          "requests=%llu queries=%llu failures=%llu qps=%.0f rps=%.0f p50_us=%llu p99_us=%llu "
          "p999_us=%llu cpu_us_per_query=%.2f allocs_per_query=%.4f peak_rss_kb=%ld\n",
          workload, concurrency, pool_size, depth, tagged, cached, threads, w[0].elapsed, done, q,
-         failed,
-         qps, rps, percentile_us(0.50), percentile_us(0.99), percentile_us(0.999),
+         failed, qps, rps, percentile_us(0.50), percentile_us(0.99), percentile_us(0.999),
          w[0].cpu * 1e6 / (double)q, (double)w[0].allocs / (double)q, ru.ru_maxrss);
 }
 
@@ -524,16 +522,16 @@ static long long admin_number(PGconn *c, const char *sql) {
   return v;
 }
 
-#define DEADLOCKS_SQL \
-  "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+#define DEADLOCKS_SQL "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
 
 static long long hot_setup(void) {
   char sql[256];
   PGconn *c = admin_connect();
-  admin_number(c, "CREATE TABLE IF NOT EXISTS pgtag_bench_hot (id int PRIMARY KEY, v bigint NOT NULL)");
+  admin_number(
+      c, "CREATE TABLE IF NOT EXISTS pgtag_bench_hot (id int PRIMARY KEY, v bigint NOT NULL)");
   admin_number(c, "TRUNCATE pgtag_bench_hot");
-  snprintf(sql, sizeof sql,
-           "INSERT INTO pgtag_bench_hot SELECT g, 0 FROM generate_series(1, %d) g", hot_rows);
+  snprintf(sql, sizeof sql, "INSERT INTO pgtag_bench_hot SELECT g, 0 FROM generate_series(1, %d) g",
+           hot_rows);
   admin_number(c, sql);
   long long deadlocks = admin_number(c, DEADLOCKS_SQL);
   PQfinish(c);
@@ -591,23 +589,41 @@ static void run_burst(void) {
          "max_overtaken=%llu p50_us=%llu p99_us=%llu peak_rss_kb=%ld\n",
          concurrency, pool_size, st.waiting, completed, failures, elapsed,
          (double)(during - before) / (double)concurrency,
-         (double)(before - before_ctx) / (double)concurrency, w3_max_overtaken,
-         percentile_us(0.5), percentile_us(0.99), ru.ru_maxrss);
+         (double)(before - before_ctx) / (double)concurrency, w3_max_overtaken, percentile_us(0.5),
+         percentile_us(0.99), ru.ru_maxrss);
 }
 
 int main(int argc, char **argv) {
   int opt;
   while ((opt = getopt(argc, argv, "w:c:p:t:d:j:r:nu")) != -1) {
     switch (opt) {
-    case 'w': workload = optarg; break;
-    case 'c': concurrency = atoi(optarg); break;
-    case 'p': pool_size = atoi(optarg); break;
-    case 't': seconds = atoi(optarg); break;
-    case 'd': depth = atoi(optarg); break;
-    case 'n': tagged = 0; break;
-    case 'u': cached = 0; break;
-    case 'j': threads = atoi(optarg); break;
-    case 'r': hot_rows = atoi(optarg); break;
+    case 'w':
+      workload = optarg;
+      break;
+    case 'c':
+      concurrency = atoi(optarg);
+      break;
+    case 'p':
+      pool_size = atoi(optarg);
+      break;
+    case 't':
+      seconds = atoi(optarg);
+      break;
+    case 'd':
+      depth = atoi(optarg);
+      break;
+    case 'n':
+      tagged = 0;
+      break;
+    case 'u':
+      cached = 0;
+      break;
+    case 'j':
+      threads = atoi(optarg);
+      break;
+    case 'r':
+      hot_rows = atoi(optarg);
+      break;
     default:
       fprintf(stderr, "usage: pgtag_bench [-w W1|W2|W3|HOT|SLOW] [-c n] [-p n] [-t s] [-d n] "
                       "[-j n] [-r rows] [-n] [-u] CONNINFO\n");

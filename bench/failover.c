@@ -42,8 +42,8 @@ static void die(const char *what) {
 /* tests/pgserver.sh CMD DIR [ARG] */
 static void ctl(const char *cmd, const char *dir, const char *arg) {
   char line[1024];
-  snprintf(line, sizeof line, "'%s/tests/pgserver.sh' %s '%s' %s >/dev/null", PGTAG_SOURCE_DIR,
-           cmd, dir, arg != NULL ? arg : "");
+  snprintf(line, sizeof line, "'%s/tests/pgserver.sh' %s '%s' %s >/dev/null", PGTAG_SOURCE_DIR, cmd,
+           dir, arg != NULL ? arg : "");
   if (system(line) != 0)
     die(line);
 }
@@ -152,8 +152,8 @@ static void one_run(int run, int waiting_max_ms, int promote_after_ms, int fence
   snprintf(quoted, sizeof quoted, "'%s'", f.primary_dir);
   ctl("standby", f.standby_dir, quoted);
   char standby[512], conninfo[1024], count[32] = "0";
-  snprintf(standby, sizeof standby, "host=%s port=%d user=postgres dbname=postgres",
-           f.standby_dir, port_of(f.standby_dir));
+  snprintf(standby, sizeof standby, "host=%s port=%d user=postgres dbname=postgres", f.standby_dir,
+           port_of(f.standby_dir));
   for (int i = 0; i < 100 && strcmp(count, "1") != 0; i++) {
     exec_on(standby, "SELECT count(*) FROM pg_tables WHERE tablename = 'fo_bench'", count,
             sizeof count);

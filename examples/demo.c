@@ -38,8 +38,7 @@ static void log_line(const char *fmt, ...) {
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
   const char *route = ctx ? pgtag_ctx_get(ctx, "route") : NULL;
-  printf("  [%-8.8s %-14s] %s\n", ctx ? pgtag_ctx_request_id(ctx) : "-",
-         route ? route : "-", msg);
+  printf("  [%-8.8s %-14s] %s\n", ctx ? pgtag_ctx_request_id(ctx) : "-", route ? route : "-", msg);
 }
 
 typedef struct {
@@ -93,8 +92,8 @@ static void orders_listed(PGresult *res, const pgtag_error *err, void *arg) {
     return;
   }
   log_line("%d orders for %s", PQntuples(res), req->customer);
-  pgtag_query(pool, "SELECT coalesce(sum(amount), 0) FROM demo_orders WHERE customer = $1",
-              1, params, orders_total, req);
+  pgtag_query(pool, "SELECT coalesce(sum(amount), 0) FROM demo_orders WHERE customer = $1", 1,
+              params, orders_total, req);
 }
 
 /* POST /orders: a transaction on a held connection.  The statements are
@@ -163,9 +162,9 @@ static void on_leak(const pgtag_leak *leak, void *arg) {
     wrong_context++;
   log_line("LEAK (%s): connection to backend %d, acquired at %s:%d in %s() %llu ms "
            "ago, %s, last query: %s%s",
-           pgtag_leak_kind_name(leak->kind), leak->backend_pid, leak->file, leak->line,
-           leak->func, (unsigned long long)leak->held_ms, tx[leak->tx_state],
-           leak->last_sql, leak->reclaimed ? "; the pool takes it back" : "");
+           pgtag_leak_kind_name(leak->kind), leak->backend_pid, leak->file, leak->line, leak->func,
+           (unsigned long long)leak->held_ms, tx[leak->tx_state], leak->last_sql,
+           leak->reclaimed ? "; the pool takes it back" : "");
 }
 
 static void start_request(int n) {
@@ -190,8 +189,8 @@ static void start_request(int n) {
     rc = pgtag_acquire(pool, order_conn, req);
     break;
   default:
-    rc = pgtag_query(pool, "SELECT pg_sleep(0.4), count(*) FROM demo_orders", 0, NULL,
-                     report_done, req);
+    rc = pgtag_query(pool, "SELECT pg_sleep(0.4), count(*) FROM demo_orders", 0, NULL, report_done,
+                     req);
     break;
   }
   if (rc != PGTAG_OK) {

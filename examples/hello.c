@@ -20,8 +20,8 @@ static int running, failures;
 
 static void finish(request *r, const pgtag_error *err) {
   if (err != NULL) {
-    fprintf(stderr, "request %s: %s (SQLSTATE %s)\n", pgtag_ctx_request_id(r->ctx),
-            err->message, err->sqlstate ? err->sqlstate : "none");
+    fprintf(stderr, "request %s: %s (SQLSTATE %s)\n", pgtag_ctx_request_id(r->ctx), err->message,
+            err->sqlstate ? err->sqlstate : "none");
     failures++;
   }
   if (pgtag_conn_held(r->conn))

@@ -60,23 +60,23 @@ const char *pgtag_version(void);
 
 /** What an operation or a call ended with. */
 typedef enum {
-  PGTAG_OK = 0,      /**< success */
-  PGTAG_EINVAL,      /**< a bad argument, or a call on the wrong object state */
-  PGTAG_ESERVER,     /**< the server answered with an error (see sqlstate) */
-  PGTAG_ECONN,       /**< the connection failed or was lost, or its
-                        server stopped taking writes (a standby, or a
-                        demoted or fenced primary: sqlstate 25006, and the
-                        pool replaces the connection), or the server
-                        refused to connect for a reason waiting will not
-                        fix (a wrong database, role or password: see
-                        pgtag_pool_new) */
-  PGTAG_ETIMEDOUT,   /**< no connection became free within acquire_timeout_ms,
-                        or a query ran past its statement timeout */
-  PGTAG_ECANCELED,   /**< its request was canceled (pgtag_ctx_cancel) */
-  PGTAG_ECLOSED,     /**< the pool is closing or closed */
-  PGTAG_EQUEUEFULL,  /**< max_waiting operations already wait for a connection */
-  PGTAG_ERECLAIMED,  /**< the pool took the connection back from its holder */
-  PGTAG_ENOMEM       /**< out of memory */
+  PGTAG_OK = 0,     /**< success */
+  PGTAG_EINVAL,     /**< a bad argument, or a call on the wrong object state */
+  PGTAG_ESERVER,    /**< the server answered with an error (see sqlstate) */
+  PGTAG_ECONN,      /**< the connection failed or was lost, or its
+                       server stopped taking writes (a standby, or a
+                       demoted or fenced primary: sqlstate 25006, and the
+                       pool replaces the connection), or the server
+                       refused to connect for a reason waiting will not
+                       fix (a wrong database, role or password: see
+                       pgtag_pool_new) */
+  PGTAG_ETIMEDOUT,  /**< no connection became free within acquire_timeout_ms,
+                       or a query ran past its statement timeout */
+  PGTAG_ECANCELED,  /**< its request was canceled (pgtag_ctx_cancel) */
+  PGTAG_ECLOSED,    /**< the pool is closing or closed */
+  PGTAG_EQUEUEFULL, /**< max_waiting operations already wait for a connection */
+  PGTAG_ERECLAIMED, /**< the pool took the connection back from its holder */
+  PGTAG_ENOMEM      /**< out of memory */
 } pgtag_errcode;
 
 /** How many codes there are: the size of pgtag_stats.errors_by_code. */
@@ -235,11 +235,11 @@ int64_t pgtag_ctx_time_left_ms(const pgtag_ctx *ctx);
 
 /** What one request did in the database, across all pools. */
 typedef struct {
-  uint64_t queries;     /**< queries completed, any outcome */
-  uint64_t errors;      /**< of those, the ones that failed */
-  uint64_t db_time_us;  /**< summed, each its own time: from when the server
-                           could start it (sent, and the statement ahead of
-                           it on the connection done) to its result */
+  uint64_t queries;      /**< queries completed, any outcome */
+  uint64_t errors;       /**< of those, the ones that failed */
+  uint64_t db_time_us;   /**< summed, each its own time: from when the server
+                            could start it (sent, and the statement ahead of
+                            it on the connection done) to its result */
   uint64_t slowest_us;   /**< the slowest query, its own time */
   char slowest_sql[201]; /**< the slowest one's text, without the tag, cut
                             at 200 bytes; "" when none ran */
@@ -267,10 +267,10 @@ typedef struct pgtag_timer_s pgtag_timer;
 /** Receives the timer, with its context current. */
 typedef void (*pgtag_timer_cb)(pgtag_timer *timer);
 struct pgtag_timer_s {
-  uv_timer_t handle;  /**< the libuv handle */
-  void *data;         /**< yours */
-  pgtag_ctx *ctx_;    /**< pgtag's */
-  pgtag_timer_cb cb_; /**< pgtag's */
+  uv_timer_t handle;                   /**< the libuv handle */
+  void *data;                          /**< yours */
+  pgtag_ctx *ctx_;                     /**< pgtag's */
+  pgtag_timer_cb cb_;                  /**< pgtag's */
   void (*closed_)(pgtag_timer *timer); /**< pgtag's */
 };
 
@@ -305,11 +305,11 @@ typedef void (*pgtag_work_cb)(pgtag_work *work);
  * libuv's (UV_ECANCELED if uv_cancel took it back). */
 typedef void (*pgtag_after_work_cb)(pgtag_work *work, int status);
 struct pgtag_work_s {
-  uv_work_t req;                  /**< the libuv request */
-  void *data;                     /**< yours */
-  pgtag_ctx *ctx_;                /**< pgtag's */
-  pgtag_work_cb work_cb_;         /**< pgtag's */
-  pgtag_after_work_cb after_cb_;  /**< pgtag's */
+  uv_work_t req;                 /**< the libuv request */
+  void *data;                    /**< yours */
+  pgtag_ctx *ctx_;               /**< pgtag's */
+  pgtag_work_cb work_cb_;        /**< pgtag's */
+  pgtag_after_work_cb after_cb_; /**< pgtag's */
 };
 
 /** uv_queue_work, capturing the current context: work_cb runs on a thread
@@ -330,10 +330,10 @@ typedef struct pgtag_fs_s pgtag_fs;
  * on req as usual. */
 typedef void (*pgtag_fs_cb)(pgtag_fs *fs);
 struct pgtag_fs_s {
-  uv_fs_t req;      /**< give it to the uv_fs_* call */
-  void *data;       /**< yours */
-  pgtag_ctx *ctx_;  /**< pgtag's */
-  pgtag_fs_cb cb_;  /**< pgtag's */
+  uv_fs_t req;     /**< give it to the uv_fs_* call */
+  void *data;      /**< yours */
+  pgtag_ctx *ctx_; /**< pgtag's */
+  pgtag_fs_cb cb_; /**< pgtag's */
 };
 
 /** Ready fs for one uv_fs_* call: captures the current context and returns
@@ -437,23 +437,23 @@ typedef struct {
 
 /** One report.  Everything is owned by pgtag, valid only during the hook. */
 typedef struct {
-  pgtag_leak_kind kind;    /**< why it is reported */
-  const char *pool_name;   /**< the pool's name */
-  const char *request_id;  /**< NULL when acquired outside any request */
-  const pgtag_tag *tags;   /**< the context's other tags, sorted by key */
-  int ntags;               /**< how many tags */
-  const char *file;        /**< the pgtag_acquire call site */
-  int line;                /**< its line */
-  const char *func;        /**< its function */
-  uint64_t held_ms;        /**< since the acquire was granted */
-  int backend_pid;         /**< the server process it held (0 if unknown) */
-  const char *last_sql;    /**< last statement sent on it, without the tag,
-                              cut at 200 bytes; "" if none */
-  pgtag_tx_state tx_state; /**< the transaction state left on it */
-  int reclaimed;           /**< nonzero: the pool is taking it back now */
+  pgtag_leak_kind kind;      /**< why it is reported */
+  const char *pool_name;     /**< the pool's name */
+  const char *request_id;    /**< NULL when acquired outside any request */
+  const pgtag_tag *tags;     /**< the context's other tags, sorted by key */
+  int ntags;                 /**< how many tags */
+  const char *file;          /**< the pgtag_acquire call site */
+  int line;                  /**< its line */
+  const char *func;          /**< its function */
+  uint64_t held_ms;          /**< since the acquire was granted */
+  int backend_pid;           /**< the server process it held (0 if unknown) */
+  const char *last_sql;      /**< last statement sent on it, without the tag,
+                                cut at 200 bytes; "" if none */
+  pgtag_tx_state tx_state;   /**< the transaction state left on it */
+  int reclaimed;             /**< nonzero: the pool is taking it back now */
   const char *const *frames; /**< leak_backtrace: the acquire's call stack,
                               symbolised, innermost first; else NULL */
-  int nframes;             /**< how many frames */
+  int nframes;               /**< how many frames */
 } pgtag_leak;
 
 /** Receives leak reports, from the loop, with the leaking request's context
@@ -467,150 +467,150 @@ const char *pgtag_leak_kind_name(pgtag_leak_kind kind);
 /** How a pool behaves.  Fill it with pgtag_pool_config_init, then set what
  * you need; pgtag_pool_new copies it. */
 typedef struct {
-  const char *conninfo;      /**< libpq connection string; copied.  Required.
-                                Its host names (host, also from PGHOST) are
-                                resolved by the pool on libuv's thread pool
-                                (uv_getaddrinfo), never on the loop, again
-                                at every connection attempt, and handed to
-                                libpq as hostaddr, one entry per address in
-                                the resolver's order (as libpq would try
-                                them), with host kept: TLS verification
-                                (sslmode=verify-full), the password file
-                                and messages use the name.  Attempts that
-                                overlap share one lookup per name.  A unix
-                                socket path, an IP address, or a host with
-                                its own hostaddr goes to libpq untouched;
-                                so does a conninfo with service=, whose
-                                hosts libpq alone reads (and resolves,
-                                blocking). */
-  const char *name;          /**< names the pool in logs; default "pgtag" */
-  int min_conns;             /**< kept open at all times; default 0 */
-  int max_conns;             /**< upper bound, >= 1; default 10 */
-  int acquire_timeout_ms;    /**< longest wait for a connection; 0 = no limit;
-                                default 10000 */
-  int max_waiting;           /**< most operations waiting for a connection;
-                                0 = no limit; default 10000 */
-  int connect_timeout_ms;    /**< longest connection attempt, resolving its
-                                host names included (a name with no answer
-                                by then fails the attempt: "could not
-                                translate host name ... no answer within");
-                                0 = no limit; default 5000 */
-  int idle_timeout_ms;       /**< close connections idle this long while more
-                                than min_conns are open; 0 = never;
-                                default 30000 */
-  int max_lifetime_ms;       /**< retire connections this old once idle;
-                                0 = never; default 0 */
-  int reconnect_base_ms;     /**< after a failed connection attempt, wait
-                                this long before the next, doubling with
-                                each failed round in a row up to
-                                reconnect_max_ms (reconnect_waiting_max_ms
-                                while operations wait); every delay is
-                                drawn at random from its upper half, so
-                                pools that lost the same server do not
-                                retry in step.  After a failed round the
-                                pool makes one attempt at a time until one
-                                succeeds, then opens the connections its
-                                waiting operations need; default 100 */
-  int reconnect_max_ms;      /**< default 5000 */
-  int reconnect_waiting_max_ms; /**< while operations wait for a connection,
-                                the longest backoff delay (at least
-                                reconnect_base_ms): a backoff that grew
-                                longer while nobody waited is cut to it when
-                                an operation comes.  Not when the server
-                                refused the pool for a reason waiting will
-                                not fix (see pgtag_pool_new): that backs off
-                                to reconnect_max_ms.  0 = the default, 500
-                                (measured: see "Running at scale" in the
-                                README) */
-  int statement_timeout_ms;  /**< longest a query may run, from the moment
-                                the server can start it (sent, or the
-                                statement ahead of it on the connection
-                                done: waiting behind others does not
-                                count); on expiry it is cancelled on the
-                                server and fails with PGTAG_ETIMEDOUT;
-                                0 = no limit; default 0.  Per query:
-                                pgtag_query_opts */
-  int pipeline_depth;        /**< once all max_conns connections are busy,
-                                pgtag_query calls of different requests
-                                share them, up to this many statements under
-                                way on each (libpq pipeline mode), and each
-                                still does what it would do on a connection
-                                of its own (see "Pipelining" in the README):
-                                only plain reads share a sync point, in a
-                                read-only transaction, and each is delivered
-                                as its result arrives; every other statement
-                                has a sync point, its own implicit
-                                transaction, to itself; a statement joins a
-                                pipeline only behind statements known to be
-                                fast (pipeline_fast_ms); a cancel or a
-                                timeout never fails another request's
-                                statement.  Statements that change
-                                transaction or session state (BEGIN,
-                                COMMIT, SET, ...) are never pipelined; held
-                                connections stay exclusive.  1 = off;
-                                default 8 (measured: see the README) */
-  int pipeline_fast_ms;      /**< with pipeline_depth > 1: a statement
-                                joins a connection's pipeline only behind
-                                statements whose recent runs took at most
-                                this long, from when the server could start
-                                them to their result, and none of which has
-                                been running longer; so no query waits
-                                behind another request's slow one.  1 to
-                                3600000; default 5 */
-  int statement_cache;       /**< statements each connection keeps prepared
-                                on its server process, least recently used
-                                first out: a query whose text (tag excluded)
-                                is prepared there goes out as
-                                "<tag> EXECUTE _pgtag_<n>('value', ...)",
-                                the values quoted by pgtag, so the server
-                                runs a plan it keeps instead of parsing and
-                                planning the text, and the tag stays in the
-                                text pg_stat_activity and the log show.  A
-                                new text is prepared just ahead of its
-                                first use, in the same pipeline.  Used for
-                                SELECT, INSERT, UPDATE, DELETE, MERGE,
-                                VALUES, TABLE and WITH statements whose
-                                values come to at most 4 KB and are valid
-                                in the client encoding, with
-                                standard_conforming_strings on; anything
-                                else goes as an unnamed statement, as does
-                                a query with pgtag_query_opts.no_cache.
-                                The server's refusals for the cache's
-                                reasons (the statement was deallocated, its
-                                plan no longer fits after ALTER TABLE) are
-                                recovered from by preparing it again and
-                                running the query once more, since nothing
-                                of it ran; inside a transaction block the
-                                error aborted, the query fails with it.
-                                The names _pgtag_* are pgtag's.  0 = off;
-                                off behind a transaction_pooler; default
-                                256 */
-  int tcp_keepalive_s;       /**< TCP connections: probe a silent peer after
-                                this many idle seconds, every s/6 (at least
-                                1 s), give up after 3 probes; also the
-                                libpq tcp_user_timeout.  Settings in
-                                conninfo win.  0 = leave libpq's and the
-                                kernel's defaults; default 60 */
-  int transaction_pooler;    /**< nonzero: conninfo points at a transaction
-                                pooler (PgBouncer with pool_mode =
-                                transaction), so a connection's server
-                                process changes from one transaction to the
-                                next: backend pids are reported as unknown
-                                (0) in leak reports, logs and
-                                pgtag_conn_backend_pid instead of the
-                                pooler's made-up ones.  pgtag never keeps
-                                session state on a pooled connection
-                                (unnamed statements, no SET), and cancel
-                                requests go through the pooler, which
-                                forwards them.  Pipelining stays on (tested
-                                with PgBouncer 1.18, see the README);
-                                default 0 */
-  pgtag_tag_style tag_style; /**< default PGTAG_TAG_PREFIX */
-  const char *tag_key;       /**< key of the request ID, 1 to 32 characters
-                                from [A-Za-z0-9_.-]; default "requestId" */
-  pgtag_log_fn log;          /**< default: WARN and above to stderr */
-  void *log_arg;             /**< passed to log */
-  pgtag_log_level log_level; /**< least level passed to log; default WARN */
+  const char *conninfo;              /**< libpq connection string; copied.  Required.
+                                        Its host names (host, also from PGHOST) are
+                                        resolved by the pool on libuv's thread pool
+                                        (uv_getaddrinfo), never on the loop, again
+                                        at every connection attempt, and handed to
+                                        libpq as hostaddr, one entry per address in
+                                        the resolver's order (as libpq would try
+                                        them), with host kept: TLS verification
+                                        (sslmode=verify-full), the password file
+                                        and messages use the name.  Attempts that
+                                        overlap share one lookup per name.  A unix
+                                        socket path, an IP address, or a host with
+                                        its own hostaddr goes to libpq untouched;
+                                        so does a conninfo with service=, whose
+                                        hosts libpq alone reads (and resolves,
+                                        blocking). */
+  const char *name;                  /**< names the pool in logs; default "pgtag" */
+  int min_conns;                     /**< kept open at all times; default 0 */
+  int max_conns;                     /**< upper bound, >= 1; default 10 */
+  int acquire_timeout_ms;            /**< longest wait for a connection; 0 = no limit;
+                                        default 10000 */
+  int max_waiting;                   /**< most operations waiting for a connection;
+                                        0 = no limit; default 10000 */
+  int connect_timeout_ms;            /**< longest connection attempt, resolving its
+                                        host names included (a name with no answer
+                                        by then fails the attempt: "could not
+                                        translate host name ... no answer within");
+                                        0 = no limit; default 5000 */
+  int idle_timeout_ms;               /**< close connections idle this long while more
+                                        than min_conns are open; 0 = never;
+                                        default 30000 */
+  int max_lifetime_ms;               /**< retire connections this old once idle;
+                                        0 = never; default 0 */
+  int reconnect_base_ms;             /**< after a failed connection attempt, wait
+                                        this long before the next, doubling with
+                                        each failed round in a row up to
+                                        reconnect_max_ms (reconnect_waiting_max_ms
+                                        while operations wait); every delay is
+                                        drawn at random from its upper half, so
+                                        pools that lost the same server do not
+                                        retry in step.  After a failed round the
+                                        pool makes one attempt at a time until one
+                                        succeeds, then opens the connections its
+                                        waiting operations need; default 100 */
+  int reconnect_max_ms;              /**< default 5000 */
+  int reconnect_waiting_max_ms;      /**< while operations wait for a connection,
+                                     the longest backoff delay (at least
+                                     reconnect_base_ms): a backoff that grew
+                                     longer while nobody waited is cut to it when
+                                     an operation comes.  Not when the server
+                                     refused the pool for a reason waiting will
+                                     not fix (see pgtag_pool_new): that backs off
+                                     to reconnect_max_ms.  0 = the default, 500
+                                     (measured: see "Running at scale" in the
+                                     README) */
+  int statement_timeout_ms;          /**< longest a query may run, from the moment
+                                        the server can start it (sent, or the
+                                        statement ahead of it on the connection
+                                        done: waiting behind others does not
+                                        count); on expiry it is cancelled on the
+                                        server and fails with PGTAG_ETIMEDOUT;
+                                        0 = no limit; default 0.  Per query:
+                                        pgtag_query_opts */
+  int pipeline_depth;                /**< once all max_conns connections are busy,
+                                        pgtag_query calls of different requests
+                                        share them, up to this many statements under
+                                        way on each (libpq pipeline mode), and each
+                                        still does what it would do on a connection
+                                        of its own (see "Pipelining" in the README):
+                                        only plain reads share a sync point, in a
+                                        read-only transaction, and each is delivered
+                                        as its result arrives; every other statement
+                                        has a sync point, its own implicit
+                                        transaction, to itself; a statement joins a
+                                        pipeline only behind statements known to be
+                                        fast (pipeline_fast_ms); a cancel or a
+                                        timeout never fails another request's
+                                        statement.  Statements that change
+                                        transaction or session state (BEGIN,
+                                        COMMIT, SET, ...) are never pipelined; held
+                                        connections stay exclusive.  1 = off;
+                                        default 8 (measured: see the README) */
+  int pipeline_fast_ms;              /**< with pipeline_depth > 1: a statement
+                                        joins a connection's pipeline only behind
+                                        statements whose recent runs took at most
+                                        this long, from when the server could start
+                                        them to their result, and none of which has
+                                        been running longer; so no query waits
+                                        behind another request's slow one.  1 to
+                                        3600000; default 5 */
+  int statement_cache;               /**< statements each connection keeps prepared
+                                        on its server process, least recently used
+                                        first out: a query whose text (tag excluded)
+                                        is prepared there goes out as
+                                        "<tag> EXECUTE _pgtag_<n>('value', ...)",
+                                        the values quoted by pgtag, so the server
+                                        runs a plan it keeps instead of parsing and
+                                        planning the text, and the tag stays in the
+                                        text pg_stat_activity and the log show.  A
+                                        new text is prepared just ahead of its
+                                        first use, in the same pipeline.  Used for
+                                        SELECT, INSERT, UPDATE, DELETE, MERGE,
+                                        VALUES, TABLE and WITH statements whose
+                                        values come to at most 4 KB and are valid
+                                        in the client encoding, with
+                                        standard_conforming_strings on; anything
+                                        else goes as an unnamed statement, as does
+                                        a query with pgtag_query_opts.no_cache.
+                                        The server's refusals for the cache's
+                                        reasons (the statement was deallocated, its
+                                        plan no longer fits after ALTER TABLE) are
+                                        recovered from by preparing it again and
+                                        running the query once more, since nothing
+                                        of it ran; inside a transaction block the
+                                        error aborted, the query fails with it.
+                                        The names _pgtag_* are pgtag's.  0 = off;
+                                        off behind a transaction_pooler; default
+                                        256 */
+  int tcp_keepalive_s;               /**< TCP connections: probe a silent peer after
+                                        this many idle seconds, every s/6 (at least
+                                        1 s), give up after 3 probes; also the
+                                        libpq tcp_user_timeout.  Settings in
+                                        conninfo win.  0 = leave libpq's and the
+                                        kernel's defaults; default 60 */
+  int transaction_pooler;            /**< nonzero: conninfo points at a transaction
+                                        pooler (PgBouncer with pool_mode =
+                                        transaction), so a connection's server
+                                        process changes from one transaction to the
+                                        next: backend pids are reported as unknown
+                                        (0) in leak reports, logs and
+                                        pgtag_conn_backend_pid instead of the
+                                        pooler's made-up ones.  pgtag never keeps
+                                        session state on a pooled connection
+                                        (unnamed statements, no SET), and cancel
+                                        requests go through the pooler, which
+                                        forwards them.  Pipelining stays on (tested
+                                        with PgBouncer 1.18, see the README);
+                                        default 0 */
+  pgtag_tag_style tag_style;         /**< default PGTAG_TAG_PREFIX */
+  const char *tag_key;               /**< key of the request ID, 1 to 32 characters
+                                        from [A-Za-z0-9_.-]; default "requestId" */
+  pgtag_log_fn log;                  /**< default: WARN and above to stderr */
+  void *log_arg;                     /**< passed to log */
+  pgtag_log_level log_level;         /**< least level passed to log; default WARN */
   pgtag_context_check context_check; /**< a query or acquire submitted with
                                 no request context current, or in the
                                 context of a request that has ended
@@ -624,29 +624,28 @@ typedef struct {
 
   /** Leak detection.  With no on_leak hook, each report is one WARN line
    * through log. */
-  int leak_threshold_ms;     /**< report connections held longer; 0 = off;
-                                default 0 */
+  int leak_threshold_ms;         /**< report connections held longer; 0 = off;
+                                    default 0 */
   pgtag_leak_policy leak_policy; /**< default PGTAG_LEAK_REPORT */
-  int leak_backtrace;        /**< nonzero: capture the call stack of every
-                                acquire (backtrace(3); costs a few
-                                microseconds per acquire; link with
-                                -rdynamic for function names) */
-  pgtag_leak_fn on_leak;     /**< receives leak reports; NULL: a WARN log line each */
-  void *on_leak_arg;         /**< passed to on_leak */
+  int leak_backtrace;            /**< nonzero: capture the call stack of every
+                                    acquire (backtrace(3); costs a few
+                                    microseconds per acquire; link with
+                                    -rdynamic for function names) */
+  pgtag_leak_fn on_leak;         /**< receives leak reports; NULL: a WARN log line each */
+  void *on_leak_arg;             /**< passed to on_leak */
 
   /** Observability. */
-  int slow_query_ms;         /**< log a WARN line for every query slower than
-                                this, with its request ID, duration, backend
-                                and text; 0 = off; default 0 */
-  int n_plus_one_threshold;  /**< report once when one request runs the same
-                                statement text (tag stripped) more than this
-                                many times: the N+1 pattern; 0 = off;
-                                default 0 */
+  int slow_query_ms;        /**< log a WARN line for every query slower than
+                               this, with its request ID, duration, backend
+                               and text; 0 = off; default 0 */
+  int n_plus_one_threshold; /**< report once when one request runs the same
+                               statement text (tag stripped) more than this
+                               many times: the N+1 pattern; 0 = off;
+                               default 0 */
   /** Receives N+1 reports, from the loop, with the request's context
    * current; NULL: a WARN log line.  sql is valid during the call. */
-  void (*on_n_plus_one)(const char *request_id, const char *sql,
-                        uint64_t count, void *arg);
-  void *on_n_plus_one_arg;   /**< passed to on_n_plus_one */
+  void (*on_n_plus_one)(const char *request_id, const char *sql, uint64_t count, void *arg);
+  void *on_n_plus_one_arg; /**< passed to on_n_plus_one */
 } pgtag_pool_config;
 
 /** Fill cfg with the defaults above (conninfo NULL).
@@ -676,8 +675,7 @@ void pgtag_pool_config_init(pgtag_pool_config *cfg);
  * the backoff waits for the attempt it starts.  A multi-host conninfo
  * counts as refused only when every host refused so.
  * Thread: the one that runs loop; the pool belongs to it. */
-pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
-                             pgtag_pool **out);
+pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg, pgtag_pool **out);
 
 /** Begin closing.  Operations waiting for a connection fail with
  * PGTAG_ECLOSED; queries already sent finish normally; idle connections
@@ -705,8 +703,8 @@ void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg);
 #define PGTAG_HISTOGRAM_BUCKETS 16
 /** A histogram of durations (see PGTAG_HISTOGRAM_BUCKETS). */
 typedef struct {
-  uint64_t count;  /**< values recorded */
-  uint64_t sum_us; /**< their sum */
+  uint64_t count;                            /**< values recorded */
+  uint64_t sum_us;                           /**< their sum */
   uint64_t buckets[PGTAG_HISTOGRAM_BUCKETS]; /**< not cumulative */
 } pgtag_histogram;
 
@@ -718,49 +716,50 @@ uint64_t pgtag_histogram_bound_us(int i);
 /** A snapshot of a pool: its connections now, and counters since it was
  * made. */
 typedef struct {
-  int total;       /**< open connections: connecting, idle, busy or held */
-  int idle;        /**< in the pool, free */
-  int busy;        /**< running a one-shot query or being reset */
-  int held;        /**< acquired by a request, including ones whose connection
-                      was lost and that wait for their holder's release */
-  int connecting;  /**< connection attempt under way */
-  int waiting;     /**< operations waiting for a connection */
-  int max_conns;   /**< the pool's max_conns */
-  uint64_t acquired;        /**< acquire callbacks given a connection */
-  uint64_t queries;         /**< queries completed, any outcome */
-  uint64_t errors;          /**< operations ended with an error */
-  uint64_t timeouts;        /**< waits ended by acquire_timeout_ms */
+  int total;                   /**< open connections: connecting, idle, busy or held */
+  int idle;                    /**< in the pool, free */
+  int busy;                    /**< running a one-shot query or being reset */
+  int held;                    /**< acquired by a request, including ones whose connection
+                                  was lost and that wait for their holder's release */
+  int connecting;              /**< connection attempt under way */
+  int waiting;                 /**< operations waiting for a connection */
+  int max_conns;               /**< the pool's max_conns */
+  uint64_t acquired;           /**< acquire callbacks given a connection */
+  uint64_t queries;            /**< queries completed, any outcome */
+  uint64_t errors;             /**< operations ended with an error */
+  uint64_t timeouts;           /**< waits ended by acquire_timeout_ms */
   uint64_t statement_timeouts; /**< queries ended by a statement timeout */
-  uint64_t deadlines;       /**< operations ended by their request's deadline
-                               (pgtag_ctx_set_deadline) */
-  uint64_t no_context;      /**< operations submitted with no request context
-                               current (context_check) */
-  uint64_t after_end;       /**< operations submitted in the context of a
-                               request that had ended (context_check) */
-  uint64_t left_current;    /**< contexts found current as the loop went back
-                               to waiting (pgtag_ctx_enter) */
-  uint64_t canceled;        /**< operations ended by pgtag_ctx_cancel */
-  uint64_t connects;        /**< connections established */
-  uint64_t connect_failures;/**< connection attempts that failed */
-  uint64_t leaks_ended;     /**< leak reports, by kind */
-  uint64_t leaks_threshold;  /**< see leaks_ended */
-  uint64_t leaks_returned;   /**< see leaks_ended */
-  uint64_t reclaimed;       /**< connections taken back from their holder */
-  uint64_t conns_lost;      /**< established connections that died */
-  uint64_t reconnects;      /**< connections established to replace them */
-  uint64_t reads_retried;   /**< cluster reads that failed on this replica
-                               for a connection reason and were sent once
-                               more elsewhere */
-  uint64_t left_recovery;   /**< times this replica was found out of
-                               recovery (promoted) and left out of reads */
+  uint64_t deadlines;          /**< operations ended by their request's deadline
+                                  (pgtag_ctx_set_deadline) */
+  uint64_t no_context;         /**< operations submitted with no request context
+                                  current (context_check) */
+  uint64_t after_end;          /**< operations submitted in the context of a
+                                  request that had ended (context_check) */
+  uint64_t left_current;       /**< contexts found current as the loop went back
+                                  to waiting (pgtag_ctx_enter) */
+  uint64_t canceled;           /**< operations ended by pgtag_ctx_cancel */
+  uint64_t connects;           /**< connections established */
+  uint64_t connect_failures;   /**< connection attempts that failed */
+  uint64_t leaks_ended;        /**< leak reports, by kind */
+  uint64_t leaks_threshold;    /**< see leaks_ended */
+  uint64_t leaks_returned;     /**< see leaks_ended */
+  uint64_t reclaimed;          /**< connections taken back from their holder */
+  uint64_t conns_lost;         /**< established connections that died */
+  uint64_t reconnects;         /**< connections established to replace them */
+  uint64_t reads_retried;      /**< cluster reads that failed on this replica
+                                  for a connection reason and were sent once
+                                  more elsewhere */
+  uint64_t left_recovery;      /**< times this replica was found out of
+                                  recovery (promoted) and left out of reads */
   uint64_t errors_by_code[PGTAG_NERRCODES]; /**< operations ended, by code */
-  pgtag_histogram acquire_wait; /**< submit to getting a connection */
-  pgtag_histogram query_time;   /**< each query's own time (see
-                                   pgtag_request_stats.db_time_us) */
+  pgtag_histogram acquire_wait;             /**< submit to getting a connection */
+  pgtag_histogram query_time;               /**< each query's own time (see
+                                               pgtag_request_stats.db_time_us) */
 } pgtag_stats;
 
 /** A snapshot of the pool's state; valid until the pool is freed.
- * Thread: the pool's loop thread (other threads: snapshot under your own lock, see pgtag_stats_metrics). */
+ * Thread: the pool's loop thread (other threads: snapshot under your own lock, see
+ * pgtag_stats_metrics). */
 void pgtag_pool_stats(const pgtag_pool *pool, pgtag_stats *out);
 
 /** The pool's statistics in the Prometheus text exposition format (0.0.4),
@@ -770,7 +769,8 @@ void pgtag_pool_stats(const pgtag_pool *pool, pgtag_stats *out);
  * into buf, always NUL-terminated when len > 0, and returns the length of
  * the whole text (like snprintf: a result >= len means buf was too small);
  * -1 for a NULL pool.
- * Thread: the pool's loop thread (other threads: snapshot under your own lock, see pgtag_stats_metrics). */
+ * Thread: the pool's loop thread (other threads: snapshot under your own lock, see
+ * pgtag_stats_metrics). */
 int pgtag_pool_metrics(const pgtag_pool *pool, char *buf, size_t len);
 
 /** The same text for n pools at once, from snapshots (stats[i], taken with
@@ -781,8 +781,8 @@ int pgtag_pool_metrics(const pgtag_pool *pool, char *buf, size_t len);
  * here.  Same buffer rules and return value as pgtag_pool_metrics; -1 for
  * n < 0, NULL arrays with n > 0, or a NULL buf with len > 0.
  * Thread: any. */
-int pgtag_stats_metrics(const pgtag_stats *stats, const char *const *names, int n,
-                        char *buf, size_t len);
+int pgtag_stats_metrics(const pgtag_stats *stats, const char *const *names, int n, char *buf,
+                        size_t len);
 
 /* ------------------------------------------------------------------------
  * Queries
@@ -820,16 +820,14 @@ typedef struct {
  * nparams > 0; called off the loop thread), PGTAG_ECLOSED (pool closing),
  * PGTAG_EQUEUEFULL (max_waiting reached) or PGTAG_ENOMEM.
  * Thread: the pool's loop thread. */
-pgtag_errcode pgtag_query(pgtag_pool *pool, const char *sql, int nparams,
-                          const char *const *values, pgtag_result_cb cb,
-                          void *arg);
+pgtag_errcode pgtag_query(pgtag_pool *pool, const char *sql, int nparams, const char *const *values,
+                          pgtag_result_cb cb, void *arg);
 
 /** pgtag_query with options (opts may be NULL).
  * Thread: the pool's loop thread. */
 pgtag_errcode pgtag_query_ex(pgtag_pool *pool, const char *sql, int nparams,
-                             const char *const *values,
-                             const pgtag_query_opts *opts, pgtag_result_cb cb,
-                             void *arg);
+                             const char *const *values, const pgtag_query_opts *opts,
+                             pgtag_result_cb cb, void *arg);
 
 /** What the pgtag_query and pgtag_query_ex macros call: the same, with the
  * call site given, which reports name (context_check, and the reason of a
@@ -843,13 +841,13 @@ pgtag_errcode pgtag_query_at(pgtag_pool *pool, const char *sql, int nparams,
 
 #ifndef PGTAG_BUILDING
 /** pgtag_query, recording the call site. */
-#define pgtag_query(pool, sql, nparams, values, cb, arg)                                \
+#define pgtag_query(pool, sql, nparams, values, cb, arg)                                    \
   pgtag_query_at((pool), (sql), (nparams), (values), NULL, (cb), (arg), __FILE__, __LINE__, \
                  __func__)
 /** pgtag_query_ex, recording the call site. */
-#define pgtag_query_ex(pool, sql, nparams, values, opts, cb, arg)                       \
-  pgtag_query_at((pool), (sql), (nparams), (values), (opts), (cb), (arg), __FILE__,       \
-                 __LINE__, __func__)
+#define pgtag_query_ex(pool, sql, nparams, values, opts, cb, arg)                             \
+  pgtag_query_at((pool), (sql), (nparams), (values), (opts), (cb), (arg), __FILE__, __LINE__, \
+                 __func__)
 #endif
 
 /** Cancel everything the request ctx has under way, in every pool of this
@@ -896,8 +894,8 @@ typedef void (*pgtag_acquire_cb)(pgtag_conn conn, const pgtag_error *err, void *
 
 /** What pgtag_acquire calls: the same, with the call site given.
  * Thread: the pool's loop thread. */
-pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
-                               const char *file, int line, const char *func);
+pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg, const char *file,
+                               int line, const char *func);
 
 /** Run sql on a held connection, in the context current now.  Queries on one
  * connection run one after another in submission order.  If the connection
@@ -906,14 +904,12 @@ pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
  * is not held (released already, or never valid).
  * Thread: the pool's loop thread. */
 pgtag_errcode pgtag_conn_query(pgtag_conn conn, const char *sql, int nparams,
-                               const char *const *values, pgtag_result_cb cb,
-                               void *arg);
+                               const char *const *values, pgtag_result_cb cb, void *arg);
 
 /** pgtag_conn_query with options (opts may be NULL).
  * Thread: the pool's loop thread. */
 pgtag_errcode pgtag_conn_query_ex(pgtag_conn conn, const char *sql, int nparams,
-                                  const char *const *values,
-                                  const pgtag_query_opts *opts,
+                                  const char *const *values, const pgtag_query_opts *opts,
                                   pgtag_result_cb cb, void *arg);
 
 /** What the pgtag_conn_query and pgtag_conn_query_ex macros call: the same,
@@ -926,13 +922,13 @@ pgtag_errcode pgtag_conn_query_at(pgtag_conn conn, const char *sql, int nparams,
 
 #ifndef PGTAG_BUILDING
 /** pgtag_conn_query, recording the call site. */
-#define pgtag_conn_query(conn, sql, nparams, values, cb, arg)                             \
-  pgtag_conn_query_at((conn), (sql), (nparams), (values), NULL, (cb), (arg), __FILE__,      \
-                      __LINE__, __func__)
+#define pgtag_conn_query(conn, sql, nparams, values, cb, arg)                                    \
+  pgtag_conn_query_at((conn), (sql), (nparams), (values), NULL, (cb), (arg), __FILE__, __LINE__, \
+                      __func__)
 /** pgtag_conn_query_ex, recording the call site. */
-#define pgtag_conn_query_ex(conn, sql, nparams, values, opts, cb, arg)                    \
-  pgtag_conn_query_at((conn), (sql), (nparams), (values), (opts), (cb), (arg), __FILE__,    \
-                      __LINE__, __func__)
+#define pgtag_conn_query_ex(conn, sql, nparams, values, opts, cb, arg)                             \
+  pgtag_conn_query_at((conn), (sql), (nparams), (values), (opts), (cb), (arg), __FILE__, __LINE__, \
+                      __func__)
 #endif
 
 /** Nonzero while conn is held: acquired, and neither released nor
@@ -1016,21 +1012,19 @@ pgtag_errcode pgtag_cluster_new(uv_loop_t *loop, const pgtag_cluster_config *cfg
  * primary, and cb hears only how that went; counted in the replica's
  * pgtag_stats.reads_retried.  Same errors as pgtag_query.
  * Thread: the cluster's loop thread. */
-pgtag_errcode pgtag_cluster_query(pgtag_cluster *cluster, int flags, const char *sql,
-                                  int nparams, const char *const *values,
-                                  pgtag_result_cb cb, void *arg);
+pgtag_errcode pgtag_cluster_query(pgtag_cluster *cluster, int flags, const char *sql, int nparams,
+                                  const char *const *values, pgtag_result_cb cb, void *arg);
 
 /** What the pgtag_cluster_query macro calls: the same, with the call site
  * given (see pgtag_query_at).
  * Thread: the cluster's loop thread. */
 pgtag_errcode pgtag_cluster_query_at(pgtag_cluster *cluster, int flags, const char *sql,
-                                     int nparams, const char *const *values,
-                                     pgtag_result_cb cb, void *arg, const char *file, int line,
-                                     const char *func);
+                                     int nparams, const char *const *values, pgtag_result_cb cb,
+                                     void *arg, const char *file, int line, const char *func);
 
 #ifndef PGTAG_BUILDING
 /** pgtag_cluster_query, recording the call site. */
-#define pgtag_cluster_query(cluster, flags, sql, nparams, values, cb, arg)                   \
+#define pgtag_cluster_query(cluster, flags, sql, nparams, values, cb, arg)                      \
   pgtag_cluster_query_at((cluster), (flags), (sql), (nparams), (values), (cb), (arg), __FILE__, \
                          __LINE__, __func__)
 #endif
@@ -1044,9 +1038,8 @@ pgtag_errcode pgtag_cluster_query_at(pgtag_cluster *cluster, int flags, const ch
 
 /** What pgtag_cluster_acquire calls.
  * Thread: the cluster's loop thread. */
-pgtag_errcode pgtag_cluster_acquire_at(pgtag_cluster *cluster, pgtag_acquire_cb cb,
-                                       void *arg, const char *file, int line,
-                                       const char *func);
+pgtag_errcode pgtag_cluster_acquire_at(pgtag_cluster *cluster, pgtag_acquire_cb cb, void *arg,
+                                       const char *file, int line, const char *func);
 
 /** Take a connection for the current request: with PGTAG_READ_ONLY on a
  * replica when one qualifies and the request has not written through the
@@ -1061,9 +1054,8 @@ pgtag_errcode pgtag_cluster_acquire_at(pgtag_cluster *cluster, pgtag_acquire_cb 
 
 /** What pgtag_cluster_acquire_ex calls.
  * Thread: the cluster's loop thread. */
-pgtag_errcode pgtag_cluster_acquire_ex_at(pgtag_cluster *cluster, int flags,
-                                          pgtag_acquire_cb cb, void *arg, const char *file,
-                                          int line, const char *func);
+pgtag_errcode pgtag_cluster_acquire_ex_at(pgtag_cluster *cluster, int flags, pgtag_acquire_cb cb,
+                                          void *arg, const char *file, int line, const char *func);
 
 /** The primary's pool (statistics, metrics; queries sent on it directly
  * are not seen by read-your-writes), or NULL.  Borrowed.

@@ -94,8 +94,8 @@ pgtag_errcode check_context(pgtag_pool *pool, const call_site *site, const char 
   if (first_report(pool, site, fn, none ? 1 : 2)) {
     char where[512];
     site_text(where, sizeof where, site, fn);
-    pool_log(pool, PGTAG_LOG_WARN, "%s: %s; it runs %s (reported once for this site)", where,
-             what, none ? "untagged" : "with the ended request's ID");
+    pool_log(pool, PGTAG_LOG_WARN, "%s: %s; it runs %s (reported once for this site)", where, what,
+             none ? "untagged" : "with the ended request's ID");
   }
   return PGTAG_OK;
 }

@@ -26,8 +26,8 @@
  * idle, a row per standby matched by application_name, and a query on the
  * primary.  Not a byte distance: it needs the primary's position too, and
  * bytes are not milliseconds.  The README has the measurements. */
-#define LAG_SQL                                                               \
-  "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn() - '0/0', "          \
+#define LAG_SQL                                                     \
+  "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn() - '0/0', " \
   "pg_last_wal_replay_lsn() - '0/0'"
 
 /* Enough marks for 64 samples of WAL not replayed (16 s at the default
@@ -44,16 +44,16 @@ typedef struct {
 typedef struct {
   pgtag_cluster *cluster;
   pgtag_pool *pool;
-  int lag_ms;        /* at the last good sample; -1: none, not a replica,
-                        or not known */
-  uint64_t heard_at; /* uv_now() of the last good sample */
-  int probing;       /* a lag query is under way */
-  int watching;      /* the last sample was good, so WAL first seen now
-                        arrived since it */
-  uint64_t replayed; /* replay position at the last good sample */
+  int lag_ms;            /* at the last good sample; -1: none, not a replica,
+                            or not known */
+  uint64_t heard_at;     /* uv_now() of the last good sample */
+  int probing;           /* a lag query is under way */
+  int watching;          /* the last sample was good, so WAL first seen now
+                            arrived since it */
+  uint64_t replayed;     /* replay position at the last good sample */
   wal_mark marks[MARKS]; /* received, not yet replayed; oldest first */
   int nmarks;
-  int promoted;      /* the last sample found it out of recovery */
+  int promoted; /* the last sample found it out of recovery */
 } replica;
 
 struct pgtag_cluster {
@@ -106,8 +106,7 @@ static void remember(replica *r, uint64_t lsn, uint64_t seen_at) {
           r->marks[k + 1].seen_at - r->marks[k].seen_at)
         k = i;
     r->marks[k].lsn = r->marks[k + 1].lsn;
-    memmove(&r->marks[k + 1], &r->marks[k + 2],
-            (size_t)(MARKS - k - 2) * sizeof r->marks[0]);
+    memmove(&r->marks[k + 1], &r->marks[k + 2], (size_t)(MARKS - k - 2) * sizeof r->marks[0]);
     r->nmarks--;
   }
   r->marks[r->nmarks++] = (wal_mark){.lsn = lsn, .seen_at = seen_at};
@@ -216,15 +215,15 @@ typedef struct {
   pgtag_pool *pool; /* the replica it went to */
   pgtag_result_cb cb;
   void *arg;
-  call_site site;   /* file and func are the program's literals */
+  call_site site; /* file and func are the program's literals */
   int nparams;
   const char **values;
   char *sql;
 } replica_read;
 
 static replica_read *replica_read_new(pgtag_cluster *c, pgtag_pool *pool, const char *sql,
-                                      int nparams, const char *const *values,
-                                      pgtag_result_cb cb, void *arg, const call_site *site) {
+                                      int nparams, const char *const *values, pgtag_result_cb cb,
+                                      void *arg, const call_site *site) {
   size_t size = sizeof(replica_read) + (size_t)nparams * sizeof(char *) + strlen(sql) + 1;
   for (int i = 0; i < nparams; i++)
     size += values[i] != NULL ? strlen(values[i]) + 1 : 0;
@@ -258,8 +257,8 @@ static void on_replica_read(PGresult *res, const pgtag_error *err, void *arg) {
   pgtag_cluster *c = rr->cluster;
   if (err != NULL && err->code == PGTAG_ECONN && !c->closing) {
     pgtag_pool *other = read_pool(c, rr->pool);
-    if (pool_query(other, rr->sql, rr->nparams, rr->values, NULL, on_read_retried, rr,
-                   &rr->site) == PGTAG_OK) {
+    if (pool_query(other, rr->sql, rr->nparams, rr->values, NULL, on_read_retried, rr, &rr->site) ==
+        PGTAG_OK) {
       rr->pool->stats.reads_retried++;
       return;
     }
@@ -298,14 +297,13 @@ pgtag_errcode pgtag_cluster_query_at(pgtag_cluster *c, int flags, const char *sq
   return rc;
 }
 
-pgtag_errcode (pgtag_cluster_query)(pgtag_cluster *c, int flags, const char *sql, int nparams,
+pgtag_errcode(pgtag_cluster_query)(pgtag_cluster *c, int flags, const char *sql, int nparams,
                                    const char *const *values, pgtag_result_cb cb, void *arg) {
   return pgtag_cluster_query_at(c, flags, sql, nparams, values, cb, arg, NULL, 0, NULL);
 }
 
 pgtag_errcode pgtag_cluster_acquire_ex_at(pgtag_cluster *c, int flags, pgtag_acquire_cb cb,
-                                          void *arg, const char *file, int line,
-                                          const char *func) {
+                                          void *arg, const char *file, int line, const char *func) {
   static const char fn[] = "pgtag_cluster_acquire";
   const call_site site = {file, line, func};
   if (c == NULL)

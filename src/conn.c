@@ -36,9 +36,9 @@
  * behind a transaction pooler, where a prepared statement does not
  * outlive the transaction, it is sent as text each time. */
 #define OPENER_NAME "pgtag_batch_opener"
-#define OPENER_SQL                                                                  \
-  "SELECT set_config('transaction_read_only', 'on', true), "                       \
-  "current_setting('transaction_isolation'), "                                     \
+#define OPENER_SQL                                           \
+  "SELECT set_config('transaction_read_only', 'on', true), " \
+  "current_setting('transaction_isolation'), "               \
   "CASE WHEN $1 <> '' THEN set_config('statement_timeout', $1, true) END"
 
 enum {
@@ -118,8 +118,8 @@ static void on_notice(void *arg, const PGresult *res) {
   struct conn *conn = arg;
   char msg[512];
   text_line(msg, sizeof msg, PQresultErrorMessage(res));
-  pool_log(conn->pool, PGTAG_LOG_INFO, "server notice (%s): %s",
-           backend_text(conn->backend_pid).s, msg);
+  pool_log(conn->pool, PGTAG_LOG_INFO, "server notice (%s): %s", backend_text(conn->backend_pid).s,
+           msg);
 }
 
 static void on_connect_timeout(uv_timer_t *timer) {
@@ -131,7 +131,8 @@ static void on_connect_timeout(uv_timer_t *timer) {
     resolver_pending(conn, names, sizeof names);
     snprintf(msg, sizeof msg,
              "could not translate host name %s to address: no answer within %d ms "
-             "(connect_timeout_ms)", names, conn->pool->cfg.connect_timeout_ms);
+             "(connect_timeout_ms)",
+             names, conn->pool->cfg.connect_timeout_ms);
   } else {
     snprintf(msg, sizeof msg, "connection attempt timed out after %d ms",
              conn->pool->cfg.connect_timeout_ms);
@@ -235,8 +236,7 @@ struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
     return NULL;
   }
   if (pool->cfg.connect_timeout_ms > 0)
-    uv_timer_start(&conn->timer, on_connect_timeout,
-                   (uint64_t)pool->cfg.connect_timeout_ms, 0);
+    uv_timer_start(&conn->timer, on_connect_timeout, (uint64_t)pool->cfg.connect_timeout_ms, 0);
   return conn;
 }
 
@@ -338,8 +338,8 @@ void conn_arm_timeout(struct conn *conn) {
     return;
   }
   uint64_t now = uv_now(conn->pool->loop);
-  uv_timer_start(&conn->timer, on_statement_timer,
-                 head->deadline > now ? head->deadline - now : 0, 0);
+  uv_timer_start(&conn->timer, on_statement_timer, head->deadline > now ? head->deadline - now : 0,
+                 0);
 }
 
 void conn_retry_cancels(struct conn *conn) {
@@ -482,8 +482,8 @@ static int put_cached(struct conn *conn, op *o) {
       return -1;
     o->steps |= OP_STEP_PREPARE;
   }
-  const char *text = tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key, o->ctx,
-                                plan.execute);
+  const char *text =
+      tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key, o->ctx, plan.execute);
   if (text == NULL)
     text = plan.execute; /* out of memory for the tag: the query still runs */
   return PQsendQueryParams(conn->pg, text, 0, NULL, NULL, NULL, NULL, 0) ? 0 : -1;
@@ -556,8 +556,7 @@ int conn_send(struct conn *conn, op *o) {
    * order of submission. */
   if (conn->nstaged > 0 && conn_flush_staged(conn) != 0)
     return -1;
-  if (put_query(conn, o) != 0 || (conn->pipelined && put_sync(conn) != 0) ||
-      flush_out(conn) != 0)
+  if (put_query(conn, o) != 0 || (conn->pipelined && put_sync(conn) != 0) || flush_out(conn) != 0)
     return -1;
   count_op(conn, o, +1);
   wire_append(conn, o);
@@ -636,7 +635,7 @@ int conn_flush_staged(struct conn *conn) {
     const op *first = queue_data(queue_head(&conn->staged), op, node);
     int n = 0;
     const queue *q;
-    queue_foreach(q, &conn->staged) {
+    queue_foreach (q, &conn->staged) {
       if (queue_data(q, op, node)->timeout_ms != first->timeout_ms)
         break;
       n++;
@@ -655,11 +654,10 @@ int conn_flush_staged(struct conn *conn) {
  * (the name is taken), this connection sends it as text. */
 static void opener_done(struct conn *conn, op *o, PGresult *res) {
   ExecStatusType st = res != NULL ? PQresultStatus(res) : PGRES_FATAL_ERROR;
-  const char *state = st == PGRES_FATAL_ERROR && res != NULL
-                          ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+  const char *state =
+      st == PGRES_FATAL_ERROR && res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
   if (o->kind == OP_PREPARE && st == PGRES_FATAL_ERROR)
-    conn->opener = state != NULL && strcmp(state, "42P05") == 0 ? OPENER_TEXT
-                                                               : OPENER_UNPREPARED;
+    conn->opener = state != NULL && strcmp(state, "42P05") == 0 ? OPENER_TEXT : OPENER_UNPREPARED;
   if (o->kind == OP_OPENER && st == PGRES_FATAL_ERROR && state != NULL &&
       strcmp(state, "26000") == 0 && conn->opener == OPENER_PREPARED)
     conn->opener = OPENER_UNPREPARED;
@@ -700,9 +698,7 @@ static void cached_step_done(struct conn *conn, op *o) {
 }
 
 /* A statement's results are complete, or its sync point has come. */
-static void deliver(struct conn *conn, op *o, PGresult *res) {
-  pool_on_query_done(conn, o, res);
-}
+static void deliver(struct conn *conn, op *o, PGresult *res) { pool_on_query_done(conn, o, res); }
 
 /* Read what arrived; complete the head once libpq has its last result.
  * A read of a batch is delivered then (read-only: nothing to commit);
@@ -776,8 +772,8 @@ static void read_results(struct conn *conn) {
       return;
     }
     /* One statement gives one result; should more come, an error wins. */
-    if (conn->result == NULL || (st == PGRES_FATAL_ERROR &&
-                                 PQresultStatus(conn->result) != PGRES_FATAL_ERROR)) {
+    if (conn->result == NULL ||
+        (st == PGRES_FATAL_ERROR && PQresultStatus(conn->result) != PGRES_FATAL_ERROR)) {
       PQclear(conn->result);
       conn->result = res;
     } else {
@@ -869,9 +865,7 @@ int conn_alive(struct conn *conn) {
   return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
 }
 
-int conn_poll_update(struct conn *conn) {
-  return conn_watch(conn, conn->want_write);
-}
+int conn_poll_update(struct conn *conn) { return conn_watch(conn, conn->want_write); }
 
 void conn_shut(struct conn *conn) {
   resolver_leave(conn);

@@ -36,44 +36,44 @@ struct conn {
   conn_state state;
   uv_poll_t *poll; /* replaced when PQsocket changes while connecting */
   int poll_fd;
-  uint64_t poll_ino; /* while connecting: which socket poll_fd was */
-  int poll_events;   /* what the poll was last started with */
-  uv_timer_t timer; /* connect timeout */
+  uint64_t poll_ino;                 /* while connecting: which socket poll_fd was */
+  int poll_events;                   /* what the poll was last started with */
+  uv_timer_t timer;                  /* connect timeout */
   struct resolve_attempt *resolving; /* waiting for its host names (resolve.h) */
-  struct resolved *connect_names; /* what libpq was given for the names
-                                    resolved, for its error message */
-  int want_write;   /* output left in libpq's buffer */
+  struct resolved *connect_names;    /* what libpq was given for the names
+                                       resolved, for its error message */
+  int want_write;                    /* output left in libpq's buffer */
 
   /* The pipeline (pipeline.c has its rules).  Everything sent whose
    * results have not all come, in order: the head's results come next. */
   queue wire;
-  int nwire;      /* statements on the wire, the pool's own not counted */
-  queue staged;   /* reads that go out as one batch before the loop blocks */
+  int nwire;    /* statements on the wire, the pool's own not counted */
+  queue staged; /* reads that go out as one batch before the loop blocks */
   int nstaged;
-  int nsyncs;     /* sync points sent, not yet answered */
-  op *synced;     /* complete, delivered when its sync point arrives */
-  int pipelined;  /* in libpq pipeline mode (see conn.c) */
-  int unproven;   /* on the wire or staged: statements not known to be fast */
-  int signalable; /* ... that may be cancelled on the server */
-  int writes;     /* ... that may write */
-  int no_batch;   /* reads get a sync point each (serializable default) */
-  int opener;     /* the batch opener here: OPENER_UNPREPARED, ... (conn.c) */
+  int nsyncs;               /* sync points sent, not yet answered */
+  op *synced;               /* complete, delivered when its sync point arrives */
+  int pipelined;            /* in libpq pipeline mode (see conn.c) */
+  int unproven;             /* on the wire or staged: statements not known to be fast */
+  int signalable;           /* ... that may be cancelled on the server */
+  int writes;               /* ... that may write */
+  int no_batch;             /* reads get a sync point each (serializable default) */
+  int opener;               /* the batch opener here: OPENER_UNPREPARED, ... (conn.c) */
   int read_only_at_connect; /* the server was a standby, or read-only, when
                                this connection was made: its refusals of
                                writes are errors, not a failover */
-  stmt_cache stmts; /* statements prepared on this server process */
-  uint64_t chunk_ns; /* results held back together: the first one's start */
-  int got_result; /* the head has sent a result already */
-  int exclusive;  /* the head must not share the connection */
-  queue pending; /* held: queries submitted behind it */
+  stmt_cache stmts;         /* statements prepared on this server process */
+  uint64_t chunk_ns;        /* results held back together: the first one's start */
+  int got_result;           /* the head has sent a result already */
+  int exclusive;            /* the head must not share the connection */
+  queue pending;            /* held: queries submitted behind it */
   PGresult *result;
   int release_pending; /* released while queries were still queued */
 
-  uint64_t gen; /* names the live holder handle; 0 when there is none */
-  hold hold;    /* held: who took it, from where, when */
+  uint64_t gen;          /* names the live holder handle; 0 when there is none */
+  hold hold;             /* held: who took it, from where, when */
   struct cancel *cancel; /* a cancel request under way on the thread pool */
-  int reclaiming; /* taken back from its holder: finish, roll back, reuse */
-  int recycle_pending; /* back to the pool once the cancel request is done */
+  int reclaiming;        /* taken back from its holder: finish, roll back, reuse */
+  int recycle_pending;   /* back to the pool once the cancel request is done */
 
   uint64_t created; /* uv_now() */
   uint64_t idle_since;
@@ -130,7 +130,7 @@ static inline op *conn_head(const struct conn *conn) {
  * (and whose result the server may hold back with the batch's). */
 static inline op *conn_running(const struct conn *conn) {
   const queue *q;
-  queue_foreach(q, &conn->wire) {
+  queue_foreach (q, &conn->wire) {
     op *o = queue_data(q, op, node);
     if (!op_instant(o->kind))
       return o;
@@ -141,8 +141,7 @@ static inline op *conn_running(const struct conn *conn) {
 /* Something is under way: statements sent or staged, or a sync point not
  * yet answered. */
 static inline int conn_on_wire(const struct conn *conn) {
-  return !queue_empty(&conn->wire) || conn->nstaged > 0 || conn->nsyncs > 0 ||
-         conn->synced != NULL;
+  return !queue_empty(&conn->wire) || conn->nstaged > 0 || conn->nsyncs > 0 || conn->synced != NULL;
 }
 
 /* (Re)start the connection's timer at the earliest deadline on its wire

@@ -40,8 +40,8 @@ int ctx_key_valid(const char *key) {
     return 0;
   for (; key[n] != '\0'; n++) {
     char c = key[n];
-    int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-             (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
+    int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+             c == '_' || c == '.' || c == '-';
     if (!ok || n >= 32)
       return 0;
   }
@@ -57,8 +57,8 @@ static void random_bytes(unsigned char *buf, size_t len) {
   if (state == 0) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    state = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^
-            ((uint64_t)getpid() << 40) ^ (uint64_t)(uintptr_t)&state;
+    state = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40) ^
+            (uint64_t)(uintptr_t)&state;
   }
   for (size_t i = 0; i < len; i++) {
     state ^= state << 13;
@@ -73,10 +73,9 @@ static void uuid_write(char out[37]) {
   random_bytes(b, sizeof b);
   b[6] = (unsigned char)((b[6] & 0x0f) | 0x40); /* version 4 */
   b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
-  snprintf(out, 37,
-           "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-           b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10],
-           b[11], b[12], b[13], b[14], b[15]);
+  snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+           b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+           b[15]);
 }
 
 /* Contexts are made and dropped once per request: this thread keeps the
@@ -189,8 +188,7 @@ pgtag_errcode pgtag_ctx_set(pgtag_ctx *ctx, const char *key, const char *value) 
   if (found) {
     free(ctx->tags[pos].key);
   } else {
-    memmove(&ctx->tags[pos + 1], &ctx->tags[pos],
-            (size_t)(ctx->ntags - pos) * sizeof(ctx_tag));
+    memmove(&ctx->tags[pos + 1], &ctx->tags[pos], (size_t)(ctx->ntags - pos) * sizeof(ctx_tag));
     ctx->ntags++;
   }
   ctx->tags[pos].key = mem;
@@ -297,9 +295,8 @@ static int traceparent_valid(const char *v) {
     return 0;
   if (memcmp(v, "00", 2) == 0 ? len != 55 : len > 55 && v[55] != '-')
     return 0;
-  return lower_hex(v + 3, 32, &zero_trace) && !zero_trace &&
-         lower_hex(v + 36, 16, &zero_parent) && !zero_parent &&
-         lower_hex(v + 53, 2, &zero_flags);
+  return lower_hex(v + 3, 32, &zero_trace) && !zero_trace && lower_hex(v + 36, 16, &zero_parent) &&
+         !zero_parent && lower_hex(v + 53, 2, &zero_flags);
 }
 
 pgtag_errcode pgtag_ctx_set_traceparent(pgtag_ctx *ctx, const char *traceparent) {

@@ -34,9 +34,9 @@ struct pgtag_ctx {
                     key, so encoders need not sort */
   pgtag_request_stats stats;
   ctx_statement *statements; /* CTX_STATEMENTS of them once counting */
-  uint64_t deadline_ns; /* uv_hrtime() by which its work must be done; 0 = none */
-  uint64_t wrote; /* clusters it wrote through (one bit each, cluster.c):
-                     its reads there go to the primary from then on */
+  uint64_t deadline_ns;      /* uv_hrtime() by which its work must be done; 0 = none */
+  uint64_t wrote;            /* clusters it wrote through (one bit each, cluster.c):
+                                its reads there go to the primary from then on */
   char id_buf[CTX_ID_INLINE];
 };
 

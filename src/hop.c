@@ -6,7 +6,7 @@
 #include <stddef.h>
 
 /* The wrapper of a libuv handle or request, which is its first member. */
-#define WRAPPER(ptr, type, field) ((type *)(void *)((char *)(ptr) - offsetof(type, field)))
+#define WRAPPER(ptr, type, field) ((type *)(void *)((char *)(ptr) - (offsetof(type, field))))
 
 static void let_go(pgtag_ctx **ctx) {
   pgtag_ctx_unref(*ctx);

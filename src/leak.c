@@ -21,9 +21,12 @@
 
 const char *pgtag_leak_kind_name(pgtag_leak_kind kind) {
   switch (kind) {
-  case PGTAG_LEAK_REQUEST_ENDED: return "request ended";
-  case PGTAG_LEAK_THRESHOLD: return "held too long";
-  case PGTAG_LEAK_RETURNED: return "returned";
+  case PGTAG_LEAK_REQUEST_ENDED:
+    return "request ended";
+  case PGTAG_LEAK_THRESHOLD:
+    return "held too long";
+  case PGTAG_LEAK_RETURNED:
+    return "returned";
   }
   return "unknown leak kind";
 }
@@ -97,7 +100,7 @@ void hold_delivered(struct conn *conn, uint64_t gen) {
 
 void leak_request_over(pgtag_ctx *ctx) {
   queue *q;
-  queue_foreach(q, &ctx->held) {
+  queue_foreach (q, &ctx->held) {
     check_soon(queue_data(q, struct conn, hold.owner_node));
   }
 }
@@ -112,21 +115,31 @@ static pgtag_tx_state tx_state(const struct conn *conn) {
   if (conn_head(conn) != NULL)
     return PGTAG_TX_ACTIVE;
   switch (PQtransactionStatus(conn->pg)) {
-  case PQTRANS_IDLE: return PGTAG_TX_IDLE;
-  case PQTRANS_ACTIVE: return PGTAG_TX_ACTIVE;
-  case PQTRANS_INTRANS: return PGTAG_TX_INTRANS;
-  case PQTRANS_INERROR: return PGTAG_TX_INERROR;
-  default: return PGTAG_TX_UNKNOWN;
+  case PQTRANS_IDLE:
+    return PGTAG_TX_IDLE;
+  case PQTRANS_ACTIVE:
+    return PGTAG_TX_ACTIVE;
+  case PQTRANS_INTRANS:
+    return PGTAG_TX_INTRANS;
+  case PQTRANS_INERROR:
+    return PGTAG_TX_INERROR;
+  default:
+    return PGTAG_TX_UNKNOWN;
   }
 }
 
 static const char *tx_state_text(pgtag_tx_state s) {
   switch (s) {
-  case PGTAG_TX_IDLE: return "no transaction open";
-  case PGTAG_TX_ACTIVE: return "a query running";
-  case PGTAG_TX_INTRANS: return "inside a transaction";
-  case PGTAG_TX_INERROR: return "inside a failed transaction";
-  case PGTAG_TX_UNKNOWN: return "connection lost";
+  case PGTAG_TX_IDLE:
+    return "no transaction open";
+  case PGTAG_TX_ACTIVE:
+    return "a query running";
+  case PGTAG_TX_INTRANS:
+    return "inside a transaction";
+  case PGTAG_TX_INERROR:
+    return "inside a failed transaction";
+  case PGTAG_TX_UNKNOWN:
+    return "connection lost";
   }
   return "?";
 }
@@ -139,23 +152,25 @@ static void log_leak(const pgtag_pool *pool, const pgtag_leak *l) {
   for (int i = 0, n = 0; i < l->nframes && n < (int)sizeof frames; i++)
     n += snprintf(frames + n, sizeof frames - (size_t)n, "%s%s",
                   i == 0 ? "; acquired from: " : " <- ", l->frames[i]);
-  snprintf(site, sizeof site, "acquired at %s:%d in %s()", l->file ? l->file : "?",
-           l->line, l->func ? l->func : "?");
+  snprintf(site, sizeof site, "acquired at %s:%d in %s()", l->file ? l->file : "?", l->line,
+           l->func ? l->func : "?");
   const char *who = l->request_id != NULL ? "the request" : "a caller outside any request";
 
   switch (l->kind) {
   case PGTAG_LEAK_REQUEST_ENDED:
   case PGTAG_LEAK_THRESHOLD:
-    pool_log(pool, PGTAG_LOG_WARN, "leak: %s %s a connection (%s) %s %llu ms ago; "
+    pool_log(pool, PGTAG_LOG_WARN,
+             "leak: %s %s a connection (%s) %s %llu ms ago; "
              "%s; last query: %s%s%s",
-             who, l->kind == PGTAG_LEAK_REQUEST_ENDED ? "ended while holding" : "has held for too long",
+             who,
+             l->kind == PGTAG_LEAK_REQUEST_ENDED ? "ended while holding" : "has held for too long",
              backend_text(l->backend_pid).s, site, (unsigned long long)l->held_ms,
              tx_state_text(l->tx_state), sql[0] ? sql : "(none)",
              l->reclaimed ? "; taking it back" : "", frames);
     break;
   case PGTAG_LEAK_RETURNED:
-    pool_log(pool, PGTAG_LOG_WARN, "leak: %s returned the connection (%s) %s after %llu ms",
-             who, backend_text(l->backend_pid).s, site, (unsigned long long)l->held_ms);
+    pool_log(pool, PGTAG_LOG_WARN, "leak: %s returned the connection (%s) %s after %llu ms", who,
+             backend_text(l->backend_pid).s, site, (unsigned long long)l->held_ms);
     break;
   }
 }
@@ -235,7 +250,7 @@ void hold_clear(struct conn *conn) {
 
 static struct conn *next_marked(pgtag_pool *pool) {
   queue *q;
-  queue_foreach(q, &pool->conns) {
+  queue_foreach (q, &pool->conns) {
     struct conn *conn = queue_data(q, struct conn, node);
     if (conn->hold.check)
       return conn;
@@ -251,8 +266,7 @@ void leak_run_checks(pgtag_pool *pool) {
     hold *h = &conn->hold;
     h->check = 0;
     pool->leak_checks--;
-    if (conn->gen == 0 || !h->delivered || h->reported_ended ||
-        !request_over(h->owner))
+    if (conn->gen == 0 || !h->delivered || h->reported_ended || !request_over(h->owner))
       continue;
     h->reported_ended = 1;
     /* A closing pool cannot wait for a release that will never come. */
@@ -279,7 +293,7 @@ static void on_leak_timer(uv_timer_t *timer) {
     struct conn *late = NULL;
     uint64_t now = uv_now(pool->loop);
     queue *q;
-    queue_foreach(q, &pool->conns) {
+    queue_foreach (q, &pool->conns) {
       struct conn *conn = queue_data(q, struct conn, node);
       if (threshold_due(conn) && now - conn->hold.since >= limit) {
         late = conn;
@@ -300,7 +314,7 @@ void leak_timer_arm(pgtag_pool *pool) {
   queue *q;
   if (limit == 0 || pool->closing)
     return;
-  queue_foreach(q, &pool->conns) {
+  queue_foreach (q, &pool->conns) {
     struct conn *conn = queue_data(q, struct conn, node);
     if (threshold_due(conn) && conn->hold.since + limit < first)
       first = conn->hold.since + limit;

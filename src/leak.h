@@ -16,17 +16,17 @@ struct op;
 
 /* One acquisition.  Lives in the connection from grant to release. */
 typedef struct {
-  pgtag_ctx *owner;   /* one reference; NULL when acquired outside a request */
-  queue owner_node;   /* in owner->held while the handle is live */
-  const char *file;   /* the acquire's call site (string literals) */
+  pgtag_ctx *owner; /* one reference; NULL when acquired outside a request */
+  queue owner_node; /* in owner->held while the handle is live */
+  const char *file; /* the acquire's call site (string literals) */
   int line;
   const char *func;
-  uint64_t since;     /* uv_now() at grant */
-  int backend_pid;    /* at grant: still known once the connection is lost */
-  void **frames;      /* leak_backtrace: raw return addresses, owned */
+  uint64_t since;  /* uv_now() at grant */
+  int backend_pid; /* at grant: still known once the connection is lost */
+  void **frames;   /* leak_backtrace: raw return addresses, owned */
   int nframes;
-  unsigned delivered : 1;         /* the acquire callback has run */
-  unsigned check : 1;             /* its request may be over: look next turn */
+  unsigned delivered : 1; /* the acquire callback has run */
+  unsigned check : 1;     /* its request may be over: look next turn */
   unsigned reported_ended : 1;
   unsigned reported_threshold : 1;
 } hold;

@@ -6,10 +6,14 @@
 
 static const char *level_name(pgtag_log_level level) {
   switch (level) {
-  case PGTAG_LOG_DEBUG: return "debug";
-  case PGTAG_LOG_INFO: return "info";
-  case PGTAG_LOG_WARN: return "warning";
-  case PGTAG_LOG_ERROR: return "error";
+  case PGTAG_LOG_DEBUG:
+    return "debug";
+  case PGTAG_LOG_INFO:
+    return "info";
+  case PGTAG_LOG_WARN:
+    return "warning";
+  case PGTAG_LOG_ERROR:
+    return "error";
   }
   return "?";
 }
@@ -39,8 +43,7 @@ void text_line(char *buf, size_t len, const char *msg) {
   buf[n] = '\0';
 }
 
-static void pool_vlog(const pgtag_pool *pool, pgtag_log_level level, const char *fmt,
-                      va_list ap) {
+static void pool_vlog(const pgtag_pool *pool, pgtag_log_level level, const char *fmt, va_list ap) {
   char msg[1536];
   int n = 0;
   if (level < pool->cfg.log_level)

@@ -6,8 +6,8 @@
 
 typedef struct {
   char *buf;
-  size_t len;   /* capacity */
-  size_t used;  /* what the whole text needs so far */
+  size_t len;               /* capacity */
+  size_t used;              /* what the whole text needs so far */
   const pgtag_stats *stats; /* one snapshot per pool */
   const char *const *names;
   int n;
@@ -58,22 +58,21 @@ static void header(out *o, const char *name, const char *type, const char *help)
 
 /* A family has one HELP and TYPE, then every pool's samples: the format
  * allows no family twice. */
-#define FAMILY(o, name, type, help, st, ...)                                 \
-  do {                                                                       \
-    header((o), (name), (type), (help));                                     \
-    for (int pool_i_ = 0; pool_i_ < (o)->n; pool_i_++) {                     \
-      const pgtag_stats *st = pool_at((o), pool_i_);                         \
-      __VA_ARGS__;                                                           \
-    }                                                                        \
+#define FAMILY(o, name, type, help, st, ...)             \
+  do {                                                   \
+    header((o), (name), (type), (help));                 \
+    for (int pool_i_ = 0; pool_i_ < (o)->n; pool_i_++) { \
+      const pgtag_stats *st = pool_at((o), pool_i_);     \
+      __VA_ARGS__;                                       \
+    }                                                    \
   } while (0)
 
-#define COUNTER(o, name, help, field)                                        \
-  FAMILY(o, name, "counter", help, st_,                                      \
-         put((o), "%s{%s} %llu\n", (name), (o)->label,                      \
-             (unsigned long long)st_->field))
+#define COUNTER(o, name, help, field)   \
+  FAMILY(o, name, "counter", help, st_, \
+         put((o), "%s{%s} %llu\n", (name), (o)->label, (unsigned long long)st_->field))
 
-#define GAUGE(o, name, help, field)                                          \
-  FAMILY(o, name, "gauge", help, st_,                                        \
+#define GAUGE(o, name, help, field)   \
+  FAMILY(o, name, "gauge", help, st_, \
          put((o), "%s{%s} %lld\n", (name), (o)->label, (long long)st_->field))
 
 static void histogram_samples(out *o, const char *name, const pgtag_histogram *h) {
@@ -89,14 +88,14 @@ static void histogram_samples(out *o, const char *name, const pgtag_histogram *h
 }
 
 static const char *code_label(pgtag_errcode code) {
-  static const char *names[PGTAG_NERRCODES] = {
-      "ok",      "invalid",  "server", "connection", "timeout",
-      "canceled", "closed", "queue_full", "reclaimed", "no_memory"};
+  static const char *names[PGTAG_NERRCODES] = {"ok",        "invalid",  "server", "connection",
+                                               "timeout",   "canceled", "closed", "queue_full",
+                                               "reclaimed", "no_memory"};
   return (int)code >= 0 && code < PGTAG_NERRCODES ? names[code] : "unknown";
 }
 
-int pgtag_stats_metrics(const pgtag_stats *stats, const char *const *names, int n,
-                        char *buf, size_t len) {
+int pgtag_stats_metrics(const pgtag_stats *stats, const char *const *names, int n, char *buf,
+                        size_t len) {
   if (n < 0 || (n > 0 && (stats == NULL || names == NULL)) || (buf == NULL && len > 0))
     return -1;
   out o = {.buf = buf, .len = len, .stats = stats, .names = names, .n = n};
@@ -107,11 +106,12 @@ int pgtag_stats_metrics(const pgtag_stats *stats, const char *const *names, int 
     const struct {
       const char *state;
       int n;
-    } states[] = {{"idle", st->idle}, {"busy", st->busy}, {"held", st->held},
+    } states[] = {{"idle", st->idle},
+                  {"busy", st->busy},
+                  {"held", st->held},
                   {"connecting", st->connecting}};
     for (size_t i = 0; i < sizeof states / sizeof states[0]; i++)
-      put(&o, "pgtag_connections{%s,state=\"%s\"} %d\n", o.label, states[i].state,
-          states[i].n);
+      put(&o, "pgtag_connections{%s,state=\"%s\"} %d\n", o.label, states[i].state, states[i].n);
   });
   GAUGE(&o, "pgtag_connections_max", "max_conns of the pool.", max_conns);
   GAUGE(&o, "pgtag_waiting", "Operations waiting for a connection.", waiting);
@@ -120,26 +120,23 @@ int pgtag_stats_metrics(const pgtag_stats *stats, const char *const *names, int 
   COUNTER(&o, "pgtag_queries_total", "Queries completed, any outcome.", queries);
   FAMILY(&o, "pgtag_errors_total", "counter", "Operations ended with an error, by code.", st, {
     for (int c = 1; c < PGTAG_NERRCODES; c++)
-      put(&o, "pgtag_errors_total{%s,code=\"%s\"} %llu\n", o.label,
-          code_label((pgtag_errcode)c), (unsigned long long)st->errors_by_code[c]);
+      put(&o, "pgtag_errors_total{%s,code=\"%s\"} %llu\n", o.label, code_label((pgtag_errcode)c),
+          (unsigned long long)st->errors_by_code[c]);
   });
   COUNTER(&o, "pgtag_acquire_timeouts_total", "Waits ended by acquire_timeout_ms.", timeouts);
   COUNTER(&o, "pgtag_statement_timeouts_total", "Queries ended by a statement timeout.",
           statement_timeouts);
-  COUNTER(&o, "pgtag_deadlines_total", "Operations ended by their request's deadline.",
-          deadlines);
+  COUNTER(&o, "pgtag_deadlines_total", "Operations ended by their request's deadline.", deadlines);
   COUNTER(&o, "pgtag_canceled_total", "Operations ended by pgtag_ctx_cancel.", canceled);
-  COUNTER(&o, "pgtag_no_context_total",
-          "Operations submitted with no request context current.", no_context);
+  COUNTER(&o, "pgtag_no_context_total", "Operations submitted with no request context current.",
+          no_context);
   COUNTER(&o, "pgtag_after_end_total",
           "Operations submitted in the context of a request that had ended.", after_end);
   COUNTER(&o, "pgtag_left_current_total",
           "Contexts found current as the loop went back to waiting.", left_current);
   COUNTER(&o, "pgtag_connects_total", "Connections established.", connects);
-  COUNTER(&o, "pgtag_connect_failures_total", "Connection attempts that failed.",
-          connect_failures);
-  COUNTER(&o, "pgtag_connections_lost_total", "Established connections that died.",
-          conns_lost);
+  COUNTER(&o, "pgtag_connect_failures_total", "Connection attempts that failed.", connect_failures);
+  COUNTER(&o, "pgtag_connections_lost_total", "Established connections that died.", conns_lost);
   COUNTER(&o, "pgtag_reconnects_total", "Connections established to replace lost ones.",
           reconnects);
   COUNTER(&o, "pgtag_reads_retried_total",

@@ -70,8 +70,8 @@ void op_cache_free(pgtag_pool *pool) {
   }
 }
 
-op *op_new(pgtag_pool *pool, op_kind kind, const char *sql, int nparams,
-           const char *const *values, int copy_args) {
+op *op_new(pgtag_pool *pool, op_kind kind, const char *sql, int nparams, const char *const *values,
+           int copy_args) {
   size_t extra = 0;
   if (copy_args && sql != NULL) {
     extra = strlen(sql) + 1 + (size_t)nparams * sizeof(char *);
@@ -116,8 +116,7 @@ op *op_new(pgtag_pool *pool, op_kind kind, const char *sql, int nparams,
   return o;
 }
 
-void op_set_error(op *o, pgtag_errcode code, const char *sqlstate,
-                  const char *message) {
+void op_set_error(op *o, pgtag_errcode code, const char *sqlstate, const char *message) {
   char line[256];
   o->code = (uint8_t)code;
   snprintf(o->sqlstate, sizeof o->sqlstate, "%.5s", sqlstate != NULL ? sqlstate : "");
@@ -145,8 +144,7 @@ void op_set_result(op *o, PGresult *res, int lost) {
     /* The primary message; the detail, hint and position stay in res. */
     const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
     lost |= op_result_ends_session(res); /* the server is closing it */
-    op_set_error(o, lost ? PGTAG_ECONN : PGTAG_ESERVER,
-                 PQresultErrorField(res, PG_DIAG_SQLSTATE),
+    op_set_error(o, lost ? PGTAG_ECONN : PGTAG_ESERVER, PQresultErrorField(res, PG_DIAG_SQLSTATE),
                  primary != NULL ? primary : PQresultErrorMessage(res));
     break;
   }
@@ -200,8 +198,8 @@ static void apply_cancel(op *o) {
     snprintf(msg, sizeof msg, "its request's deadline passed%s", how);
     o->pool->stats.deadlines++;
   } else if (o->cancel_code == PGTAG_ETIMEDOUT) {
-    snprintf(msg, sizeof msg, "statement timeout: the query ran longer than %d ms%s",
-             o->timeout_ms, how);
+    snprintf(msg, sizeof msg, "statement timeout: the query ran longer than %d ms%s", o->timeout_ms,
+             how);
     o->pool->stats.statement_timeouts++;
   } else if (o->cancel_code == PGTAG_ECANCELED) {
     snprintf(msg, sizeof msg, "canceled: its request was canceled%s", how);

@@ -12,8 +12,7 @@ struct conn;
 
 #define OP_SIZE_CLASSES 2
 
-#define RECLAIMED_MESSAGE \
-  "the pool took this connection back: its request ended while holding it"
+#define RECLAIMED_MESSAGE "the pool took this connection back: its request ended while holding it"
 
 typedef enum {
   OP_QUERY,   /* pgtag_query or pgtag_conn_query */
@@ -34,7 +33,6 @@ static inline int op_internal(int kind) { return kind >= OP_RESET; }
 /* The pool's own statements that take the server no time to speak of. */
 static inline int op_instant(int kind) { return kind == OP_OPENER || kind == OP_PREPARE; }
 
-
 typedef struct op {
   queue node; /* in pool->waiters, conn->pending, pool->deferred or the
                  pool's cache of free records */
@@ -45,21 +43,21 @@ typedef struct op {
     pgtag_acquire_cb acquire;
   } cb;
   void *arg;
-  uint64_t deadline;   /* uv_now(): waiting, when the wait fails; on the
-                          wire, when the pool must act on it (its timeout,
-                          a cancel's grace, a cancel not yet sent); 0 =
-                          never */
-  uint64_t waiting_ns; /* uv_hrtime() when it began to wait; 0 = never */
-  char *message;       /* the error, one line; NULL: the code's name */
-  uint8_t kind;        /* op_kind */
-  uint8_t code;        /* pgtag_errcode: the outcome */
-  uint8_t cancel_code; /* cancelled on purpose: ETIMEDOUT, ECANCELED... */
-  uint8_t resent;      /* times sent again (never run, or hit by a stray
-                          cancel: see pipeline.c; refused for the
-                          statement cache's reasons: pool.c) */
-  uint8_t steps;       /* sent through the statement cache: the commands
-                          ahead of its EXECUTE whose results are still to
-                          come (OP_STEP_*) */
+  uint64_t deadline;        /* uv_now(): waiting, when the wait fails; on the
+                               wire, when the pool must act on it (its timeout,
+                               a cancel's grace, a cancel not yet sent); 0 =
+                               never */
+  uint64_t waiting_ns;      /* uv_hrtime() when it began to wait; 0 = never */
+  char *message;            /* the error, one line; NULL: the code's name */
+  uint8_t kind;             /* op_kind */
+  uint8_t code;             /* pgtag_errcode: the outcome */
+  uint8_t cancel_code;      /* cancelled on purpose: ETIMEDOUT, ECANCELED... */
+  uint8_t resent;           /* times sent again (never run, or hit by a stray
+                               cancel: see pipeline.c; refused for the
+                               statement cache's reasons: pool.c) */
+  uint8_t steps;            /* sent through the statement cache: the commands
+                               ahead of its EXECUTE whose results are still to
+                               come (OP_STEP_*) */
   unsigned exclusive : 1;   /* changes transaction or session state: never
                                shares a connection */
   unsigned reads : 1;       /* a plain read: may share a read-only batch */
@@ -81,7 +79,7 @@ typedef struct op {
   unsigned by_deadline : 1; /* its limit, waiting or running, is its
                                request's deadline (pgtag_ctx_set_deadline) */
   char sqlstate[6];
-  uint32_t size;       /* bytes allocated for it, arguments included */
+  uint32_t size; /* bytes allocated for it, arguments included */
   union {
     struct { /* OP_QUERY, OP_RESET */
       /* The caller's memory during the submitting call; the op's own copy
@@ -97,13 +95,13 @@ typedef struct op {
                             start (conn.c); 0 otherwise */
       uint64_t hash;     /* of sql (untagged): the pool's statement memory */
       int nparams;
-      int timeout_ms; /* statement timeout once sent; 0 = none */
+      int timeout_ms;   /* statement timeout once sent; 0 = none */
       uint32_t stmt_id; /* sent through the statement cache: which; 0 = not */
     };
-    struct { /* OP_ACQUIRE */
+    struct {            /* OP_ACQUIRE */
       const char *file; /* the call site */
       const char *func;
-      void **frames;    /* its call stack (leak_backtrace), owned */
+      void **frames;     /* its call stack (leak_backtrace), owned */
       struct conn *conn; /* granted */
       uint64_t gen;      /* the handle it was granted with */
       int line;
@@ -115,12 +113,11 @@ typedef struct op {
 /* A new operation capturing the current context.  copy_args: copy sql and
  * values into the op, for an operation that cannot be sent right away.
  * NULL when out of memory. */
-op *op_new(pgtag_pool *pool, op_kind kind, const char *sql, int nparams,
-           const char *const *values, int copy_args);
+op *op_new(pgtag_pool *pool, op_kind kind, const char *sql, int nparams, const char *const *values,
+           int copy_args);
 
 /* Record a failure; message (NULL: the code's name) is kept as one line. */
-void op_set_error(op *o, pgtag_errcode code, const char *sqlstate,
-                  const char *message);
+void op_set_error(op *o, pgtag_errcode code, const char *sqlstate, const char *message);
 
 /* Classify a finished query's result: sets code, sqlstate and message and
  * keeps res (pgtag owns it from here).  lost: the connection is gone. */

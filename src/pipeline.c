@@ -114,7 +114,7 @@ int pipeline_cancel_safe(const struct conn *conn, const op *target) {
 
 void pipeline_mark_at_risk(struct conn *conn, const op *target) {
   queue *q;
-  queue_foreach(q, &conn->wire) {
+  queue_foreach (q, &conn->wire) {
     op *o = queue_data(q, op, node);
     if (o != target)
       o->at_risk = 1;

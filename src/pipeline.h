@@ -37,8 +37,8 @@ typedef struct {
   uint32_t avg_us;  /* own time, smoothed */
   uint32_t last_us; /* own time of the last run */
   uint32_t runs;
-  uint8_t kind;     /* sql_kind of the text */
-  uint8_t writes;   /* taken for a read, it wrote: never batched again */
+  uint8_t kind;   /* sql_kind of the text */
+  uint8_t writes; /* taken for a read, it wrote: never batched again */
 } pipeline_stmt;
 
 /* The pool's statement memory: direct-mapped, a newcomer takes its slot. */

@@ -36,9 +36,7 @@ static int total_conns(const pgtag_pool *pool) {
 
 /* Connections that occupy a server slot: what max_conns and min_conns
  * count.  A lost one waiting for its holder's release occupies none. */
-static int live_conns(const pgtag_pool *pool) {
-  return total_conns(pool) - pool->count[CONN_LOST];
-}
+static int live_conns(const pgtag_pool *pool) { return total_conns(pool) - pool->count[CONN_LOST]; }
 
 static void set_state(struct conn *conn, conn_state state) {
   conn->pool->count[conn->state]--;
@@ -105,8 +103,7 @@ void pool_wake(pgtag_pool *pool) {
     uv_idle_start(&pool->defer_idle, on_defer);
 }
 
-static void defer_error(pgtag_pool *pool, op *o, pgtag_errcode code,
-                        const char *message) {
+static void defer_error(pgtag_pool *pool, op *o, pgtag_errcode code, const char *message) {
   op_set_error(o, code, NULL, message);
   o->sql = NULL; /* may point at the caller's memory */
   o->values = NULL;
@@ -272,8 +269,8 @@ static void log_lost(pgtag_pool *pool, struct conn *conn) {
   char msg[256];
   count_lost(pool);
   text_line(msg, sizeof msg, conn->pg ? PQerrorMessage(conn->pg) : "");
-  pool_log(pool, PGTAG_LOG_WARN, "connection to %s lost: %s",
-           backend_text(conn->backend_pid).s, msg);
+  pool_log(pool, PGTAG_LOG_WARN, "connection to %s lost: %s", backend_text(conn->backend_pid).s,
+           msg);
 }
 
 /* Unlink and close a connection that has no operation left on it. */
@@ -330,7 +327,8 @@ static void connect_failed(pgtag_pool *pool, const char *message) {
    * again when the reason changes; each retry goes to DEBUG. */
   pgtag_log_level level =
       n == 1 || strncmp(pool->last_connect_error, message, sizeof pool->last_connect_error - 1) != 0
-          ? PGTAG_LOG_WARN : PGTAG_LOG_DEBUG;
+          ? PGTAG_LOG_WARN
+          : PGTAG_LOG_DEBUG;
   snprintf(pool->last_connect_error, sizeof pool->last_connect_error, "%s", message);
   if (pool->closing)
     return;
@@ -471,8 +469,8 @@ void pool_on_connect_failed(struct conn *conn, const char *message) {
 static void make_available(pgtag_pool *pool, struct conn *conn) {
   uint64_t now = uv_now(pool->loop);
   conn->reclaiming = 0;
-  int expired = pool->cfg.max_lifetime_ms > 0 &&
-                now - conn->created >= (uint64_t)pool->cfg.max_lifetime_ms;
+  int expired =
+      pool->cfg.max_lifetime_ms > 0 && now - conn->created >= (uint64_t)pool->cfg.max_lifetime_ms;
   if (pool->closing || expired) {
     drop_conn(pool, conn);
     maybe_connect(pool);
@@ -531,8 +529,8 @@ void pool_on_conn_lost(struct conn *conn, const char *why) {
   char message[256];
   text_line(message, sizeof message, why); /* why may live in conn->pg */
 
-  pool_log(pool, PGTAG_LOG_WARN, "connection to %s lost: %s",
-           backend_text(conn->backend_pid).s, message);
+  pool_log(pool, PGTAG_LOG_WARN, "connection to %s lost: %s", backend_text(conn->backend_pid).s,
+           message);
   count_lost(pool);
   /* In the order they were sent: complete but not committed (its sync
    * point never came), then the head with what it had received, then the
@@ -685,7 +683,8 @@ static int server_read_only(const struct conn *conn, const PGresult *res) {
 
 static int res_sqlstate_is(const PGresult *res, const char *sqlstate) {
   const char *state = res != NULL && PQresultStatus(res) == PGRES_FATAL_ERROR
-                          ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+                          ? PQresultErrorField(res, PG_DIAG_SQLSTATE)
+                          : NULL;
   return state != NULL && strcmp(state, sqlstate) == 0;
 }
 
@@ -749,7 +748,8 @@ void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
                     PQresultStatus(res) != PGRES_FATAL_ERROR &&
                     PQresultStatus(res) != PGRES_PIPELINE_ABORTED;
     const char *why = PQstatus(conn->pg) == CONNECTION_BAD || res == NULL
-                          ? PQerrorMessage(conn->pg) : PQresultErrorMessage(res);
+                          ? PQerrorMessage(conn->pg)
+                          : PQresultErrorMessage(res);
     if (!completed) {
       lost_with(conn, o, res, why);
       return;
@@ -826,7 +826,7 @@ static void on_sync_prepare(uv_prepare_t *handle) {
   for (;;) { /* a failure changes the list: look again from the start */
     struct conn *open = NULL;
     queue *q;
-    queue_foreach(q, &pool->conns) {
+    queue_foreach (q, &pool->conns) {
       struct conn *conn = queue_data(q, struct conn, node);
       if (conn->nstaged > 0) {
         open = conn;
@@ -844,9 +844,7 @@ static void on_sync_prepare(uv_prepare_t *handle) {
 
 static void on_check_prepare(uv_prepare_t *handle) { check_left_current(handle->data); }
 
-void pool_need_sync(pgtag_pool *pool) {
-  uv_prepare_start(&pool->sync_prepare, on_sync_prepare);
-}
+void pool_need_sync(pgtag_pool *pool) { uv_prepare_start(&pool->sync_prepare, on_sync_prepare); }
 
 static void release_now(pgtag_pool *pool, struct conn *conn) {
   conn->release_pending = 0;
@@ -956,7 +954,7 @@ void pool_on_cancel_done(struct conn *conn) {
   if (conn_on_wire(conn)) {
     if (conn->state == CONN_BUSY)
       feed(conn->pool, conn); /* pipelining resumes */
-    return; /* its query has not ended yet: that comes back here */
+    return;                   /* its query has not ended yet: that comes back here */
   }
   if (conn->recycle_pending) {
     conn->recycle_pending = 0;
@@ -1006,7 +1004,7 @@ static void cancel_op(struct conn *conn, op *o, pgtag_errcode why) {
 void pool_on_statement_timeout(struct conn *conn) {
   uint64_t now = uv_now(conn->pool->loop);
   queue *q;
-  queue_foreach(q, &conn->wire) {
+  queue_foreach (q, &conn->wire) {
     op *o = queue_data(q, op, node);
     if (o->deadline == 0 || o->deadline > now)
       continue;
@@ -1016,8 +1014,7 @@ void pool_on_statement_timeout(struct conn *conn) {
         snprintf(msg, sizeof msg, "the server did not answer ROLLBACK within %d ms",
                  RESET_TIMEOUT_MS);
       else
-        snprintf(msg, sizeof msg, "the cancelled query did not end within %d ms",
-                 CANCEL_GRACE_MS);
+        snprintf(msg, sizeof msg, "the cancelled query did not end within %d ms", CANCEL_GRACE_MS);
       pool_on_conn_lost(conn, msg);
       return;
     }
@@ -1070,7 +1067,7 @@ static int pool_cancel_ctx(pgtag_pool *pool, pgtag_ctx *ctx) {
   }
   wait_timer_arm(pool);
 
-  queue_foreach(q, &pool->conns) {
+  queue_foreach (q, &pool->conns) {
     struct conn *conn = queue_data(q, struct conn, node);
     /* Not sent yet: they fail now. */
     n += cancel_queued(pool, conn, &conn->pending, ctx);
@@ -1078,7 +1075,7 @@ static int pool_cancel_ctx(pgtag_pool *pool, pgtag_ctx *ctx) {
     /* On the wire: cancelled on the server (the head at once, the
      * others once they come up). */
     queue *p;
-    queue_foreach(p, &conn->wire) {
+    queue_foreach (p, &conn->wire) {
       op *o = queue_data(p, op, node);
       if (o->ctx != ctx || o->kind != OP_QUERY || o->cancel_code != PGTAG_OK)
         continue;
@@ -1095,7 +1092,7 @@ int pgtag_ctx_cancel(pgtag_ctx *ctx) {
   if (ctx == NULL || thread_pools.next == NULL)
     return 0;
   pgtag_ctx *previous = pgtag_ctx_enter(NULL);
-  queue_foreach(q, &thread_pools) {
+  queue_foreach (q, &thread_pools) {
     pgtag_pool *pool = queue_data(q, pgtag_pool, thread_node);
     if (!pool->handles_closing)
       n += pool_cancel_ctx(pool, ctx);
@@ -1124,8 +1121,6 @@ static int refused_by_deadline(pgtag_pool *pool, op *o) {
 static int current_past_deadline(void) {
   return ctx_left_ms(pgtag_ctx_current(), uv_hrtime()) == 0;
 }
-
-
 
 static pgtag_errcode wait_for_conn(pgtag_pool *pool, op *o) {
   if (pool->cfg.max_waiting > 0 && pool->nwaiting >= pool->cfg.max_waiting) {
@@ -1173,7 +1168,7 @@ static struct conn *least_loaded(const pgtag_pool *pool, op *o) {
   queue *q;
   if (pool->cfg.pipeline_depth <= 1 || live_conns(pool) < pool->cfg.max_conns)
     return NULL;
-  queue_foreach(q, &pool->conns) {
+  queue_foreach (q, &pool->conns) {
     struct conn *conn = queue_data(q, struct conn, node);
     if (!pipeline_accepts(pool, conn, o, now))
       continue;
@@ -1195,9 +1190,9 @@ static int timeout_of(const pgtag_pool *pool, const pgtag_query_opts *opts) {
 }
 
 /* A query operation with its options, classified for pipelining. */
-static op *query_op_new(pgtag_pool *pool, const char *sql, int nparams,
-                        const char *const *values, const pgtag_query_opts *opts,
-                        pgtag_result_cb cb, void *arg, int copy_args) {
+static op *query_op_new(pgtag_pool *pool, const char *sql, int nparams, const char *const *values,
+                        const pgtag_query_opts *opts, pgtag_result_cb cb, void *arg,
+                        int copy_args) {
   op *o = op_new(pool, OP_QUERY, sql, nparams, values, copy_args);
   if (o == NULL)
     return NULL;
@@ -1226,14 +1221,15 @@ static pgtag_errcode query_past_deadline(pgtag_pool *pool, const pgtag_query_opt
  * it), or through the statement cache (the server may refuse it for the
  * cache's reasons: pool_on_query_done). */
 static int keeps_args(const pgtag_pool *pool) {
-  return pool->cfg.pipeline_depth > 1 || (pool->cfg.statement_cache > 0 && !pool->cfg.transaction_pooler);
+  return pool->cfg.pipeline_depth > 1 ||
+         (pool->cfg.statement_cache > 0 && !pool->cfg.transaction_pooler);
 }
 
 /* The arguments every query takes: fn refuses the call (refuse: the
  * reason logged) when one is bad.  PGTAG_OK otherwise. */
-static pgtag_errcode check_query_args(const pgtag_pool *pool, const call_site *site,
-                                      const char *fn, const char *sql, int nparams,
-                                      const char *const *values, const void *cb) {
+static pgtag_errcode check_query_args(const pgtag_pool *pool, const call_site *site, const char *fn,
+                                      const char *sql, int nparams, const char *const *values,
+                                      const void *cb) {
   if (sql == NULL)
     return refuse(pool, site, fn, "sql is NULL");
   if (cb == NULL)
@@ -1256,9 +1252,9 @@ static pgtag_errcode check_submit(pgtag_pool *pool, const call_site *site, const
   return check_context(pool, site, fn);
 }
 
-pgtag_errcode pool_query(pgtag_pool *pool, const char *sql, int nparams,
-                         const char *const *values, const pgtag_query_opts *opts,
-                         pgtag_result_cb cb, void *arg, const call_site *site) {
+pgtag_errcode pool_query(pgtag_pool *pool, const char *sql, int nparams, const char *const *values,
+                         const pgtag_query_opts *opts, pgtag_result_cb cb, void *arg,
+                         const call_site *site) {
   static const char fn[] = "pgtag_query";
   if (pool == NULL)
     return refuse(NULL, site, fn, "the pool is NULL");
@@ -1318,15 +1314,15 @@ pgtag_errcode pool_query(pgtag_pool *pool, const char *sql, int nparams,
   return wait_for_conn(pool, o);
 }
 
-pgtag_errcode (pgtag_query)(pgtag_pool *pool, const char *sql, int nparams,
-                            const char *const *values, pgtag_result_cb cb, void *arg) {
+pgtag_errcode(pgtag_query)(pgtag_pool *pool, const char *sql, int nparams,
+                           const char *const *values, pgtag_result_cb cb, void *arg) {
   static const call_site site = {NULL, 0, "pgtag_query"};
   return pool_query(pool, sql, nparams, values, NULL, cb, arg, &site);
 }
 
-pgtag_errcode (pgtag_query_ex)(pgtag_pool *pool, const char *sql, int nparams,
-                               const char *const *values, const pgtag_query_opts *opts,
-                               pgtag_result_cb cb, void *arg) {
+pgtag_errcode(pgtag_query_ex)(pgtag_pool *pool, const char *sql, int nparams,
+                              const char *const *values, const pgtag_query_opts *opts,
+                              pgtag_result_cb cb, void *arg) {
   static const call_site site = {NULL, 0, "pgtag_query_ex"};
   return pool_query(pool, sql, nparams, values, opts, cb, arg, &site);
 }
@@ -1339,8 +1335,8 @@ pgtag_errcode pgtag_query_at(pgtag_pool *pool, const char *sql, int nparams,
   return pool_query(pool, sql, nparams, values, opts, cb, arg, &site);
 }
 
-pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
-                               const char *file, int line, const char *func) {
+pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg, const char *file,
+                               int line, const char *func) {
   static const char fn[] = "pgtag_acquire";
   const call_site site = {file, line, func};
   if (pool == NULL)
@@ -1436,15 +1432,15 @@ static pgtag_errcode conn_query(pgtag_conn h, const char *sql, int nparams,
   return PGTAG_OK;
 }
 
-pgtag_errcode (pgtag_conn_query)(pgtag_conn h, const char *sql, int nparams,
-                                 const char *const *values, pgtag_result_cb cb, void *arg) {
+pgtag_errcode(pgtag_conn_query)(pgtag_conn h, const char *sql, int nparams,
+                                const char *const *values, pgtag_result_cb cb, void *arg) {
   static const call_site site = {NULL, 0, "pgtag_conn_query"};
   return conn_query(h, sql, nparams, values, NULL, cb, arg, &site);
 }
 
-pgtag_errcode (pgtag_conn_query_ex)(pgtag_conn h, const char *sql, int nparams,
-                                    const char *const *values, const pgtag_query_opts *opts,
-                                    pgtag_result_cb cb, void *arg) {
+pgtag_errcode(pgtag_conn_query_ex)(pgtag_conn h, const char *sql, int nparams,
+                                   const char *const *values, const pgtag_query_opts *opts,
+                                   pgtag_result_cb cb, void *arg) {
   static const call_site site = {NULL, 0, "pgtag_conn_query_ex"};
   return conn_query(h, sql, nparams, values, opts, cb, arg, &site);
 }
@@ -1535,9 +1531,8 @@ static const char *config_problem(const pgtag_pool_config *cfg) {
     return "max_conns must be at least 1";
   if (cfg->min_conns < 0 || cfg->min_conns > cfg->max_conns)
     return "min_conns must be between 0 and max_conns";
-  if (cfg->acquire_timeout_ms < 0 || cfg->max_waiting < 0 ||
-      cfg->connect_timeout_ms < 0 || cfg->idle_timeout_ms < 0 ||
-      cfg->max_lifetime_ms < 0)
+  if (cfg->acquire_timeout_ms < 0 || cfg->max_waiting < 0 || cfg->connect_timeout_ms < 0 ||
+      cfg->idle_timeout_ms < 0 || cfg->max_lifetime_ms < 0)
     return "timeouts and limits must not be negative";
   if (cfg->tag_style != PGTAG_TAG_PREFIX && cfg->tag_style != PGTAG_TAG_SQLCOMMENTER &&
       cfg->tag_style != PGTAG_TAG_NONE)
@@ -1573,7 +1568,7 @@ static void connect_params(pgtag_pool *pool) {
   if (s > 0) {
     int interval = s / 6 > 0 ? s / 6 : 1;
     long long user_timeout = ((long long)s + 3LL * interval) * 1000;
-    char (*t)[16] = pool->keepalive_text;
+    char(*t)[16] = pool->keepalive_text;
     snprintf(t[0], sizeof t[0], "%d", s);
     snprintf(t[1], sizeof t[1], "%d", interval);
     snprintf(t[2], sizeof t[2], "%lld", user_timeout > 2147483647 ? 2147483647 : user_timeout);
@@ -1612,16 +1607,16 @@ static void log_opened(const pgtag_pool *pool) {
   pool_log(pool, PGTAG_LOG_INFO,
            "pool opened: host %.200s, port %.32s, database %.100s, user %.100s, "
            "max_conns %d, min_conns %d",
-           host ? host : hostaddr ? hostaddr : "(libpq default)", port ? port : "(default)",
-           dbname ? dbname : "(default)", user ? user : "(default)", pool->cfg.max_conns,
-           pool->cfg.min_conns);
+           host       ? host
+           : hostaddr ? hostaddr
+                      : "(libpq default)",
+           port ? port : "(default)", dbname ? dbname : "(default)", user ? user : "(default)",
+           pool->cfg.max_conns, pool->cfg.min_conns);
   pgtag_ctx_leave(previous);
   PQconninfoFree(opts);
 }
 
-static void on_pool_handle_closed(uv_handle_t *handle) {
-  pool_handle_closed(handle->data);
-}
+static void on_pool_handle_closed(uv_handle_t *handle) { pool_handle_closed(handle->data); }
 
 static void pool_free(pgtag_pool *pool) {
   op_cache_free(pool);
@@ -1641,13 +1636,13 @@ static void pool_free(pgtag_pool *pool) {
   free(pool);
 }
 
-pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
-                             pgtag_pool **out) {
+pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg, pgtag_pool **out) {
   if (loop == NULL || cfg == NULL || out == NULL)
     return PGTAG_EINVAL;
   pgtag_pool probe = {.cfg = *cfg, .name = (char *)(cfg->name ? cfg->name : "pgtag")};
   probe.cfg.log_level = cfg->log_level >= PGTAG_LOG_DEBUG && cfg->log_level <= PGTAG_LOG_ERROR
-                            ? cfg->log_level : PGTAG_LOG_WARN;
+                            ? cfg->log_level
+                            : PGTAG_LOG_WARN;
   const char *problem = config_problem(cfg);
   if (problem != NULL) {
     pool_log(&probe, PGTAG_LOG_ERROR, "pgtag_pool_new: %s", problem);
@@ -1688,8 +1683,8 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg,
   if (pool->cfg.reconnect_base_ms == 0)
     pool->cfg.reconnect_base_ms = 100;
   if (pool->cfg.reconnect_max_ms == 0)
-    pool->cfg.reconnect_max_ms = pool->cfg.reconnect_base_ms > 5000
-                                     ? pool->cfg.reconnect_base_ms : 5000;
+    pool->cfg.reconnect_max_ms =
+        pool->cfg.reconnect_base_ms > 5000 ? pool->cfg.reconnect_base_ms : 5000;
   if (pool->cfg.reconnect_waiting_max_ms == 0)
     pool->cfg.reconnect_waiting_max_ms = RECONNECT_WAITING_MAX_MS;
   connect_params(pool);
@@ -1770,8 +1765,8 @@ void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg) {
 /* Once no connection and no undelivered outcome is left, close the pool's
  * own handles; the last close callback calls done and frees the pool. */
 static void maybe_finish_close(pgtag_pool *pool) {
-  if (!pool->closing || pool->handles_closing || pool->deferring ||
-      total_conns(pool) > 0 || !queue_empty(&pool->deferred))
+  if (!pool->closing || pool->handles_closing || pool->deferring || total_conns(pool) > 0 ||
+      !queue_empty(&pool->deferred))
     return;
   pool->handles_closing = 1;
   uv_close((uv_handle_t *)&pool->wait_timer, on_pool_handle_closed);

@@ -28,25 +28,25 @@ struct pgtag_pool {
   char keepalive_text[4][16];
   queue thread_node; /* in this thread's list of pools (pgtag_ctx_cancel) */
 
-  queue conns;   /* every connection not yet closed */
-  queue spare;   /* closed connection structs, for reuse (see conn.h) */
-  uint64_t last_gen; /* generation of the last handle granted */
+  queue conns;                 /* every connection not yet closed */
+  queue spare;                 /* closed connection structs, for reuse (see conn.h) */
+  uint64_t last_gen;           /* generation of the last handle granted */
   uint64_t reclaimed_gens[64]; /* recently reclaimed handles, a ring */
   unsigned nreclaimed;
-  queue idle;    /* CONN_IDLE ones, most recently used first */
+  queue idle; /* CONN_IDLE ones, most recently used first */
   int count[CONN_NSTATES];
 
   pipeline_stmt *stmts; /* what is known of statement texts (pipeline.h) */
-  queue waiters; /* ops waiting for a connection, first in first out */
+  queue waiters;        /* ops waiting for a connection, first in first out */
   int nwaiting;
-  int outstanding; /* queries and acquires whose callback has not run:
-                      the load a cluster routes reads by */
-  uv_timer_t wait_timer; /* fires at the first waiter's deadline, or before */
+  int outstanding;        /* queries and acquires whose callback has not run:
+                             the load a cluster routes reads by */
+  uv_timer_t wait_timer;  /* fires at the first waiter's deadline, or before */
   uint64_t wait_timer_at; /* uv_now() it is set for */
   int ndeadlined;         /* waiters whose limit is their request's deadline */
   uint64_t deadlined_at;  /* the earliest of those, or earlier (pool.c) */
 
-  queue deferred;   /* ops whose outcome is known, callback not yet run */
+  queue deferred;                  /* ops whose outcome is known, callback not yet run */
   queue op_cache[OP_SIZE_CLASSES]; /* free op records for reuse (op.c) */
   int op_cached[OP_SIZE_CLASSES];
   uv_idle_t defer_idle;
@@ -54,15 +54,15 @@ struct pgtag_pool {
 
   uv_timer_t retry_timer; /* connect backoff */
   int connect_failures_in_row;
-  int backoff_step; /* rounds of attempts failed in a row */
+  int backoff_step;          /* rounds of attempts failed in a row */
   struct resolver *resolver; /* the conninfo's host names; NULL: none */
-  int replacements_due; /* connections lost, not yet replaced */
+  int replacements_due;      /* connections lost, not yet replaced */
   char last_connect_error[256];
 
-  uv_timer_t maint_timer; /* idle timeout, max lifetime, min_conns */
-  uv_timer_t leak_timer;  /* the next hold to pass leak_threshold_ms */
+  uv_timer_t maint_timer;    /* idle timeout, max lifetime, min_conns */
+  uv_timer_t leak_timer;     /* the next hold to pass leak_threshold_ms */
   uv_prepare_t sync_prepare; /* closes open pipeline batches each turn */
-  int leak_checks;        /* holds marked for a check next turn */
+  int leak_checks;           /* holds marked for a check next turn */
 
   int closing;
   int handles;         /* pgtag handles open on the loop */
@@ -70,8 +70,8 @@ struct pgtag_pool {
   void (*close_done)(void *arg);
   void *close_arg;
 
-  pgtag_stats stats; /* the counters; gauges come from count[] */
-  uv_prepare_t check_prepare; /* before the loop waits: check_left_current */
+  pgtag_stats stats;                            /* the counters; gauges come from count[] */
+  uv_prepare_t check_prepare;                   /* before the loop waits: check_left_current */
   uint64_t reported_sites[POOL_REPORTED_SITES]; /* reported once (checks.c) */
 
   connect_error connect_err; /* the last failed connection attempt, whole;
@@ -81,8 +81,7 @@ struct pgtag_pool {
 /* Logging with the pool's hook; "pgtag[name]: " is prepended by the default
  * hook only.  log_default: stderr, for calls that have no pool, at WARN and
  * above. */
-void log_default(pgtag_log_level level, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+void log_default(pgtag_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void pool_log(const pgtag_pool *pool, pgtag_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -101,9 +100,9 @@ backend_name backend_text(int pid);
 
 /* pgtag_query with its call site: what the public functions and the
  * cluster (its lag probe with site_internal) call. */
-pgtag_errcode pool_query(pgtag_pool *pool, const char *sql, int nparams,
-                         const char *const *values, const pgtag_query_opts *opts,
-                         pgtag_result_cb cb, void *arg, const call_site *site);
+pgtag_errcode pool_query(pgtag_pool *pool, const char *sql, int nparams, const char *const *values,
+                         const pgtag_query_opts *opts, pgtag_result_cb cb, void *arg,
+                         const call_site *site);
 
 /* Hooks from conn.c; each runs from the loop. */
 void pool_on_connected(struct conn *conn);

@@ -11,8 +11,7 @@ typedef struct queue {
   struct queue *prev;
 } queue;
 
-#define queue_data(ptr, type, field) \
-  ((type *)((char *)(ptr) - offsetof(type, field)))
+#define queue_data(ptr, type, field) ((type *)((char *)(ptr) - (offsetof(type, field))))
 
 #define queue_foreach(q, h) for ((q) = (h)->next; (q) != (h); (q) = (q)->next)
 

@@ -74,7 +74,8 @@ static char *elem(const char *list, int i) {
 /* An IP address, not a name: getaddrinfo with AI_NUMERICHOST never asks a
  * resolver, so this costs nothing on the loop. */
 static int numeric_host(const char *host) {
-  struct addrinfo hints = {.ai_flags = AI_NUMERICHOST, .ai_family = AF_UNSPEC,
+  struct addrinfo hints = {.ai_flags = AI_NUMERICHOST,
+                           .ai_family = AF_UNSPEC,
                            .ai_socktype = SOCK_STREAM};
   struct addrinfo *res = NULL;
   if (getaddrinfo(host, NULL, &hints, &res) != 0)
@@ -131,8 +132,9 @@ static int add_name(resolver *r, const char *host) {
 /* Fill r's entries from the three lists; 0 when libpq would refuse them
  * (it then says why), -1 when out of memory, else 1. */
 static int plan(resolver *r, const char *hosts, const char *addrs, const char *ports) {
-  int n = addrs != NULL && addrs[0] != '\0' ? count_elems(addrs)
-          : hosts != NULL && hosts[0] != '\0' ? count_elems(hosts) : 1;
+  int n = addrs != NULL && addrs[0] != '\0'   ? count_elems(addrs)
+          : hosts != NULL && hosts[0] != '\0' ? count_elems(hosts)
+                                              : 1;
   if (hosts != NULL && hosts[0] != '\0' && count_elems(hosts) != n)
     return 0;
   int nports = ports != NULL && ports[0] != '\0' ? count_elems(ports) : 0;
@@ -153,8 +155,8 @@ static int plan(resolver *r, const char *hosts, const char *addrs, const char *p
       return -1;
     /* libpq's rules: its own hostaddr wins; "" is the default socket
      * directory; '/' or '@' begin a socket path. */
-    if (e->hostaddr[0] != '\0' || e->host[0] == '\0' || e->host[0] == '/' ||
-        e->host[0] == '@' || numeric_host(e->host))
+    if (e->hostaddr[0] != '\0' || e->host[0] == '\0' || e->host[0] == '/' || e->host[0] == '@' ||
+        numeric_host(e->host))
       continue;
     e->name = add_name(r, e->host);
     if (e->name == -2)
@@ -175,9 +177,10 @@ int resolver_new(pgtag_pool *pool, const char *conninfo, resolver **out) {
   }
   PQconninfoOption *defaults = PQconndefaults();
   resolver *r = calloc(1, sizeof *r);
-  int rc = r == NULL || defaults == NULL ? -1
-           : plan(r, effective(opts, defaults, "host"), effective(opts, defaults, "hostaddr"),
-                  effective(opts, defaults, "port"));
+  int rc = r == NULL || defaults == NULL
+               ? -1
+               : plan(r, effective(opts, defaults, "host"), effective(opts, defaults, "hostaddr"),
+                      effective(opts, defaults, "port"));
   PQconninfoFree(opts);
   PQconninfoFree(defaults);
   if (rc <= 0 || r->nnames == 0) {
@@ -302,8 +305,8 @@ int resolver_join(resolver *r, struct conn *conn, char *errbuf, size_t errlen) {
     if (rc != 0) {
       /* The lookups started for it stay under way; a later attempt joins
        * them. */
-      snprintf(errbuf, errlen, "could not translate host name \"%s\" to address: %s",
-               l->name, uv_strerror(rc));
+      snprintf(errbuf, errlen, "could not translate host name \"%s\" to address: %s", l->name,
+               uv_strerror(rc));
       free(a);
       return -1;
     }
@@ -345,8 +348,7 @@ void resolver_cancel(resolver *r) {
       uv_cancel((uv_req_t *)r->names[i].req); /* fails once a thread runs it */
 }
 
-static int add_entry(resolved *out, int n, const char *host, const char *addr,
-                     const char *port) {
+static int add_entry(resolved *out, int n, const char *host, const char *addr, const char *port) {
   const char *sep = n > 0 ? "," : "";
   if (tag_buf_append(&out->host, sep, strlen(sep)) != 0 ||
       tag_buf_append(&out->host, host, strlen(host)) != 0 ||
@@ -377,8 +379,8 @@ int resolver_params(const resolver *r, resolved *out) {
     const lookup *l = &r->names[e->name];
     if (l->status != 0) {
       char line[512];
-      snprintf(line, sizeof line, "could not translate host name \"%s\" to address: %s\n",
-               e->host, uv_strerror(l->status));
+      snprintf(line, sizeof line, "could not translate host name \"%s\" to address: %s\n", e->host,
+               uv_strerror(l->status));
       if (tag_buf_append(&out->notes, line, strlen(line)) != 0)
         return -1;
       continue;

@@ -9,10 +9,12 @@
 #include <strings.h>
 
 /* First words of statements that change transaction or session state. */
+/* clang-format off */
 static const char *const exclusive_words[] = {
     "begin", "start", "commit", "end", "rollback", "abort", "savepoint", "release",
     "prepare", "set", "reset", "listen", "unlisten", "discard", "lock", "declare",
     "close", "fetch", "move", "copy", "deallocate", "execute"};
+/* clang-format on */
 
 /* First words of statements that may be reads. */
 static const char *const read_words[] = {"select", "values", "table", "show", "with"};
@@ -23,6 +25,7 @@ static const char *const write_words[] = {"insert", "update", "delete", "merge",
 
 /* Functions with effects a read-only transaction does not stop, or that
  * lock or change state beyond the statement; names, or prefixes with '*'. */
+/* clang-format off */
 static const char *const effect_functions[] = {
     "nextval",        "setval",         "set_config",    "pg_advisory*",
     "pg_try_advisory*", "dblink*",      "pg_notify",     "lo_*",
@@ -31,6 +34,7 @@ static const char *const effect_functions[] = {
     "pg_drop_*",      "pg_logical_*",   "pg_replication_*", "pg_stat_reset*",
     "pg_promote",     "pg_wal_replay_*", "pg_backup_*",   "pg_file_*",
     "pg_import_system_collations"};
+/* clang-format on */
 
 typedef struct {
   const char *p;
@@ -39,8 +43,7 @@ typedef struct {
 } lexer;
 
 static int word_start(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
-         (unsigned char)c >= 0x80;
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (unsigned char)c >= 0x80;
 }
 
 static int word_char(char c) { return word_start(c) || (c >= '0' && c <= '9') || c == '$'; }

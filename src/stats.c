@@ -14,9 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const uint64_t bounds_us[PGTAG_HISTOGRAM_BUCKETS] = {
-    100,    250,    500,     1000,    2500,    5000,    10000,   25000,
-    50000,  100000, 250000,  500000,  1000000, 2500000, 5000000, 10000000};
+static const uint64_t bounds_us[PGTAG_HISTOGRAM_BUCKETS] = {100,     250,     500,     1000,
+                                                            2500,    5000,    10000,   25000,
+                                                            50000,   100000,  250000,  500000,
+                                                            1000000, 2500000, 5000000, 10000000};
 
 uint64_t pgtag_histogram_bound_us(int i) {
   return i >= 0 && i < PGTAG_HISTOGRAM_BUCKETS ? bounds_us[i] : 0;
@@ -71,8 +72,7 @@ static void n_plus_one(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql) {
   if (pool->cfg.on_n_plus_one != NULL)
     pool->cfg.on_n_plus_one(ctx->request_id, sql, slot->count, pool->cfg.on_n_plus_one_arg);
   else
-    pool_log(pool, PGTAG_LOG_WARN,
-             "N+1: the same statement ran %u times in this request: %s",
+    pool_log(pool, PGTAG_LOG_WARN, "N+1: the same statement ran %u times in this request: %s",
              slot->count, sql);
 }
 
@@ -110,8 +110,8 @@ uint64_t stats_query_done(op *o, struct conn *conn) {
   if (slow) {
     char sql[LAST_SQL_MAX + 1];
     text_line(sql, sizeof sql, text);
-    pool_log(pool, PGTAG_LOG_WARN, "slow query: %llu ms on %s: %s",
-             (unsigned long long)(us / 1000), backend_text(conn->backend_pid).s, sql);
+    pool_log(pool, PGTAG_LOG_WARN, "slow query: %llu ms on %s: %s", (unsigned long long)(us / 1000),
+             backend_text(conn->backend_pid).s, sql);
   }
   if (count) {
     char sql[LAST_SQL_MAX + 1];

@@ -28,14 +28,14 @@
 #define STMT_LITERALS_MAX 4096
 
 typedef struct {
-  uint64_t hash;     /* of sql; 0: a free slot */
-  char *sql;         /* the text prepared, owned; its excerpt follows it */
-  char *excerpt;     /* " / * the text * /", in excerpt_enc (stmtcache.c) */
-  uint32_t id;       /* names it: _pgtag_<id> */
-  uint32_t used;     /* the cache's clock at its last use */
-  int excerpt_enc;   /* the client encoding the excerpt was cut for */
+  uint64_t hash;   /* of sql; 0: a free slot */
+  char *sql;       /* the text prepared, owned; its excerpt follows it */
+  char *excerpt;   /* " / * the text * /", in excerpt_enc (stmtcache.c) */
+  uint32_t id;     /* names it: _pgtag_<id> */
+  uint32_t used;   /* the cache's clock at its last use */
+  int excerpt_enc; /* the client encoding the excerpt was cut for */
   uint8_t head_len;
-  char head[27];     /* "EXECUTE _pgtag_<id>" */
+  char head[27]; /* "EXECUTE _pgtag_<id>" */
 } stmt_entry;
 
 typedef struct {
@@ -43,9 +43,9 @@ typedef struct {
   int nsets;
   uint32_t clock;
   uint32_t next_id;
-  tag_buf text;            /* the EXECUTE statement being built */
-  char prepare_name[24];   /* the name to prepare, when there is one */
-  char dealloc_sql[48];    /* the DEALLOCATE of an evicted one */
+  tag_buf text;          /* the EXECUTE statement being built */
+  char prepare_name[24]; /* the name to prepare, when there is one */
+  char dealloc_sql[48];  /* the DEALLOCATE of an evicted one */
 } stmt_cache;
 
 /* What to send for one query through the cache. */

@@ -39,13 +39,12 @@ int tag_buf_append(tag_buf *buf, const char *s, size_t n) {
   return 0;
 }
 
-static int append_str(tag_buf *buf, const char *s) {
-  return tag_buf_append(buf, s, strlen(s));
-}
+static int append_str(tag_buf *buf, const char *s) { return tag_buf_append(buf, s, strlen(s)); }
 
 /* Bytes kept as they are: 1 in both styles, 2 in the prefix style only
  * (':'); everything else is percent-encoded.  A table: this runs for every
  * byte of every request ID of every query. */
+/* clang-format off */
 static const unsigned char safe[256] = {
     ['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1, [':'] = 2,
     ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,
@@ -59,6 +58,7 @@ static const unsigned char safe[256] = {
     ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1,
     ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
 };
+/* clang-format on */
 
 int tag_encode(tag_buf *buf, const char *value, int allow_colon) {
   static const char hex[] = "0123456789ABCDEF";
@@ -83,8 +83,7 @@ int tag_encode(tag_buf *buf, const char *value, int allow_colon) {
 }
 
 /* "/" "* requestId=abc route=x *" "/ SELECT ..." */
-static int render_prefix(tag_buf *buf, const char *key, const pgtag_ctx *ctx,
-                         const char *sql) {
+static int render_prefix(tag_buf *buf, const char *key, const pgtag_ctx *ctx, const char *sql) {
   if (append_str(buf, "/* ") || append_str(buf, key) || tag_buf_append(buf, "=", 1) ||
       tag_encode(buf, ctx->request_id, 1))
     return -1;
@@ -98,8 +97,7 @@ static int render_prefix(tag_buf *buf, const char *key, const pgtag_ctx *ctx,
   return tag_buf_append(buf, " */ ", 4) || append_str(buf, sql) ? -1 : 0;
 }
 
-static int append_pair(tag_buf *buf, int *first, const char *key,
-                       const char *value) {
+static int append_pair(tag_buf *buf, int *first, const char *key, const char *value) {
   int comma = !*first;
   *first = 0;
   if ((comma && tag_buf_append(buf, ",", 1)) || append_str(buf, key) ||
@@ -110,8 +108,8 @@ static int append_pair(tag_buf *buf, int *first, const char *key,
 
 /* "SELECT ... /" "*requestId='abc',route='x'*" "/", keys sorted, the comment
  * placed before a final semicolon as the sqlcommenter spec asks. */
-static int render_sqlcommenter(tag_buf *buf, const char *key,
-                               const pgtag_ctx *ctx, const char *sql) {
+static int render_sqlcommenter(tag_buf *buf, const char *key, const pgtag_ctx *ctx,
+                               const char *sql) {
   size_t end = strlen(sql);
   while (end > 0 && strchr(" \t\r\n", sql[end - 1]) != NULL)
     end--;
@@ -137,8 +135,8 @@ static int render_sqlcommenter(tag_buf *buf, const char *key,
   return tag_buf_append(buf, "*/", 2) || append_str(buf, sql + body) ? -1 : 0;
 }
 
-const char *tag_render(tag_buf *buf, pgtag_tag_style style, const char *key,
-                       const pgtag_ctx *ctx, const char *sql) {
+const char *tag_render(tag_buf *buf, pgtag_tag_style style, const char *key, const pgtag_ctx *ctx,
+                       const char *sql) {
   int rc;
   if (ctx == NULL || style == PGTAG_TAG_NONE)
     return sql;

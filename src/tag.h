@@ -29,8 +29,8 @@ int tag_buf_append(tag_buf *buf, const char *s, size_t n);
  * next used.  Every value is percent-encoded outside a small safe set, so no
  * value can end the comment or open a nested one.  Returns NULL only when
  * out of memory. */
-const char *tag_render(tag_buf *buf, pgtag_tag_style style, const char *key,
-                       const pgtag_ctx *ctx, const char *sql);
+const char *tag_render(tag_buf *buf, pgtag_tag_style style, const char *key, const pgtag_ctx *ctx,
+                       const char *sql);
 
 /* Append value percent-encoded: bytes outside [A-Za-z0-9-._~] (plus ':' when
  * allow_colon) become %XX.  Returns 0, or -1 when out of memory. */

@@ -119,8 +119,7 @@ void admin_exec(const char *sql) { PQclear(admin_run(sql)); }
 
 void admin_value(const char *sql, char *out, size_t len) {
   PGresult *res = admin_run(sql);
-  snprintf(out, len, "%s",
-           PQntuples(res) > 0 && PQnfields(res) > 0 ? PQgetvalue(res, 0, 0) : "");
+  snprintf(out, len, "%s", PQntuples(res) > 0 && PQnfields(res) > 0 ? PQgetvalue(res, 0, 0) : "");
   PQclear(res);
 }
 
@@ -188,7 +187,8 @@ void pair_start(server_pair *p) {
   snprintf(p->dir, sizeof p->dir, "/tmp/pgtag-pair.XXXXXX");
   if (mkdtemp(p->dir) == NULL || chmod(p->dir, 0755) != 0)
     fail_msg("mkdtemp failed");
-  snprintf(line, sizeof line, "export PGTAG_SERVER_OWNER=%d; '%s/tests/pgserver.sh' start '%s/p' && "
+  snprintf(line, sizeof line,
+           "export PGTAG_SERVER_OWNER=%d; '%s/tests/pgserver.sh' start '%s/p' && "
            "'%s/tests/pgserver.sh' standby '%s/s' '%s/p'",
            (int)getpid(), PGTAG_SOURCE_DIR, p->dir, PGTAG_SOURCE_DIR, p->dir, p->dir);
   shell(line);
@@ -197,10 +197,10 @@ void pair_start(server_pair *p) {
   p->primary_port = dir_port(d);
   snprintf(d, sizeof d, "%s/s", p->dir);
   p->standby_port = dir_port(d);
-  snprintf(p->primary, sizeof p->primary, "host=%s/p port=%d user=postgres dbname=postgres",
-           p->dir, p->primary_port);
-  snprintf(p->standby, sizeof p->standby, "host=%s/s port=%d user=postgres dbname=postgres",
-           p->dir, p->standby_port);
+  snprintf(p->primary, sizeof p->primary, "host=%s/p port=%d user=postgres dbname=postgres", p->dir,
+           p->primary_port);
+  snprintf(p->standby, sizeof p->standby, "host=%s/s port=%d user=postgres dbname=postgres", p->dir,
+           p->standby_port);
 }
 
 void pair_ctl(server_pair *p, const char *side, const char *cmd, const char *arg) {
@@ -212,7 +212,8 @@ void pair_ctl(server_pair *p, const char *side, const char *cmd, const char *arg
 
 void pair_stop(server_pair *p) {
   char line[1024];
-  snprintf(line, sizeof line, "'%s/tests/pgserver.sh' stop '%s/s' immediate; "
+  snprintf(line, sizeof line,
+           "'%s/tests/pgserver.sh' stop '%s/s' immediate; "
            "'%s/tests/pgserver.sh' stop '%s/p' immediate; rm -rf '%s'",
            PGTAG_SOURCE_DIR, p->dir, PGTAG_SOURCE_DIR, p->dir, p->dir);
   if (system(line) != 0)
@@ -406,8 +407,8 @@ pgtag_errcode query_in(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql, rec *r
   return rc;
 }
 
-pgtag_errcode query_param_in(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql,
-                             const char *param, rec *r) {
+pgtag_errcode query_param_in(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql, const char *param,
+                             rec *r) {
   const char *vals[1] = {param};
   pgtag_ctx *prev = pgtag_ctx_enter(ctx);
   pgtag_errcode rc = SUBMIT(pgtag_query(pool, sql, 1, vals, rec_result, r));
@@ -415,8 +416,8 @@ pgtag_errcode query_param_in(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql,
   return rc;
 }
 
-pgtag_errcode acquire_in_at(pgtag_pool *pool, pgtag_ctx *ctx, rec *r, const char *file,
-                            int line, const char *func) {
+pgtag_errcode acquire_in_at(pgtag_pool *pool, pgtag_ctx *ctx, rec *r, const char *file, int line,
+                            const char *func) {
   pgtag_ctx *prev = pgtag_ctx_enter(ctx);
   pgtag_errcode rc = SUBMIT(pgtag_acquire_at(pool, rec_acquire, r, file, line, func));
   pgtag_ctx_leave(prev);
@@ -435,6 +436,5 @@ void assert_done(const rec *r, pgtag_ctx *ctx, pgtag_errcode code) {
   assert_false(r->inside_submit);
   assert_ptr_equal(r->ctx_seen, ctx);
   if (r->code != code)
-    fail_msg("expected %s, got %s: %s", pgtag_strerror(code), pgtag_strerror(r->code),
-             r->message);
+    fail_msg("expected %s, got %s: %s", pgtag_strerror(code), pgtag_strerror(r->code), r->message);
 }

@@ -29,11 +29,11 @@ void run_for(uv_loop_t *lp, int ms);
  * 10 ms, for timeout_ms at most, scaled by time_scale().  A generous bound
  * for a wait on something that should happen: the caller then asserts
  * cond, which may have been false all along. */
-#define WAIT_FOR(lp, cond, timeout_ms)                   \
-  do {                                                   \
-    uint64_t wait_end_ = wait_deadline(timeout_ms);      \
-    while (!(cond) && wait_step((lp), wait_end_))        \
-      continue;                                          \
+#define WAIT_FOR(lp, cond, timeout_ms)              \
+  do {                                              \
+    uint64_t wait_end_ = wait_deadline(timeout_ms); \
+    while (!(cond) && wait_step((lp), wait_end_))   \
+      continue;                                     \
   } while (0)
 uint64_t wait_deadline(int timeout_ms);
 /* One step of WAIT_FOR: 0 once past end, else runs loop (sleeps) 10 ms. */
@@ -61,16 +61,16 @@ extern pgtag_errcode _submit_rc;
 /* What one query's callback saw. */
 typedef struct {
   int calls;
-  pgtag_ctx *ctx_seen;   /* current context during the callback */
+  pgtag_ctx *ctx_seen; /* current context during the callback */
   pgtag_errcode code;
   char sqlstate[6];
   char message[256];
   int has_res;
-  char value[4096];      /* row 0, column 0 */
-  char value2[4096];     /* row 0, column 1 */
-  int order;             /* global completion order */
-  pgtag_conn conn;       /* acquire: the connection */
-  int inside_submit;     /* the callback ran inside a submitting call */
+  char value[4096];  /* row 0, column 0 */
+  char value2[4096]; /* row 0, column 1 */
+  int order;         /* global completion order */
+  pgtag_conn conn;   /* acquire: the connection */
+  int inside_submit; /* the callback ran inside a submitting call */
 } rec;
 
 extern int completions; /* bumped by every rec callback */
@@ -85,13 +85,12 @@ void rec_acquire(pgtag_conn conn, const pgtag_error *err, void *arg);
 pgtag_errcode query_in(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql, rec *r);
 pgtag_errcode conn_query_in(pgtag_conn conn, pgtag_ctx *ctx, const char *sql, rec *r);
 /* query_in with one parameter, $1. */
-pgtag_errcode query_param_in(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql,
-                             const char *param, rec *r);
+pgtag_errcode query_param_in(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql, const char *param,
+                             rec *r);
 /* A macro, so leak reports name the test's line, as pgtag_acquire would. */
-#define acquire_in(pool, ctx, r) \
-  acquire_in_at((pool), (ctx), (r), __FILE__, __LINE__, __func__)
-pgtag_errcode acquire_in_at(pgtag_pool *pool, pgtag_ctx *ctx, rec *r, const char *file,
-                            int line, const char *func);
+#define acquire_in(pool, ctx, r) acquire_in_at((pool), (ctx), (r), __FILE__, __LINE__, __func__)
+pgtag_errcode acquire_in_at(pgtag_pool *pool, pgtag_ctx *ctx, rec *r, const char *file, int line,
+                            const char *func);
 
 /* Exactly one callback, outside any submitting call, in ctx, with code. */
 void assert_done(const rec *r, pgtag_ctx *ctx, pgtag_errcode code);
@@ -108,9 +107,9 @@ int time_scale(void);
  * the same tag around "EXECUTE _pgtag_<n>" and its arguments.  Nonzero
  * when it is; sent_as_explain says why not. */
 int sent_as(const char *seen, const char *want);
-#define assert_sent_as(seen, want)                                            \
-  do {                                                                        \
-    if (!sent_as((seen), (want)))                                             \
+#define assert_sent_as(seen, want)                                                    \
+  do {                                                                                \
+    if (!sent_as((seen), (want)))                                                     \
       fail_msg("the server saw \"%s\", not \"%s\" (or its EXECUTE)", (seen), (want)); \
   } while (0)
 
@@ -128,7 +127,7 @@ int dir_port(const char *dir);
 
 typedef struct {
   char dir[256];
-  char primary[512];  /* conninfo of each */
+  char primary[512]; /* conninfo of each */
   char standby[512];
   int primary_port, standby_port;
 } server_pair;

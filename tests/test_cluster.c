@@ -29,8 +29,8 @@ static int group_setup(void **state) {
   pair_ctl(&pair, "s2", "standby", path);
   snprintf(path, sizeof path, "%s/s2", pair.dir);
   standby2_port = dir_port(path);
-  snprintf(standby2, sizeof standby2, "host=%s/s2 port=%d user=postgres dbname=postgres",
-           pair.dir, standby2_port);
+  snprintf(standby2, sizeof standby2, "host=%s/s2 port=%d user=postgres dbname=postgres", pair.dir,
+           standby2_port);
   admin_exec_on(pair.primary, "CREATE TABLE replicated (id serial, note text)");
   admin_exec_on(pair.primary, "CREATE TABLE burst (id int, note text)");
   return 0;
@@ -93,8 +93,8 @@ static int wait_lag(pgtag_cluster *c, int limit, int want, int timeout_ms) {
 static void read_in(pgtag_cluster *c, pgtag_ctx *ctx, rec *r) {
   pgtag_ctx *prev = pgtag_ctx_enter(ctx);
   assert_int_equal(SUBMIT(pgtag_cluster_query(c, PGTAG_READ_ONLY,
-                                              "SELECT current_setting('port'), current_query()",
-                                              0, NULL, rec_result, r)),
+                                              "SELECT current_setting('port'), current_query()", 0,
+                                              NULL, rec_result, r)),
                    PGTAG_OK);
   pgtag_ctx_leave(prev);
 }
@@ -156,8 +156,8 @@ static void a_request_that_wrote_reads_its_writes(void **state) {
   assert_true(run_until(&loop, &completions, 2, 5000));
   assert_done(&w, a, PGTAG_OK);
   rec after = {0}, other = {0};
-  read_in(c, a, &after);   /* a wrote: the primary */
-  read_in(c, b, &other);   /* b did not: the replica */
+  read_in(c, a, &after); /* a wrote: the primary */
+  read_in(c, b, &other); /* b did not: the replica */
   assert_true(run_until(&loop, &completions, 4, 5000));
   assert_done(&after, a, PGTAG_OK);
   assert_done(&other, b, PGTAG_OK);
@@ -252,8 +252,8 @@ static void reads_spread_over_replicas_by_load(void **state) {
   pgtag_ctx *prev = pgtag_ctx_enter(ctx);
   for (int i = 0; i < N; i++)
     assert_int_equal(pgtag_cluster_query(c, PGTAG_READ_ONLY,
-                                         "SELECT current_setting('port') FROM pg_sleep(0.02)",
-                                         0, NULL, rec_result, &r[i]),
+                                         "SELECT current_setting('port') FROM pg_sleep(0.02)", 0,
+                                         NULL, rec_result, &r[i]),
                      PGTAG_OK);
   pgtag_ctx_leave(prev);
   assert_true(run_until(&loop, &completions, N, 10000));
@@ -358,7 +358,8 @@ static void a_burst_after_a_quiet_spell_is_not_read_as_lag(void **state) {
                 write_ms, w.readings, w.behind, w.worst_lag, w.worst_lag_at, w.worst_excess);
   if (w.worst_excess > SLACK_MS)
     fail_msg("the standby was reported %d ms behind %d ms into the write: %d ms more "
-             "than the write had been going on", w.worst_lag, w.worst_lag_at, w.worst_excess);
+             "than the write had been going on",
+             w.worst_lag, w.worst_lag_at, w.worst_excess);
   assert_true(w.readings > 0);
 
   /* and the reads stayed with it: it has every row */
@@ -408,11 +409,10 @@ static void a_read_that_loses_its_replica_is_retried_elsewhere(void **state) {
   rec r = {0}, bad = {0};
   pgtag_ctx *prev = pgtag_ctx_enter(ctx);
   /* sleeps on the standby only, until it is terminated */
-  assert_int_equal(SUBMIT(pgtag_cluster_query(
-                       c, PGTAG_READ_ONLY,
-                       "SELECT current_setting('port'), current_query(), "
-                       "CASE WHEN pg_is_in_recovery() THEN pg_sleep(60) END",
-                       0, NULL, rec_result, &r)),
+  assert_int_equal(SUBMIT(pgtag_cluster_query(c, PGTAG_READ_ONLY,
+                                              "SELECT current_setting('port'), current_query(), "
+                                              "CASE WHEN pg_is_in_recovery() THEN pg_sleep(60) END",
+                                              0, NULL, rec_result, &r)),
                    PGTAG_OK);
   pgtag_ctx_leave(prev);
   const char *running = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
@@ -431,8 +431,8 @@ static void a_read_that_loses_its_replica_is_retried_elsewhere(void **state) {
   /* the server's own error: not retried */
   assert_true(wait_lag(c, 1000, 1, 10000)); /* the replica's pool has reconnected */
   prev = pgtag_ctx_enter(ctx);
-  assert_int_equal(SUBMIT(pgtag_cluster_query(c, PGTAG_READ_ONLY, "SELECT 1/0", 0, NULL,
-                                              rec_result, &bad)),
+  assert_int_equal(SUBMIT(pgtag_cluster_query(c, PGTAG_READ_ONLY, "SELECT 1/0", 0, NULL, rec_result,
+                                              &bad)),
                    PGTAG_OK);
   pgtag_ctx_leave(prev);
   assert_true(run_until(&loop, &completions, 2, 5000));
@@ -459,11 +459,10 @@ static void a_read_only_transaction_runs_on_the_replica(void **state) {
   pgtag_ctx_leave(prev);
   assert_true(run_until(&loop, &completions, 1, 5000));
   assert_done(&acq, ctx, PGTAG_OK);
-  assert_int_equal(conn_query_in(acq.conn, ctx, "SELECT current_setting('port')", &port),
+  assert_int_equal(conn_query_in(acq.conn, ctx, "SELECT current_setting('port')", &port), PGTAG_OK);
+  assert_int_equal(conn_query_in(acq.conn, ctx, "INSERT INTO replicated (note) VALUES ('ro')",
+                                 &write),
                    PGTAG_OK);
-  assert_int_equal(
-      conn_query_in(acq.conn, ctx, "INSERT INTO replicated (note) VALUES ('ro')", &write),
-      PGTAG_OK);
   assert_true(run_until(&loop, &completions, 3, 5000));
   assert_done(&port, ctx, PGTAG_OK);
   assert_int_equal(atoi(port.value), pair.standby_port);
@@ -550,8 +549,7 @@ static void bad_cluster_arguments(void **state) {
   assert_int_equal(pgtag_cluster_new(&loop, &cfg, &c), PGTAG_EINVAL);
   assert_null(c);
   rec r = {0};
-  assert_int_equal(pgtag_cluster_query(NULL, 0, "SELECT 1", 0, NULL, rec_result, &r),
-                   PGTAG_EINVAL);
+  assert_int_equal(pgtag_cluster_query(NULL, 0, "SELECT 1", 0, NULL, rec_result, &r), PGTAG_EINVAL);
   assert_null(pgtag_cluster_primary(NULL));
   assert_null(pgtag_cluster_replica(NULL, 0));
   assert_int_equal(pgtag_cluster_replica_lag_ms(NULL, 0), -1);

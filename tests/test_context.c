@@ -80,8 +80,8 @@ static void set_get_replace_remove(void **state) {
 static void bad_keys_are_refused(void **state) {
   (void)state;
   pgtag_ctx *ctx = pgtag_ctx_new("r");
-  const char *bad[] = {NULL, "", "a b", "a=b", "*/", "a'b", "k\n",
-                       "abcdefghijabcdefghijabcdefghijabc" /* 33 */};
+  const char *bad[] = {NULL, "",    "a b", "a=b",
+                       "*/", "a'b", "k\n", "abcdefghijabcdefghijabcdefghijabc" /* 33 */};
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
     assert_int_equal(pgtag_ctx_set(ctx, bad[i], "v"), PGTAG_EINVAL);
   assert_int_equal(pgtag_ctx_set(ctx, "abcdefghijabcdefghijabcdefghijab", "v"), PGTAG_OK);

@@ -37,7 +37,7 @@ struct writer {
   int stop;
   int submitted, completed, ok, econn, read_only, other, wrong_ctx, twice;
   uint64_t first_ok_after; /* now_ms() of the first success after `since` */
-  volatile uint64_t since;  /* set by the failover thread once promoted */
+  volatile uint64_t since; /* set by the failover thread once promoted */
   int next_id;
   unsigned char calls[MAX_OPS];
   char other_msg[256];
@@ -86,8 +86,8 @@ static void write_submit(writer *w) {
   o->ctx = pgtag_ctx_new(id);
   const char *params[] = {id};
   pgtag_ctx *prev = pgtag_ctx_enter(o->ctx);
-  pgtag_errcode rc = pgtag_query(w->pool, "INSERT INTO fo_writes (id) VALUES ($1)", 1, params,
-                                 write_done, o);
+  pgtag_errcode rc =
+      pgtag_query(w->pool, "INSERT INTO fo_writes (id) VALUES ($1)", 1, params, write_done, o);
   pgtag_ctx_leave(prev);
   if (rc != PGTAG_OK)
     fail_msg("submit refused: %s", pgtag_strerror(rc));
@@ -96,7 +96,7 @@ static void write_submit(writer *w) {
 
 typedef struct {
   server_pair *pair;
-  int fence;           /* fence the primary read-only instead of stopping it */
+  int fence; /* fence the primary read-only instead of stopping it */
   int promote_after_ms;
   writer *w;
   volatile uint64_t broken_at; /* now_ms() when the primary stopped writing */
@@ -187,9 +187,8 @@ static void failover_under_writes(int fence, int promote_after_ms) {
   print_message("%s, promoted %d ms later: %d writes, %d ok, %d ECONN (%d of them 25006), "
                 "%d lost connections, %d reconnects, %d failed connection attempts in %llu ms "
                 "of outage; the new primary took a write %lld ms after the promotion\n",
-                fence ? "fenced primary" : "stopped primary", promote_after_ms, w->submitted,
-                w->ok, w->econn,
-                w->read_only, (int)st.conns_lost, (int)st.reconnects,
+                fence ? "fenced primary" : "stopped primary", promote_after_ms, w->submitted, w->ok,
+                w->econn, w->read_only, (int)st.conns_lost, (int)st.reconnects,
                 (int)st.connect_failures, (unsigned long long)outage_ms,
                 w->first_ok_after ? (long long)(w->first_ok_after - w->since) : -1LL);
   /* No reconnect storm: while no server was writable the pool backed off
@@ -232,8 +231,7 @@ static void failover_under_writes(int fence, int promote_after_ms) {
   assert_true(run_until(&loop, &completions, HOLD, 10000));
   for (int i = 0; i < HOLD; i++) {
     assert_done(&acq[i], NULL, PGTAG_OK);
-    assert_int_equal(conn_query_in(acq[i].conn, NULL, "SELECT current_setting('port')",
-                                   &port[i]),
+    assert_int_equal(conn_query_in(acq[i].conn, NULL, "SELECT current_setting('port')", &port[i]),
                      PGTAG_OK);
   }
   assert_true(run_until(&loop, &completions, 2 * HOLD, 10000));
@@ -244,9 +242,8 @@ static void failover_under_writes(int fence, int promote_after_ms) {
   }
   /* ... and, where the old primary still runs, none is left there */
   if (fence)
-    assert_int_equal(admin_int_on(pair.primary,
-                                  "SELECT count(*) FROM pg_stat_activity "
-                                  "WHERE application_name = 'pgtag_failover'"),
+    assert_int_equal(admin_int_on(pair.primary, "SELECT count(*) FROM pg_stat_activity "
+                                                "WHERE application_name = 'pgtag_failover'"),
                      0);
   test_pool_close(&loop, w->pool);
   free(w);

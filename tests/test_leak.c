@@ -43,8 +43,8 @@ static void on_leak(const pgtag_leak *l, void *arg) {
   snprintf(r->func, sizeof r->func, "%s", l->func);
   snprintf(r->last_sql, sizeof r->last_sql, "%s", l->last_sql);
   for (int i = 0, n = 0; i < l->ntags; i++)
-    n += snprintf(r->tags + n, sizeof r->tags - (size_t)n, "%s%s=%s", i ? " " : "",
-                  l->tags[i].key, l->tags[i].value);
+    n += snprintf(r->tags + n, sizeof r->tags - (size_t)n, "%s%s=%s", i ? " " : "", l->tags[i].key,
+                  l->tags[i].value);
   for (int i = 0, n = 0; i < l->nframes && n < (int)sizeof r->frames; i++)
     n += snprintf(r->frames + n, sizeof r->frames - (size_t)n, "%s\n", l->frames[i]);
   r->line = l->line;
@@ -96,7 +96,7 @@ static void request_end_reports_once(void **state) {
   conn_query_in(acq.conn, ctx, "BEGIN", &begin);
   conn_query_in(acq.conn, ctx, "SELECT 'the last one'", &upd);
   wait_rec(&upd);
-  run_for(&loop, 30); /* a time for a report that must not come */
+  run_for(&loop, 30);            /* a time for a report that must not come */
   assert_int_equal(nreports, 0); /* held, but the request is running */
 
   pgtag_ctx_end(ctx);
@@ -191,7 +191,7 @@ typedef struct {
 static void end_then_release_cb(pgtag_conn conn, const pgtag_error *err, void *arg) {
   end_then_release *e = arg;
   rec_acquire(conn, err, &e->acq);
-  pgtag_ctx_end(e->ctx);     /* the wrong order, but in the same callback */
+  pgtag_ctx_end(e->ctx); /* the wrong order, but in the same callback */
   pgtag_release(conn);
 }
 
@@ -287,7 +287,7 @@ static void reclaim_serves_the_waiter(void **state) {
   conn_query_in(acq.conn, leaker, "INSERT INTO pgtag_leak_rb VALUES (1)", &ins);
   wait_rec(&ins);
   acquire_in(pool, next, &wait); /* max_conns 1: waits */
-  run_for(&loop, 50); /* a time for a grant that must not come */
+  run_for(&loop, 50);            /* a time for a grant that must not come */
   assert_int_equal(wait.calls, 0);
 
   pgtag_ctx_end(leaker);
@@ -342,7 +342,8 @@ static void reclaim_cancels_the_running_query(void **state) {
   conn_query_in(acq.conn, leaker, "SELECT 'never sent'", &queued);
   snprintf(sql, sizeof sql,
            "SELECT count(*) FROM pg_stat_activity WHERE pid = %d AND "
-           "wait_event = 'PgSleep' AND state = 'active'", pid);
+           "wait_event = 'PgSleep' AND state = 'active'",
+           pid);
   WAIT_FOR(&loop, admin_int(sql) == 1, 10000);
   assert_int_equal(admin_int(sql), 1);
 
@@ -402,7 +403,7 @@ static void request_ended_while_waiting(void **state) {
   wait_rec(&hold);
   acquire_in(pool, ctx, &acq);
   pgtag_ctx_end(ctx);
-  run_for(&loop, 30); /* a time for a report that must not come */
+  run_for(&loop, 30);            /* a time for a report that must not come */
   assert_int_equal(nreports, 0); /* holds nothing yet */
   pgtag_release(hold.conn);
   wait_rec(&acq); /* granted to an ended request, and not released */
@@ -524,7 +525,8 @@ static void default_report_is_one_log_line(void **state) {
   wait_rec(&q);
   pgtag_ctx_end(ctx);
   WAIT_FOR(&loop, logged[0] != '\0', 10000);
-  assert_true(strncmp(logged, "request logged-leak: leak: the request ended while holding", 58) == 0);
+  assert_true(strncmp(logged, "request logged-leak: leak: the request ended while holding", 58) ==
+              0);
   snprintf(want, sizeof want, "test_leak.c:%d in default_report_is_one_log_line()", line);
   assert_non_null(strstr(logged, want));
   assert_non_null(strstr(logged, "last query: SELECT 'two lines'"));

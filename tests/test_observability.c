@@ -54,12 +54,8 @@ static pgtag_errcode query_params_in(pgtag_pool *pool, pgtag_ctx *ctx, const cha
 static void server_reads_back_hostile_ids(void **state) {
   (void)state;
   const char *ids[] = {
-      "plain-id",
-      "*/ DROP TABLE x; /*",
-      "it's \"quoted\" \\ back",
-      "new\nline\ttab",
-      "caf\xc3\xa9 \xe2\x82\xac 100%",
-      "%41 not a code",
+      "plain-id",       "*/ DROP TABLE x; /*",           "it's \"quoted\" \\ back",
+      "new\nline\ttab", "caf\xc3\xa9 \xe2\x82\xac 100%", "%41 not a code",
       "' OR 1=1 --",
   };
   pgtag_pool_config cfg;
@@ -74,8 +70,7 @@ static void server_reads_back_hostile_ids(void **state) {
     pgtag_ctx_set(ctx, "route", ids[(i + 1) % 7]);
     rec a = {0}, b = {0};
     query_in(prefix, ctx,
-             "SELECT pgtag.request_id(current_query()), pgtag.tags(current_query())->>'route'",
-             &a);
+             "SELECT pgtag.request_id(current_query()), pgtag.tags(current_query())->>'route'", &a);
     query_in(commenter, ctx,
              "SELECT pgtag.request_id(current_query(), 'rid'), "
              "pgtag.tags(current_query())->>'route';",
@@ -94,8 +89,7 @@ static void server_reads_back_hostile_ids(void **state) {
   char v[256];
   admin_value("SELECT pgtag.request_id('/* requestId=%FF%FEx */ SELECT 1')", v, sizeof v);
   assert_string_equal(v, "%FF%FEx");
-  admin_value("SELECT coalesce(pgtag.request_id('SELECT 1 /* not ours */'), 'none')", v,
-              sizeof v);
+  admin_value("SELECT coalesce(pgtag.request_id('SELECT 1 /* not ours */'), 'none')", v, sizeof v);
   assert_string_equal(v, "none");
   admin_value("SELECT pgtag.strip('/* requestId=a */ SELECT 1 /* theirs */')", v, sizeof v);
   assert_string_equal(v, "SELECT 1 /* theirs */");
@@ -178,7 +172,8 @@ static void blocking_names_both_requests(void **state) {
               v, sizeof v);
   assert_sent_as(v, "UPDATE pgtag_row SET n = n + 10 WHERE id = 1");
   admin_value("SELECT blocking_query FROM pgtag.blocking "
-              "WHERE blocked_request_id = 'waits-for-it'", v, sizeof v);
+              "WHERE blocked_request_id = 'waits-for-it'",
+              v, sizeof v);
   assert_sent_as(v, "UPDATE pgtag_row SET n = n + 1 WHERE id = 1");
   assert_int_equal(blocked.calls, 0);
   conn_query_in(acq.conn, holder, "COMMIT", &commit);

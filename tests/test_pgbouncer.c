@@ -44,8 +44,8 @@ static int group_setup(void **state) {
 static int group_teardown(void **state) {
   (void)state;
   char cmd[1024];
-  snprintf(cmd, sizeof cmd, "'%s/tests/pgbouncer.sh' stop '%s/b'; rm -rf '%s'",
-           PGTAG_SOURCE_DIR, bouncer_dir, bouncer_dir);
+  snprintf(cmd, sizeof cmd, "'%s/tests/pgbouncer.sh' stop '%s/b'; rm -rf '%s'", PGTAG_SOURCE_DIR,
+           bouncer_dir, bouncer_dir);
   return system(cmd) == 0 ? 0 : -1;
 }
 
@@ -127,8 +127,7 @@ static void load_submit(load *l) {
   r->ctx = pgtag_ctx_new(id);
   const char *vals[1] = {param};
   pgtag_ctx *prev = pgtag_ctx_enter(r->ctx);
-  if (pgtag_query(l->pool, "SELECT $1::text, current_query()", 1, vals, load_done, r) !=
-      PGTAG_OK)
+  if (pgtag_query(l->pool, "SELECT $1::text, current_query()", 1, vals, load_done, r) != PGTAG_OK)
     fail_msg("submit refused");
   pgtag_ctx_leave(prev);
   l->submitted++;
@@ -190,7 +189,8 @@ static void requests_through_the_pooler(int depth) {
   uv_close((uv_handle_t *)&arrivals, NULL);
   WAIT_FOR(&loop, l.completed == l.submitted, 20000);
   print_message("depth %d: %d requests in a second, deepest pipeline %d, %d samples with "
-                "sync points overlapping\n", depth, l.completed, deepest, overlapping);
+                "sync points overlapping\n",
+                depth, l.completed, deepest, overlapping);
   assert_int_equal(l.completed, l.submitted);
   assert_int_equal(l.wrong, 0);
   assert_true(l.completed > 2 * N);

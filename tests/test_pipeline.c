@@ -357,8 +357,9 @@ static void writes_of_different_requests_never_share_a_transaction(void **state)
   (void)state;
   enum { N = 12 };
   pgtag_pool *pool = pipelined_pool(1, 16, 0);
-  admin_exec("CREATE TABLE IF NOT EXISTS pgtag_xact (id int PRIMARY KEY, v int); "
-             "TRUNCATE pgtag_xact; INSERT INTO pgtag_xact SELECT g, 0 FROM generate_series(1, 12) g");
+  admin_exec(
+      "CREATE TABLE IF NOT EXISTS pgtag_xact (id int PRIMARY KEY, v int); "
+      "TRUNCATE pgtag_xact; INSERT INTO pgtag_xact SELECT g, 0 FROM generate_series(1, 12) g");
   const char *const stmts[] = {
       "UPDATE pgtag_xact SET v = v + 1 WHERE id = $1::int RETURNING pg_current_xact_id()::text"};
   warm(pool, stmts, 1);
@@ -542,11 +543,11 @@ typedef struct {
 static void hol_sample(uv_check_t *check) {
   hol_load *l = check->data;
   queue *q;
-  queue_foreach(q, &l->pool->conns) {
+  queue_foreach (q, &l->pool->conns) {
     struct conn *c = queue_data(q, struct conn, node);
     int seen_slow = 0;
     queue *p;
-    queue_foreach(p, &c->wire) {
+    queue_foreach (p, &c->wire) {
       op *o = queue_data(p, op, node);
       if (seen_slow && o->kind == OP_QUERY)
         l->behind_slow++;
@@ -758,8 +759,8 @@ static void mix_submit(mix_load *l) {
   pgtag_query_opts opts = {.timeout_ms = r->kind == 2 ? 1 : 0};
   const char *v[1] = {"3000"};
   pgtag_ctx *prev = pgtag_ctx_enter(r->ctx);
-  pgtag_query_ex(l->pool, "SELECT count(*) FROM generate_series(1, $1::int)", 1, v, &opts,
-                 mix_done, r);
+  pgtag_query_ex(l->pool, "SELECT count(*) FROM generate_series(1, $1::int)", 1, v, &opts, mix_done,
+                 r);
   pgtag_ctx_leave(prev);
 }
 

@@ -72,8 +72,8 @@ static void server_sees_tag(void **state) {
   query_in(pool, ctx, "SELECT current_query()", &r2);
   wait_rec(&r2);
   assert_done(&r2, ctx, PGTAG_OK);
-  assert_sent_as(r2.value,
-                 "/* requestId=req-abc route=%2Forders%2F:id tenant=acme */ SELECT current_query()");
+  assert_sent_as(
+      r2.value, "/* requestId=req-abc route=%2Forders%2F:id tenant=acme */ SELECT current_query()");
   assert_int_equal(ctx->refs, 1); /* both captures released */
   pgtag_ctx_unref(ctx);
   test_pool_close(&loop, pool);
@@ -128,8 +128,8 @@ static void tag_reaches_server_log_and_pg_stat_statements(void **state) {
   assert_true(logged_with_tag(tag, "SELECT 'logged' FROM pgtag_log_probe"));
 
   char text[512];
-  admin_value("SELECT query FROM pg_stat_statements WHERE query LIKE '%FROM pgtag_log_probe'",
-              text, sizeof text);
+  admin_value("SELECT query FROM pg_stat_statements WHERE query LIKE '%FROM pgtag_log_probe'", text,
+              sizeof text);
   /* through the statement cache, pg_stat_statements has the prepared text
    * (normalized: the constant became $1), untagged; the log line above
    * and pg_stat_activity carry the tag */
@@ -139,8 +139,8 @@ static void tag_reaches_server_log_and_pg_stat_statements(void **state) {
   rec q2 = {0};
   pgtag_query_opts as_text = {.no_cache = 1};
   pgtag_ctx *prev = pgtag_ctx_enter(a);
-  assert_int_equal(pgtag_query_ex(pool, "SELECT 'logged' FROM pgtag_log_probe2", 0, NULL,
-                                  &as_text, rec_result, &q2),
+  assert_int_equal(pgtag_query_ex(pool, "SELECT 'logged' FROM pgtag_log_probe2", 0, NULL, &as_text,
+                                  rec_result, &q2),
                    PGTAG_OK);
   pgtag_ctx_leave(prev);
   wait_rec(&q2);
@@ -284,8 +284,7 @@ static void chain_second(PGresult *res, const pgtag_error *err, void *arg) {
   chain *c = arg;
   rec_result(res, err, &c->first);
   /* no context handling here: the callback's context is inherited */
-  assert_int_equal(pgtag_query(c->pool, "SELECT current_query()", 0, NULL, rec_result,
-                               &c->second),
+  assert_int_equal(pgtag_query(c->pool, "SELECT current_query()", 0, NULL, rec_result, &c->second),
                    PGTAG_OK);
 }
 
@@ -623,14 +622,14 @@ static void bad_arguments_are_refused(void **state) {
   assert_int_equal(pgtag_pool_new(NULL, &cfg, &pool), PGTAG_EINVAL);
   assert_int_equal(pgtag_pool_new(&loop, NULL, &pool), PGTAG_EINVAL);
   assert_int_equal(pgtag_pool_new(&loop, &cfg, NULL), PGTAG_EINVAL);
-#define BAD(stmt)                                                  \
-  do {                                                             \
-    test_config(&cfg);                                             \
-    cfg.log = quiet_log;                                           \
-    stmt;                                                          \
-    pool = NULL;                                                   \
+#define BAD(stmt)                                                       \
+  do {                                                                  \
+    test_config(&cfg);                                                  \
+    cfg.log = quiet_log;                                                \
+    stmt;                                                               \
+    pool = NULL;                                                        \
     assert_int_equal(pgtag_pool_new(&loop, &cfg, &pool), PGTAG_EINVAL); \
-    assert_null(pool);                                             \
+    assert_null(pool);                                                  \
   } while (0)
   BAD(cfg.conninfo = NULL);
   BAD(cfg.conninfo = "host");
@@ -685,7 +684,7 @@ static void bad_arguments_are_refused(void **state) {
   assert_int_equal(pgtag_release(acq.conn), PGTAG_EINVAL); /* twice: logged, ignored */
   assert_int_equal(quiet_log_errors, errors_before + 1);
   assert_int_equal(pgtag_conn_query(acq.conn, "SELECT 1", 0, NULL, rec_result, &r), PGTAG_EINVAL);
-  run_for(&loop, 50); /* a time for a callback that must not come */
+  run_for(&loop, 50);           /* a time for a callback that must not come */
   assert_int_equal(r.calls, 0); /* no refusal is followed by a callback */
   pgtag_stats st;
   pgtag_pool_stats(pool, &st);
@@ -1037,7 +1036,7 @@ static void min_conns_and_idle_timeout(void **state) {
   assert_int_equal(st.connects, 4); /* grew to max_conns for the burst */
   WAIT_STATS(pool, st, st.total == 2);
   assert_int_equal(st.total, 2); /* shrank back, never below min_conns */
-  run_for(&loop, 300); /* twice the idle timeout: it must not shrink below */
+  run_for(&loop, 300);           /* twice the idle timeout: it must not shrink below */
   pgtag_pool_stats(pool, &st);
   assert_int_equal(st.total, 2);
   test_pool_close(&loop, pool);
@@ -1117,8 +1116,8 @@ static void multi_host_conninfo_follows_the_socket(void **state) {
   assert_non_null(port);
   char conninfo[256];
   snprintf(conninfo, sizeof conninfo,
-           "host=127.0.0.1,127.0.0.1 port=%d,%s user=postgres dbname=postgres",
-           free_tcp_port(), port);
+           "host=127.0.0.1,127.0.0.1 port=%d,%s user=postgres dbname=postgres", free_tcp_port(),
+           port);
   pgtag_pool_config cfg;
   test_config(&cfg);
   cfg.conninfo = conninfo;
@@ -1225,10 +1224,18 @@ static void burst_every_callback_once(void **state) {
     pgtag_errcode rc;
     in_submit = 1;
     switch (b->kind) {
-    case 0: rc = pgtag_query(pool, "SELECT current_query()", 0, NULL, burst_result, b); break;
-    case 1: rc = pgtag_acquire(pool, burst_acquired, b); break;
-    case 2: rc = pgtag_query(pool, "SELECT 1/0", 0, NULL, burst_result, b); break;
-    default: rc = pgtag_query(pool, "SELECT $1::int", 1, vals, burst_result, b); break;
+    case 0:
+      rc = pgtag_query(pool, "SELECT current_query()", 0, NULL, burst_result, b);
+      break;
+    case 1:
+      rc = pgtag_acquire(pool, burst_acquired, b);
+      break;
+    case 2:
+      rc = pgtag_query(pool, "SELECT 1/0", 0, NULL, burst_result, b);
+      break;
+    default:
+      rc = pgtag_query(pool, "SELECT $1::int", 1, vals, burst_result, b);
+      break;
     }
     in_submit = 0;
     pgtag_ctx_leave(prev);

@@ -15,7 +15,8 @@ typedef struct {
 static void collect(queue *h, int *out, int *n) {
   queue *q;
   *n = 0;
-  queue_foreach(q, h) out[(*n)++] = queue_data(q, item, node)->id;
+  queue_foreach (q, h)
+    out[(*n)++] = queue_data(q, item, node)->id;
 }
 
 static void insert_remove_order(void **state) {

@@ -39,7 +39,8 @@ static int running(int pid, const char *waiting) {
   char sql[256];
   snprintf(sql, sizeof sql,
            "SELECT count(*) FROM pg_stat_activity WHERE pid = %d AND state = 'active' "
-           "AND %s", pid, waiting);
+           "AND %s",
+           pid, waiting);
   return admin_int(sql);
 }
 
@@ -83,8 +84,8 @@ static void statement_timeout_cancels_on_the_server(void **state) {
   /* per query: no limit for this one, though the pool has one */
   pgtag_query_opts none = {.timeout_ms = -1};
   pgtag_ctx *prev = pgtag_ctx_enter(b);
-  assert_int_equal(pgtag_query_ex(pool, "SELECT pg_sleep(0.5)::text", 0, NULL, &none,
-                                  rec_result, &exempt),
+  assert_int_equal(pgtag_query_ex(pool, "SELECT pg_sleep(0.5)::text", 0, NULL, &none, rec_result,
+                                  &exempt),
                    PGTAG_OK);
   pgtag_ctx_leave(prev);
   wait_rec(&exempt);
@@ -164,8 +165,8 @@ static void held_query_blocked_on_a_lock_times_out(void **state) {
   conn_query_in(acq.conn, ctx, "BEGIN", &begin);
   pgtag_query_opts opts = {.timeout_ms = 250};
   pgtag_ctx *prev = pgtag_ctx_enter(ctx);
-  assert_int_equal(pgtag_conn_query_ex(acq.conn, "SELECT count(*) FROM pgtag_lock", 0, NULL,
-                                       &opts, rec_result, &blocked),
+  assert_int_equal(pgtag_conn_query_ex(acq.conn, "SELECT count(*) FROM pgtag_lock", 0, NULL, &opts,
+                                       rec_result, &blocked),
                    PGTAG_OK);
   pgtag_ctx_leave(prev);
   conn_query_in(acq.conn, ctx, "SELECT 'queued behind'", &after);
@@ -258,8 +259,8 @@ static void cancel_everything_a_request_runs(void **state) {
   int pid = pgtag_conn_backend_pid(held.conn);
   conn_query_in(held.conn, gone, "SELECT pg_sleep(30)", &sleep_held);
   conn_query_in(held.conn, gone, "SELECT 'queued'", &queued);
-  query_in(pool, gone, "SELECT pg_sleep(31)", &sleep_one);   /* the third connection */
-  query_in(pool, gone, "SELECT 'waiting'", &waiting);        /* no connection left */
+  query_in(pool, gone, "SELECT pg_sleep(31)", &sleep_one); /* the third connection */
+  query_in(pool, gone, "SELECT 'waiting'", &waiting);      /* no connection left */
   conn_query_in(other_held.conn, other, "SELECT pg_sleep(0.3)::text", &other_q);
   wait_running(pid, SLEEPING);
   /* Running, not merely sent: a cancel that reaches a backend before it
@@ -267,8 +268,8 @@ static void cancel_everything_a_request_runs(void **state) {
    * then runs its 31 s and the pool gives the connection up. */
   char second[256];
   snprintf(second, sizeof second,
-           "SELECT count(*) FROM pg_stat_activity WHERE " SLEEPING " AND pid NOT IN (%d, %d)",
-           pid, pgtag_conn_backend_pid(other_held.conn));
+           "SELECT count(*) FROM pg_stat_activity WHERE " SLEEPING " AND pid NOT IN (%d, %d)", pid,
+           pgtag_conn_backend_pid(other_held.conn));
   WAIT_FOR(&loop, admin_int(second) == 1, 10000);
   assert_int_equal(admin_int(second), 1);
 
@@ -397,8 +398,7 @@ static void load_done(PGresult *res, const pgtag_error *err, void *arg) {
     l->etimedout++;
   } else {
     l->other++;
-    snprintf(l->other_msg, sizeof l->other_msg, "%s: %s", pgtag_strerror(err->code),
-             err->message);
+    snprintf(l->other_msg, sizeof l->other_msg, "%s: %s", pgtag_strerror(err->code), err->message);
   }
   pgtag_ctx_end(r->ctx);
   pgtag_ctx_unref(r->ctx);
@@ -600,8 +600,7 @@ static void ten_megabyte_query_and_parameter(void **state) {
   query_in(pool, ctx, sql, &q);
   const char *vals[1] = {param};
   pgtag_ctx *prev = pgtag_ctx_enter(ctx);
-  assert_int_equal(pgtag_query(pool, "SELECT length($1)::text", 1, vals, rec_result, &p),
-                   PGTAG_OK);
+  assert_int_equal(pgtag_query(pool, "SELECT length($1)::text", 1, vals, rec_result, &p), PGTAG_OK);
   pgtag_ctx_leave(prev);
   free(sql); /* copied or sent by now: the caller may free */
   free(param);
@@ -703,8 +702,7 @@ static void bad_configuration_is_refused(void **state) {
   assert_int_equal(pgtag_pool_new(NULL, &cfg, &pool), PGTAG_EINVAL);
   assert_int_equal(pgtag_pool_new(&loop, NULL, &pool), PGTAG_EINVAL);
   assert_int_equal(pgtag_pool_new(&loop, &cfg, NULL), PGTAG_EINVAL);
-  assert_int_equal(pgtag_query_ex(NULL, "SELECT 1", 0, NULL, NULL, rec_result, NULL),
-                   PGTAG_EINVAL);
+  assert_int_equal(pgtag_query_ex(NULL, "SELECT 1", 0, NULL, NULL, rec_result, NULL), PGTAG_EINVAL);
   pgtag_conn none = {0};
   assert_int_equal(pgtag_conn_query_ex(none, "SELECT 1", 0, NULL, NULL, rec_result, NULL),
                    PGTAG_EINVAL);

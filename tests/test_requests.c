@@ -24,7 +24,8 @@ static int running_tagged(const char *id) {
   char sql[256];
   snprintf(sql, sizeof sql,
            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
-           "AND query LIKE '/* requestId=%s */%%'", id);
+           "AND query LIKE '/* requestId=%s */%%'",
+           id);
   return admin_int(sql);
 }
 
@@ -442,17 +443,18 @@ static void forgotten_leave_is_reported(void **state) {
   assert_int_equal(pgtag_query(pool, "SELECT 'a'", 0, NULL, rec_result, &ra), PGTAG_OK);
   assert_true(run_until(&loop, &ra.calls, 1, 5000));
   /* said as the loop goes back to waiting */
-  WAIT_FOR(&loop, lines_saying(PGTAG_LOG_WARN, "request forgets-to-leave", site,
-                               "pgtag_ctx_leave") > 0, 5000);
+  WAIT_FOR(&loop,
+           lines_saying(PGTAG_LOG_WARN, "request forgets-to-leave", site, "pgtag_ctx_leave") > 0,
+           5000);
   assert_int_equal(lines_saying(PGTAG_LOG_WARN, "request forgets-to-leave", site,
-                                "pgtag_ctx_leave"), 1);
+                                "pgtag_ctx_leave"),
+                   1);
   pgtag_stats st;
   pgtag_pool_stats(pool, &st);
   assert_int_equal(st.left_current, 1);
   /* the next request enters its own context: its own tag */
   pgtag_ctx *prev = pgtag_ctx_enter(b);
-  assert_int_equal(pgtag_query(pool, "SELECT current_query()", 0, NULL, rec_result, &rb),
-                   PGTAG_OK);
+  assert_int_equal(pgtag_query(pool, "SELECT current_query()", 0, NULL, rec_result, &rb), PGTAG_OK);
   pgtag_ctx_leave(prev);
   assert_true(run_until(&loop, &rb.calls, 1, 5000));
   assert_sent_as(rb.value, "/* requestId=next-request */ SELECT current_query()");
@@ -507,7 +509,7 @@ static void context_check_levels(void **state) {
     }
     pgtag_stats st;
     pgtag_pool_stats(pool, &st);
-    assert_int_equal(st.no_context, 2);  /* counted at every level */
+    assert_int_equal(st.no_context, 2); /* counted at every level */
     assert_int_equal(st.after_end, 2);
     char metrics[8192];
     pgtag_pool_metrics(pool, metrics, sizeof metrics);
@@ -531,22 +533,21 @@ static void every_refusal_says_why(void **state) {
   const char *vals[1] = {"1"};
   /* each checked as it happens: the line names the function, the
    * reason and this file and function as the site */
-#define REFUSED(call, fn, why)                                                                   \
-  do {                                                                                           \
-    int before_ = nlogged;                                                                       \
-    assert_int_equal((call), PGTAG_EINVAL);                                                      \
-    if (nlogged != before_ + 1 || strstr(logged[before_], fn) == NULL ||                         \
-        strstr(logged[before_], why) == NULL ||                                                  \
-        strstr(logged[before_], "test_requests.c:") == NULL ||                                   \
-        strstr(logged[before_], "every_refusal_says_why") == NULL)                               \
-      fail_msg("no one line saying \"%s: %s\" with its site", fn, why);                         \
+#define REFUSED(call, fn, why)                                           \
+  do {                                                                   \
+    int before_ = nlogged;                                               \
+    assert_int_equal((call), PGTAG_EINVAL);                              \
+    if (nlogged != before_ + 1 || strstr(logged[before_], fn) == NULL || \
+        strstr(logged[before_], why) == NULL ||                          \
+        strstr(logged[before_], "test_requests.c:") == NULL ||           \
+        strstr(logged[before_], "every_refusal_says_why") == NULL)       \
+      fail_msg("no one line saying \"%s: %s\" with its site", fn, why);  \
   } while (0)
   REFUSED(pgtag_query(pool, NULL, 0, NULL, rec_result, &r), "pgtag_query", "sql is NULL");
   REFUSED(pgtag_query(pool, "SELECT 1", 0, NULL, NULL, &r), "pgtag_query", "callback is NULL");
   REFUSED(pgtag_query(pool, "SELECT 1", -1, vals, rec_result, &r), "pgtag_query",
           "nparams is negative");
-  REFUSED(pgtag_query(pool, "SELECT $1", 1, NULL, rec_result, &r), "pgtag_query",
-          "values is NULL");
+  REFUSED(pgtag_query(pool, "SELECT $1", 1, NULL, rec_result, &r), "pgtag_query", "values is NULL");
   REFUSED(pgtag_acquire(pool, NULL, &r), "pgtag_acquire", "callback is NULL");
   /* a connection handle that never was: no pool to log to, refused */
   assert_int_equal(pgtag_conn_query((pgtag_conn){0}, "SELECT 1", 0, NULL, rec_result, &r),
@@ -567,7 +568,7 @@ static void every_refusal_says_why(void **state) {
     pgtag_query(pool, NULL, 0, NULL, rec_result, &r);
   assert_int_equal(nlogged, before + 1);
   pgtag_ctx_leave(prev);
-  run_for(&loop, 20); /* a time for a callback that must not come */
+  run_for(&loop, 20);           /* a time for a callback that must not come */
   assert_int_equal(r.calls, 0); /* no refusal calls back */
   pgtag_ctx_unref(ctx);
   test_pool_close(&loop, pool);
@@ -590,8 +591,8 @@ static void a_call_off_the_loop_thread_says_so(void **state) {
   pthread_create(&t, NULL, offthread_query, NULL);
   pthread_join(t, NULL);
   assert_int_equal(offthread_rc, PGTAG_EINVAL);
-  assert_int_equal(lines_saying(PGTAG_LOG_ERROR, "off the pool's loop thread", "test_requests.c:",
-                                NULL),
+  assert_int_equal(lines_saying(PGTAG_LOG_ERROR, "off the pool's loop thread",
+                                "test_requests.c:", NULL),
                    1);
   test_pool_close(&loop, offthread_pool);
 }
@@ -611,14 +612,13 @@ static void traceparent_is_validated(void **state) {
   assert_string_equal(pgtag_ctx_get(ctx, "traceparent"),
                       "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
   static const char *const bad[] = {
-      "00-00000000000000000000000000000000-00f067aa0ba902b7-01", /* zero trace ID */
-      "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", /* zero parent */
-      "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", /* version ff */
-      "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", /* upper case */
+      "00-00000000000000000000000000000000-00f067aa0ba902b7-01",   /* zero trace ID */
+      "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",   /* zero parent */
+      "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",   /* version ff */
+      "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",   /* upper case */
       "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", /* 00 with more */
-      "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",    /* short */
-      "00-4bf92f3577b34da6a3ce929d0e0e4736*/00f067aa0ba902b7-01",
-      "",
+      "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",      /* short */
+      "00-4bf92f3577b34da6a3ce929d0e0e4736*/00f067aa0ba902b7-01",  "",
   };
   /* the reasons go to stderr: caught in a file */
   char path[] = "/tmp/pgtag-stderr.XXXXXX";

@@ -32,7 +32,7 @@
 #include "harness.h"
 #include "resolve.h"
 
-#define NAME "db.pgtag.test"   /* the certificate's name, 127.0.0.1 */
+#define NAME "db.pgtag.test"    /* the certificate's name, 127.0.0.1 */
 #define STALLED "db.stall.test" /* in no hosts file: the resolver hangs */
 
 static char dir[] = "/tmp/pgtag-resolve.XXXXXX";
@@ -98,8 +98,7 @@ static int group_setup(void **state) {
            port);
   snprintf(ca, sizeof ca, "%s/tls/ca.crt", server_dir);
   admin_exec_on(server, "ALTER SYSTEM SET listen_addresses = '127.0.0.1,127.0.0.2'");
-  snprintf(line, sizeof line, "'%s/tests/pgserver.sh' restart '%s'", PGTAG_SOURCE_DIR,
-           server_dir);
+  snprintf(line, sizeof line, "'%s/tests/pgserver.sh' restart '%s'", PGTAG_SOURCE_DIR, server_dir);
   shell(line);
   return 0;
 }
@@ -380,8 +379,7 @@ static void every_address_in_order(void **state) {
   snprintf(conninfo, sizeof conninfo, "host=db.multi.test port=%d user=postgres", port);
   server_addr(conninfo, "127.0.0.2");
   /* two hosts, a port each: the first has nobody listening */
-  snprintf(conninfo, sizeof conninfo, "host=db.multi.test,%s port=1,%d user=postgres", NAME,
-           port);
+  snprintf(conninfo, sizeof conninfo, "host=db.multi.test,%s port=1,%d user=postgres", NAME, port);
   server_addr(conninfo, "127.0.0.1");
   /* names resolved, then a socket path, in the given order */
   snprintf(conninfo, sizeof conninfo, "host=db.multi.test,%s port=1,%d user=postgres", server_dir,
@@ -416,13 +414,11 @@ static void tls_require(void **state) {
   (void)state;
   char conninfo[512];
   rec r;
-  snprintf(conninfo, sizeof conninfo, "host=" NAME " port=%d user=postgres sslmode=require",
-           port);
+  snprintf(conninfo, sizeof conninfo, "host=" NAME " port=%d user=postgres sslmode=require", port);
   query_through(conninfo, SSL_SQL, PGTAG_OK, &r);
   assert_string_equal(r.value, "true");
   /* the same without TLS, to show the query can tell */
-  snprintf(conninfo, sizeof conninfo, "host=" NAME " port=%d user=postgres sslmode=disable",
-           port);
+  snprintf(conninfo, sizeof conninfo, "host=" NAME " port=%d user=postgres sslmode=disable", port);
   query_through(conninfo, SSL_SQL, PGTAG_OK, &r);
   assert_string_equal(r.value, "false");
 }
@@ -503,7 +499,8 @@ static void tls_handshake_with_a_mute_server_does_not_stop_the_loop(void **state
   m.stop = 1;
   pthread_join(t, NULL);
   print_message("%d handshakes left hanging; the loop's 10 ms timer at worst %llu ms late; "
-                "%s\n", m.requests, (unsigned long long)late.worst, r.message);
+                "%s\n",
+                m.requests, (unsigned long long)late.worst, r.message);
   assert_done(&r, NULL, PGTAG_ETIMEDOUT);
   assert_true(m.requests >= 1);
   assert_non_null(strstr(r.message, "timed out after 1000 ms"));
@@ -546,15 +543,16 @@ static void tls_verify_full_checks_the_name(void **state) {
     pgtag_release(acq[i].conn);
   }
   print_message("8 TLS connections opened at once: the loop's 10 ms timer at worst %llu ms "
-                "late\n", (unsigned long long)late.worst);
+                "late\n",
+                (unsigned long long)late.worst);
   assert_true(late.worst < 500 * (uint64_t)time_scale());
   pool_done(pool);
 
   /* the same address under a name the certificate does not have */
   set_hosts("127.0.0.1 " NAME "\n127.0.0.1 other.pgtag.test\n");
   snprintf(conninfo, sizeof conninfo,
-           "host=other.pgtag.test port=%d user=postgres sslmode=verify-full sslrootcert=%s",
-           port, ca);
+           "host=other.pgtag.test port=%d user=postgres sslmode=verify-full sslrootcert=%s", port,
+           ca);
   pgtag_pool_config cfg;
   pgtag_pool_config_init(&cfg);
   cfg.conninfo = conninfo;
@@ -573,7 +571,8 @@ static void tls_verify_full_checks_the_name(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(what_is_resolved),
-      cmocka_unit_test_setup_teardown(a_resolver_that_does_not_answer_does_not_stop_the_loop, setup, teardown),
+      cmocka_unit_test_setup_teardown(a_resolver_that_does_not_answer_does_not_stop_the_loop, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(addresses_and_sockets_pass_through, setup, teardown),
       cmocka_unit_test_setup_teardown(a_moved_name_is_followed, setup, teardown),
       cmocka_unit_test_setup_teardown(every_address_in_order, setup, teardown),

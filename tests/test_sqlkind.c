@@ -86,12 +86,31 @@ static void functions_with_effects(void **state) {
 
 static void transaction_and_session_state(void **state) {
   (void)state;
-  const char *const exclusive[] = {
-      "BEGIN", "begin", "START TRANSACTION", "COMMIT", "END", "ROLLBACK", "ABORT",
-      "SAVEPOINT a", "RELEASE a", "PREPARE q AS SELECT 1", "SET x = 1", "RESET ALL",
-      "LISTEN c", "UNLISTEN *", "DISCARD ALL", "LOCK t", "DECLARE c CURSOR FOR SELECT 1",
-      "CLOSE c", "FETCH c", "MOVE c", "COPY t TO STDOUT", "DEALLOCATE ALL", "EXECUTE q",
-      "/* requestId=x */ BEGIN", "(begin"};
+  const char *const exclusive[] = {"BEGIN",
+                                   "begin",
+                                   "START TRANSACTION",
+                                   "COMMIT",
+                                   "END",
+                                   "ROLLBACK",
+                                   "ABORT",
+                                   "SAVEPOINT a",
+                                   "RELEASE a",
+                                   "PREPARE q AS SELECT 1",
+                                   "SET x = 1",
+                                   "RESET ALL",
+                                   "LISTEN c",
+                                   "UNLISTEN *",
+                                   "DISCARD ALL",
+                                   "LOCK t",
+                                   "DECLARE c CURSOR FOR SELECT 1",
+                                   "CLOSE c",
+                                   "FETCH c",
+                                   "MOVE c",
+                                   "COPY t TO STDOUT",
+                                   "DEALLOCATE ALL",
+                                   "EXECUTE q",
+                                   "/* requestId=x */ BEGIN",
+                                   "(begin"};
   for (size_t i = 0; i < sizeof exclusive / sizeof exclusive[0]; i++)
     expect(exclusive[i], SQL_EXCLUSIVE);
 }

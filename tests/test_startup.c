@@ -120,8 +120,7 @@ static void parses_libpq_connection_errors(void **state) {
     assert_string_equal(e.sqlstate, transient[i]);
     free(e.message);
   }
-  const char *refusals[] = {"28000", "28P01", "3D000", "42501", "42704", "22023", "0A000",
-                            "55000"};
+  const char *refusals[] = {"28000", "28P01", "3D000", "42501", "42704", "22023", "0A000", "55000"};
   for (size_t i = 0; i < sizeof refusals / sizeof refusals[0]; i++)
     assert_true(connect_error_permanent(refusals[i]));
 
@@ -215,7 +214,7 @@ static void missing_database_fails_fast_then_recovers(void **state) {
       served = 1;
     } else {
       assert_done(&q, ctx, PGTAG_ECONN); /* only until the next attempt */
-      run_for(&loop, 10); /* the next request comes 10 ms later */
+      run_for(&loop, 10);                /* the next request comes 10 ms later */
     }
   }
   assert_true(served);

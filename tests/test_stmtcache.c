@@ -88,14 +88,16 @@ static void statement_gone_is_prepared_again(void **state) {
   acquire_in(pool, NULL, &acq);
   assert_true(run_until(&loop, &acq.calls, 1, 5000));
   memset(&r, 0, sizeof r);
-  assert_int_equal(pgtag_conn_query(acq.conn, "SELECT 'held ' || $1", 1,
-                                    (const char *[]){"1"}, rec_result, &r), PGTAG_OK);
+  assert_int_equal(pgtag_conn_query(acq.conn, "SELECT 'held ' || $1", 1, (const char *[]){"1"},
+                                    rec_result, &r),
+                   PGTAG_OK);
   assert_true(run_until(&loop, &r.calls, 1, 5000));
   run_held(acq.conn, "/* unseen */ DEALLOCATE ALL", &d);
   assert_done(&d, NULL, PGTAG_OK);
   memset(&r, 0, sizeof r);
-  assert_int_equal(pgtag_conn_query(acq.conn, "SELECT 'held ' || $1", 1,
-                                    (const char *[]){"2"}, rec_result, &r), PGTAG_OK);
+  assert_int_equal(pgtag_conn_query(acq.conn, "SELECT 'held ' || $1", 1, (const char *[]){"2"},
+                                    rec_result, &r),
+                   PGTAG_OK);
   assert_true(run_until(&loop, &r.calls, 1, 5000));
   assert_done(&r, NULL, PGTAG_OK);
   assert_string_equal(r.value, "held 2");
@@ -226,8 +228,9 @@ static void what_goes_the_old_way(void **state) {
   assert_done(&step, NULL, PGTAG_OK);
   memset(&r, 0, sizeof r);
   const char *tricky = "a\\'b";
-  assert_int_equal(pgtag_conn_query(acq.conn, "SELECT $1::text, length($1)", 1, &tricky,
-                                    rec_result, &r), PGTAG_OK);
+  assert_int_equal(pgtag_conn_query(acq.conn, "SELECT $1::text, length($1)", 1, &tricky, rec_result,
+                                    &r),
+                   PGTAG_OK);
   assert_true(run_until(&loop, &r.calls, 1, 5000));
   assert_done(&r, NULL, PGTAG_OK);
   assert_string_equal(r.value, tricky);
@@ -262,10 +265,12 @@ static void random_value(char *out, size_t cap) {
   out[len] = '\0';
 }
 
+/* clang-format off */
 static const char *const hostile[] = {
     "'", "''", "\\", "\\'", "'; DROP TABLE pgtag_victim; --", "*/ SELECT 1 /*", "/*", "*/",
     "$$", "$tag$", "E'\\x27'", "\xe3\x81\x82'", "\x95\\", "\x81\x27", "\xa4\x5c'", "%27", "NULL",
 };
+/* clang-format on */
 
 typedef struct {
   int compared, equal_ok, both_failed, differ;
@@ -293,6 +298,7 @@ static void compare_one(pgtag_pool *pool, const char *value, fuzz_tally *t) {
 
 static void literals_give_the_server_the_same_bytes(void **state) {
   (void)state;
+  /* clang-format off */
   static const char *const encodings[] = {
       "SQL_ASCII", "UTF8", "EUC_JP", "EUC_CN", "EUC_KR", "EUC_TW", "EUC_JIS_2004",
       "LATIN1", "LATIN2", "LATIN3", "LATIN4", "LATIN5", "LATIN6", "LATIN7", "LATIN8",
@@ -300,6 +306,7 @@ static void literals_give_the_server_the_same_bytes(void **state) {
       "WIN1252", "ISO_8859_5", "ISO_8859_6", "ISO_8859_7", "ISO_8859_8", "WIN1250",
       "WIN1253", "WIN1254", "WIN1255", "WIN1257", "KOI8U", "SJIS", "BIG5", "GBK", "UHC",
       "GB18030", "JOHAB", "SHIFT_JIS_2004", "MULE_INTERNAL"};
+  /* clang-format on */
   int tested = 0, total = 0, ok = 0, failed = 0, loop_closed = 0;
   for (size_t e = 0; e < sizeof encodings / sizeof *encodings; e++) {
     /* accepted by this server as a client encoding? */
@@ -335,8 +342,8 @@ static void literals_give_the_server_the_same_bytes(void **state) {
   }
   if (!loop_closed)
     assert_int_equal(uv_loop_close(&loop), 0);
-  print_message("%d client encodings, %d values: %d identical results, %d refused alike\n",
-                tested, total, ok, failed);
+  print_message("%d client encodings, %d values: %d identical results, %d refused alike\n", tested,
+                total, ok, failed);
   assert_true(tested >= 30);
 }
 

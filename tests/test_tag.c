@@ -77,7 +77,8 @@ static void assert_contained(const char *out, const char *sql) {
   for (const char *p = out + 3; p < end - 1; p++) {
     assert_false(p[0] == '/' && p[1] == '*');
     assert_non_null(strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                           "0123456789-._~:%= ", *p));
+                           "0123456789-._~:%= ",
+                           *p));
   }
 }
 
@@ -87,10 +88,22 @@ static void hostile_values_stay_inside(void **state) {
   memset(big, '*', 5000);
   memset(big + 5000, '/', 5000);
   big[10000] = '\0';
-  const char *hostile[] = {"*/ DROP TABLE x; --", "/*", "*/", "/* nested /* */",
-                           "'; SELECT pg_sleep(10); --", "line\nbreak\r\n",
-                           "tab\there", "back\\slash", "100%", "\x01\x7f\xff",
-                           "\" OR 1=1 --", "$1", "$$ dollar $$", "*", "/", big};
+  const char *hostile[] = {"*/ DROP TABLE x; --",
+                           "/*",
+                           "*/",
+                           "/* nested /* */",
+                           "'; SELECT pg_sleep(10); --",
+                           "line\nbreak\r\n",
+                           "tab\there",
+                           "back\\slash",
+                           "100%",
+                           "\x01\x7f\xff",
+                           "\" OR 1=1 --",
+                           "$1",
+                           "$$ dollar $$",
+                           "*",
+                           "/",
+                           big};
   for (size_t i = 0; i < sizeof hostile / sizeof *hostile; i++) {
     pgtag_ctx *ctx = pgtag_ctx_new(hostile[i]);
     pgtag_ctx_set(ctx, "route", hostile[i]);
@@ -111,7 +124,8 @@ static void sqlcommenter_style(void **state) {
   const char *out = tag_render(&buf, PGTAG_TAG_SQLCOMMENTER, "requestId", ctx, "SELECT 1");
   assert_string_equal(out, "SELECT 1 /*action='get%27it',requestId='r%3A1',route='%2Fx%20y'*/");
   out = tag_render(&buf, PGTAG_TAG_SQLCOMMENTER, "requestId", ctx, "SELECT 1;  \n");
-  assert_string_equal(out, "SELECT 1 /*action='get%27it',requestId='r%3A1',route='%2Fx%20y'*/;  \n");
+  assert_string_equal(out,
+                      "SELECT 1 /*action='get%27it',requestId='r%3A1',route='%2Fx%20y'*/;  \n");
   pgtag_ctx_set(ctx, "zeta", "z");
   pgtag_ctx_set(ctx, "action", NULL);
   pgtag_ctx_set(ctx, "route", NULL);

@@ -178,7 +178,6 @@ static int worker_init(worker *w) {
     svc->pool_names[w->index * per + 1 + i] = w->pool_names[1 + i];
   }
 
-
   uv_tcp_init(&w->loop, &w->listener);
   w->listener.data = w;
   if (uv_tcp_open(&w->listener, w->listen_fd) != 0 ||
@@ -219,8 +218,10 @@ static uv_signal_t sigint, sigterm;
  * gets the default action. */
 static void on_signal(uv_signal_t *s, int signum) {
   service *svc = s->data;
-  fprintf(stderr, "service: %s, stopping: no new connections, finishing the requests "
-                  "accepted\n", signum == SIGINT ? "SIGINT" : "SIGTERM");
+  fprintf(stderr,
+          "service: %s, stopping: no new connections, finishing the requests "
+          "accepted\n",
+          signum == SIGINT ? "SIGINT" : "SIGTERM");
   for (int i = 0; i < svc->nworkers; i++)
     uv_async_send(&svc->workers[i].stop);
   uv_close((uv_handle_t *)&sigint, NULL);
@@ -301,8 +302,8 @@ int main(int argc, char **argv) {
   uv_signal_start(&sigint, on_signal, SIGINT);
   uv_signal_start(&sigterm, on_signal, SIGTERM);
 
-  printf("listening on http://%s:%d (%d workers, %d connections each, %d replicas)\n", host,
-         port, svc.nworkers, svc.pool_size, svc.nreplicas);
+  printf("listening on http://%s:%d (%d workers, %d connections each, %d replicas)\n", host, port,
+         svc.nworkers, svc.pool_size, svc.nreplicas);
   fflush(stdout);
   for (int i = 0; i < svc.nworkers; i++)
     uv_thread_create(&svc.workers[i].thread, worker_run, &svc.workers[i]);

@@ -64,8 +64,8 @@ static void client_gone(request *r) {
   int n = pgtag_ctx_cancel(r->ctx);
   request_release(r);
   pgtag_ctx_leave(prev);
-  fprintf(stderr, "worker %d: request %s: client gone, %d operation(s) canceled\n",
-          r->w->index, pgtag_ctx_request_id(r->ctx), n);
+  fprintf(stderr, "worker %d: request %s: client gone, %d operation(s) canceled\n", r->w->index,
+          pgtag_ctx_request_id(r->ctx), n);
 }
 
 /* h2o frees a request's memory pool when its response has been sent, or
@@ -137,9 +137,8 @@ int request_handle(h2o_handler_t *self, h2o_req_t *req) {
   }
   r->w = w;
   r->req = req;
-  h2o_socket_t *sock = req->conn->callbacks->get_socket != NULL
-                           ? req->conn->callbacks->get_socket(req->conn)
-                           : NULL;
+  h2o_socket_t *sock =
+      req->conn->callbacks->get_socket != NULL ? req->conn->callbacks->get_socket(req->conn) : NULL;
   /* HTTP/2 keeps reading: h2o itself disposes of a request whose stream or
    * connection closed. */
   r->fd = sock != NULL && req->version < 0x200 ? worker_client_fd(w, sock) : -1;
@@ -165,8 +164,7 @@ int request_handle(h2o_handler_t *self, h2o_req_t *req) {
 
 /* Sends the response; the last use of r by the caller (h2o may dispose
  * of the request, and r with it, before this returns). */
-void request_reply_text(request *r, int status, const char *type, const char *body,
-                        size_t len) {
+void request_reply_text(request *r, int status, const char *type, const char *body, size_t len) {
   h2o_req_t *req = r->req;
   if (req == NULL || r->replied)
     return;

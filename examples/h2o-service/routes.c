@@ -37,9 +37,7 @@ static int path_id(h2o_iovec_t path, const char *prefix, const char *suffix, lon
  * timeout, 500 for the rest. */
 static void fail(request *r, const pgtag_error *err) {
   request_release(r);
-  int status = err->code != PGTAG_ETIMEDOUT            ? 500
-               : pgtag_ctx_time_left_ms(r->ctx) == 0 ? 504
-                                                      : 503;
+  int status = err->code != PGTAG_ETIMEDOUT ? 500 : pgtag_ctx_time_left_ms(r->ctx) == 0 ? 504 : 503;
   request_reply(r, status,
                 json_pack("{s:s,s:s?}", "error", err->message, "sqlstate", err->sqlstate));
 }
@@ -71,11 +69,11 @@ static void on_account(PGresult *res, const pgtag_error *err, void *arg) {
     not_found(r, "no such account");
     return;
   }
-  json_t *body = json_pack("{s:I,s:I,s:I}", "id", int_at(res, 0, 0), "branch",
-                           int_at(res, 0, 1), "balance", int_at(res, 0, 2));
+  json_t *body = json_pack("{s:I,s:I,s:I}", "id", int_at(res, 0, 0), "branch", int_at(res, 0, 1),
+                           "balance", int_at(res, 0, 2));
   if (r->digest[0] != '\0') /* GET /accounts/{id}/digest */
-    json_object_update_missing_new(body, json_pack("{s:s,s:s}", "digest", r->digest,
-                                                   "hashed_for", r->hashed_for));
+    json_object_update_missing_new(body, json_pack("{s:s,s:s}", "digest", r->digest, "hashed_for",
+                                                   r->hashed_for));
   request_reply(r, 200, body);
 }
 
@@ -100,9 +98,9 @@ static void on_tellers(PGresult *res, const pgtag_error *err, void *arg) {
     fail(r, err);
     return;
   }
-  request_reply(r, 200, json_pack("{s:I,s:I,s:I,s:I}", "branch", r->id, "balance", r->bid,
-                                  "tellers", int_at(res, 0, 0), "tellers_balance",
-                                  int_at(res, 0, 1)));
+  request_reply(r, 200,
+                json_pack("{s:I,s:I,s:I,s:I}", "branch", r->id, "balance", r->bid, "tellers",
+                          int_at(res, 0, 0), "tellers_balance", int_at(res, 0, 1)));
 }
 
 static void on_branch(PGresult *res, const pgtag_error *err, void *arg) {
@@ -145,8 +143,7 @@ static void hash_account(pgtag_work *work) {
   request *r = work->data;
   /* pgtag_queue_work made the request's context current on this thread */
   pgtag_ctx *ctx = pgtag_ctx_current();
-  snprintf(r->hashed_for, sizeof r->hashed_for, "%s",
-           ctx != NULL ? pgtag_ctx_request_id(ctx) : "");
+  snprintf(r->hashed_for, sizeof r->hashed_for, "%s", ctx != NULL ? pgtag_ctx_request_id(ctx) : "");
   unsigned long long h = 0xcbf29ce484222325ULL ^ (unsigned long long)r->id;
   for (int i = 0; i < 200000; i++)
     h = (h ^ (h >> 29) ^ (unsigned long long)i) * 0x100000001b3ULL;
@@ -205,10 +202,10 @@ static void on_commit(PGresult *res, const pgtag_error *err, void *arg) {
   }
   (void)res;
   request_release(r);
-  request_reply(r, 200, json_pack("{s:I,s:I,s:I,s:I,s:I}", "from", r->from, "to", r->to,
-                                  "amount", r->amount, "from_balance",
-                                  r->balance[0] - r->amount, "to_balance",
-                                  r->balance[1] + r->amount));
+  request_reply(r, 200,
+                json_pack("{s:I,s:I,s:I,s:I,s:I}", "from", r->from, "to", r->to, "amount",
+                          r->amount, "from_balance", r->balance[0] - r->amount, "to_balance",
+                          r->balance[1] + r->amount));
 }
 
 static void on_locked(PGresult *res, const pgtag_error *err, void *arg) {
@@ -304,8 +301,7 @@ static void on_acquired(pgtag_conn conn, const pgtag_error *err, void *arg) {
 }
 
 static int positive_int(json_t *v, long long *out) {
-  if (!json_is_integer(v) || json_integer_value(v) <= 0 ||
-      json_integer_value(v) > 1000000000)
+  if (!json_is_integer(v) || json_integer_value(v) <= 0 || json_integer_value(v) > 1000000000)
     return 0;
   *out = json_integer_value(v);
   return 1;
@@ -321,7 +317,7 @@ static void post_transfer(request *r) {
   json_decref(doc);
   if (!ok) {
     bad_request(r, "expected {\"from\": id, \"to\": id, \"amount\": n}, "
-                          "positive integers, from != to");
+                   "positive integers, from != to");
     return;
   }
   /* A transaction: on the primary, always. */
@@ -351,12 +347,12 @@ static void get_healthz(request *r) {
     pgtag_pool_stats(primary, &st);
   json_t *replicas = json_array();
   for (int i = 0; primary != NULL && i < r->w->svc->nreplicas; i++)
-    json_array_append_new(replicas, json_pack("{s:i}", "lag_ms",
-                                              pgtag_cluster_replica_lag_ms(r->w->db, i)));
+    json_array_append_new(replicas,
+                          json_pack("{s:i}", "lag_ms", pgtag_cluster_replica_lag_ms(r->w->db, i)));
   request_reply(r, primary != NULL ? 200 : 503,
-                json_pack("{s:s,s:i,s:i,s:i,s:o}", "status",
-                          primary != NULL ? "ok" : "stopping", "worker", r->w->index,
-                          "connections", st.total, "waiting", st.waiting, "replicas", replicas));
+                json_pack("{s:s,s:i,s:i,s:i,s:o}", "status", primary != NULL ? "ok" : "stopping",
+                          "worker", r->w->index, "connections", st.total, "waiting", st.waiting,
+                          "replicas", replicas));
 }
 
 /* The request's time budget: the route's, or less when the client asks

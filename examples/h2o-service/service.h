@@ -22,7 +22,7 @@ typedef struct request request;
 typedef struct worker worker;
 
 typedef struct client {
-  uv_tcp_t tcp;     /* h2o owns tcp.data */
+  uv_tcp_t tcp; /* h2o owns tcp.data */
   worker *w;
   h2o_socket_t *sock;
   struct client *prev, *next;
@@ -38,15 +38,15 @@ struct worker {
   h2o_accept_ctx_t accept;
   uv_tcp_t listener;
   int listen_fd;
-  uv_async_t stop;       /* the main thread asks for a graceful stop */
-  uv_timer_t snapshot;   /* copies the pool's statistics for /metrics */
-  uv_timer_t watch;      /* looks for clients gone while their request runs */
-  client *clients;       /* open connections */
-  request *waiting;      /* requests not answered yet */
-  pgtag_cluster *db;     /* the primary's pool and one per --replica;
-                            NULL once closing */
+  uv_async_t stop;            /* the main thread asks for a graceful stop */
+  uv_timer_t snapshot;        /* copies the pool's statistics for /metrics */
+  uv_timer_t watch;           /* looks for clients gone while their request runs */
+  client *clients;            /* open connections */
+  request *waiting;           /* requests not answered yet */
+  pgtag_cluster *db;          /* the primary's pool and one per --replica;
+                                 NULL once closing */
   char pool_names[1 + 8][48]; /* for /metrics: worker-N, worker-N/replicaI */
-  int inflight;          /* requests accepted and not yet finished */
+  int inflight;               /* requests accepted and not yet finished */
   int stopping;
   int pool_closed;
 };
@@ -55,15 +55,15 @@ struct service {
   h2o_globalconf_t config;
   const char *conninfo;
   int pool_size;
-  int demo_leak;         /* --demo-leak: a route forgets its connection */
-  int no_tag;            /* --no-tag: SQL sent untagged (benchmark only) */
-  int transaction_pooler; /* --transaction-pooler: CONNINFO is PgBouncer */
+  int demo_leak;           /* --demo-leak: a route forgets its connection */
+  int no_tag;              /* --no-tag: SQL sent untagged (benchmark only) */
+  int transaction_pooler;  /* --transaction-pooler: CONNINFO is PgBouncer */
   const char *replicas[8]; /* --replica CONNINFO: reads may go there */
   int nreplicas;
   worker *workers;
   int nworkers;
   uv_mutex_t stats_lock; /* guards stats: each worker writes its own slots */
-  pgtag_stats *stats;      /* 1 + nreplicas per worker */
+  pgtag_stats *stats;    /* 1 + nreplicas per worker */
   const char **pool_names;
   int npools;              /* nworkers * (1 + nreplicas) */
   atomic_ullong accepted;  /* requests whose handler ran */
@@ -76,21 +76,21 @@ struct service {
  * its pgtag callbacks has run. */
 struct request {
   worker *w;
-  h2o_req_t *req;   /* NULL once h2o disposed of the request */
-  int fd;           /* the client's socket (HTTP/1), or -1 */
+  h2o_req_t *req;       /* NULL once h2o disposed of the request */
+  int fd;               /* the client's socket (HTTP/1), or -1 */
   request *prev, *next; /* in w->waiting until answered */
   pgtag_ctx *ctx;
-  int pending;      /* pgtag operations whose callback has not run yet */
+  int pending; /* pgtag operations whose callback has not run yet */
   int replied;
-  int gone;         /* the client went away before the response */
-  pgtag_conn conn;  /* a held connection (transfer), or all zero */
-  int failed;       /* a statement of the transaction failed */
+  int gone;                       /* the client went away before the response */
+  pgtag_conn conn;                /* a held connection (transfer), or all zero */
+  int failed;                     /* a statement of the transaction failed */
   long long id, from, to, amount; /* the route's arguments */
   long long balance[2];           /* transfer: from's and to's, locked */
   long long bid;
-  long long timeout_ms;           /* X-Request-Timeout-Ms: 0 if absent, -1 if bad */
-  pgtag_work hop;                 /* digest: the hash, on libuv's thread pool */
-  char digest[17];                /* digest: its result, hex */
+  long long timeout_ms;                /* X-Request-Timeout-Ms: 0 if absent, -1 if bad */
+  pgtag_work hop;                      /* digest: the hash, on libuv's thread pool */
+  char digest[17];                     /* digest: its result, hex */
   char hashed_for[REQUEST_ID_MAX + 1]; /* digest: the request ID current there */
 };
 

@@ -20,8 +20,8 @@ static void on_result(PGresult *res, const pgtag_error *err, void *arg) {
 
 int main(int argc, char **argv) {
   if (argc != 2 || strcmp(pgtag_version(), PGTAG_VERSION_STRING) != 0) {
-    fprintf(stderr, "usage: consumer CONNINFO (header %s, library %s)\n",
-            PGTAG_VERSION_STRING, pgtag_version());
+    fprintf(stderr, "usage: consumer CONNINFO (header %s, library %s)\n", PGTAG_VERSION_STRING,
+            pgtag_version());
     return 2;
   }
   uv_loop_t *loop = uv_default_loop();
@@ -29,13 +29,14 @@ int main(int argc, char **argv) {
   pgtag_pool_config_init(&cfg);
   cfg.conninfo = argv[1];
   pgtag_pool *pool;
-  if (pgtag_pool_new(loop, &cfg, &pool) != PGTAG_OK) return 1;
+  if (pgtag_pool_new(loop, &cfg, &pool) != PGTAG_OK)
+    return 1;
 
   pgtag_ctx *ctx = pgtag_ctx_new("consumer-1");
   pgtag_ctx *prev = pgtag_ctx_enter(ctx);
   /* The server reads its own query's tag back. */
-  pgtag_query(pool, "SELECT substring(current_query() from 'requestId=([^ ]+) ')",
-              0, NULL, on_result, pool);
+  pgtag_query(pool, "SELECT substring(current_query() from 'requestId=([^ ]+) ')", 0, NULL,
+              on_result, pool);
   pgtag_ctx_leave(prev);
   uv_run(loop, UV_RUN_DEFAULT);
   pgtag_ctx_end(ctx);
