@@ -58,29 +58,57 @@ const char *pgtag_version(void);
  * Errors
  * ------------------------------------------------------------------------ */
 
-/** What an operation or a call ended with. */
-typedef enum {
-  PGTAG_OK = 0,     /**< success */
-  PGTAG_EINVAL,     /**< a bad argument, or a call on the wrong object state */
-  PGTAG_ESERVER,    /**< the server answered with an error (see sqlstate) */
-  PGTAG_ECONN,      /**< the connection failed or was lost, or its
-                       server stopped taking writes (a standby, or a
-                       demoted or fenced primary: sqlstate 25006, and the
-                       pool replaces the connection), or the server
-                       refused to connect for a reason waiting will not
-                       fix (a wrong database, role or password: see
-                       pgtag_pool_new) */
-  PGTAG_ETIMEDOUT,  /**< no connection became free within acquire_timeout_ms,
-                       or a query ran past its statement timeout */
-  PGTAG_ECANCELED,  /**< its request was canceled (pgtag_ctx_cancel) */
-  PGTAG_ECLOSED,    /**< the pool is closing or closed */
-  PGTAG_EQUEUEFULL, /**< max_waiting operations already wait for a connection */
-  PGTAG_ERECLAIMED, /**< the pool took the connection back from its holder */
-  PGTAG_ENOMEM      /**< out of memory */
-} pgtag_errcode;
+/** Every error code, once, in order of value: XX(NAME, value, message,
+ * label) for each.  pgtag_errcode, PGTAG_NERRCODES, pgtag_strerror (the
+ * message), pgtag_err_name ("PGTAG_" NAME) and the code="label" of the
+ * pgtag_errors_total metric all come from this list, so they cannot
+ * disagree.  A value is never changed or reused; a later minor version
+ * adds codes at the end only.  Expand it with a macro of your own for
+ * tables of your own, as libuv's UV_ERRNO_MAP.
+ *
+ * - PGTAG_OK: success.
+ * - PGTAG_EINVAL: a bad argument, or a call on the wrong object state.
+ * - PGTAG_ESERVER: the server answered with an error (see
+ *   pgtag_error.sqlstate).
+ * - PGTAG_ECONN: the connection failed or was lost, or its server stopped
+ *   taking writes (a standby, or a demoted or fenced primary: sqlstate
+ *   25006, and the pool replaces the connection), or the server refused to
+ *   connect for a reason waiting will not fix (a wrong database, role or
+ *   password: see pgtag_pool_new).
+ * - PGTAG_ETIMEDOUT: no connection became free within acquire_timeout_ms,
+ *   or a query ran past its statement timeout or its request's deadline.
+ * - PGTAG_ECANCELED: its request was canceled (pgtag_ctx_cancel).
+ * - PGTAG_ECLOSED: the pool is closing or closed.
+ * - PGTAG_EQUEUEFULL: max_waiting operations already wait for a
+ *   connection.
+ * - PGTAG_ERECLAIMED: the pool took the connection back from its holder.
+ * - PGTAG_ENOMEM: out of memory. */
+#define PGTAG_ERRNO_MAP(XX)                                          \
+  XX(OK, 0, "success", "ok")                                         \
+  XX(EINVAL, 1, "invalid argument", "invalid")                       \
+  XX(ESERVER, 2, "server error", "server")                           \
+  XX(ECONN, 3, "connection failed or lost", "connection")            \
+  XX(ETIMEDOUT, 4, "timed out", "timeout")                           \
+  XX(ECANCELED, 5, "canceled", "canceled")                           \
+  XX(ECLOSED, 6, "pool closed", "closed")                            \
+  XX(EQUEUEFULL, 7, "too many waiting operations", "queue_full")     \
+  XX(ERECLAIMED, 8, "connection reclaimed by the pool", "reclaimed") \
+  XX(ENOMEM, 9, "out of memory", "no_memory")
 
-/** How many codes there are: the size of pgtag_stats.errors_by_code. */
-#define PGTAG_NERRCODES 10
+/** pgtag_errcode's enumerator for one line of PGTAG_ERRNO_MAP. */
+#define PGTAG_ERRCODE_ENUM_(name, value, message, label) PGTAG_##name = value,
+/** "+1" for one line of PGTAG_ERRNO_MAP: PGTAG_NERRCODES counts them. */
+#define PGTAG_ERRCODE_ONE_(name, value, message, label) +1
+
+/** What an operation or a call ended with: PGTAG_OK, or one of the codes
+ * of PGTAG_ERRNO_MAP (which says what each means).  A program built
+ * against this header may meet a code added by a later minor version of
+ * the library: treat a code it does not know as a failure. */
+typedef enum { PGTAG_ERRNO_MAP(PGTAG_ERRCODE_ENUM_) } pgtag_errcode;
+
+/** How many codes this header knows, PGTAG_OK included: the codes are 0 to
+ * PGTAG_NERRCODES - 1. */
+#define PGTAG_NERRCODES (0 PGTAG_ERRNO_MAP(PGTAG_ERRCODE_ONE_))
 
 /** What went wrong with an operation.  Owned by pgtag, valid only during the
  * callback it is passed to. */
@@ -96,9 +124,19 @@ typedef struct {
   const char *message;
 } pgtag_error;
 
-/** A static string naming the code ("invalid argument", ...); never NULL.
+/** The code's message from PGTAG_ERRNO_MAP ("invalid argument" for
+ * PGTAG_EINVAL): static, never NULL.  "unknown error" for a value that is
+ * no code of the library linked at run time.
  * Thread: any. */
 const char *pgtag_strerror(pgtag_errcode code);
+
+/** The code's name as the C source spells it ("PGTAG_ETIMEDOUT" for
+ * PGTAG_ETIMEDOUT): static, never NULL, the same in every version, for
+ * logs and tests that must not depend on the wording of messages.
+ * "PGTAG_UNKNOWN", which no code will ever be named, for a value that is
+ * no code of the library linked at run time.
+ * Thread: any. */
+const char *pgtag_err_name(pgtag_errcode code);
 
 /* ------------------------------------------------------------------------
  * Request context

@@ -1,27 +1,24 @@
+/* The error codes' messages and names, generated from PGTAG_ERRNO_MAP. */
 #include "pgtag.h"
 
 const char *pgtag_strerror(pgtag_errcode code) {
   switch (code) {
-  case PGTAG_OK:
-    return "success";
-  case PGTAG_EINVAL:
-    return "invalid argument";
-  case PGTAG_ESERVER:
-    return "server error";
-  case PGTAG_ECONN:
-    return "connection failed or lost";
-  case PGTAG_ETIMEDOUT:
-    return "timed out";
-  case PGTAG_ECANCELED:
-    return "canceled";
-  case PGTAG_ECLOSED:
-    return "pool closed";
-  case PGTAG_EQUEUEFULL:
-    return "too many waiting operations";
-  case PGTAG_ERECLAIMED:
-    return "connection reclaimed by the pool";
-  case PGTAG_ENOMEM:
-    return "out of memory";
+#define PGTAG_MESSAGE_(name, value, message, label) \
+  case PGTAG_##name:                                \
+    return message;
+    PGTAG_ERRNO_MAP(PGTAG_MESSAGE_)
+#undef PGTAG_MESSAGE_
   }
   return "unknown error";
+}
+
+const char *pgtag_err_name(pgtag_errcode code) {
+  switch (code) {
+#define PGTAG_NAME_(name, value, message, label) \
+  case PGTAG_##name:                             \
+    return "PGTAG_" #name;
+    PGTAG_ERRNO_MAP(PGTAG_NAME_)
+#undef PGTAG_NAME_
+  }
+  return "PGTAG_UNKNOWN";
 }
