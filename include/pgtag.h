@@ -55,6 +55,36 @@ extern "C" {
 const char *pgtag_version(void);
 
 /* ------------------------------------------------------------------------
+ * Compatibility
+ *
+ * A program built against this header runs with the library of any later
+ * minor version of the same major one (the SONAME, libpgtag.so.0, changes
+ * only with the major version): no function, field, value or macro it uses
+ * is removed or changes meaning, and no struct it allocates changes size.
+ *
+ * The structs you allocate and pgtag reads or writes (pgtag_pool_config,
+ * pgtag_cluster_config, pgtag_query_opts, pgtag_stats,
+ * pgtag_request_stats, pgtag_timer, pgtag_work, pgtag_fs) end in
+ * reserved_, room for the fields later minor versions add: a new field
+ * takes reserved space, so the size of the struct and the offset of every
+ * field stay as they are, and a later library never reads or writes past
+ * the struct an older program allocated.  Reserved space rather than a size
+ * field, as in libuv: pgtag_stats_metrics takes an array of pgtag_stats,
+ * whose stride must not change; pgtag_pool_config is embedded in
+ * pgtag_cluster_config; and a struct zeroed with {0} or filled with a
+ * designated initializer stays valid, with no size to set.  Leave
+ * reserved_ as the _init function, or zeroing, left it: pgtag writes only
+ * zeros there and reads nothing from it, and a field added later means
+ * "as before" when it is zero.
+ *
+ * What pgtag hands you by pointer (pgtag_error, pgtag_leak) may gain fields
+ * at its end.  pgtag_conn (passed by value), pgtag_tag (an array element)
+ * and pgtag_histogram (inside pgtag_stats) never change.  A later minor
+ * version may add error codes (see PGTAG_ERRNO_MAP), enum values, flags
+ * and functions.
+ * ------------------------------------------------------------------------ */
+
+/* ------------------------------------------------------------------------
  * Errors
  * ------------------------------------------------------------------------ */
 
@@ -63,8 +93,8 @@ const char *pgtag_version(void);
  * message), pgtag_err_name ("PGTAG_" NAME) and the code="label" of the
  * pgtag_errors_total metric all come from this list, so they cannot
  * disagree.  A value is never changed or reused; a later minor version
- * adds codes at the end only.  Expand it with a macro of your own for
- * tables of your own, as libuv's UV_ERRNO_MAP.
+ * adds codes at the end only (see PGTAG_ERRCODES_MAX).  Expand it with a
+ * macro of your own for tables of your own, as libuv's UV_ERRNO_MAP.
  *
  * - PGTAG_OK: success.
  * - PGTAG_EINVAL: a bad argument, or a call on the wrong object state.
@@ -109,6 +139,11 @@ typedef enum { PGTAG_ERRNO_MAP(PGTAG_ERRCODE_ENUM_) } pgtag_errcode;
 /** How many codes this header knows, PGTAG_OK included: the codes are 0 to
  * PGTAG_NERRCODES - 1. */
 #define PGTAG_NERRCODES (0 PGTAG_ERRNO_MAP(PGTAG_ERRCODE_ONE_))
+
+/** Room for codes in pgtag_stats.errors_by_code, fixed for the whole 0.x
+ * series: codes a later minor version adds (at most PGTAG_ERRCODES_MAX in
+ * all) fit in the struct a program built against this header allocates. */
+#define PGTAG_ERRCODES_MAX 16
 
 /** What went wrong with an operation.  Owned by pgtag, valid only during the
  * callback it is passed to. */
@@ -281,6 +316,8 @@ typedef struct {
   uint64_t slowest_us;   /**< the slowest query, its own time */
   char slowest_sql[201]; /**< the slowest one's text, without the tag, cut
                             at 200 bytes; "" when none ran */
+  uint64_t reserved_[8]; /**< pgtag's: room for later minor versions' fields
+                            (see Compatibility); zero */
 } pgtag_request_stats;
 
 /** Copy ctx's statistics into out (zeros for NULL ctx).
@@ -310,6 +347,7 @@ struct pgtag_timer_s {
   pgtag_ctx *ctx_;                     /**< pgtag's */
   pgtag_timer_cb cb_;                  /**< pgtag's */
   void (*closed_)(pgtag_timer *timer); /**< pgtag's */
+  void *reserved_[4]; /**< pgtag's: room for later minor versions (see Compatibility) */
 };
 
 /** uv_timer_init.  Returns 0 or a libuv error code.
@@ -348,6 +386,7 @@ struct pgtag_work_s {
   pgtag_ctx *ctx_;               /**< pgtag's */
   pgtag_work_cb work_cb_;        /**< pgtag's */
   pgtag_after_work_cb after_cb_; /**< pgtag's */
+  void *reserved_[4];            /**< pgtag's: room for later minor versions (see Compatibility) */
 };
 
 /** uv_queue_work, capturing the current context: work_cb runs on a thread
@@ -368,10 +407,11 @@ typedef struct pgtag_fs_s pgtag_fs;
  * on req as usual. */
 typedef void (*pgtag_fs_cb)(pgtag_fs *fs);
 struct pgtag_fs_s {
-  uv_fs_t req;     /**< give it to the uv_fs_* call */
-  void *data;      /**< yours */
-  pgtag_ctx *ctx_; /**< pgtag's */
-  pgtag_fs_cb cb_; /**< pgtag's */
+  uv_fs_t req;        /**< give it to the uv_fs_* call */
+  void *data;         /**< yours */
+  pgtag_ctx *ctx_;    /**< pgtag's */
+  pgtag_fs_cb cb_;    /**< pgtag's */
+  void *reserved_[4]; /**< pgtag's: room for later minor versions (see Compatibility) */
 };
 
 /** Ready fs for one uv_fs_* call: captures the current context and returns
@@ -652,6 +692,10 @@ typedef struct {
    * current; NULL: a WARN log line.  sql is valid during the call. */
   void (*on_n_plus_one)(const char *request_id, const char *sql, uint64_t count, void *arg);
   void *on_n_plus_one_arg; /**< passed to on_n_plus_one */
+
+  /** pgtag's: room for later minor versions' settings (see Compatibility);
+   * zero, as pgtag_pool_config_init leaves it. */
+  void *reserved_[8];
 } pgtag_pool_config;
 
 /** Fill cfg with the defaults above (conninfo NULL).
@@ -702,7 +746,8 @@ void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg);
 
 /** A histogram of durations: buckets[i] counts values above bound i-1 and
  * at most pgtag_histogram_bound_us(i); values above the last bound count
- * only in count. */
+ * only in count.  Fixed for the whole 0.x series: pgtag_stats holds
+ * histograms. */
 #define PGTAG_HISTOGRAM_BUCKETS 16
 /** A histogram of durations (see PGTAG_HISTOGRAM_BUCKETS). */
 typedef struct {
@@ -749,10 +794,15 @@ typedef struct {
   uint64_t reclaimed;          /**< connections taken back from their holder */
   uint64_t conns_lost;         /**< established connections that died */
   uint64_t reconnects;         /**< connections established to replace them */
-  uint64_t errors_by_code[PGTAG_NERRCODES]; /**< operations ended, by code */
-  pgtag_histogram acquire_wait;             /**< submit to getting a connection */
-  pgtag_histogram query_time;               /**< each query's own time (see
-                                               pgtag_request_stats.db_time_us) */
+  uint64_t errors_by_code[PGTAG_ERRCODES_MAX]; /**< operations ended, by code:
+                                                  PGTAG_NERRCODES of them
+                                                  used, the rest zero */
+  pgtag_histogram acquire_wait;                /**< submit to getting a connection */
+  pgtag_histogram query_time;                  /**< each query's own time (see
+                                                  pgtag_request_stats.db_time_us) */
+  /** pgtag's: room for later minor versions' counters and histograms (see
+   * Compatibility); zero. */
+  uint64_t reserved_[32];
 } pgtag_stats;
 
 /** A snapshot of the pool's state; valid until the pool is freed.
@@ -802,12 +852,16 @@ int pgtag_stats_metrics(const pgtag_stats *stats, const char *const *names, int 
  * submitted in.  res and err are pgtag's, valid during the call. */
 typedef void (*pgtag_result_cb)(PGresult *res, const pgtag_error *err, void *arg);
 
-/** Options for one query; a NULL pointer means all defaults. */
+/** Options for one query; a NULL pointer means all defaults.  Zero it
+ * (= {0}, or a designated initializer) before setting fields: every
+ * field, those of later versions too, means "the default" at zero. */
 typedef struct {
-  int timeout_ms; /**< statement timeout: 0 = the pool's statement_timeout_ms,
-                     < 0 = none */
-  int no_cache;   /**< nonzero: send it as an unnamed statement, not through
-                     the statement cache (statement_cache) */
+  int timeout_ms;     /**< statement timeout: 0 = the pool's statement_timeout_ms,
+                         < 0 = none */
+  int no_cache;       /**< nonzero: send it as an unnamed statement, not through
+                         the statement cache (statement_cache) */
+  void *reserved_[4]; /**< pgtag's: room for later minor versions (see
+                         Compatibility); zero */
 } pgtag_query_opts;
 
 /** Run sql on any pooled connection, in the current context: a free one; or,
@@ -981,6 +1035,8 @@ typedef struct {
   int lag_check_interval_ms;   /**< how often each lag is sampled; a replica
                                   not heard from for 3 intervals is
                                   unhealthy; default 250 */
+  void *reserved_[4];          /**< pgtag's: room for later minor versions
+                                  (see Compatibility); zero */
 } pgtag_cluster_config;
 
 /** pgtag_cluster_query flag: the statement only reads, a replica may run

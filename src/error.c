@@ -1,6 +1,12 @@
 /* The error codes' messages and names, generated from PGTAG_ERRNO_MAP. */
 #include "pgtag.h"
 
+/* The enum and the count come from the same list, but errors_by_code is
+ * sized by PGTAG_ERRCODES_MAX, fixed for the 0.x series: a code added past
+ * it would make pgtag_pool_stats write past a caller's struct. */
+_Static_assert(PGTAG_NERRCODES <= PGTAG_ERRCODES_MAX,
+               "no room for another error code in pgtag_stats.errors_by_code");
+
 const char *pgtag_strerror(pgtag_errcode code) {
   switch (code) {
 #define PGTAG_MESSAGE_(name, value, message, label) \
