@@ -1064,18 +1064,32 @@ pgtag_errcode pgtag_cluster_new(uv_loop_t *loop, const pgtag_cluster_config *cfg
 pgtag_errcode pgtag_cluster_query(pgtag_cluster *cluster, int flags, const char *sql, int nparams,
                                   const char *const *values, pgtag_result_cb cb, void *arg);
 
-/** What the pgtag_cluster_query macro calls: the same, with the call site
- * given (see pgtag_query_at).
+/** pgtag_cluster_query with options (opts may be NULL), as pgtag_query_ex
+ * is to pgtag_query: they apply on whichever pool runs the query, the
+ * replica's or the primary's (a statement timeout there instead of that
+ * pool's statement_timeout_ms, say).
+ * Thread: the cluster's loop thread. */
+pgtag_errcode pgtag_cluster_query_ex(pgtag_cluster *cluster, int flags, const char *sql,
+                                     int nparams, const char *const *values,
+                                     const pgtag_query_opts *opts, pgtag_result_cb cb, void *arg);
+
+/** What the pgtag_cluster_query and pgtag_cluster_query_ex macros call:
+ * the same, with the call site given (see pgtag_query_at).
  * Thread: the cluster's loop thread. */
 pgtag_errcode pgtag_cluster_query_at(pgtag_cluster *cluster, int flags, const char *sql,
-                                     int nparams, const char *const *values, pgtag_result_cb cb,
-                                     void *arg, const char *file, int line, const char *func);
+                                     int nparams, const char *const *values,
+                                     const pgtag_query_opts *opts, pgtag_result_cb cb, void *arg,
+                                     const char *file, int line, const char *func);
 
 #ifndef PGTAG_BUILDING
 /** pgtag_cluster_query, recording the call site. */
-#define pgtag_cluster_query(cluster, flags, sql, nparams, values, cb, arg)                      \
-  pgtag_cluster_query_at((cluster), (flags), (sql), (nparams), (values), (cb), (arg), __FILE__, \
-                         __LINE__, __func__)
+#define pgtag_cluster_query(cluster, flags, sql, nparams, values, cb, arg)                  \
+  pgtag_cluster_query_at((cluster), (flags), (sql), (nparams), (values), NULL, (cb), (arg), \
+                         __FILE__, __LINE__, __func__)
+/** pgtag_cluster_query_ex, recording the call site. */
+#define pgtag_cluster_query_ex(cluster, flags, sql, nparams, values, opts, cb, arg)           \
+  pgtag_cluster_query_at((cluster), (flags), (sql), (nparams), (values), (opts), (cb), (arg), \
+                         __FILE__, __LINE__, __func__)
 #endif
 
 /** Take a connection on the primary for the current request (a

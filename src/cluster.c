@@ -195,8 +195,9 @@ static pgtag_pool *read_pool(const pgtag_cluster *c) {
 }
 
 pgtag_errcode pgtag_cluster_query_at(pgtag_cluster *c, int flags, const char *sql, int nparams,
-                                     const char *const *values, pgtag_result_cb cb, void *arg,
-                                     const char *file, int line, const char *func) {
+                                     const char *const *values, const pgtag_query_opts *opts,
+                                     pgtag_result_cb cb, void *arg, const char *file, int line,
+                                     const char *func) {
   static const char fn[] = "pgtag_cluster_query";
   const call_site site = {file, line, func};
   if (c == NULL)
@@ -208,8 +209,8 @@ pgtag_errcode pgtag_cluster_query_at(pgtag_cluster *c, int flags, const char *sq
   pgtag_ctx *ctx = pgtag_ctx_current();
   int wrote = ctx != NULL && (ctx->wrote & c->bit) != 0;
   if ((flags & PGTAG_READ_ONLY) && !wrote)
-    return pool_query(read_pool(c), sql, nparams, values, NULL, cb, arg, &site);
-  pgtag_errcode rc = pool_query(c->primary, sql, nparams, values, NULL, cb, arg, &site);
+    return pool_query(read_pool(c), sql, nparams, values, opts, cb, arg, &site);
+  pgtag_errcode rc = pool_query(c->primary, sql, nparams, values, opts, cb, arg, &site);
   if (rc == PGTAG_OK && ctx != NULL && !(flags & PGTAG_READ_ONLY))
     ctx->wrote |= c->bit;
   return rc;
@@ -217,7 +218,13 @@ pgtag_errcode pgtag_cluster_query_at(pgtag_cluster *c, int flags, const char *sq
 
 pgtag_errcode(pgtag_cluster_query)(pgtag_cluster *c, int flags, const char *sql, int nparams,
                                    const char *const *values, pgtag_result_cb cb, void *arg) {
-  return pgtag_cluster_query_at(c, flags, sql, nparams, values, cb, arg, NULL, 0, NULL);
+  return pgtag_cluster_query_at(c, flags, sql, nparams, values, NULL, cb, arg, NULL, 0, NULL);
+}
+
+pgtag_errcode(pgtag_cluster_query_ex)(pgtag_cluster *c, int flags, const char *sql, int nparams,
+                                      const char *const *values, const pgtag_query_opts *opts,
+                                      pgtag_result_cb cb, void *arg) {
+  return pgtag_cluster_query_at(c, flags, sql, nparams, values, opts, cb, arg, NULL, 0, NULL);
 }
 
 pgtag_errcode pgtag_cluster_acquire_at(pgtag_cluster *c, pgtag_acquire_cb cb, void *arg,
