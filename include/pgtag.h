@@ -55,32 +55,95 @@ extern "C" {
 const char *pgtag_version(void);
 
 /* ------------------------------------------------------------------------
+ * Compatibility
+ *
+ * A program built against this header runs with the library of any later
+ * minor version of the same major one (the SONAME, libpgtag.so.0, changes
+ * only with the major version): no function, field, value or macro it uses
+ * is removed or changes meaning, and no struct it allocates changes size.
+ *
+ * The structs you allocate and pgtag reads or writes (pgtag_pool_config,
+ * pgtag_cluster_config, pgtag_query_opts, pgtag_stats,
+ * pgtag_request_stats, pgtag_timer, pgtag_work, pgtag_fs) end in
+ * reserved_, room for the fields later minor versions add: a new field
+ * takes reserved space, so the size of the struct and the offset of every
+ * field stay as they are, and a later library never reads or writes past
+ * the struct an older program allocated.  Reserved space rather than a size
+ * field, as in libuv: pgtag_stats_metrics takes an array of pgtag_stats,
+ * whose stride must not change; pgtag_pool_config is embedded in
+ * pgtag_cluster_config; and a struct zeroed with {0} or filled with a
+ * designated initializer stays valid, with no size to set.  Leave
+ * reserved_ as the _init function, or zeroing, left it: pgtag writes only
+ * zeros there and reads nothing from it, and a field added later means
+ * "as before" when it is zero.
+ *
+ * What pgtag hands you by pointer (pgtag_error, pgtag_leak) may gain fields
+ * at its end.  pgtag_conn (passed by value), pgtag_tag (an array element)
+ * and pgtag_histogram (inside pgtag_stats) never change.  A later minor
+ * version may add error codes (see PGTAG_ERRNO_MAP), enum values, flags
+ * and functions.
+ * ------------------------------------------------------------------------ */
+
+/* ------------------------------------------------------------------------
  * Errors
  * ------------------------------------------------------------------------ */
 
-/** What an operation or a call ended with. */
-typedef enum {
-  PGTAG_OK = 0,     /**< success */
-  PGTAG_EINVAL,     /**< a bad argument, or a call on the wrong object state */
-  PGTAG_ESERVER,    /**< the server answered with an error (see sqlstate) */
-  PGTAG_ECONN,      /**< the connection failed or was lost, or its
-                       server stopped taking writes (a standby, or a
-                       demoted or fenced primary: sqlstate 25006, and the
-                       pool replaces the connection), or the server
-                       refused to connect for a reason waiting will not
-                       fix (a wrong database, role or password: see
-                       pgtag_pool_new) */
-  PGTAG_ETIMEDOUT,  /**< no connection became free within acquire_timeout_ms,
-                       or a query ran past its statement timeout */
-  PGTAG_ECANCELED,  /**< its request was canceled (pgtag_ctx_cancel) */
-  PGTAG_ECLOSED,    /**< the pool is closing or closed */
-  PGTAG_EQUEUEFULL, /**< max_waiting operations already wait for a connection */
-  PGTAG_ERECLAIMED, /**< the pool took the connection back from its holder */
-  PGTAG_ENOMEM      /**< out of memory */
-} pgtag_errcode;
+/** Every error code, once, in order of value: XX(NAME, value, message,
+ * label) for each.  pgtag_errcode, PGTAG_NERRCODES, pgtag_strerror (the
+ * message), pgtag_err_name ("PGTAG_" NAME) and the code="label" of the
+ * pgtag_errors_total metric all come from this list, so they cannot
+ * disagree.  A value is never changed or reused; a later minor version
+ * adds codes at the end only (see PGTAG_ERRCODES_MAX).  Expand it with a
+ * macro of your own for tables of your own, as libuv's UV_ERRNO_MAP.
+ *
+ * - PGTAG_OK: success.
+ * - PGTAG_EINVAL: a bad argument, or a call on the wrong object state.
+ * - PGTAG_ESERVER: the server answered with an error (see
+ *   pgtag_error.sqlstate).
+ * - PGTAG_ECONN: the connection failed or was lost, or its server stopped
+ *   taking writes (a standby, or a demoted or fenced primary: sqlstate
+ *   25006, and the pool replaces the connection), or the server refused to
+ *   connect for a reason waiting will not fix (a wrong database, role or
+ *   password: see pgtag_pool_new).
+ * - PGTAG_ETIMEDOUT: no connection became free within acquire_timeout_ms,
+ *   or a query ran past its statement timeout or its request's deadline.
+ * - PGTAG_ECANCELED: its request was canceled (pgtag_ctx_cancel).
+ * - PGTAG_ECLOSED: the pool is closing or closed.
+ * - PGTAG_EQUEUEFULL: max_waiting operations already wait for a
+ *   connection.
+ * - PGTAG_ERECLAIMED: the pool took the connection back from its holder.
+ * - PGTAG_ENOMEM: out of memory. */
+#define PGTAG_ERRNO_MAP(XX)                                          \
+  XX(OK, 0, "success", "ok")                                         \
+  XX(EINVAL, 1, "invalid argument", "invalid")                       \
+  XX(ESERVER, 2, "server error", "server")                           \
+  XX(ECONN, 3, "connection failed or lost", "connection")            \
+  XX(ETIMEDOUT, 4, "timed out", "timeout")                           \
+  XX(ECANCELED, 5, "canceled", "canceled")                           \
+  XX(ECLOSED, 6, "pool closed", "closed")                            \
+  XX(EQUEUEFULL, 7, "too many waiting operations", "queue_full")     \
+  XX(ERECLAIMED, 8, "connection reclaimed by the pool", "reclaimed") \
+  XX(ENOMEM, 9, "out of memory", "no_memory")
 
-/** How many codes there are: the size of pgtag_stats.errors_by_code. */
-#define PGTAG_NERRCODES 10
+/** pgtag_errcode's enumerator for one line of PGTAG_ERRNO_MAP. */
+#define PGTAG_ERRCODE_ENUM_(name, value, message, label) PGTAG_##name = value,
+/** "+1" for one line of PGTAG_ERRNO_MAP: PGTAG_NERRCODES counts them. */
+#define PGTAG_ERRCODE_ONE_(name, value, message, label) +1
+
+/** What an operation or a call ended with: PGTAG_OK, or one of the codes
+ * of PGTAG_ERRNO_MAP (which says what each means).  A program built
+ * against this header may meet a code added by a later minor version of
+ * the library: treat a code it does not know as a failure. */
+typedef enum { PGTAG_ERRNO_MAP(PGTAG_ERRCODE_ENUM_) } pgtag_errcode;
+
+/** How many codes this header knows, PGTAG_OK included: the codes are 0 to
+ * PGTAG_NERRCODES - 1. */
+#define PGTAG_NERRCODES (0 PGTAG_ERRNO_MAP(PGTAG_ERRCODE_ONE_))
+
+/** Room for codes in pgtag_stats.errors_by_code, fixed for the whole 0.x
+ * series: codes a later minor version adds (at most PGTAG_ERRCODES_MAX in
+ * all) fit in the struct a program built against this header allocates. */
+#define PGTAG_ERRCODES_MAX 16
 
 /** What went wrong with an operation.  Owned by pgtag, valid only during the
  * callback it is passed to. */
@@ -96,9 +159,19 @@ typedef struct {
   const char *message;
 } pgtag_error;
 
-/** A static string naming the code ("invalid argument", ...); never NULL.
+/** The code's message from PGTAG_ERRNO_MAP ("invalid argument" for
+ * PGTAG_EINVAL): static, never NULL.  "unknown error" for a value that is
+ * no code of the library linked at run time.
  * Thread: any. */
 const char *pgtag_strerror(pgtag_errcode code);
+
+/** The code's name as the C source spells it ("PGTAG_ETIMEDOUT" for
+ * PGTAG_ETIMEDOUT): static, never NULL, the same in every version, for
+ * logs and tests that must not depend on the wording of messages.
+ * "PGTAG_UNKNOWN", which no code will ever be named, for a value that is
+ * no code of the library linked at run time.
+ * Thread: any. */
+const char *pgtag_err_name(pgtag_errcode code);
 
 /* ------------------------------------------------------------------------
  * Request context
@@ -243,6 +316,8 @@ typedef struct {
   uint64_t slowest_us;   /**< the slowest query, its own time */
   char slowest_sql[201]; /**< the slowest one's text, without the tag, cut
                             at 200 bytes; "" when none ran */
+  uint64_t reserved_[8]; /**< pgtag's: room for later minor versions' fields
+                            (see Compatibility); zero */
 } pgtag_request_stats;
 
 /** Copy ctx's statistics into out (zeros for NULL ctx).
@@ -272,6 +347,7 @@ struct pgtag_timer_s {
   pgtag_ctx *ctx_;                     /**< pgtag's */
   pgtag_timer_cb cb_;                  /**< pgtag's */
   void (*closed_)(pgtag_timer *timer); /**< pgtag's */
+  void *reserved_[4]; /**< pgtag's: room for later minor versions (see Compatibility) */
 };
 
 /** uv_timer_init.  Returns 0 or a libuv error code.
@@ -310,6 +386,7 @@ struct pgtag_work_s {
   pgtag_ctx *ctx_;               /**< pgtag's */
   pgtag_work_cb work_cb_;        /**< pgtag's */
   pgtag_after_work_cb after_cb_; /**< pgtag's */
+  void *reserved_[4];            /**< pgtag's: room for later minor versions (see Compatibility) */
 };
 
 /** uv_queue_work, capturing the current context: work_cb runs on a thread
@@ -330,10 +407,11 @@ typedef struct pgtag_fs_s pgtag_fs;
  * on req as usual. */
 typedef void (*pgtag_fs_cb)(pgtag_fs *fs);
 struct pgtag_fs_s {
-  uv_fs_t req;     /**< give it to the uv_fs_* call */
-  void *data;      /**< yours */
-  pgtag_ctx *ctx_; /**< pgtag's */
-  pgtag_fs_cb cb_; /**< pgtag's */
+  uv_fs_t req;        /**< give it to the uv_fs_* call */
+  void *data;         /**< yours */
+  pgtag_ctx *ctx_;    /**< pgtag's */
+  pgtag_fs_cb cb_;    /**< pgtag's */
+  void *reserved_[4]; /**< pgtag's: room for later minor versions (see Compatibility) */
 };
 
 /** Ready fs for one uv_fs_* call: captures the current context and returns
@@ -646,6 +724,10 @@ typedef struct {
    * current; NULL: a WARN log line.  sql is valid during the call. */
   void (*on_n_plus_one)(const char *request_id, const char *sql, uint64_t count, void *arg);
   void *on_n_plus_one_arg; /**< passed to on_n_plus_one */
+
+  /** pgtag's: room for later minor versions' settings (see Compatibility);
+   * zero, as pgtag_pool_config_init leaves it. */
+  void *reserved_[8];
 } pgtag_pool_config;
 
 /** Fill cfg with the defaults above (conninfo NULL).
@@ -699,7 +781,8 @@ void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg);
 
 /** A histogram of durations: buckets[i] counts values above bound i-1 and
  * at most pgtag_histogram_bound_us(i); values above the last bound count
- * only in count. */
+ * only in count.  Fixed for the whole 0.x series: pgtag_stats holds
+ * histograms. */
 #define PGTAG_HISTOGRAM_BUCKETS 16
 /** A histogram of durations (see PGTAG_HISTOGRAM_BUCKETS). */
 typedef struct {
@@ -751,10 +834,15 @@ typedef struct {
                                   more elsewhere */
   uint64_t left_recovery;      /**< times this replica was found out of
                                   recovery (promoted) and left out of reads */
-  uint64_t errors_by_code[PGTAG_NERRCODES]; /**< operations ended, by code */
-  pgtag_histogram acquire_wait;             /**< submit to getting a connection */
-  pgtag_histogram query_time;               /**< each query's own time (see
-                                               pgtag_request_stats.db_time_us) */
+  uint64_t errors_by_code[PGTAG_ERRCODES_MAX]; /**< operations ended, by code:
+                                                  PGTAG_NERRCODES of them
+                                                  used, the rest zero */
+  pgtag_histogram acquire_wait;                /**< submit to getting a connection */
+  pgtag_histogram query_time;                  /**< each query's own time (see
+                                                  pgtag_request_stats.db_time_us) */
+  /** pgtag's: room for later minor versions' counters and histograms (see
+   * Compatibility); zero. */
+  uint64_t reserved_[32];
 } pgtag_stats;
 
 /** A snapshot of the pool's state; valid until the pool is freed.
@@ -804,12 +892,16 @@ int pgtag_stats_metrics(const pgtag_stats *stats, const char *const *names, int 
  * submitted in.  res and err are pgtag's, valid during the call. */
 typedef void (*pgtag_result_cb)(PGresult *res, const pgtag_error *err, void *arg);
 
-/** Options for one query; a NULL pointer means all defaults. */
+/** Options for one query; a NULL pointer means all defaults.  Zero it
+ * (= {0}, or a designated initializer) before setting fields: every
+ * field, those of later versions too, means "the default" at zero. */
 typedef struct {
-  int timeout_ms; /**< statement timeout: 0 = the pool's statement_timeout_ms,
-                     < 0 = none */
-  int no_cache;   /**< nonzero: send it as an unnamed statement, not through
-                     the statement cache (statement_cache) */
+  int timeout_ms;     /**< statement timeout: 0 = the pool's statement_timeout_ms,
+                         < 0 = none */
+  int no_cache;       /**< nonzero: send it as an unnamed statement, not through
+                         the statement cache (statement_cache) */
+  void *reserved_[4]; /**< pgtag's: room for later minor versions (see
+                         Compatibility); zero */
 } pgtag_query_opts;
 
 /** Run sql on any pooled connection, in the current context: a free one; or,
@@ -983,6 +1075,8 @@ typedef struct {
   int lag_check_interval_ms;   /**< how often each lag is sampled; a replica
                                   not heard from for 3 intervals is
                                   unhealthy; default 250 */
+  void *reserved_[4];          /**< pgtag's: room for later minor versions
+                                  (see Compatibility); zero */
 } pgtag_cluster_config;
 
 /** pgtag_cluster_query flag: the statement only reads, a replica may run
@@ -1015,18 +1109,32 @@ pgtag_errcode pgtag_cluster_new(uv_loop_t *loop, const pgtag_cluster_config *cfg
 pgtag_errcode pgtag_cluster_query(pgtag_cluster *cluster, int flags, const char *sql, int nparams,
                                   const char *const *values, pgtag_result_cb cb, void *arg);
 
-/** What the pgtag_cluster_query macro calls: the same, with the call site
- * given (see pgtag_query_at).
+/** pgtag_cluster_query with options (opts may be NULL), as pgtag_query_ex
+ * is to pgtag_query: they apply on whichever pool runs the query, the
+ * replica's or the primary's (a statement timeout there instead of that
+ * pool's statement_timeout_ms, say).
+ * Thread: the cluster's loop thread. */
+pgtag_errcode pgtag_cluster_query_ex(pgtag_cluster *cluster, int flags, const char *sql,
+                                     int nparams, const char *const *values,
+                                     const pgtag_query_opts *opts, pgtag_result_cb cb, void *arg);
+
+/** What the pgtag_cluster_query and pgtag_cluster_query_ex macros call:
+ * the same, with the call site given (see pgtag_query_at).
  * Thread: the cluster's loop thread. */
 pgtag_errcode pgtag_cluster_query_at(pgtag_cluster *cluster, int flags, const char *sql,
-                                     int nparams, const char *const *values, pgtag_result_cb cb,
-                                     void *arg, const char *file, int line, const char *func);
+                                     int nparams, const char *const *values,
+                                     const pgtag_query_opts *opts, pgtag_result_cb cb, void *arg,
+                                     const char *file, int line, const char *func);
 
 #ifndef PGTAG_BUILDING
 /** pgtag_cluster_query, recording the call site. */
-#define pgtag_cluster_query(cluster, flags, sql, nparams, values, cb, arg)                      \
-  pgtag_cluster_query_at((cluster), (flags), (sql), (nparams), (values), (cb), (arg), __FILE__, \
-                         __LINE__, __func__)
+#define pgtag_cluster_query(cluster, flags, sql, nparams, values, cb, arg)                  \
+  pgtag_cluster_query_at((cluster), (flags), (sql), (nparams), (values), NULL, (cb), (arg), \
+                         __FILE__, __LINE__, __func__)
+/** pgtag_cluster_query_ex, recording the call site. */
+#define pgtag_cluster_query_ex(cluster, flags, sql, nparams, values, opts, cb, arg)           \
+  pgtag_cluster_query_at((cluster), (flags), (sql), (nparams), (values), (opts), (cb), (arg), \
+                         __FILE__, __LINE__, __func__)
 #endif
 
 /** Take a connection on the primary for the current request (a

@@ -215,22 +215,31 @@ typedef struct {
   pgtag_pool *pool; /* the replica it went to */
   pgtag_result_cb cb;
   void *arg;
-  call_site site; /* file and func are the program's literals */
+  call_site site;        /* file and func are the program's literals */
+  pgtag_query_opts opts; /* zero, the defaults, when the caller gave none */
   int nparams;
   const char **values;
   char *sql;
 } replica_read;
 
 static replica_read *replica_read_new(pgtag_cluster *c, pgtag_pool *pool, const char *sql,
-                                      int nparams, const char *const *values, pgtag_result_cb cb,
-                                      void *arg, const call_site *site) {
+                                      int nparams, const char *const *values,
+                                      const pgtag_query_opts *opts, pgtag_result_cb cb, void *arg,
+                                      const call_site *site) {
   size_t size = sizeof(replica_read) + (size_t)nparams * sizeof(char *) + strlen(sql) + 1;
   for (int i = 0; i < nparams; i++)
     size += values[i] != NULL ? strlen(values[i]) + 1 : 0;
   replica_read *rr = malloc(size);
   if (rr == NULL)
     return NULL;
-  *rr = (replica_read){c, pool, cb, arg, *site, nparams, (const char **)(rr + 1), NULL};
+  *rr = (replica_read){.cluster = c,
+                       .pool = pool,
+                       .cb = cb,
+                       .arg = arg,
+                       .site = *site,
+                       .opts = opts != NULL ? *opts : (pgtag_query_opts){0},
+                       .nparams = nparams,
+                       .values = (const char **)(rr + 1)};
   char *text = (char *)(rr->values + nparams);
   for (int i = 0; i < nparams; i++) {
     rr->values[i] = NULL;
@@ -257,8 +266,8 @@ static void on_replica_read(PGresult *res, const pgtag_error *err, void *arg) {
   pgtag_cluster *c = rr->cluster;
   if (err != NULL && err->code == PGTAG_ECONN && !c->closing) {
     pgtag_pool *other = read_pool(c, rr->pool);
-    if (pool_query(other, rr->sql, rr->nparams, rr->values, NULL, on_read_retried, rr, &rr->site) ==
-        PGTAG_OK) {
+    if (pool_query(other, rr->sql, rr->nparams, rr->values, &rr->opts, on_read_retried, rr,
+                   &rr->site) == PGTAG_OK) {
       rr->pool->stats.reads_retried++;
       return;
     }
@@ -267,8 +276,9 @@ static void on_replica_read(PGresult *res, const pgtag_error *err, void *arg) {
 }
 
 pgtag_errcode pgtag_cluster_query_at(pgtag_cluster *c, int flags, const char *sql, int nparams,
-                                     const char *const *values, pgtag_result_cb cb, void *arg,
-                                     const char *file, int line, const char *func) {
+                                     const char *const *values, const pgtag_query_opts *opts,
+                                     pgtag_result_cb cb, void *arg, const char *file, int line,
+                                     const char *func) {
   static const char fn[] = "pgtag_cluster_query";
   const call_site site = {file, line, func};
   if (c == NULL)
@@ -283,15 +293,15 @@ pgtag_errcode pgtag_cluster_query_at(pgtag_cluster *c, int flags, const char *sq
   if (pool != c->primary && sql != NULL && cb != NULL && nparams >= 0 &&
       (nparams == 0 || values != NULL)) {
     /* bad arguments go on to pool_query, which says what is wrong */
-    replica_read *rr = replica_read_new(c, pool, sql, nparams, values, cb, arg, &site);
+    replica_read *rr = replica_read_new(c, pool, sql, nparams, values, opts, cb, arg, &site);
     if (rr == NULL)
       return PGTAG_ENOMEM;
-    pgtag_errcode rc = pool_query(pool, sql, nparams, values, NULL, on_replica_read, rr, &site);
+    pgtag_errcode rc = pool_query(pool, sql, nparams, values, opts, on_replica_read, rr, &site);
     if (rc != PGTAG_OK)
       free(rr);
     return rc;
   }
-  pgtag_errcode rc = pool_query(pool, sql, nparams, values, NULL, cb, arg, &site);
+  pgtag_errcode rc = pool_query(pool, sql, nparams, values, opts, cb, arg, &site);
   if (rc == PGTAG_OK && ctx != NULL && !(flags & PGTAG_READ_ONLY))
     ctx->wrote |= c->bit;
   return rc;
@@ -299,7 +309,13 @@ pgtag_errcode pgtag_cluster_query_at(pgtag_cluster *c, int flags, const char *sq
 
 pgtag_errcode(pgtag_cluster_query)(pgtag_cluster *c, int flags, const char *sql, int nparams,
                                    const char *const *values, pgtag_result_cb cb, void *arg) {
-  return pgtag_cluster_query_at(c, flags, sql, nparams, values, cb, arg, NULL, 0, NULL);
+  return pgtag_cluster_query_at(c, flags, sql, nparams, values, NULL, cb, arg, NULL, 0, NULL);
+}
+
+pgtag_errcode(pgtag_cluster_query_ex)(pgtag_cluster *c, int flags, const char *sql, int nparams,
+                                      const char *const *values, const pgtag_query_opts *opts,
+                                      pgtag_result_cb cb, void *arg) {
+  return pgtag_cluster_query_at(c, flags, sql, nparams, values, opts, cb, arg, NULL, 0, NULL);
 }
 
 pgtag_errcode pgtag_cluster_acquire_ex_at(pgtag_cluster *c, int flags, pgtag_acquire_cb cb,

@@ -4,6 +4,7 @@
 #include "pgtag.h"
 
 #include <stddef.h>
+#include <string.h>
 
 /* The wrapper of a libuv handle or request, which is its first member. */
 #define WRAPPER(ptr, type, field) ((type *)(void *)((char *)(ptr) - (offsetof(type, field))))
@@ -35,6 +36,7 @@ int pgtag_timer_init(uv_loop_t *loop, pgtag_timer *timer) {
   timer->ctx_ = NULL;
   timer->cb_ = NULL;
   timer->closed_ = NULL;
+  memset(timer->reserved_, 0, sizeof timer->reserved_);
   return uv_timer_init(loop, &timer->handle);
 }
 
@@ -105,6 +107,7 @@ int pgtag_queue_work(uv_loop_t *loop, pgtag_work *work, pgtag_work_cb work_cb,
                      pgtag_after_work_cb after_cb) {
   if (loop == NULL || work == NULL || work_cb == NULL)
     return UV_EINVAL;
+  memset(work->reserved_, 0, sizeof work->reserved_);
   work->ctx_ = pgtag_ctx_ref(pgtag_ctx_current());
   work->work_cb_ = work_cb;
   work->after_cb_ = after_cb;
@@ -131,6 +134,7 @@ static void fs_done(uv_fs_t *req) {
 uv_fs_cb pgtag_fs_start(pgtag_fs *fs, pgtag_fs_cb cb) {
   if (fs == NULL || cb == NULL)
     return NULL;
+  memset(fs->reserved_, 0, sizeof fs->reserved_);
   fs->ctx_ = pgtag_ctx_ref(pgtag_ctx_current());
   fs->cb_ = cb;
   return fs_done;

@@ -87,11 +87,16 @@ static void histogram_samples(out *o, const char *name, const pgtag_histogram *h
   put(o, "%s_count{%s} %llu\n", name, o->label, (unsigned long long)h->count);
 }
 
+/* The code="..." label of pgtag_errors_total, from PGTAG_ERRNO_MAP. */
 static const char *code_label(pgtag_errcode code) {
-  static const char *names[PGTAG_NERRCODES] = {"ok",        "invalid",  "server", "connection",
-                                               "timeout",   "canceled", "closed", "queue_full",
-                                               "reclaimed", "no_memory"};
-  return (int)code >= 0 && code < PGTAG_NERRCODES ? names[code] : "unknown";
+  switch (code) {
+#define PGTAG_LABEL_(name, value, message, label) \
+  case PGTAG_##name:                              \
+    return label;
+    PGTAG_ERRNO_MAP(PGTAG_LABEL_)
+#undef PGTAG_LABEL_
+  }
+  return "unknown";
 }
 
 int pgtag_stats_metrics(const pgtag_stats *stats, const char *const *names, int n, char *buf,

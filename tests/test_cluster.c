@@ -5,7 +5,8 @@
  * primary; a standby that is down is skipped; a large write after a quiet
  * spell does not read as the quiet spell's length of lag; a read whose
  * replica connection dies is retried elsewhere; a read-only transaction
- * runs on the replica; a promoted replica is noticed. */
+ * runs on the replica; a promoted replica is noticed; per-query options
+ * (pgtag_cluster_query_ex) apply on the replica and the primary. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -558,6 +559,77 @@ static void bad_cluster_arguments(void **state) {
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* pgtag_cluster_query_ex: the options apply on whichever pool runs the
+ * query.  A read-only query with a 100 ms statement timeout times out on
+ * the replica, one that writes on the primary (whose pools have no timeout
+ * of their own), each counted by that pool; after the write the request's
+ * reads, options and all, go to the primary. */
+static void query_options_apply_on_the_replica_and_the_primary(void **state) {
+  (void)state;
+  pgtag_cluster *c = cluster_new(1000);
+  assert_true(wait_lag(c, 1000, 1, 5000));
+  pgtag_pool *primary = pgtag_cluster_primary(c), *replica = pgtag_cluster_replica(c, 0);
+  const pgtag_query_opts quick = {.timeout_ms = 100};
+  const pgtag_query_opts roomy = {.timeout_ms = 30000, .no_cache = 1};
+  pgtag_ctx *ctx = pgtag_ctx_new("opts");
+  rec slow_read = {0}, read = {0}, plain = {0}, slow_write = {0}, read_after = {0};
+
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
+  uint64_t start = now_ms();
+  assert_int_equal(SUBMIT(pgtag_cluster_query_ex(c, PGTAG_READ_ONLY, "SELECT pg_sleep(30)", 0, NULL,
+                                                 &quick, rec_result, &slow_read)),
+                   PGTAG_OK);
+  /* the function, not the macro, for callers that cannot use macros */
+  assert_int_equal(SUBMIT((pgtag_cluster_query_ex)(c, PGTAG_READ_ONLY,
+                                                   "SELECT current_setting('port')", 0, NULL,
+                                                   &roomy, rec_result, &read)),
+                   PGTAG_OK);
+  assert_int_equal(SUBMIT(pgtag_cluster_query_ex(c, PGTAG_READ_ONLY,
+                                                 "SELECT current_setting('port')", 0, NULL, NULL,
+                                                 rec_result, &plain)),
+                   PGTAG_OK);
+  pgtag_ctx_leave(prev);
+  assert_true(run_until(&loop, &completions, 3, 10000));
+  assert_true(now_ms() - start < 10000); /* not the 30 s the sleep asked for */
+  assert_done(&slow_read, ctx, PGTAG_ETIMEDOUT);
+  assert_done(&read, ctx, PGTAG_OK);
+  assert_int_equal(atoi(read.value), pair.standby_port);
+  assert_done(&plain, ctx, PGTAG_OK);
+  assert_int_equal(atoi(plain.value), pair.standby_port);
+  pgtag_stats st;
+  pgtag_pool_stats(replica, &st);
+  assert_int_equal(st.statement_timeouts, 1);
+  pgtag_pool_stats(primary, &st);
+  assert_int_equal(st.statement_timeouts, 0);
+
+  prev = pgtag_ctx_enter(ctx);
+  assert_int_equal(SUBMIT(pgtag_cluster_query_ex(c, 0,
+                                                 "INSERT INTO replicated (note) "
+                                                 "SELECT 'slow' FROM pg_sleep(30)",
+                                                 0, NULL, &quick, rec_result, &slow_write)),
+                   PGTAG_OK);
+  assert_int_equal(SUBMIT(pgtag_cluster_query_ex(c, PGTAG_READ_ONLY,
+                                                 "SELECT current_setting('port')", 0, NULL, &roomy,
+                                                 rec_result, &read_after)),
+                   PGTAG_OK);
+  pgtag_ctx_leave(prev);
+  assert_true(run_until(&loop, &completions, 5, 10000));
+  assert_done(&slow_write, ctx, PGTAG_ETIMEDOUT);
+  assert_done(&read_after, ctx, PGTAG_OK);
+  assert_int_equal(atoi(read_after.value), pair.primary_port); /* reads its writes */
+  pgtag_pool_stats(primary, &st);
+  assert_int_equal(st.statement_timeouts, 1);
+  pgtag_pool_stats(replica, &st);
+  assert_int_equal(st.statement_timeouts, 1);
+
+  rec bad = {0};
+  assert_int_equal(pgtag_cluster_query_ex(NULL, 0, "SELECT 1", 0, NULL, &quick, rec_result, &bad),
+                   PGTAG_EINVAL);
+  assert_int_equal(bad.calls, 0);
+  pgtag_ctx_unref(ctx);
+  cluster_close(c);
+}
+
 /* Runs last: it stops the standby. */
 static void a_replica_that_is_down_is_skipped(void **state) {
   (void)state;
@@ -593,6 +665,7 @@ int main(void) {
       cmocka_unit_test_setup(a_read_only_transaction_runs_on_the_replica, loop_setup),
       cmocka_unit_test_setup(a_promoted_replica_is_noticed, loop_setup),
       cmocka_unit_test_setup(bad_cluster_arguments, loop_setup),
+      cmocka_unit_test_setup(query_options_apply_on_the_replica_and_the_primary, loop_setup),
       cmocka_unit_test_setup(a_replica_that_is_down_is_skipped, loop_setup),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
