@@ -1,12 +1,16 @@
-/* Cancel requests on the thread pool.  The work item holds everything it
+/* Cancellation and statement timeouts: when a statement on a connection
+ * is cancelled on the server, and the cancel requests, on the thread pool.
+ * The work item holds everything it
  * needs (libpq's PGcancel is a copy of the connection's address and keys),
  * so the connection may close while it runs; the pool counts it as a handle
  * and is not freed before it is done. */
 #include "cancel.h"
 
 #include "conn.h"
-#include "pool.h"
+#include "log.h"
+#include "pipeline.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 
 struct cancel {
@@ -40,10 +44,10 @@ static void cancel_after(uv_work_t *work, int status) {
   free(c);
   if (conn != NULL) {
     conn->cancel = NULL;
-    pool_on_cancel_done(conn);
+    conn->pool->on->cancel_done(conn);
   }
   pgtag_ctx_leave(previous);
-  pool_handle_closed(pool);
+  pool->on->handle_closed(pool);
 }
 
 int cancel_start(struct conn *conn) {
@@ -75,4 +79,70 @@ void cancel_detach(struct conn *conn) {
     conn->cancel->conn = NULL;
     conn->cancel = NULL;
   }
+}
+
+/* ------------------------------------------------------------------------
+ * When a cancel request goes out, and statement timeouts
+ * ------------------------------------------------------------------------ */
+
+/* Send the cancel request o needs, unless it went out already, another
+ * is under way (one at a time per connection), or it could stop another
+ * request's write or disturb other requests for nothing
+ * (pipeline_cancel_safe).  Those are tried again when the wire changes or
+ * the cancel under way is done (conn_retry_cancels); a query whose cancel
+ * never gets safe runs to its end and reports how it ended.  Once sent,
+ * the server has CANCEL_GRACE_MS to end it before the connection is given
+ * up (hung, or unreachable for the cancel request). */
+static void request_cancel(struct conn *conn, op *o) {
+  if (o->cancel_sent)
+    return;
+  if (conn->cancel != NULL || !pipeline_cancel_safe(conn, o)) {
+    o->deadline = 0;
+    return;
+  }
+  o->cancel_sent = 1;
+  o->deadline = uv_now(conn->pool->loop) + CANCEL_GRACE_MS;
+  pipeline_mark_at_risk(conn, o);
+  if (cancel_start(conn) != 0)
+    pool_log(conn->pool, PGTAG_LOG_WARN, "cannot send a cancel request for %s",
+             backend_text(conn->backend_pid).s);
+}
+
+/* Cancel o, on conn's wire, on the server; it ends with why. */
+void cancel_op(struct conn *conn, op *o, pgtag_errcode why) {
+  if (o->cancel_code == PGTAG_OK) {
+    o->cancel_code = why;
+    conn_mark_signalable(conn, o);
+  }
+  request_cancel(conn, o);
+  conn_arm_timeout(conn);
+}
+
+/* ------------------------------------------------------------------------
+ * Timeouts and cancellation
+ * ------------------------------------------------------------------------ */
+
+int cancel_expired(struct conn *conn, char *why, size_t len) {
+  uint64_t now = uv_now(conn->pool->loop);
+  queue *q;
+  queue_foreach (q, &conn->wire) {
+    op *o = queue_data(q, op, node);
+    if (o->deadline == 0 || o->deadline > now)
+      continue;
+    if (o->kind == OP_RESET) {
+      snprintf(why, len, "the server did not answer ROLLBACK within %d ms", RESET_TIMEOUT_MS);
+      return 1;
+    }
+    if (o->cancel_sent) {
+      snprintf(why, len, "the cancelled query did not end within %d ms", CANCEL_GRACE_MS);
+      return 1;
+    }
+    if (o->cancel_code == PGTAG_OK) {
+      o->cancel_code = PGTAG_ETIMEDOUT;
+      conn_mark_signalable(conn, o);
+    }
+    request_cancel(conn, o);
+  }
+  conn_arm_timeout(conn);
+  return 0;
 }

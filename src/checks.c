@@ -2,7 +2,7 @@
 #include "checks.h"
 
 #include "context.h"
-#include "pool.h"
+#include "log.h"
 
 #include <stdint.h>
 #include <stdio.h>

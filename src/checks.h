@@ -6,15 +6,7 @@
 #ifndef PGTAG_CHECKS_H
 #define PGTAG_CHECKS_H
 
-#include "pgtag.h"
-
-/* Where an API call was made: the application's file, line and function
- * (the macros record them); file NULL when not known. */
-typedef struct {
-  const char *file;
-  int line;
-  const char *func;
-} call_site;
+#include "internal.h"
 
 /* The pool's own operations (a cluster's lag probe): not the
  * application's, so no context check. */

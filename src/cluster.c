@@ -1,7 +1,11 @@
 /* Read replicas: a primary pool and a pool per replica; reads go by lag
  * and load, and a request that wrote reads its own writes. */
+#include "checks.h"
+
 #include "context.h"
+#include "log.h"
 #include "pool.h"
+#include "submit.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -9,7 +9,8 @@
 #include "conn.h"
 
 #include "context.h"
-#include "pool.h"
+#include "log.h"
+#include "op.h"
 #include "resolve.h"
 #include "sqlkind.h"
 #include "stats.h"
@@ -52,7 +53,7 @@ static void on_poll(uv_poll_t *handle, int status, int events);
 static void on_poll_closed(uv_handle_t *handle) {
   pgtag_pool *pool = handle->data;
   free(handle);
-  pool_handle_closed(pool);
+  pool->on->handle_closed(pool);
 }
 
 static void poll_close(struct conn *conn) {
@@ -137,7 +138,7 @@ static void on_connect_timeout(uv_timer_t *timer) {
     snprintf(msg, sizeof msg, "connection attempt timed out after %d ms",
              conn->pool->cfg.connect_timeout_ms);
   }
-  pool_on_connect_failed(conn, msg);
+  conn->pool->on->connect_failed(conn, msg);
   pgtag_ctx_leave(previous);
 }
 
@@ -210,6 +211,13 @@ static int pq_start(struct conn *conn, char *errbuf, size_t errlen) {
   return 0;
 }
 
+/* conn's host names have answered (resolve.c): libpq starts connecting. */
+static void on_resolved(struct conn *conn) {
+  char err[1024];
+  if (pq_start(conn, err, sizeof err) != 0)
+    conn->pool->on->connect_failed(conn, err);
+}
+
 struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
   struct conn *conn = conn_alloc(pool);
   if (conn == NULL) {
@@ -229,7 +237,7 @@ struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
   conn->timer.data = conn;
   conn->created = uv_now(pool->loop);
 
-  int rc = pool->resolver != NULL ? resolver_join(pool->resolver, conn, errbuf, errlen)
+  int rc = pool->resolver != NULL ? resolver_join(pool->resolver, conn, on_resolved, errbuf, errlen)
                                   : pq_start(conn, errbuf, errlen);
   if (rc != 0) {
     conn_close(conn);
@@ -240,12 +248,6 @@ struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
   return conn;
 }
 
-void conn_resolved(struct conn *conn) {
-  char err[1024];
-  if (pq_start(conn, err, sizeof err) != 0)
-    pool_on_connect_failed(conn, err);
-}
-
 /* The attempt failed in libpq: its message, in the words it would have
  * used had it resolved the names itself (resolved_explain). */
 static void connect_failed_pq(struct conn *conn) {
@@ -253,7 +255,7 @@ static void connect_failed_pq(struct conn *conn) {
   tag_buf msg = {0};
   if (conn->connect_names != NULL && resolved_explain(conn->connect_names, pqmsg, &msg) == 0)
     pqmsg = msg.data;
-  pool_on_connect_failed(conn, pqmsg);
+  conn->pool->on->connect_failed(conn, pqmsg);
   tag_buf_free(&msg);
 }
 
@@ -272,7 +274,7 @@ static void connect_step(struct conn *conn) {
     forget_names(conn);
     PQsetErrorVerbosity(conn->pg, PQERRORS_DEFAULT);
     if (PQsetnonblocking(conn->pg, 1) != 0) {
-      pool_on_connect_failed(conn, PQerrorMessage(conn->pg));
+      conn->pool->on->connect_failed(conn, PQerrorMessage(conn->pg));
       return;
     }
     PQsetNoticeReceiver(conn->pg, on_notice, conn);
@@ -286,22 +288,22 @@ static void connect_step(struct conn *conn) {
      * out just ahead of the statement's first use. */
     if (conn->pool->cfg.pipeline_depth > 1 || conn->stmts.slots != NULL) {
       if (!PQenterPipelineMode(conn->pg)) {
-        pool_on_connect_failed(conn, PQerrorMessage(conn->pg));
+        conn->pool->on->connect_failed(conn, PQerrorMessage(conn->pg));
         return;
       }
       conn->pipelined = 1;
     }
     /* Behind a transaction pooler the pid is the pooler's invention. */
     conn->backend_pid = conn->pool->cfg.transaction_pooler ? 0 : PQbackendPID(conn->pg);
-    pool_on_connected(conn);
+    conn->pool->on->connected(conn);
     return;
   case PGRES_POLLING_READING:
     if (conn_watch(conn, 0) != 0)
-      pool_on_connect_failed(conn, "cannot poll the connection's socket");
+      conn->pool->on->connect_failed(conn, "cannot poll the connection's socket");
     return;
   case PGRES_POLLING_WRITING:
     if (conn_watch(conn, 1) != 0)
-      pool_on_connect_failed(conn, "cannot poll the connection's socket");
+      conn->pool->on->connect_failed(conn, "cannot poll the connection's socket");
     return;
   default:
     connect_failed_pq(conn);
@@ -311,13 +313,13 @@ static void connect_step(struct conn *conn) {
 
 static void conn_lost(struct conn *conn, const char *fallback) {
   const char *pqmsg = conn->pg ? PQerrorMessage(conn->pg) : "";
-  pool_on_conn_lost(conn, pqmsg[0] ? pqmsg : fallback);
+  conn->pool->on->lost(conn, pqmsg[0] ? pqmsg : fallback);
 }
 
 static void on_statement_timer(uv_timer_t *timer) {
   struct conn *conn = timer->data;
   pgtag_ctx *previous = pgtag_ctx_enter(NULL);
-  pool_on_statement_timeout(conn);
+  conn->pool->on->timed_out(conn);
   pgtag_ctx_leave(previous);
 }
 
@@ -543,7 +545,7 @@ int conn_send(struct conn *conn, op *o) {
     queue_insert_tail(&conn->staged, &o->node);
     count_op(conn, o, +1);
     if (conn->nstaged++ == 0)
-      pool_need_sync(conn->pool);
+      conn->pool->on->staged(conn->pool);
     if (conn_watch(conn, conn->want_write) != 0) {
       queue_remove(&o->node);
       conn->nstaged--;
@@ -698,7 +700,9 @@ static void cached_step_done(struct conn *conn, op *o) {
 }
 
 /* A statement's results are complete, or its sync point has come. */
-static void deliver(struct conn *conn, op *o, PGresult *res) { pool_on_query_done(conn, o, res); }
+static void deliver(struct conn *conn, op *o, PGresult *res) {
+  conn->pool->on->result(conn, o, res);
+}
 
 /* Read what arrived; complete the head once libpq has its last result.
  * A read of a batch is delivered then (read-only: nothing to commit);
@@ -743,7 +747,7 @@ static void read_results(struct conn *conn) {
         o->res = NULL;
         deliver(conn, o, r);
       } else {
-        pool_on_sync(conn);
+        conn->pool->on->synced(conn);
       }
       if (conn->state == CONN_CLOSED || conn->state == CONN_LOST)
         return;
@@ -763,11 +767,11 @@ static void read_results(struct conn *conn) {
       if (op_internal(o->kind)) {
         PQclear(res);
         op_discard(o);
-        pool_on_conn_lost(conn, "COPY is not supported by pgtag");
+        conn->pool->on->lost(conn, "COPY is not supported by pgtag");
         return;
       }
       op_set_result(o, res, 0);
-      pool_on_conn_lost(conn, "COPY is not supported by pgtag");
+      conn->pool->on->lost(conn, "COPY is not supported by pgtag");
       op_finish(o);
       return;
     }
@@ -792,7 +796,7 @@ static void read_results(struct conn *conn) {
   /* Statements that finished left room in the pipeline: fill it now, so
    * the backend never waits for us. */
   if (conn->pipelined && conn->state == CONN_BUSY && conn_on_wire(conn))
-    pool_feed(conn);
+    conn->pool->on->room(conn);
 }
 
 static void on_poll(uv_poll_t *handle, int status, int events) {
@@ -827,7 +831,7 @@ static void on_poll(uv_poll_t *handle, int status, int events) {
     /* libpq saw nothing wrong, yet the socket has an error: don't spin. */
     char msg[128];
     snprintf(msg, sizeof msg, "socket error: %s", uv_strerror(status));
-    pool_on_conn_lost(conn, msg);
+    conn->pool->on->lost(conn, msg);
   }
 out:
   pgtag_ctx_leave(previous);
@@ -837,7 +841,7 @@ static void on_timer_closed(uv_handle_t *handle) {
   struct conn *conn = handle->data;
   pgtag_pool *pool = conn->pool;
   conn_retire(conn);
-  pool_handle_closed(pool);
+  pool->on->handle_closed(pool);
 }
 
 int conn_server_read_only(const struct conn *conn) {

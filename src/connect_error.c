@@ -6,7 +6,7 @@
  * SQLSTATEs, which are never translated. */
 #include "connect_error.h"
 
-#include "pool.h"
+#include "log.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -108,14 +108,14 @@ void connect_error_parse(connect_error *out, const char *pqmsg, int needs_passwo
   free(kept);
 }
 
-void pool_note_connect_error(pgtag_pool *pool, const char *pqmsg, int needs_password) {
+void connect_error_note(connect_error *last, const char *pqmsg, int needs_password) {
   connect_error e;
   connect_error_parse(&e, pqmsg, needs_password);
-  free(pool->connect_err.message);
-  pool->connect_err = e;
+  free(last->message);
+  *last = e;
 }
 
-void pool_clear_connect_error(pgtag_pool *pool) {
-  free(pool->connect_err.message);
-  memset(&pool->connect_err, 0, sizeof pool->connect_err);
+void connect_error_clear(connect_error *last) {
+  free(last->message);
+  memset(last, 0, sizeof *last);
 }

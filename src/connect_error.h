@@ -7,17 +7,7 @@
 #ifndef PGTAG_CONNECT_ERROR_H
 #define PGTAG_CONNECT_ERROR_H
 
-#include <stddef.h>
-
-struct pgtag_pool;
-
-typedef struct {
-  char sqlstate[6]; /* the server's, of the last refusal; "" when none */
-  int refused;      /* every host refused with an error that waiting will
-                       not fix (a wrong database, role or password...) */
-  char *message;    /* the whole message as one line, without SQLSTATE
-                       tokens and LOCATION lines; NULL when out of memory */
-} connect_error;
+#include "internal.h"
 
 /* Read libpq's verbose connection error.  needs_password: libpq's
  * PQconnectionNeedsPassword, a refusal of its own (no SQLSTATE). */
@@ -29,10 +19,11 @@ void connect_error_parse(connect_error *out, const char *pqmsg, int needs_passwo
  * down (53xxx, 57Pxx) and everything else are worth retrying. */
 int connect_error_permanent(const char *sqlstate);
 
-/* Record a failed attempt as the pool's last connection error. */
-void pool_note_connect_error(struct pgtag_pool *pool, const char *pqmsg, int needs_password);
+/* Record a failed attempt as the last connection error (a pool's
+ * connect_err), replacing what was there. */
+void connect_error_note(connect_error *last, const char *pqmsg, int needs_password);
 
 /* A connection was established: forget the last error. */
-void pool_clear_connect_error(struct pgtag_pool *pool);
+void connect_error_clear(connect_error *last);
 
 #endif

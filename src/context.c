@@ -1,8 +1,6 @@
 /* Request contexts and the thread's current one. */
 #include "context.h"
 
-#include "leak.h"
-
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -220,7 +218,7 @@ void pgtag_ctx_unref(pgtag_ctx *ctx) {
     /* Only the connections it holds keep it alive: nobody can release
      * them any more, the request is over. */
     if (ctx->refs == ctx->nheld && !ctx->ended)
-      leak_request_over(ctx);
+      ctx->held_request_over(ctx);
     return;
   }
   if (current == ctx)
@@ -242,7 +240,7 @@ void pgtag_ctx_end(pgtag_ctx *ctx) {
     return;
   ctx->ended = 1;
   if (ctx->nheld > 0)
-    leak_request_over(ctx);
+    ctx->held_request_over(ctx);
 }
 
 void pgtag_ctx_stats(const pgtag_ctx *ctx, pgtag_request_stats *out) {

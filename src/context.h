@@ -28,6 +28,9 @@ struct pgtag_ctx {
   int ended;
   queue held; /* connections held by this request, in any pool (leak.h) */
   int nheld;
+  /* leak.c's, set with its first hold: told when the request is over
+   * while it holds connections, so this file knows nothing of leaks */
+  void (*held_request_over)(pgtag_ctx *ctx);
   char *request_id; /* id_buf, or its own allocation when longer */
   int ntags;
   ctx_tag *tags; /* PGTAG_TAGS_MAX of them once the first is set; sorted by

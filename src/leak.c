@@ -10,9 +10,8 @@
  * never runs in the middle of the pool's own bookkeeping. */
 #include "leak.h"
 
-#include "conn.h"
 #include "context.h"
-#include "pool.h"
+#include "log.h"
 
 #include <execinfo.h>
 #include <stdio.h>
@@ -55,6 +54,8 @@ int leak_capture(pgtag_pool *pool, op *o, void *caller) {
   return 0;
 }
 
+static void request_over_while_holding(pgtag_ctx *ctx);
+
 void hold_start(struct conn *conn, op *o) {
   hold *h = &conn->hold;
   memset(h, 0, sizeof *h);
@@ -73,6 +74,7 @@ void hold_start(struct conn *conn, op *o) {
   if (h->owner != NULL) {
     queue_insert_tail(&h->owner->held, &h->owner_node);
     h->owner->nheld++;
+    h->owner->held_request_over = request_over_while_holding;
   }
   if (!uv_is_active((uv_handle_t *)&conn->pool->leak_timer))
     leak_timer_arm(conn->pool); /* older holds have earlier deadlines */
@@ -83,7 +85,7 @@ static void check_soon(struct conn *conn) {
     return;
   conn->hold.check = 1;
   conn->pool->leak_checks++;
-  pool_wake(conn->pool);
+  conn->pool->on->wake(conn->pool);
 }
 
 static int request_over(const pgtag_ctx *ctx) {
@@ -98,7 +100,11 @@ void hold_delivered(struct conn *conn, uint64_t gen) {
     check_soon(conn); /* granted to a request that ended while it waited */
 }
 
-void leak_request_over(pgtag_ctx *ctx) {
+/* ctx has ended, or its last reference outside pgtag was dropped, while
+ * holding connections (context.c calls this through
+ * ctx->held_request_over): check them once the current callback has
+ * returned. */
+static void request_over_while_holding(pgtag_ctx *ctx) {
   queue *q;
   queue_foreach (q, &ctx->held) {
     check_soon(queue_data(q, struct conn, hold.owner_node));
@@ -273,7 +279,7 @@ void leak_run_checks(pgtag_pool *pool) {
     int reclaim = pool->cfg.leak_policy == PGTAG_LEAK_RECLAIM || pool->closing;
     report(conn, PGTAG_LEAK_REQUEST_ENDED, reclaim);
     if (reclaim && conn->gen != 0) /* the hook may have released it */
-      pool_reclaim(conn);
+      conn->pool->on->reclaim(conn);
   }
 }
 

@@ -1,6 +1,6 @@
 /* Logging through the pool's hook.  The default hook writes one line to
  * stderr. */
-#include "pool.h"
+#include "log.h"
 
 #include <stdio.h>
 

@@ -4,8 +4,7 @@
  * exactly once, afterwards. */
 #include "op.h"
 
-#include "conn.h"
-#include "pool.h"
+#include "log.h"
 #include "stats.h"
 
 #include <stdio.h>
@@ -226,7 +225,6 @@ void op_finish(op *o) {
     if (errp == NULL) {
       handle.impl_ = o->conn;
       handle.gen_ = o->gen;
-      hold_delivered(o->conn, o->gen);
     }
     o->cb.acquire(handle, errp, o->arg);
   }

@@ -1,8 +1,11 @@
 /* Auto-pipelining's rules (pipeline.h says what they promise). */
 #include "pipeline.h"
 
-#include "pool.h"
+#include "conn.h"
+#include "context.h"
 #include "sqlkind.h"
+#include "stats.h"
+#include "waiters.h"
 
 #include <assert.h>
 #include <string.h>
@@ -119,4 +122,107 @@ void pipeline_mark_at_risk(struct conn *conn, const op *target) {
     if (o != target)
       o->at_risk = 1;
   }
+}
+
+/* ------------------------------------------------------------------------
+ * Dispatch: where a query joins a pipeline, and what goes out when
+ * ------------------------------------------------------------------------ */
+
+/* Where a query joins a pipeline: only once the pool cannot grow (a new
+ * connection beats waiting behind another query), on a connection whose
+ * pipeline takes it (pipeline_accepts), the one with the fewest statements
+ * under way, and among those the one whose head started last.  NULL if
+ * none takes it. */
+struct conn *pipeline_least_loaded(const pgtag_pool *pool, op *o) {
+  struct conn *best = NULL;
+  uint64_t best_start = 0, now = uv_hrtime();
+  queue *q;
+  if (pool->cfg.pipeline_depth <= 1 || pool_live_conns(pool) < pool->cfg.max_conns)
+    return NULL;
+  queue_foreach (q, &pool->conns) {
+    struct conn *conn = queue_data(q, struct conn, node);
+    if (!pipeline_accepts(pool, conn, o, now))
+      continue;
+    uint64_t start = conn_head(conn) != NULL ? conn_head(conn)->start_ns : UINT64_MAX;
+    int load = conn->nwire + conn->nstaged, best_load = best ? best->nwire + best->nstaged : 0;
+    if (best == NULL || load < best_load || (load == best_load && start > best_start)) {
+      best = conn;
+      best_start = start;
+    }
+  }
+  return best;
+}
+
+/* Pipelining: send waiting queries behind the ones on conn's wire, as the
+ * pipelining rules allow (pipeline_accepts).  Stops at an acquire (the
+ * connection drains for it, so it is served in turn) and at the first
+ * query that may not join: the line stays first in, first out. */
+void pipeline_feed(struct conn *conn) {
+  pgtag_pool *pool = conn->pool;
+  if (pool_live_conns(pool) < pool->cfg.max_conns)
+    return; /* the pool grows for them instead (see least_loaded) */
+  uint64_t now = uv_hrtime();
+  while (!queue_empty(&pool->waiters)) {
+    op *o = op_first(&pool->waiters);
+    if (o->kind != OP_QUERY || !pipeline_accepts(pool, conn, o, now))
+      break;
+    waiter_pop(pool);
+    if (conn_send(conn, o) != 0) {
+      waiter_put_back(pool, o, queue_head(&pool->waiters));
+      pool->on->lost(conn, PQerrorMessage(conn->pg));
+      return;
+    }
+    stats_waited(pool, o);
+  }
+  wait_timer_arm(pool);
+}
+
+/* Put o back at the head of the line, behind others sent back before it
+ * (so they go again in the order they went first), to be sent again with
+ * a sync point of its own.  It takes the deadline of the one it goes
+ * ahead of, so that deadlines still rise along the line. */
+void pipeline_requeue(pgtag_pool *pool, op *o) {
+  queue *q = queue_head(&pool->waiters);
+  while (q != &pool->waiters && queue_data(q, op, node)->solo &&
+         queue_data(q, op, node)->resent > 0)
+    q = q->next;
+  o->solo = 1;
+  o->resent++;
+  o->deadline = q == &pool->waiters ? 0 : queue_data(q, op, node)->deadline;
+  /* its own request's deadline still holds */
+  int64_t left = ctx_left_ms(o->ctx, uv_hrtime());
+  o->by_deadline = 0;
+  if (left >= 0 && (o->deadline == 0 || uv_now(pool->loop) + (uint64_t)left < o->deadline)) {
+    o->deadline = uv_now(pool->loop) + (uint64_t)left;
+    o->by_deadline = 1;
+  }
+  waiter_put_back(pool, o, q);
+}
+
+/* Before the loop blocks: the reads staged this turn go out, a batch per
+ * connection. */
+static void on_sync_prepare(uv_prepare_t *handle) {
+  pgtag_pool *pool = handle->data;
+  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
+  for (;;) { /* a failure changes the list: look again from the start */
+    struct conn *open = NULL;
+    queue *q;
+    queue_foreach (q, &pool->conns) {
+      struct conn *conn = queue_data(q, struct conn, node);
+      if (conn->nstaged > 0) {
+        open = conn;
+        break;
+      }
+    }
+    if (open == NULL)
+      break;
+    if (conn_flush_staged(open) != 0)
+      pool->on->lost(open, PQerrorMessage(open->pg));
+  }
+  uv_prepare_stop(handle);
+  pgtag_ctx_leave(previous);
+}
+
+void pipeline_flush_soon(pgtag_pool *pool) {
+  uv_prepare_start(&pool->sync_prepare, on_sync_prepare);
 }

@@ -26,13 +26,12 @@
 #ifndef PGTAG_PIPELINE_H
 #define PGTAG_PIPELINE_H
 
-#include "conn.h"
-#include "op.h"
+#include "internal.h"
 
 #include <stdint.h>
 
 /* What the pool remembers about a statement text (tag excluded). */
-typedef struct {
+typedef struct pipeline_stmt {
   uint64_t hash;    /* 0: a free slot */
   uint32_t avg_us;  /* own time, smoothed */
   uint32_t last_us; /* own time of the last run */
@@ -69,5 +68,22 @@ int pipeline_cancel_safe(const struct conn *conn, const op *target);
 /* A cancel request is going out for target: whatever else is on the wire
  * may be hit instead. */
 void pipeline_mark_at_risk(struct conn *conn, const op *target);
+
+/* Where o joins a pipeline: only once the pool cannot grow, on the
+ * connection whose pipeline takes it with the fewest statements under
+ * way.  NULL when none takes it (it waits, or gets a new connection). */
+struct conn *pipeline_least_loaded(const pgtag_pool *pool, op *o);
+
+/* Send waiting queries behind those on conn's wire, as the rules allow;
+ * the line stays first in, first out.  Also the pool's pool_events.room. */
+void pipeline_feed(struct conn *conn);
+
+/* o had no effect and goes again, first in line, with a sync point of its
+ * own. */
+void pipeline_requeue(pgtag_pool *pool, op *o);
+
+/* Reads were staged: each connection's go out as one batch before the
+ * loop blocks (pool_events.staged). */
+void pipeline_flush_soon(pgtag_pool *pool);
 
 #endif

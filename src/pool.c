@@ -7,10 +7,17 @@
 
 #include "cancel.h"
 #include "checks.h"
+#include "config.h"
+#include "conn.h"
+#include "connect_error.h"
 #include "context.h"
+#include "leak.h"
+#include "log.h"
+#include "op.h"
 #include "pipeline.h"
 #include "resolve.h"
 #include "stats.h"
+#include "waiters.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,23 +27,12 @@ static void maybe_connect(pgtag_pool *pool);
 static void maybe_connect_more(pgtag_pool *pool, int pressed);
 static void maybe_finish_close(pgtag_pool *pool);
 static void make_available(pgtag_pool *pool, struct conn *conn);
-static void feed(pgtag_pool *pool, struct conn *conn);
 static void release_now(pgtag_pool *pool, struct conn *conn);
 static void recycle(pgtag_pool *pool, struct conn *conn);
-static void cancel_op(struct conn *conn, op *o, pgtag_errcode why);
-
-/* Every connection struct not yet closed, lost ones included: the pool
- * cannot finish closing while any is left. */
-static int total_conns(const pgtag_pool *pool) {
-  int n = 0;
-  for (int s = CONN_CONNECTING; s < CONN_CLOSED; s++)
-    n += pool->count[s];
-  return n;
-}
-
-/* Connections that occupy a server slot: what max_conns and min_conns
- * count.  A lost one waiting for its holder's release occupies none. */
-static int live_conns(const pgtag_pool *pool) { return total_conns(pool) - pool->count[CONN_LOST]; }
+static void pool_on_conn_lost(struct conn *conn, const char *why);
+static void pool_on_cancel_done(struct conn *conn);
+static void pool_reclaim(struct conn *conn);
+static void pool_handle_closed(pgtag_pool *pool);
 
 static void set_state(struct conn *conn, conn_state state) {
   conn->pool->count[conn->state]--;
@@ -44,11 +40,9 @@ static void set_state(struct conn *conn, conn_state state) {
   conn->state = state;
 }
 
-static int on_loop_thread(const pgtag_pool *pool) {
+int pool_on_loop_thread(const pgtag_pool *pool) {
   return pthread_equal(pool->thread, pthread_self());
 }
-
-static op *first_op(queue *q) { return queue_data(queue_head(q), op, node); }
 
 static void defer(pgtag_pool *pool, op *o);
 
@@ -82,8 +76,10 @@ static void on_defer(uv_idle_t *handle) {
   queue_move(&pool->deferred, &batch);
   pool->deferring = 1;
   while (!queue_empty(&batch)) {
-    op *o = first_op(&batch);
+    op *o = op_first(&batch);
     queue_remove(&o->node);
+    if (o->kind == OP_ACQUIRE && o->code == PGTAG_OK)
+      hold_delivered(o->conn, o->gen); /* granted: its callback runs now */
     op_finish(o);
   }
   pool->deferring = 0;
@@ -98,7 +94,7 @@ static void defer(pgtag_pool *pool, op *o) {
   uv_idle_start(&pool->defer_idle, on_defer);
 }
 
-void pool_wake(pgtag_pool *pool) {
+static void pool_wake(pgtag_pool *pool) {
   if (!pool->handles_closing)
     uv_idle_start(&pool->defer_idle, on_defer);
 }
@@ -108,150 +104,6 @@ static void defer_error(pgtag_pool *pool, op *o, pgtag_errcode code, const char 
   o->sql = NULL; /* may point at the caller's memory */
   o->values = NULL;
   defer(pool, o);
-}
-
-/* ------------------------------------------------------------------------
- * Waiters
- * ------------------------------------------------------------------------ */
-
-static void on_wait_timeout(uv_timer_t *timer);
-
-/* The timer fires at the first waiter's deadline, or earlier.  Deadlines
- * of acquire_timeout_ms rise along the line; those of a request's own
- * deadline (pgtag_ctx_set_deadline) do not, and the earliest of them is
- * kept apart (deadlined_at: it may be stale, and early, never late).  A
- * timer set for a waiter that got a connection since is left to fire, and
- * on_wait_timeout sets it again: that spares a timer-heap update per query
- * under load.  While nobody waits it does not keep the loop alive. */
-static void wait_timer_arm(pgtag_pool *pool) {
-  uv_timer_t *t = &pool->wait_timer;
-  uint64_t deadline = queue_empty(&pool->waiters) ? 0 : first_op(&pool->waiters)->deadline;
-  if (pool->ndeadlined > 0 && (deadline == 0 || pool->deadlined_at < deadline))
-    deadline = pool->deadlined_at;
-  if (deadline == 0) {
-    uv_unref((uv_handle_t *)t);
-    return;
-  }
-  uv_ref((uv_handle_t *)t);
-  if (uv_is_active((uv_handle_t *)t) && pool->wait_timer_at <= deadline)
-    return;
-  uint64_t now = uv_now(pool->loop);
-  pool->wait_timer_at = deadline;
-  uv_timer_start(t, on_wait_timeout, deadline > now ? deadline - now : 0, 0);
-}
-
-static void waiter_add(pgtag_pool *pool, op *o) {
-  int was_empty = queue_empty(&pool->waiters);
-  uint64_t now = uv_now(pool->loop);
-  if (pool->cfg.acquire_timeout_ms > 0)
-    o->deadline = now + (uint64_t)pool->cfg.acquire_timeout_ms;
-  o->waiting_ns = uv_hrtime();
-  int64_t left = ctx_left_ms(o->ctx, o->waiting_ns);
-  if (left >= 0 && (o->deadline == 0 || now + (uint64_t)left < o->deadline)) {
-    o->deadline = now + (uint64_t)left; /* its request's deadline comes first */
-    o->by_deadline = 1;
-    if (pool->ndeadlined++ == 0 || o->deadline < pool->deadlined_at)
-      pool->deadlined_at = o->deadline;
-    was_empty = 1; /* the timer may have to fire earlier */
-  }
-  queue_insert_tail(&pool->waiters, &o->node);
-  pool->nwaiting++;
-  if (was_empty)
-    wait_timer_arm(pool);
-  /* Someone waits now: a pending reconnect must keep the loop alive. */
-  uv_ref((uv_handle_t *)&pool->retry_timer);
-}
-
-static void waiter_remove(pgtag_pool *pool, op *o) {
-  queue_remove(&o->node);
-  pool->nwaiting--;
-  if (o->by_deadline)
-    pool->ndeadlined--;
-}
-
-/* o goes back into the line before q (its place kept, or ahead of others
- * to be sent again), with the deadline it had. */
-static void waiter_put_back(pgtag_pool *pool, op *o, queue *q) {
-  queue_insert_tail(q, &o->node); /* before q */
-  pool->nwaiting++;
-  if (o->by_deadline && (pool->ndeadlined++ == 0 || o->deadline < pool->deadlined_at))
-    pool->deadlined_at = o->deadline;
-  wait_timer_arm(pool);
-}
-
-static op *waiter_pop(pgtag_pool *pool) {
-  op *o = first_op(&pool->waiters);
-  waiter_remove(pool, o);
-  return o;
-}
-
-/* Why a wait ended: with the last connection error, whole (it names the
- * host and the server's reason), when connecting is what failed. */
-static void set_wait_timeout_error(const pgtag_pool *pool, op *o) {
-  const char *last = pool->connect_failures_in_row > 0 ? pool->connect_err.message : NULL;
-  char head[96];
-  snprintf(head, sizeof head, "no connection became free within %d ms",
-           pool->cfg.acquire_timeout_ms);
-  op_set_error(o, PGTAG_ETIMEDOUT, NULL, head);
-  if (last == NULL || last[0] == '\0')
-    return;
-  size_t n = strlen(head) + strlen(last) + 32;
-  char *msg = malloc(n);
-  if (msg == NULL)
-    return; /* the head alone */
-  snprintf(msg, n, "%s (last connection error: %s)", head, last);
-  free(o->message);
-  o->message = msg;
-}
-
-/* A waiter's time is up: it fails, by its request's deadline or by
- * acquire_timeout_ms, and is counted as such. */
-static void wait_expired(pgtag_pool *pool, op *o) {
-  if (o->by_deadline) {
-    waiter_remove(pool, o);
-    pool->stats.deadlines++;
-    op_set_error(o, PGTAG_ETIMEDOUT, NULL,
-                 "its request's deadline passed while it waited for a connection");
-  } else {
-    waiter_remove(pool, o);
-    pool->stats.timeouts++;
-    set_wait_timeout_error(pool, o);
-  }
-  op_finish(o);
-}
-
-/* acquire_timeout_ms deadlines rise along the line: the expired ones are at
- * its head.  Requests' own deadlines can be anywhere: while any waits, the
- * whole line is looked through, and the earliest left is noted. */
-static void on_wait_timeout(uv_timer_t *timer) {
-  pgtag_pool *pool = timer->data;
-  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
-  uint64_t now = uv_now(pool->loop);
-
-  while (!queue_empty(&pool->waiters)) {
-    op *o = first_op(&pool->waiters);
-    if (o->deadline == 0 || o->deadline > now)
-      break;
-    wait_expired(pool, o);
-  }
-  if (pool->ndeadlined > 0) {
-    uint64_t earliest = 0;
-    queue *q = queue_head(&pool->waiters);
-    while (q != &pool->waiters) {
-      op *o = queue_data(q, op, node);
-      q = q->next;
-      if (!o->by_deadline)
-        continue;
-      if (o->deadline <= now)
-        wait_expired(pool, o);
-      else if (earliest == 0 || o->deadline < earliest)
-        earliest = o->deadline;
-    }
-    pool->deadlined_at = earliest;
-  }
-  wait_timer_arm(pool);
-  maybe_finish_close(pool);
-  pgtag_ctx_leave(previous);
 }
 
 /* ------------------------------------------------------------------------
@@ -292,10 +144,6 @@ static void on_retry(uv_timer_t *timer) {
   maybe_connect(pool);
   pgtag_ctx_leave(previous);
 }
-
-/* reconnect_waiting_max_ms's default: the README ("Running at scale")
- * has the measurements behind it. */
-#define RECONNECT_WAITING_MAX_MS 500
 
 /* The ceiling of backoff delays now.  While operations wait, a short one
  * (reconnect_waiting_max_ms): a server that is back, or a standby just
@@ -373,7 +221,7 @@ static void maybe_connect_more(pgtag_pool *pool, int pressed) {
     hurry_retry(pool);
     return;
   }
-  int total = live_conns(pool);
+  int total = pool_live_conns(pool);
   int want = pool->cfg.min_conns - total;
   int uncovered = pool->nwaiting + pressed - pool->count[CONN_CONNECTING];
   if (uncovered > want)
@@ -383,7 +231,7 @@ static void maybe_connect_more(pgtag_pool *pool, int pressed) {
   for (; want > 0 && total < pool->cfg.max_conns; want--, total++) {
     struct conn *conn = conn_start(pool, err, sizeof err);
     if (conn == NULL) {
-      pool_note_connect_error(pool, err, 0);
+      connect_error_note(&pool->connect_err, err, 0);
       connect_failed(pool, err);
       return;
     }
@@ -399,7 +247,7 @@ static void maybe_connect(pgtag_pool *pool) { maybe_connect_more(pool, 0); }
  * that could serve anyone: an operation waiting for one would only wait
  * out acquire_timeout_ms to learn less than this. */
 static int refused_now(const pgtag_pool *pool) {
-  return pool->connect_err.refused && live_conns(pool) == pool->count[CONN_CONNECTING];
+  return pool->connect_err.refused && pool_live_conns(pool) == pool->count[CONN_CONNECTING];
 }
 
 /* Refused, and backing off: no attempt will be made for a while, so a new
@@ -433,13 +281,13 @@ static void fail_refused_waiters(pgtag_pool *pool) {
   wait_timer_arm(pool);
 }
 
-void pool_on_connected(struct conn *conn) {
+static void pool_on_connected(struct conn *conn) {
   pgtag_pool *pool = conn->pool;
   pool->stats.connects++;
   if (pool->connect_failures_in_row > 0)
     pool_log(pool, PGTAG_LOG_WARN, "connected again after %d failed attempts",
              pool->connect_failures_in_row);
-  pool_clear_connect_error(pool);
+  connect_error_clear(&pool->connect_err);
   pool->connect_failures_in_row = 0;
   pool->backoff_step = 0;
   if (pool->replacements_due > 0) {
@@ -451,11 +299,12 @@ void pool_on_connected(struct conn *conn) {
   maybe_connect(pool); /* after one attempt at a time: the others waiting */
 }
 
-void pool_on_connect_failed(struct conn *conn, const char *message) {
+static void pool_on_connect_failed(struct conn *conn, const char *message) {
   pgtag_pool *pool = conn->pool;
   char msg[1024];
   /* Read before drop_conn frees it: message may live in conn. */
-  pool_note_connect_error(pool, message, conn->pg != NULL && PQconnectionNeedsPassword(conn->pg));
+  connect_error_note(&pool->connect_err, message,
+                     conn->pg != NULL && PQconnectionNeedsPassword(conn->pg));
   text_line(msg, sizeof msg, pool->connect_err.message ? pool->connect_err.message : message);
   drop_conn(pool, conn);
   connect_failed(pool, msg);
@@ -487,7 +336,7 @@ static void make_available(pgtag_pool *pool, struct conn *conn) {
     set_state(conn, CONN_BUSY);
     if (conn_send(conn, o) == 0) {
       stats_waited(pool, o);
-      feed(pool, conn);
+      pipeline_feed(conn);
       return;
     }
     /* The connection broke while the query was being sent.  Whatever part
@@ -524,7 +373,7 @@ static void fail_lost(pgtag_pool *pool, struct conn *conn, op *o, PGresult *res,
   defer(pool, o);
 }
 
-void pool_on_conn_lost(struct conn *conn, const char *why) {
+static void pool_on_conn_lost(struct conn *conn, const char *why) {
   pgtag_pool *pool = conn->pool;
   char message[256];
   text_line(message, sizeof message, why); /* why may live in conn->pg */
@@ -545,7 +394,7 @@ void pool_on_conn_lost(struct conn *conn, const char *why) {
   PGresult *head_res = conn->result;
   conn->result = NULL;
   while (!queue_empty(&conn->wire)) {
-    op *o = first_op(&conn->wire);
+    op *o = op_first(&conn->wire);
     queue_remove(&o->node);
     fail_lost(pool, conn, o, head_res, message);
     head_res = NULL;
@@ -556,7 +405,7 @@ void pool_on_conn_lost(struct conn *conn, const char *why) {
   queue_move(&conn->staged, &lost);
   queue_move(&conn->pending, &lost);
   while (!queue_empty(&lost)) {
-    op *o = first_op(&lost);
+    op *o = op_first(&lost);
     queue_remove(&o->node);
     op_set_error(o, PGTAG_ECONN, NULL, message);
     defer(pool, o);
@@ -592,7 +441,7 @@ static void held_next(pgtag_pool *pool, struct conn *conn) {
     return;
   }
   op *next;
-  while ((next = queue_empty(&conn->pending) ? NULL : first_op(&conn->pending)) != NULL &&
+  while ((next = queue_empty(&conn->pending) ? NULL : op_first(&conn->pending)) != NULL &&
          ctx_left_ms(next->ctx, uv_hrtime()) == 0) {
     queue_remove(&next->node); /* its request's time is up: never sent */
     pool->stats.deadlines++;
@@ -611,53 +460,6 @@ static void held_next(pgtag_pool *pool, struct conn *conn) {
   }
 }
 
-/* Pipelining: send waiting queries behind the ones on conn's wire, as the
- * pipelining rules allow (pipeline_accepts).  Stops at an acquire (the
- * connection drains for it, so it is served in turn) and at the first
- * query that may not join: the line stays first in, first out. */
-static void feed(pgtag_pool *pool, struct conn *conn) {
-  if (live_conns(pool) < pool->cfg.max_conns)
-    return; /* the pool grows for them instead (see least_loaded) */
-  uint64_t now = uv_hrtime();
-  while (!queue_empty(&pool->waiters)) {
-    op *o = first_op(&pool->waiters);
-    if (o->kind != OP_QUERY || !pipeline_accepts(pool, conn, o, now))
-      break;
-    waiter_pop(pool);
-    if (conn_send(conn, o) != 0) {
-      waiter_put_back(pool, o, queue_head(&pool->waiters));
-      pool_on_conn_lost(conn, PQerrorMessage(conn->pg));
-      return;
-    }
-    stats_waited(pool, o);
-  }
-  wait_timer_arm(pool);
-}
-
-void pool_feed(struct conn *conn) { feed(conn->pool, conn); }
-
-/* Put o back at the head of the line, behind others sent back before it
- * (so they go again in the order they went first), to be sent again with
- * a sync point of its own.  It takes the deadline of the one it goes
- * ahead of, so that deadlines still rise along the line. */
-static void requeue_front(pgtag_pool *pool, op *o) {
-  queue *q = queue_head(&pool->waiters);
-  while (q != &pool->waiters && queue_data(q, op, node)->solo &&
-         queue_data(q, op, node)->resent > 0)
-    q = q->next;
-  o->solo = 1;
-  o->resent++;
-  o->deadline = q == &pool->waiters ? 0 : queue_data(q, op, node)->deadline;
-  /* its own request's deadline still holds */
-  int64_t left = ctx_left_ms(o->ctx, uv_hrtime());
-  o->by_deadline = 0;
-  if (left >= 0 && (o->deadline == 0 || uv_now(pool->loop) + (uint64_t)left < o->deadline)) {
-    o->deadline = uv_now(pool->loop) + (uint64_t)left;
-    o->by_deadline = 1;
-  }
-  waiter_put_back(pool, o, q);
-}
-
 /* The results of one query or batch were handled: what the connection
  * does next. */
 static void after_results(pgtag_pool *pool, struct conn *conn) {
@@ -666,7 +468,7 @@ static void after_results(pgtag_pool *pool, struct conn *conn) {
   else if (!conn_on_wire(conn))
     recycle(pool, conn);
   else
-    feed(pool, conn);
+    pipeline_feed(conn);
 }
 
 /* A write refused (SQLSTATE 25006) because the server itself is read-only
@@ -722,7 +524,7 @@ static void lost_with(struct conn *conn, op *o, PGresult *res, const char *why) 
   pool_on_conn_lost(conn, message);
 }
 
-void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
+static void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
   pgtag_pool *pool = conn->pool;
 
   if (o->kind != OP_RESET && !conn->read_only_at_connect && server_read_only(conn, res)) {
@@ -783,7 +585,7 @@ void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
      * its connection), and is prepared again. */
     PQclear(res);
     if (conn->state == CONN_BUSY) {
-      requeue_front(pool, o);
+      pipeline_requeue(pool, o);
       wait_timer_arm(pool);
     } else {
       o->resent++;
@@ -793,7 +595,7 @@ void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
   } else if (pipeline_resend(pool, conn, o, res, server_read_only(conn, res))) {
     /* It had no effect (pipeline.h): it goes again, first in line. */
     PQclear(res);
-    requeue_front(pool, o);
+    pipeline_requeue(pool, o);
     wait_timer_arm(pool);
     o = NULL;
   } else {
@@ -816,35 +618,9 @@ void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
     op_finish(o);
 }
 
-void pool_on_sync(struct conn *conn) { after_results(conn->pool, conn); }
-
-/* Before the loop blocks: the reads staged this turn go out, a batch per
- * connection. */
-static void on_sync_prepare(uv_prepare_t *handle) {
-  pgtag_pool *pool = handle->data;
-  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
-  for (;;) { /* a failure changes the list: look again from the start */
-    struct conn *open = NULL;
-    queue *q;
-    queue_foreach (q, &pool->conns) {
-      struct conn *conn = queue_data(q, struct conn, node);
-      if (conn->nstaged > 0) {
-        open = conn;
-        break;
-      }
-    }
-    if (open == NULL)
-      break;
-    if (conn_flush_staged(open) != 0)
-      pool_on_conn_lost(open, PQerrorMessage(open->pg));
-  }
-  uv_prepare_stop(handle);
-  pgtag_ctx_leave(previous);
-}
+static void pool_on_sync(struct conn *conn) { after_results(conn->pool, conn); }
 
 static void on_check_prepare(uv_prepare_t *handle) { check_left_current(handle->data); }
-
-void pool_need_sync(pgtag_pool *pool) { uv_prepare_start(&pool->sync_prepare, on_sync_prepare); }
 
 static void release_now(pgtag_pool *pool, struct conn *conn) {
   conn->release_pending = 0;
@@ -885,15 +661,7 @@ static void recycle(pgtag_pool *pool, struct conn *conn) {
   maybe_finish_close(pool);
 }
 
-/* The handle h names, or NULL when it is dead or was never valid. */
-static struct conn *held_conn(pgtag_conn h) {
-  struct conn *conn = h.impl_;
-  if (conn == NULL || h.gen_ == 0 || conn->gen != h.gen_)
-    return NULL;
-  return conn;
-}
-
-static int was_reclaimed(const pgtag_pool *pool, uint64_t gen) {
+int pool_was_reclaimed(const pgtag_pool *pool, uint64_t gen) {
   unsigned n = pool->nreclaimed < 64 ? pool->nreclaimed : 64;
   for (unsigned i = 0; i < n; i++)
     if (pool->reclaimed_gens[i] == gen)
@@ -901,37 +669,13 @@ static int was_reclaimed(const pgtag_pool *pool, uint64_t gen) {
   return 0;
 }
 
-pgtag_errcode pgtag_release(pgtag_conn h) {
-  static const call_site site = {NULL, 0, "pgtag_release"};
-  struct conn *conn = h.impl_;
-  if (conn == NULL || h.gen_ == 0)
-    return refuse(NULL, &site, "pgtag_release",
-                  "the connection handle is empty (all zero: from a failed acquire?)");
-  pgtag_pool *pool = conn->pool;
-  if (!on_loop_thread(pool))
-    return refuse(pool, &site, "pgtag_release", "called off the pool's loop thread");
-  if (held_conn(h) == NULL) {
-    if (was_reclaimed(pool, h.gen_))
-      return PGTAG_ERECLAIMED;
-    return refuse(pool, &site, "pgtag_release", "the connection is not held (released twice?)");
-  }
-  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
-  hold_end(conn, 1);
-  if (conn_on_wire(conn) || !queue_empty(&conn->pending))
-    conn->release_pending = 1; /* after the queries queued on it */
-  else
-    release_now(pool, conn);
-  pgtag_ctx_leave(previous);
-  return PGTAG_OK;
-}
-
-void pool_reclaim(struct conn *conn) {
+static void pool_reclaim(struct conn *conn) {
   pgtag_pool *pool = conn->pool;
   pool->reclaimed_gens[pool->nreclaimed++ % 64] = conn->gen;
   pool->stats.reclaimed++;
   hold_end(conn, 0);
   while (!queue_empty(&conn->pending)) {
-    op *p = first_op(&conn->pending);
+    op *p = op_first(&conn->pending);
     queue_remove(&p->node);
     op_set_error(p, PGTAG_ERECLAIMED, NULL, RECLAIMED_MESSAGE);
     defer(pool, p);
@@ -949,12 +693,12 @@ void pool_reclaim(struct conn *conn) {
     release_now(pool, conn);
 }
 
-void pool_on_cancel_done(struct conn *conn) {
+static void pool_on_cancel_done(struct conn *conn) {
   conn_retry_cancels(conn); /* those that waited for this one */
   if (conn_on_wire(conn)) {
     if (conn->state == CONN_BUSY)
-      feed(conn->pool, conn); /* pipelining resumes */
-    return;                   /* its query has not ended yet: that comes back here */
+      pipeline_feed(conn); /* pipelining resumes */
+    return;                /* its query has not ended yet: that comes back here */
   }
   if (conn->recycle_pending) {
     conn->recycle_pending = 0;
@@ -964,67 +708,12 @@ void pool_on_cancel_done(struct conn *conn) {
   }
 }
 
-/* ------------------------------------------------------------------------
- * Timeouts and cancellation
- * ------------------------------------------------------------------------ */
-
-/* Send the cancel request o needs, unless it went out already, another
- * is under way (one at a time per connection), or it could stop another
- * request's write or disturb other requests for nothing
- * (pipeline_cancel_safe).  Those are tried again when the wire changes or
- * the cancel under way is done (conn_retry_cancels); a query whose cancel
- * never gets safe runs to its end and reports how it ended.  Once sent,
- * the server has CANCEL_GRACE_MS to end it before the connection is given
- * up (hung, or unreachable for the cancel request). */
-static void request_cancel(struct conn *conn, op *o) {
-  if (o->cancel_sent)
-    return;
-  if (conn->cancel != NULL || !pipeline_cancel_safe(conn, o)) {
-    o->deadline = 0;
-    return;
-  }
-  o->cancel_sent = 1;
-  o->deadline = uv_now(conn->pool->loop) + CANCEL_GRACE_MS;
-  pipeline_mark_at_risk(conn, o);
-  if (cancel_start(conn) != 0)
-    pool_log(conn->pool, PGTAG_LOG_WARN, "cannot send a cancel request for %s",
-             backend_text(conn->backend_pid).s);
-}
-
-/* Cancel o, on conn's wire, on the server; it ends with why. */
-static void cancel_op(struct conn *conn, op *o, pgtag_errcode why) {
-  if (o->cancel_code == PGTAG_OK) {
-    o->cancel_code = why;
-    conn_mark_signalable(conn, o);
-  }
-  request_cancel(conn, o);
-  conn_arm_timeout(conn);
-}
-
-void pool_on_statement_timeout(struct conn *conn) {
-  uint64_t now = uv_now(conn->pool->loop);
-  queue *q;
-  queue_foreach (q, &conn->wire) {
-    op *o = queue_data(q, op, node);
-    if (o->deadline == 0 || o->deadline > now)
-      continue;
-    char msg[128];
-    if (o->kind == OP_RESET || o->cancel_sent) {
-      if (o->kind == OP_RESET)
-        snprintf(msg, sizeof msg, "the server did not answer ROLLBACK within %d ms",
-                 RESET_TIMEOUT_MS);
-      else
-        snprintf(msg, sizeof msg, "the cancelled query did not end within %d ms", CANCEL_GRACE_MS);
-      pool_on_conn_lost(conn, msg);
-      return;
-    }
-    if (o->cancel_code == PGTAG_OK) {
-      o->cancel_code = PGTAG_ETIMEDOUT;
-      conn_mark_signalable(conn, o);
-    }
-    request_cancel(conn, o);
-  }
-  conn_arm_timeout(conn);
+/* A deadline on conn's wire passed: a cancel request goes out, or the
+ * connection is given up when even that did not end the statement. */
+static void pool_on_statement_timeout(struct conn *conn) {
+  char why[128];
+  if (cancel_expired(conn, why, sizeof why))
+    pool_on_conn_lost(conn, why);
 }
 
 /* The pools of this thread, for pgtag_ctx_cancel. */
@@ -1157,31 +846,6 @@ static struct conn *take_idle(pgtag_pool *pool) {
   return NULL;
 }
 
-/* Where a query joins a pipeline: only once the pool cannot grow (a new
- * connection beats waiting behind another query), on a connection whose
- * pipeline takes it (pipeline_accepts), the one with the fewest statements
- * under way, and among those the one whose head started last.  NULL if
- * none takes it. */
-static struct conn *least_loaded(const pgtag_pool *pool, op *o) {
-  struct conn *best = NULL;
-  uint64_t best_start = 0, now = uv_hrtime();
-  queue *q;
-  if (pool->cfg.pipeline_depth <= 1 || live_conns(pool) < pool->cfg.max_conns)
-    return NULL;
-  queue_foreach (q, &pool->conns) {
-    struct conn *conn = queue_data(q, struct conn, node);
-    if (!pipeline_accepts(pool, conn, o, now))
-      continue;
-    uint64_t start = conn_head(conn) != NULL ? conn_head(conn)->start_ns : UINT64_MAX;
-    int load = conn->nwire + conn->nstaged, best_load = best ? best->nwire + best->nstaged : 0;
-    if (best == NULL || load < best_load || (load == best_load && start > best_start)) {
-      best = conn;
-      best_start = start;
-    }
-  }
-  return best;
-}
-
 /* The statement timeout of a query: its options, else the pool's. */
 static int timeout_of(const pgtag_pool *pool, const pgtag_query_opts *opts) {
   if (opts == NULL || opts->timeout_ms == 0)
@@ -1225,44 +889,13 @@ static int keeps_args(const pgtag_pool *pool) {
          (pool->cfg.statement_cache > 0 && !pool->cfg.transaction_pooler);
 }
 
-/* The arguments every query takes: fn refuses the call (refuse: the
- * reason logged) when one is bad.  PGTAG_OK otherwise. */
-static pgtag_errcode check_query_args(const pgtag_pool *pool, const call_site *site, const char *fn,
-                                      const char *sql, int nparams, const char *const *values,
-                                      const void *cb) {
-  if (sql == NULL)
-    return refuse(pool, site, fn, "sql is NULL");
-  if (cb == NULL)
-    return refuse(pool, site, fn, "the callback is NULL");
-  if (nparams < 0)
-    return refuse(pool, site, fn, "nparams is negative");
-  if (nparams > 0 && values == NULL)
-    return refuse(pool, site, fn, "values is NULL while nparams is above 0");
-  return PGTAG_OK;
-}
+/* ------------------------------------------------------------------------
+ * What the application submits (submit.c has checked it)
+ * ------------------------------------------------------------------------ */
 
-/* What every operation of the application checks about its pool: fn is
- * refused off the pool's loop thread, while the pool is closing, and by
- * the context check. */
-static pgtag_errcode check_submit(pgtag_pool *pool, const call_site *site, const char *fn) {
-  if (!on_loop_thread(pool))
-    return refuse(pool, site, fn, "called off the pool's loop thread");
-  if (pool->closing)
-    return PGTAG_ECLOSED;
-  return check_context(pool, site, fn);
-}
-
-pgtag_errcode pool_query(pgtag_pool *pool, const char *sql, int nparams, const char *const *values,
-                         const pgtag_query_opts *opts, pgtag_result_cb cb, void *arg,
-                         const call_site *site) {
-  static const char fn[] = "pgtag_query";
-  if (pool == NULL)
-    return refuse(NULL, site, fn, "the pool is NULL");
-  pgtag_errcode rc = check_query_args(pool, site, fn, sql, nparams, values, (const void *)cb);
-  if (rc == PGTAG_OK)
-    rc = check_submit(pool, site, fn);
-  if (rc != PGTAG_OK)
-    return rc;
+pgtag_errcode pool_submit_query(pgtag_pool *pool, const char *sql, int nparams,
+                                const char *const *values, const pgtag_query_opts *opts,
+                                pgtag_result_cb cb, void *arg) {
   if (current_past_deadline())
     return query_past_deadline(pool, opts, cb, arg);
 
@@ -1298,7 +931,7 @@ pgtag_errcode pool_query(pgtag_pool *pool, const char *sql, int nparams, const c
   /* Pipelining, when nobody waits ahead of it: on a connection whose
    * pipeline takes it; and the pool grows, one connection at a time, as
    * long as none is free. */
-  conn = !o->exclusive && queue_empty(&pool->waiters) ? least_loaded(pool, o) : NULL;
+  conn = !o->exclusive && queue_empty(&pool->waiters) ? pipeline_least_loaded(pool, o) : NULL;
   if (conn != NULL) {
     if (conn_send(conn, o) == 0) {
       stats_waited(pool, o);
@@ -1314,39 +947,8 @@ pgtag_errcode pool_query(pgtag_pool *pool, const char *sql, int nparams, const c
   return wait_for_conn(pool, o);
 }
 
-pgtag_errcode(pgtag_query)(pgtag_pool *pool, const char *sql, int nparams,
-                           const char *const *values, pgtag_result_cb cb, void *arg) {
-  static const call_site site = {NULL, 0, "pgtag_query"};
-  return pool_query(pool, sql, nparams, values, NULL, cb, arg, &site);
-}
-
-pgtag_errcode(pgtag_query_ex)(pgtag_pool *pool, const char *sql, int nparams,
-                              const char *const *values, const pgtag_query_opts *opts,
-                              pgtag_result_cb cb, void *arg) {
-  static const call_site site = {NULL, 0, "pgtag_query_ex"};
-  return pool_query(pool, sql, nparams, values, opts, cb, arg, &site);
-}
-
-pgtag_errcode pgtag_query_at(pgtag_pool *pool, const char *sql, int nparams,
-                             const char *const *values, const pgtag_query_opts *opts,
-                             pgtag_result_cb cb, void *arg, const char *file, int line,
-                             const char *func) {
-  const call_site site = {file, line, func};
-  return pool_query(pool, sql, nparams, values, opts, cb, arg, &site);
-}
-
-pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg, const char *file,
-                               int line, const char *func) {
-  static const char fn[] = "pgtag_acquire";
-  const call_site site = {file, line, func};
-  if (pool == NULL)
-    return refuse(NULL, &site, fn, "the pool is NULL");
-  if (cb == NULL)
-    return refuse(pool, &site, fn, "the callback is NULL");
-  pgtag_errcode rc = check_submit(pool, &site, fn);
-  if (rc != PGTAG_OK)
-    return rc;
-
+pgtag_errcode pool_submit_acquire(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
+                                  const char *file, int line, const char *func, void *caller) {
   op *o = op_new(pool, OP_ACQUIRE, NULL, 0, NULL, 0);
   if (o == NULL)
     return PGTAG_ENOMEM;
@@ -1357,7 +959,7 @@ pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
   o->file = file;
   o->line = line;
   o->func = func;
-  if (leak_capture(pool, o, __builtin_return_address(0)) != 0) {
+  if (leak_capture(pool, o, caller) != 0) {
     op_discard(o);
     return PGTAG_ENOMEM;
   }
@@ -1369,35 +971,10 @@ pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
   return PGTAG_OK;
 }
 
-static pgtag_errcode conn_query(pgtag_conn h, const char *sql, int nparams,
-                                const char *const *values, const pgtag_query_opts *opts,
-                                pgtag_result_cb cb, void *arg, const call_site *site) {
-  static const char fn[] = "pgtag_conn_query";
-  struct conn *conn = h.impl_;
-  if (conn == NULL || h.gen_ == 0)
-    return refuse(NULL, site, fn,
-                  "the connection handle is empty (all zero: from a failed acquire?)");
+pgtag_errcode pool_submit_held(struct conn *conn, const char *sql, int nparams,
+                               const char *const *values, const pgtag_query_opts *opts,
+                               pgtag_result_cb cb, void *arg) {
   pgtag_pool *pool = conn->pool;
-  pgtag_errcode rc = check_query_args(pool, site, fn, sql, nparams, values, (const void *)cb);
-  if (rc != PGTAG_OK)
-    return rc;
-  if (!on_loop_thread(pool))
-    return refuse(pool, site, fn, "called off the pool's loop thread");
-  if (held_conn(h) == NULL) {
-    if (!was_reclaimed(pool, h.gen_)) /* released: the caller's bug, said at once */
-      return refuse(pool, site, fn, "the connection is not held (released already?)");
-    op *o = op_new(pool, OP_QUERY, NULL, 0, NULL, 0);
-    if (o == NULL)
-      return PGTAG_ENOMEM;
-    o->cb.result = cb;
-    o->arg = arg;
-    defer_error(pool, o, PGTAG_ERECLAIMED, RECLAIMED_MESSAGE);
-    return PGTAG_OK;
-  }
-  rc = check_context(pool, site, fn);
-  if (rc != PGTAG_OK)
-    return rc;
-
   if (current_past_deadline())
     return query_past_deadline(pool, opts, cb, arg);
   int send_now = conn->state == CONN_HELD && !conn_on_wire(conn) && conn->cancel == NULL;
@@ -1432,35 +1009,24 @@ static pgtag_errcode conn_query(pgtag_conn h, const char *sql, int nparams,
   return PGTAG_OK;
 }
 
-pgtag_errcode(pgtag_conn_query)(pgtag_conn h, const char *sql, int nparams,
-                                const char *const *values, pgtag_result_cb cb, void *arg) {
-  static const call_site site = {NULL, 0, "pgtag_conn_query"};
-  return conn_query(h, sql, nparams, values, NULL, cb, arg, &site);
+pgtag_errcode pool_fail_reclaimed(pgtag_pool *pool, pgtag_result_cb cb, void *arg) {
+  op *o = op_new(pool, OP_QUERY, NULL, 0, NULL, 0);
+  if (o == NULL)
+    return PGTAG_ENOMEM;
+  o->cb.result = cb;
+  o->arg = arg;
+  defer_error(pool, o, PGTAG_ERECLAIMED, RECLAIMED_MESSAGE);
+  return PGTAG_OK;
 }
 
-pgtag_errcode(pgtag_conn_query_ex)(pgtag_conn h, const char *sql, int nparams,
-                                   const char *const *values, const pgtag_query_opts *opts,
-                                   pgtag_result_cb cb, void *arg) {
-  static const call_site site = {NULL, 0, "pgtag_conn_query_ex"};
-  return conn_query(h, sql, nparams, values, opts, cb, arg, &site);
-}
-
-pgtag_errcode pgtag_conn_query_at(pgtag_conn h, const char *sql, int nparams,
-                                  const char *const *values, const pgtag_query_opts *opts,
-                                  pgtag_result_cb cb, void *arg, const char *file, int line,
-                                  const char *func) {
-  const call_site site = {file, line, func};
-  return conn_query(h, sql, nparams, values, opts, cb, arg, &site);
-}
-
-int pgtag_conn_held(pgtag_conn h) {
-  struct conn *conn = held_conn(h);
-  return conn != NULL && on_loop_thread(conn->pool);
-}
-
-int pgtag_conn_backend_pid(pgtag_conn h) {
-  struct conn *conn = held_conn(h);
-  return conn != NULL ? conn->backend_pid : 0;
+void pool_release(struct conn *conn) {
+  pgtag_ctx *previous = pgtag_ctx_enter(NULL);
+  hold_end(conn, 1);
+  if (conn_on_wire(conn) || !queue_empty(&conn->pending))
+    conn->release_pending = 1; /* after the queries queued on it */
+  else
+    release_now(conn->pool, conn);
+  pgtag_ctx_leave(previous);
 }
 
 /* ------------------------------------------------------------------------
@@ -1479,107 +1045,13 @@ static void on_maint(uv_timer_t *timer) {
     struct conn *conn = queue_data(q, struct conn, idle_node);
     q = q->prev;
     int idle_long = idle_ms > 0 && now - conn->idle_since >= (uint64_t)idle_ms &&
-                    live_conns(pool) > pool->cfg.min_conns;
+                    pool_live_conns(pool) > pool->cfg.min_conns;
     int too_old = life_ms > 0 && now - conn->created >= (uint64_t)life_ms;
     if (idle_long || too_old)
       drop_conn(pool, conn);
   }
   maybe_connect(pool);
   pgtag_ctx_leave(previous);
-}
-
-static uint64_t maint_period(const pgtag_pool_config *cfg) {
-  int shortest = 0;
-  if (cfg->idle_timeout_ms > 0)
-    shortest = cfg->idle_timeout_ms;
-  if (cfg->max_lifetime_ms > 0 && (shortest == 0 || cfg->max_lifetime_ms < shortest))
-    shortest = cfg->max_lifetime_ms;
-  uint64_t period = (uint64_t)shortest / 4;
-  return period < 10 ? 10 : period > 1000 ? 1000 : period;
-}
-
-/* ------------------------------------------------------------------------
- * Life cycle
- * ------------------------------------------------------------------------ */
-
-void pgtag_pool_config_init(pgtag_pool_config *cfg) {
-  if (cfg == NULL)
-    return;
-  memset(cfg, 0, sizeof *cfg);
-  cfg->name = "pgtag";
-  cfg->max_conns = 10;
-  cfg->acquire_timeout_ms = 10000;
-  cfg->max_waiting = 10000;
-  cfg->connect_timeout_ms = 5000;
-  cfg->reconnect_base_ms = 100;
-  cfg->reconnect_max_ms = 5000;
-  cfg->reconnect_waiting_max_ms = RECONNECT_WAITING_MAX_MS;
-  cfg->tcp_keepalive_s = 60;
-  cfg->pipeline_depth = 8;
-  cfg->pipeline_fast_ms = 5;
-  cfg->statement_cache = 256;
-  cfg->idle_timeout_ms = 30000;
-  cfg->tag_style = PGTAG_TAG_PREFIX;
-  cfg->tag_key = "requestId";
-  cfg->log_level = PGTAG_LOG_WARN;
-}
-
-static const char *config_problem(const pgtag_pool_config *cfg) {
-  if (cfg->conninfo == NULL)
-    return "conninfo is required";
-  if (cfg->max_conns < 1)
-    return "max_conns must be at least 1";
-  if (cfg->min_conns < 0 || cfg->min_conns > cfg->max_conns)
-    return "min_conns must be between 0 and max_conns";
-  if (cfg->acquire_timeout_ms < 0 || cfg->max_waiting < 0 || cfg->connect_timeout_ms < 0 ||
-      cfg->idle_timeout_ms < 0 || cfg->max_lifetime_ms < 0)
-    return "timeouts and limits must not be negative";
-  if (cfg->tag_style != PGTAG_TAG_PREFIX && cfg->tag_style != PGTAG_TAG_SQLCOMMENTER &&
-      cfg->tag_style != PGTAG_TAG_NONE)
-    return "unknown tag_style";
-  if (cfg->tag_key != NULL && !ctx_key_valid(cfg->tag_key))
-    return "tag_key must be 1 to 32 characters from [A-Za-z0-9_.-]";
-  if (cfg->log_level < PGTAG_LOG_DEBUG || cfg->log_level > PGTAG_LOG_ERROR)
-    return "unknown log_level";
-  if (cfg->pipeline_depth < 0 || cfg->pipeline_depth > 1024)
-    return "pipeline_depth must be between 1 and 1024";
-  if (cfg->pipeline_depth > 1 && (cfg->pipeline_fast_ms < 1 || cfg->pipeline_fast_ms > 3600000))
-    return "pipeline_fast_ms must be between 1 and 3600000";
-  if (cfg->statement_cache < 0 || cfg->statement_cache > 100000)
-    return "statement_cache must be between 0 and 100000";
-  if (cfg->reconnect_base_ms < 0 || cfg->reconnect_max_ms < 0 ||
-      cfg->reconnect_waiting_max_ms < 0 || cfg->statement_timeout_ms < 0 ||
-      cfg->tcp_keepalive_s < 0)
-    return "timeouts and limits must not be negative";
-  if (cfg->reconnect_base_ms > 0 && cfg->reconnect_max_ms > 0 &&
-      cfg->reconnect_max_ms < cfg->reconnect_base_ms)
-    return "reconnect_max_ms must not be below reconnect_base_ms";
-  if (cfg->leak_threshold_ms < 0)
-    return "leak_threshold_ms must not be negative";
-  if (cfg->leak_policy != PGTAG_LEAK_REPORT && cfg->leak_policy != PGTAG_LEAK_RECLAIM)
-    return "unknown leak_policy";
-  return NULL;
-}
-
-/* Keepalive defaults for TCP connections (libpq ignores them on unix
- * sockets), placed before the conninfo so that its settings win. */
-static void connect_params(pgtag_pool *pool) {
-  int n = 0, s = pool->cfg.tcp_keepalive_s;
-  if (s > 0) {
-    int interval = s / 6 > 0 ? s / 6 : 1;
-    long long user_timeout = ((long long)s + 3LL * interval) * 1000;
-    char(*t)[16] = pool->keepalive_text;
-    snprintf(t[0], sizeof t[0], "%d", s);
-    snprintf(t[1], sizeof t[1], "%d", interval);
-    snprintf(t[2], sizeof t[2], "%lld", user_timeout > 2147483647 ? 2147483647 : user_timeout);
-    pool->conn_keys[n] = "keepalives", pool->conn_values[n++] = "1";
-    pool->conn_keys[n] = "keepalives_idle", pool->conn_values[n++] = t[0];
-    pool->conn_keys[n] = "keepalives_interval", pool->conn_values[n++] = t[1];
-    pool->conn_keys[n] = "keepalives_count", pool->conn_values[n++] = "3";
-    pool->conn_keys[n] = "tcp_user_timeout", pool->conn_values[n++] = t[2];
-  }
-  pool->conn_keys[n] = "dbname", pool->conn_values[n++] = pool->conninfo;
-  pool->conn_keys[n] = NULL, pool->conn_values[n] = NULL;
 }
 
 /* INFO: where the pool connects, never the password or other secrets of
@@ -1632,9 +1104,26 @@ static void pool_free(pgtag_pool *pool) {
   free(pool->name);
   free(pool->tag_key);
   resolver_free(pool->resolver);
-  pool_clear_connect_error(pool);
+  connect_error_clear(&pool->connect_err);
   free(pool);
 }
+
+/* What the pool's connections report (internal.h: pool_events). */
+static const pool_events events = {
+    .connected = pool_on_connected,
+    .connect_failed = pool_on_connect_failed,
+    .result = pool_on_query_done,
+    .synced = pool_on_sync,
+    .room = pipeline_feed,
+    .lost = pool_on_conn_lost,
+    .timed_out = pool_on_statement_timeout,
+    .cancel_done = pool_on_cancel_done,
+    .staged = pipeline_flush_soon,
+    .reclaim = pool_reclaim,
+    .wake = pool_wake,
+    .settle = maybe_finish_close,
+    .handle_closed = pool_handle_closed,
+};
 
 pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg, pgtag_pool **out) {
   if (loop == NULL || cfg == NULL || out == NULL)
@@ -1680,19 +1169,14 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg, pgta
   pool->cfg.conninfo = pool->conninfo;
   pool->cfg.name = pool->name;
   pool->cfg.tag_key = pool->tag_key;
-  if (pool->cfg.reconnect_base_ms == 0)
-    pool->cfg.reconnect_base_ms = 100;
-  if (pool->cfg.reconnect_max_ms == 0)
-    pool->cfg.reconnect_max_ms =
-        pool->cfg.reconnect_base_ms > 5000 ? pool->cfg.reconnect_base_ms : 5000;
-  if (pool->cfg.reconnect_waiting_max_ms == 0)
-    pool->cfg.reconnect_waiting_max_ms = RECONNECT_WAITING_MAX_MS;
-  connect_params(pool);
+  config_fill(&pool->cfg);
+  config_connect_params(pool);
   if (resolver_new(pool, pool->conninfo, &pool->resolver) != 0) {
     pool_free(pool);
     return PGTAG_ENOMEM;
   }
   pool->loop = loop;
+  pool->on = &events;
   pool->thread = pthread_self();
   if (thread_pools.next == NULL)
     queue_init(&thread_pools);
@@ -1721,7 +1205,7 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg, pgta
   pool->leak_timer.data = pool;
   pool->defer_idle.data = pool;
   if (cfg->idle_timeout_ms > 0 || cfg->max_lifetime_ms > 0) {
-    uint64_t period = maint_period(cfg);
+    uint64_t period = config_maint_period(cfg);
     uv_timer_start(&pool->maint_timer, on_maint, period, period);
     uv_unref((uv_handle_t *)&pool->maint_timer);
   }
@@ -1765,7 +1249,7 @@ void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg) {
 /* Once no connection and no undelivered outcome is left, close the pool's
  * own handles; the last close callback calls done and frees the pool. */
 static void maybe_finish_close(pgtag_pool *pool) {
-  if (!pool->closing || pool->handles_closing || pool->deferring || total_conns(pool) > 0 ||
+  if (!pool->closing || pool->handles_closing || pool->deferring || pool_total_conns(pool) > 0 ||
       !queue_empty(&pool->deferred))
     return;
   pool->handles_closing = 1;
@@ -1778,7 +1262,7 @@ static void maybe_finish_close(pgtag_pool *pool) {
   uv_close((uv_handle_t *)&pool->defer_idle, on_pool_handle_closed);
 }
 
-void pool_handle_closed(pgtag_pool *pool) {
+static void pool_handle_closed(pgtag_pool *pool) {
   if (--pool->handles > 0 || !pool->handles_closing)
     return;
   pgtag_ctx *outer = pgtag_ctx_enter(NULL);
@@ -1796,7 +1280,7 @@ void pgtag_pool_stats(const pgtag_pool *pool, pgtag_stats *out) {
   if (pool == NULL || out == NULL)
     return;
   *out = pool->stats;
-  out->total = live_conns(pool);
+  out->total = pool_live_conns(pool);
   out->idle = pool->count[CONN_IDLE];
   out->busy = pool->count[CONN_BUSY] + pool->count[CONN_RESETTING];
   out->held = pool->count[CONN_HELD] + pool->count[CONN_LOST];

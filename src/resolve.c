@@ -1,9 +1,6 @@
 /* Host names resolved on libuv's thread pool.  See resolve.h. */
 #include "resolve.h"
 
-#include "conn.h"
-#include "pool.h"
-
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +43,7 @@ struct resolver {
 typedef struct resolve_attempt {
   queue node;
   struct conn *conn;
+  void (*done)(struct conn *conn);
   unsigned need[]; /* per name: the generation it waits for */
 } attempt;
 
@@ -265,13 +263,14 @@ static void on_lookup(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   while (!queue_empty(&go)) {
     attempt *a = queue_data(queue_head(&go), attempt, node);
     struct conn *conn = a->conn;
+    void (*done)(struct conn *) = a->done;
     queue_remove(&a->node);
     free(a);
     conn->resolving = NULL;
-    conn_resolved(conn);
+    done(conn);
   }
   pgtag_ctx_leave(previous);
-  pool_handle_closed(pool); /* last: it may free the pool, and r with it */
+  pool->on->handle_closed(pool); /* last: it may free the pool, and r with it */
 }
 
 static int lookup_start(lookup *l) {
@@ -293,7 +292,8 @@ static int lookup_start(lookup *l) {
   return 0;
 }
 
-int resolver_join(resolver *r, struct conn *conn, char *errbuf, size_t errlen) {
+int resolver_join(resolver *r, struct conn *conn, void (*done)(struct conn *conn), char *errbuf,
+                  size_t errlen) {
   attempt *a = malloc(sizeof *a + (size_t)r->nnames * sizeof a->need[0]);
   if (a == NULL) {
     snprintf(errbuf, errlen, "out of memory");
@@ -313,6 +313,7 @@ int resolver_join(resolver *r, struct conn *conn, char *errbuf, size_t errlen) {
     a->need[i] = l->started;
   }
   a->conn = conn;
+  a->done = done;
   queue_insert_tail(&r->waiting, &a->node);
   conn->resolving = a;
   return 0;

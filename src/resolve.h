@@ -16,12 +16,10 @@
 #ifndef PGTAG_RESOLVE_H
 #define PGTAG_RESOLVE_H
 
-#include "pgtag.h"
-#include "tag.h"
+#include "internal.h"
 
 #include <stddef.h>
 
-struct conn;
 typedef struct resolver resolver;
 
 /* The host names in conninfo (libpq's environment defaults filled in, as
@@ -39,10 +37,11 @@ void resolver_free(resolver *r);
  * closing waits only for one a thread is running. */
 void resolver_cancel(resolver *r);
 
-/* Look up conn's names, or join the lookups under way; conn_resolved(conn)
- * follows, from the loop, once each has answered.  Returns 0, or -1 with
- * errbuf filled (conn untouched). */
-int resolver_join(resolver *r, struct conn *conn, char *errbuf, size_t errlen);
+/* Look up conn's names, or join the lookups under way; done(conn) follows,
+ * from the loop, once each has answered.  Returns 0, or -1 with errbuf
+ * filled (conn untouched). */
+int resolver_join(resolver *r, struct conn *conn, void (*done)(struct conn *conn), char *errbuf,
+                  size_t errlen);
 
 /* conn stops waiting (its attempt timed out or was given up).  Safe on a
  * conn that does not wait. */

@@ -4,10 +4,8 @@
  * detector is on. */
 #include "stats.h"
 
-#include "conn.h"
 #include "context.h"
-#include "op.h"
-#include "pool.h"
+#include "log.h"
 #include "sqlkind.h"
 
 #include <stdio.h>

@@ -1,7 +1,7 @@
 /* Host names, resolved by the pool off the loop, and TLS through them.
  *
  * The program runs in a mount namespace of its own (it needs root): its
- * /etc/resolv.conf names a DNS server on 127.0.0.53 that never answers (a
+ * /etc/resolv.conf names a DNS server on 127.53.x.y that never answers (a
  * UDP socket this program binds and never reads), and its /etc/hosts is a
  * file the tests rewrite.  So a name in that hosts file resolves at once,
  * and any other name hangs in the resolver as long as glibc waits (10 s),
@@ -74,19 +74,31 @@ static int group_setup(void **state) {
     fail_msg("unshare(CLONE_NEWNS): %s (the test runs as root)", strerror(errno));
   if (mount("none", "/", "none", MS_REC | MS_PRIVATE, NULL) != 0)
     fail_msg("making mounts private: %s", strerror(errno));
+  /* The network is shared with whatever else runs on the machine (another
+   * run of this test, a resolver on 127.0.0.53): an address of its own in
+   * 127.53/16, the first one free from one drawn by the pid. */
+  dns = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(53)};
+  char nameserver[64];
+  int bound = -1;
+  for (unsigned i = 0; dns >= 0 && bound != 0 && i < 1000; i++) {
+    unsigned n = ((unsigned)getpid() + i) % 65024 + 256; /* 127.53.1.0 up */
+    a.sin_addr.s_addr = htonl(0x7f350000u | n);
+    bound = bind(dns, (struct sockaddr *)&a, sizeof a);
+  }
+  if (bound != 0)
+    fail_msg("binding a DNS server's address in 127.53/16 (udp): %s", strerror(errno));
+  inet_ntop(AF_INET, &a.sin_addr, nameserver, sizeof nameserver);
+  char conf[96];
+  snprintf(conf, sizeof conf, "nameserver %s\n", nameserver);
   snprintf(path, sizeof path, "%s/resolv.conf", dir);
-  write_file(path, "nameserver 127.0.0.53\n");
+  write_file(path, conf);
   if (mount(path, "/etc/resolv.conf", "none", MS_BIND, NULL) != 0)
     fail_msg("bind-mounting %s: %s", path, strerror(errno));
   snprintf(hosts_path, sizeof hosts_path, "%s/hosts", dir);
   set_hosts("");
   if (mount(hosts_path, "/etc/hosts", "none", MS_BIND, NULL) != 0)
     fail_msg("bind-mounting %s: %s", hosts_path, strerror(errno));
-  dns = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(53)};
-  inet_pton(AF_INET, "127.0.0.53", &a.sin_addr);
-  if (dns < 0 || bind(dns, (struct sockaddr *)&a, sizeof a) != 0)
-    fail_msg("binding 127.0.0.53:53 (udp): %s", strerror(errno));
 
   snprintf(server_dir, sizeof server_dir, "%s/pg", dir);
   snprintf(line, sizeof line,
