@@ -106,6 +106,17 @@ static void defer_error(pgtag_pool *pool, op *o, pgtag_errcode code, const char 
   defer(pool, o);
 }
 
+/* Every operation in q fails with code and message, in order, from the
+ * loop.  None of them was sent, so each keeps its own copy of its text. */
+static void fail_queue(pgtag_pool *pool, queue *q, pgtag_errcode code, const char *message) {
+  while (!queue_empty(q)) {
+    op *o = op_first(q);
+    queue_remove(&o->node);
+    op_set_error(o, code, NULL, message);
+    defer(pool, o);
+  }
+}
+
 /* ------------------------------------------------------------------------
  * Connections coming and going
  * ------------------------------------------------------------------------ */
@@ -126,7 +137,7 @@ static void log_lost(pgtag_pool *pool, struct conn *conn) {
 }
 
 /* Unlink and close a connection that has no operation left on it. */
-static void drop_conn(pgtag_pool *pool, struct conn *conn) {
+static void close_conn(pgtag_pool *pool, struct conn *conn) {
   pool->count[conn->state]--;
   queue_remove(&conn->node);
   if (queue_linked(&conn->idle_node))
@@ -306,7 +317,7 @@ static void pool_on_connect_failed(struct conn *conn, const char *message) {
   connect_error_note(&pool->connect_err, message,
                      conn->pg != NULL && PQconnectionNeedsPassword(conn->pg));
   text_line(msg, sizeof msg, pool->connect_err.message ? pool->connect_err.message : message);
-  drop_conn(pool, conn);
+  close_conn(pool, conn);
   connect_failed(pool, msg);
   fail_refused_waiters(pool);
   maybe_finish_close(pool);
@@ -321,7 +332,7 @@ static void make_available(pgtag_pool *pool, struct conn *conn) {
   int expired =
       pool->cfg.max_lifetime_ms > 0 && now - conn->created >= (uint64_t)pool->cfg.max_lifetime_ms;
   if (pool->closing || expired) {
-    drop_conn(pool, conn);
+    close_conn(pool, conn);
     maybe_connect(pool);
     maybe_finish_close(pool);
     return;
@@ -344,7 +355,7 @@ static void make_available(pgtag_pool *pool, struct conn *conn) {
      * the query keeps its place in line and the connection is replaced. */
     waiter_put_back(pool, o, queue_head(&pool->waiters));
     log_lost(pool, conn);
-    drop_conn(pool, conn);
+    close_conn(pool, conn);
     maybe_connect(pool);
     return;
   }
@@ -400,16 +411,8 @@ static void pool_on_conn_lost(struct conn *conn, const char *why) {
     head_res = NULL;
   }
   PQclear(head_res);
-  queue lost;
-  queue_init(&lost);
-  queue_move(&conn->staged, &lost);
-  queue_move(&conn->pending, &lost);
-  while (!queue_empty(&lost)) {
-    op *o = op_first(&lost);
-    queue_remove(&o->node);
-    op_set_error(o, PGTAG_ECONN, NULL, message);
-    defer(pool, o);
-  }
+  fail_queue(pool, &conn->staged, PGTAG_ECONN, message);
+  fail_queue(pool, &conn->pending, PGTAG_ECONN, message);
   conn->nwire = conn->nstaged = conn->nsyncs = 0;
   conn->unproven = conn->signalable = conn->writes = 0;
   conn->got_result = conn->exclusive = 0;
@@ -421,7 +424,7 @@ static void pool_on_conn_lost(struct conn *conn, const char *why) {
     if (conn->release_pending)
       release_now(pool, conn); /* the holder already gave it back */
   } else if (conn->state != CONN_LOST) {
-    drop_conn(pool, conn);
+    close_conn(pool, conn);
   }
   maybe_connect(pool);
   maybe_finish_close(pool);
@@ -570,7 +573,7 @@ static void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
     if (clean) {
       make_available(pool, conn);
     } else {
-      drop_conn(pool, conn);
+      close_conn(pool, conn);
       maybe_connect(pool);
       maybe_finish_close(pool);
     }
@@ -656,7 +659,7 @@ static void recycle(pgtag_pool *pool, struct conn *conn) {
     if (o != NULL)
       op_discard(o);
   }
-  drop_conn(pool, conn); /* lost, unknown, or closing: the server rolls back */
+  close_conn(pool, conn); /* lost, unknown, or closing: the server rolls back */
   maybe_connect(pool);
   maybe_finish_close(pool);
 }
@@ -674,12 +677,7 @@ static void pool_reclaim(struct conn *conn) {
   pool->reclaimed_gens[pool->nreclaimed++ % 64] = conn->gen;
   pool->stats.reclaimed++;
   hold_end(conn, 0);
-  while (!queue_empty(&conn->pending)) {
-    op *p = op_first(&conn->pending);
-    queue_remove(&p->node);
-    op_set_error(p, PGTAG_ERECLAIMED, NULL, RECLAIMED_MESSAGE);
-    defer(pool, p);
-  }
+  fail_queue(pool, &conn->pending, PGTAG_ERECLAIMED, RECLAIMED_MESSAGE);
   if (conn->state == CONN_LOST) {
     release_now(pool, conn);
     return;
@@ -841,7 +839,7 @@ static struct conn *take_idle(pgtag_pool *pool) {
     if (conn->idle_since == now || conn_alive(conn))
       return conn;
     log_lost(pool, conn);
-    drop_conn(pool, conn);
+    close_conn(pool, conn);
   }
   return NULL;
 }
@@ -921,7 +919,7 @@ pgtag_errcode pool_submit_query(pgtag_pool *pool, const char *sql, int nparams,
     }
     op_discard(o);
     log_lost(pool, conn);
-    drop_conn(pool, conn);
+    close_conn(pool, conn);
   }
 
   op *o = query_op_new(pool, sql, nparams, values, opts, cb, arg, 1);
@@ -1048,7 +1046,7 @@ static void on_maint(uv_timer_t *timer) {
                     pool_live_conns(pool) > pool->cfg.min_conns;
     int too_old = life_ms > 0 && now - conn->created >= (uint64_t)life_ms;
     if (idle_long || too_old)
-      drop_conn(pool, conn);
+      close_conn(pool, conn);
   }
   maybe_connect(pool);
   pgtag_ctx_leave(previous);
@@ -1089,6 +1087,21 @@ static void log_opened(const pgtag_pool *pool) {
 }
 
 static void on_pool_handle_closed(uv_handle_t *handle) { pool_handle_closed(handle->data); }
+
+/* The pool's own handles, one list for opening them and closing them:
+ * fills out, returns how many. */
+#define POOL_OWN_HANDLES 7
+static int own_handles(pgtag_pool *pool, uv_handle_t *out[POOL_OWN_HANDLES]) {
+  uv_handle_t *own[] = {
+      (uv_handle_t *)&pool->wait_timer,   (uv_handle_t *)&pool->retry_timer,
+      (uv_handle_t *)&pool->maint_timer,  (uv_handle_t *)&pool->leak_timer,
+      (uv_handle_t *)&pool->sync_prepare, (uv_handle_t *)&pool->check_prepare,
+      (uv_handle_t *)&pool->defer_idle,
+  };
+  _Static_assert(sizeof own / sizeof *own == POOL_OWN_HANDLES, "one list of the pool's handles");
+  memcpy(out, own, sizeof own);
+  return POOL_OWN_HANDLES;
+}
 
 static void pool_free(pgtag_pool *pool) {
   op_cache_free(pool);
@@ -1191,19 +1204,18 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg, pgta
   uv_timer_init(loop, &pool->maint_timer);
   uv_timer_init(loop, &pool->leak_timer);
   uv_prepare_init(loop, &pool->sync_prepare);
+  uv_prepare_init(loop, &pool->check_prepare);
+  uv_idle_init(loop, &pool->defer_idle);
+  uv_handle_t *own[POOL_OWN_HANDLES];
+  for (int i = own_handles(pool, own) - 1; i >= 0; i--) {
+    own[i]->data = pool;
+    pool->handles++; /* conn.c, cancel.c and resolve.c count theirs */
+  }
   /* Each turn, before the loop waits: a context left current is found
    * then (the application's callbacks have all run). */
-  uv_prepare_init(loop, &pool->check_prepare);
-  pool->check_prepare.data = pool;
   uv_prepare_start(&pool->check_prepare, on_check_prepare);
   uv_unref((uv_handle_t *)&pool->check_prepare);
-  pool->sync_prepare.data = pool;
   uv_unref((uv_handle_t *)&pool->leak_timer); /* a report alone is no work */
-  uv_idle_init(loop, &pool->defer_idle);
-  pool->handles = 7;
-  pool->wait_timer.data = pool->retry_timer.data = pool->maint_timer.data = pool;
-  pool->leak_timer.data = pool;
-  pool->defer_idle.data = pool;
   if (cfg->idle_timeout_ms > 0 || cfg->max_lifetime_ms > 0) {
     uint64_t period = config_maint_period(cfg);
     uv_timer_start(&pool->maint_timer, on_maint, period, period);
@@ -1230,15 +1242,16 @@ void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg) {
   uv_timer_stop(&pool->retry_timer);
   uv_timer_stop(&pool->maint_timer);
   resolver_cancel(pool->resolver);
-  while (!queue_empty(&pool->waiters))
-    defer_error(pool, waiter_pop(pool), PGTAG_ECLOSED, "the pool is closing");
+  queue waiting;
+  waiters_take_all(pool, &waiting);
+  fail_queue(pool, &waiting, PGTAG_ECLOSED, "the pool is closing");
 
   queue *q = queue_head(&pool->conns);
   while (q != &pool->conns) {
     struct conn *conn = queue_data(q, struct conn, node);
     q = q->next;
     if (conn->state == CONN_IDLE || conn->state == CONN_CONNECTING)
-      drop_conn(pool, conn);
+      close_conn(pool, conn);
     else if (conn->gen != 0 && conn->hold.reported_ended)
       pool_reclaim(conn); /* leaked: nobody will release it */
   }
@@ -1253,13 +1266,9 @@ static void maybe_finish_close(pgtag_pool *pool) {
       !queue_empty(&pool->deferred))
     return;
   pool->handles_closing = 1;
-  uv_close((uv_handle_t *)&pool->wait_timer, on_pool_handle_closed);
-  uv_close((uv_handle_t *)&pool->retry_timer, on_pool_handle_closed);
-  uv_close((uv_handle_t *)&pool->maint_timer, on_pool_handle_closed);
-  uv_close((uv_handle_t *)&pool->leak_timer, on_pool_handle_closed);
-  uv_close((uv_handle_t *)&pool->sync_prepare, on_pool_handle_closed);
-  uv_close((uv_handle_t *)&pool->check_prepare, on_pool_handle_closed);
-  uv_close((uv_handle_t *)&pool->defer_idle, on_pool_handle_closed);
+  uv_handle_t *own[POOL_OWN_HANDLES];
+  for (int i = own_handles(pool, own) - 1; i >= 0; i--)
+    uv_close(own[i], on_pool_handle_closed);
 }
 
 static void pool_handle_closed(pgtag_pool *pool) {

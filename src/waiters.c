@@ -78,6 +78,13 @@ void waiter_put_back(pgtag_pool *pool, op *o, queue *q) {
   wait_timer_arm(pool);
 }
 
+void waiters_take_all(pgtag_pool *pool, queue *out) {
+  queue_init(out);
+  queue_move(&pool->waiters, out);
+  pool->nwaiting = pool->ndeadlined = 0;
+  wait_timer_arm(pool);
+}
+
 op *waiter_pop(pgtag_pool *pool) {
   op *o = op_first(&pool->waiters);
   waiter_remove(pool, o);

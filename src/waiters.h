@@ -16,6 +16,9 @@ void waiter_remove(pgtag_pool *pool, op *o);
  * to be sent again), with the deadline it had. */
 void waiter_put_back(pgtag_pool *pool, op *o, queue *q);
 
+/* The whole line, moved to out (initialized here) in order. */
+void waiters_take_all(pgtag_pool *pool, queue *out);
+
 /* The first in line, taken out of it (the line is not empty). */
 op *waiter_pop(pgtag_pool *pool);
 
