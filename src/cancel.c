@@ -37,9 +37,9 @@ static void cancel_after(uv_work_t *work, int status) {
   PQfreeCancel(c->pg);
   if (status != 0 || !c->ok) {
     char msg[256];
-    text_line(msg, sizeof msg, status != 0 ? uv_strerror(status) : c->error);
-    pool_log(pool, PGTAG_LOG_WARN, "cancel request for %s failed: %s",
-             backend_text(c->backend_pid).s, msg);
+    pgtag__text_line(msg, sizeof msg, status != 0 ? uv_strerror(status) : c->error);
+    pgtag__pool_log(pool, PGTAG_LOG_WARN, "cancel request for %s failed: %s",
+                    pgtag__backend_text(c->backend_pid).s, msg);
   }
   free(c);
   if (conn != NULL) {
@@ -50,7 +50,7 @@ static void cancel_after(uv_work_t *work, int status) {
   pool->on->handle_closed(pool);
 }
 
-int cancel_start(struct conn *conn) {
+int pgtag__cancel_start(struct conn *conn) {
   pgtag_pool *pool = conn->pool;
   struct cancel *c = calloc(1, sizeof *c);
   if (c == NULL)
@@ -74,7 +74,7 @@ int cancel_start(struct conn *conn) {
   return 0;
 }
 
-void cancel_detach(struct conn *conn) {
+void pgtag__cancel_detach(struct conn *conn) {
   if (conn->cancel != NULL) {
     conn->cancel->conn = NULL;
     conn->cancel = NULL;
@@ -88,41 +88,41 @@ void cancel_detach(struct conn *conn) {
 /* Send the cancel request o needs, unless it went out already, another
  * is under way (one at a time per connection), or it could stop another
  * request's write or disturb other requests for nothing
- * (pipeline_cancel_safe).  Those are tried again when the wire changes or
- * the cancel under way is done (conn_retry_cancels); a query whose cancel
+ * (pgtag__pipeline_cancel_safe).  Those are tried again when the wire changes or
+ * the cancel under way is done (pgtag__conn_retry_cancels); a query whose cancel
  * never gets safe runs to its end and reports how it ended.  Once sent,
  * the server has CANCEL_GRACE_MS to end it before the connection is given
  * up (hung, or unreachable for the cancel request). */
 static void request_cancel(struct conn *conn, op *o) {
   if (o->cancel_sent)
     return;
-  if (conn->cancel != NULL || !pipeline_cancel_safe(conn, o)) {
+  if (conn->cancel != NULL || !pgtag__pipeline_cancel_safe(conn, o)) {
     o->deadline = 0;
     return;
   }
   o->cancel_sent = 1;
   o->deadline = uv_now(conn->pool->loop) + CANCEL_GRACE_MS;
-  pipeline_mark_at_risk(conn, o);
-  if (cancel_start(conn) != 0)
-    pool_log(conn->pool, PGTAG_LOG_WARN, "cannot send a cancel request for %s",
-             backend_text(conn->backend_pid).s);
+  pgtag__pipeline_mark_at_risk(conn, o);
+  if (pgtag__cancel_start(conn) != 0)
+    pgtag__pool_log(conn->pool, PGTAG_LOG_WARN, "cannot send a cancel request for %s",
+                    pgtag__backend_text(conn->backend_pid).s);
 }
 
 /* Cancel o, on conn's wire, on the server; it ends with why. */
-void cancel_op(struct conn *conn, op *o, pgtag_errcode why) {
+void pgtag__cancel_op(struct conn *conn, op *o, pgtag_errcode why) {
   if (o->cancel_code == PGTAG_OK) {
     o->cancel_code = why;
-    conn_mark_signalable(conn, o);
+    pgtag__conn_mark_signalable(conn, o);
   }
   request_cancel(conn, o);
-  conn_arm_timeout(conn);
+  pgtag__conn_arm_timeout(conn);
 }
 
 /* ------------------------------------------------------------------------
  * Timeouts and cancellation
  * ------------------------------------------------------------------------ */
 
-int cancel_expired(struct conn *conn, char *why, size_t len) {
+int pgtag__cancel_expired(struct conn *conn, char *why, size_t len) {
   uint64_t now = uv_now(conn->pool->loop);
   queue *q;
   queue_foreach (q, &conn->wire) {
@@ -139,10 +139,10 @@ int cancel_expired(struct conn *conn, char *why, size_t len) {
     }
     if (o->cancel_code == PGTAG_OK) {
       o->cancel_code = PGTAG_ETIMEDOUT;
-      conn_mark_signalable(conn, o);
+      pgtag__conn_mark_signalable(conn, o);
     }
     request_cancel(conn, o);
   }
-  conn_arm_timeout(conn);
+  pgtag__conn_arm_timeout(conn);
   return 0;
 }

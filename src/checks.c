@@ -8,7 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
-const call_site site_internal = {NULL, 0, "pgtag"};
+const call_site pgtag__site_internal = {NULL, 0, "pgtag"};
 
 /* A call site's identity: the file and function strings are the
  * program's own literals, so their addresses name them. */
@@ -35,8 +35,8 @@ static _Thread_local struct {
   uint64_t at_ms;
 } refused[REFUSED_SITES];
 
-pgtag_errcode refuse(const pgtag_pool *pool, const call_site *site, const char *fn,
-                     const char *why) {
+pgtag_errcode pgtag__refuse(const pgtag_pool *pool, const call_site *site, const char *fn,
+                            const char *why) {
   /* the reason counts too: one mistake repeated is said once a second,
    * a different one at the same site is said at once */
   uint64_t key = site_key(site, fn, 0) ^ ((uint64_t)(uintptr_t)why * 0xff51afd7ed558ccdULL);
@@ -49,9 +49,9 @@ pgtag_errcode refuse(const pgtag_pool *pool, const call_site *site, const char *
   char where[512];
   site_text(where, sizeof where, site, fn);
   if (pool != NULL)
-    pool_log(pool, PGTAG_LOG_ERROR, "%s: %s; nothing was done (PGTAG_EINVAL)", where, why);
+    pgtag__pool_log(pool, PGTAG_LOG_ERROR, "%s: %s; nothing was done (PGTAG_EINVAL)", where, why);
   else
-    log_default(PGTAG_LOG_ERROR, "%s: %s; nothing was done (PGTAG_EINVAL)", where, why);
+    pgtag__log_default(PGTAG_LOG_ERROR, "%s: %s; nothing was done (PGTAG_EINVAL)", where, why);
   return PGTAG_EINVAL;
 }
 
@@ -71,8 +71,8 @@ static int first_report(pgtag_pool *pool, const call_site *site, const char *fn,
   return 0;
 }
 
-pgtag_errcode check_context(pgtag_pool *pool, const call_site *site, const char *fn) {
-  if (site == &site_internal)
+pgtag_errcode pgtag__check_context(pgtag_pool *pool, const call_site *site, const char *fn) {
+  if (site == &pgtag__site_internal)
     return PGTAG_OK;
   pgtag_ctx *ctx = pgtag_ctx_current();
   int none = ctx == NULL;
@@ -87,22 +87,22 @@ pgtag_errcode check_context(pgtag_pool *pool, const call_site *site, const char 
   const char *what = none ? "no request context is current"
                           : "its request has ended (pgtag_ctx_end): work after the response";
   if (pool->cfg.context_check == PGTAG_CONTEXT_REJECT)
-    return refuse(pool, site, fn,
-                  none ? "no request context is current, and context_check refuses that"
-                       : "its request has ended (pgtag_ctx_end), and context_check refuses "
-                         "work after the response");
+    return pgtag__refuse(pool, site, fn,
+                         none ? "no request context is current, and context_check refuses that"
+                              : "its request has ended (pgtag_ctx_end), and context_check refuses "
+                                "work after the response");
   if (first_report(pool, site, fn, none ? 1 : 2)) {
     char where[512];
     site_text(where, sizeof where, site, fn);
-    pool_log(pool, PGTAG_LOG_WARN, "%s: %s; it runs %s (reported once for this site)", where, what,
-             none ? "untagged" : "with the ended request's ID");
+    pgtag__pool_log(pool, PGTAG_LOG_WARN, "%s: %s; it runs %s (reported once for this site)", where,
+                    what, none ? "untagged" : "with the ended request's ID");
   }
   return PGTAG_OK;
 }
 
-void check_left_current(pgtag_pool *pool) {
+void pgtag__check_left_current(pgtag_pool *pool) {
   call_site site;
-  pgtag_ctx *ctx = ctx_left_current(&site.file, &site.line, &site.func);
+  pgtag_ctx *ctx = pgtag__ctx_left_current(&site.file, &site.line, &site.func);
   if (ctx == NULL)
     return;
   pool->stats.left_current++;
@@ -110,10 +110,10 @@ void check_left_current(pgtag_pool *pool) {
     return;
   char where[512];
   site_text(where, sizeof where, &site, "pgtag_ctx_enter");
-  /* pool_log names the request: its context is the current one */
-  pool_log(pool, PGTAG_LOG_WARN,
-           "its context is still current as the loop goes back to waiting: %s was not "
-           "followed by pgtag_ctx_leave, and what runs until another context is entered "
-           "carries this request's ID",
-           where);
+  /* pgtag__pool_log names the request: its context is the current one */
+  pgtag__pool_log(pool, PGTAG_LOG_WARN,
+                  "its context is still current as the loop goes back to waiting: %s was not "
+                  "followed by pgtag_ctx_leave, and what runs until another context is entered "
+                  "carries this request's ID",
+                  where);
 }

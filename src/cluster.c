@@ -141,15 +141,16 @@ static void on_lag(PGresult *res, const pgtag_error *err, void *arg) {
     if (!r->promoted) {
       r->promoted = 1;
       r->pool->stats.left_recovery++;
-      pool_log(r->pool, PGTAG_LOG_WARN,
-               "this replica is not in recovery any more (promoted?): no read goes to it "
-               "until it is a standby again; writes still go to the cluster's primary pool");
+      pgtag__pool_log(r->pool, PGTAG_LOG_WARN,
+                      "this replica is not in recovery any more (promoted?): no read goes to it "
+                      "until it is a standby again; writes still go to the cluster's primary pool");
     }
     return;
   }
   if (r->promoted) {
     r->promoted = 0;
-    pool_log(r->pool, PGTAG_LOG_WARN, "this replica is in recovery again: reads may go to it");
+    pgtag__pool_log(r->pool, PGTAG_LOG_WARN,
+                    "this replica is in recovery again: reads may go to it");
   }
   uint64_t replayed = strtoull(PQgetvalue(res, 0, 2), NULL, 10);
   if (replayed < r->replayed) { /* restarted from a restartpoint, or another server */
@@ -187,7 +188,8 @@ static void on_lag_timer(uv_timer_t *t) {
     replica *r = &c->replicas[i];
     if (r->probing)
       continue;
-    if (pool_query(r->pool, LAG_SQL, 0, NULL, &opts, on_lag, r, &site_internal) == PGTAG_OK)
+    if (pgtag__pool_query(r->pool, LAG_SQL, 0, NULL, &opts, on_lag, r, &pgtag__site_internal) ==
+        PGTAG_OK)
       r->probing = 1;
   }
   pgtag_ctx_leave(previous);
@@ -270,8 +272,8 @@ static void on_replica_read(PGresult *res, const pgtag_error *err, void *arg) {
   pgtag_cluster *c = rr->cluster;
   if (err != NULL && err->code == PGTAG_ECONN && !c->closing) {
     pgtag_pool *other = read_pool(c, rr->pool);
-    if (pool_query(other, rr->sql, rr->nparams, rr->values, &rr->opts, on_read_retried, rr,
-                   &rr->site) == PGTAG_OK) {
+    if (pgtag__pool_query(other, rr->sql, rr->nparams, rr->values, &rr->opts, on_read_retried, rr,
+                          &rr->site) == PGTAG_OK) {
       rr->pool->stats.reads_retried++;
       return;
     }
@@ -286,9 +288,9 @@ pgtag_errcode pgtag_cluster_query_at(pgtag_cluster *c, int flags, const char *sq
   static const char fn[] = "pgtag_cluster_query";
   const call_site site = {file, line, func};
   if (c == NULL)
-    return refuse(NULL, &site, fn, "the cluster is NULL");
+    return pgtag__refuse(NULL, &site, fn, "the cluster is NULL");
   if ((flags & ~PGTAG_READ_ONLY) != 0)
-    return refuse(c->primary, &site, fn, "unknown flags (only PGTAG_READ_ONLY is)");
+    return pgtag__refuse(c->primary, &site, fn, "unknown flags (only PGTAG_READ_ONLY is)");
   if (c->closing)
     return PGTAG_ECLOSED;
   pgtag_ctx *ctx = pgtag_ctx_current();
@@ -296,16 +298,17 @@ pgtag_errcode pgtag_cluster_query_at(pgtag_cluster *c, int flags, const char *sq
   pgtag_pool *pool = (flags & PGTAG_READ_ONLY) && !wrote ? read_pool(c, NULL) : c->primary;
   if (pool != c->primary && sql != NULL && cb != NULL && nparams >= 0 &&
       (nparams == 0 || values != NULL)) {
-    /* bad arguments go on to pool_query, which says what is wrong */
+    /* bad arguments go on to pgtag__pool_query, which says what is wrong */
     replica_read *rr = replica_read_new(c, pool, sql, nparams, values, opts, cb, arg, &site);
     if (rr == NULL)
       return PGTAG_ENOMEM;
-    pgtag_errcode rc = pool_query(pool, sql, nparams, values, opts, on_replica_read, rr, &site);
+    pgtag_errcode rc =
+        pgtag__pool_query(pool, sql, nparams, values, opts, on_replica_read, rr, &site);
     if (rc != PGTAG_OK)
       free(rr);
     return rc;
   }
-  pgtag_errcode rc = pool_query(pool, sql, nparams, values, opts, cb, arg, &site);
+  pgtag_errcode rc = pgtag__pool_query(pool, sql, nparams, values, opts, cb, arg, &site);
   if (rc == PGTAG_OK && ctx != NULL && !(flags & PGTAG_READ_ONLY))
     ctx->wrote |= c->bit;
   return rc;
@@ -327,9 +330,9 @@ pgtag_errcode pgtag_cluster_acquire_ex_at(pgtag_cluster *c, int flags, pgtag_acq
   static const char fn[] = "pgtag_cluster_acquire";
   const call_site site = {file, line, func};
   if (c == NULL)
-    return refuse(NULL, &site, fn, "the cluster is NULL");
+    return pgtag__refuse(NULL, &site, fn, "the cluster is NULL");
   if ((flags & ~PGTAG_READ_ONLY) != 0)
-    return refuse(c->primary, &site, fn, "unknown flags (only PGTAG_READ_ONLY is)");
+    return pgtag__refuse(c->primary, &site, fn, "unknown flags (only PGTAG_READ_ONLY is)");
   if (c->closing)
     return PGTAG_ECLOSED;
   pgtag_ctx *ctx = pgtag_ctx_current();
@@ -401,16 +404,16 @@ pgtag_errcode pgtag_cluster_new(uv_loop_t *loop, const pgtag_cluster_config *cfg
   static const call_site site = {NULL, 0, "pgtag_cluster_new"};
   const char *fn = site.func;
   if (loop == NULL || cfg == NULL || out == NULL)
-    return refuse(NULL, &site, fn, "loop, cfg or out is NULL");
+    return pgtag__refuse(NULL, &site, fn, "loop, cfg or out is NULL");
   if (cfg->nreplicas < 0 || (cfg->nreplicas > 0 && cfg->replicas == NULL))
-    return refuse(NULL, &site, fn, "nreplicas is negative, or replicas is NULL");
+    return pgtag__refuse(NULL, &site, fn, "nreplicas is negative, or replicas is NULL");
   if (cfg->max_replica_lag_ms < 1 || cfg->lag_check_interval_ms < 1)
-    return refuse(NULL, &site, fn,
-                  "max_replica_lag_ms and lag_check_interval_ms must be at least 1");
+    return pgtag__refuse(NULL, &site, fn,
+                         "max_replica_lag_ms and lag_check_interval_ms must be at least 1");
   /* Everything that can be wrong is checked before any pool exists. */
   for (int i = 0; i < cfg->nreplicas; i++)
     if (!conninfo_valid(cfg->replicas[i]))
-      return refuse(NULL, &site, fn, "a replica's conninfo is NULL or does not parse");
+      return pgtag__refuse(NULL, &site, fn, "a replica's conninfo is NULL or does not parse");
   pgtag_cluster *c = calloc(1, sizeof *c);
   if (c == NULL)
     return PGTAG_ENOMEM;

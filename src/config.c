@@ -37,7 +37,7 @@ void pgtag_pool_config_init(pgtag_pool_config *cfg) {
   cfg->log_level = PGTAG_LOG_WARN;
 }
 
-void config_fill(pgtag_pool_config *cfg) {
+void pgtag__config_fill(pgtag_pool_config *cfg) {
   if (cfg->reconnect_base_ms == 0)
     cfg->reconnect_base_ms = 100;
   if (cfg->reconnect_max_ms == 0)
@@ -46,7 +46,7 @@ void config_fill(pgtag_pool_config *cfg) {
     cfg->reconnect_waiting_max_ms = RECONNECT_WAITING_MAX_MS;
 }
 
-const char *config_problem(const pgtag_pool_config *cfg) {
+const char *pgtag__config_problem(const pgtag_pool_config *cfg) {
   if (cfg->conninfo == NULL)
     return "conninfo is required";
   if (cfg->max_conns < 1)
@@ -59,7 +59,7 @@ const char *config_problem(const pgtag_pool_config *cfg) {
   if (cfg->tag_style != PGTAG_TAG_PREFIX && cfg->tag_style != PGTAG_TAG_SQLCOMMENTER &&
       cfg->tag_style != PGTAG_TAG_NONE)
     return "unknown tag_style";
-  if (cfg->tag_key != NULL && !ctx_key_valid(cfg->tag_key))
+  if (cfg->tag_key != NULL && !pgtag__ctx_key_valid(cfg->tag_key))
     return "tag_key must be 1 to 32 characters from [A-Za-z0-9_.-]";
   if (cfg->log_level < PGTAG_LOG_DEBUG || cfg->log_level > PGTAG_LOG_ERROR)
     return "unknown log_level";
@@ -83,7 +83,7 @@ const char *config_problem(const pgtag_pool_config *cfg) {
   return NULL;
 }
 
-void config_connect_params(pgtag_pool *pool) {
+void pgtag__config_connect_params(pgtag_pool *pool) {
   int n = 0, s = pool->cfg.tcp_keepalive_s;
   if (s > 0) {
     int interval = s / 6 > 0 ? s / 6 : 1;
@@ -102,7 +102,7 @@ void config_connect_params(pgtag_pool *pool) {
   pool->conn_keys[n] = NULL, pool->conn_values[n] = NULL;
 }
 
-uint64_t config_maint_period(const pgtag_pool_config *cfg) {
+uint64_t pgtag__config_maint_period(const pgtag_pool_config *cfg) {
   int shortest = 0;
   if (cfg->idle_timeout_ms > 0)
     shortest = cfg->idle_timeout_ms;

@@ -6,17 +6,17 @@
 #include "internal.h"
 
 /* NULL when cfg is usable; else what is wrong with it, one phrase. */
-const char *config_problem(const pgtag_pool_config *cfg);
+const char *pgtag__config_problem(const pgtag_pool_config *cfg);
 
 /* Fields left zero that mean "the default" (the reconnect delays) get it. */
-void config_fill(pgtag_pool_config *cfg);
+void pgtag__config_fill(pgtag_pool_config *cfg);
 
 /* The pool's PQconnectStartParams arguments: keepalive defaults for TCP
  * (libpq ignores them on unix sockets) placed before the conninfo, so
  * that its settings win. */
-void config_connect_params(pgtag_pool *pool);
+void pgtag__config_connect_params(pgtag_pool *pool);
 
 /* How often the pool looks for connections idle or old enough to close. */
-uint64_t config_maint_period(const pgtag_pool_config *cfg);
+uint64_t pgtag__config_maint_period(const pgtag_pool_config *cfg);
 
 #endif

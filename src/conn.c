@@ -118,9 +118,9 @@ static int conn_watch(struct conn *conn, int writable) {
 static void on_notice(void *arg, const PGresult *res) {
   struct conn *conn = arg;
   char msg[512];
-  text_line(msg, sizeof msg, PQresultErrorMessage(res));
-  pool_log(conn->pool, PGTAG_LOG_INFO, "server notice (%s): %s", backend_text(conn->backend_pid).s,
-           msg);
+  pgtag__text_line(msg, sizeof msg, PQresultErrorMessage(res));
+  pgtag__pool_log(conn->pool, PGTAG_LOG_INFO, "server notice (%s): %s",
+                  pgtag__backend_text(conn->backend_pid).s, msg);
 }
 
 static void on_connect_timeout(uv_timer_t *timer) {
@@ -129,7 +129,7 @@ static void on_connect_timeout(uv_timer_t *timer) {
   pgtag_ctx *previous = pgtag_ctx_enter(NULL);
   if (conn->resolving != NULL) {
     char names[384];
-    resolver_pending(conn, names, sizeof names);
+    pgtag__resolver_pending(conn, names, sizeof names);
     snprintf(msg, sizeof msg,
              "could not translate host name %s to address: no answer within %d ms "
              "(connect_timeout_ms)",
@@ -153,7 +153,7 @@ static struct conn *conn_alloc(pgtag_pool *pool) {
 }
 
 static void conn_retire(struct conn *conn) {
-  tag_buf_free(&conn->tag);
+  pgtag__tag_buf_free(&conn->tag);
   queue_insert_tail(&conn->pool->spare, &conn->node);
 }
 
@@ -174,11 +174,11 @@ static int pq_start(struct conn *conn, char *errbuf, size_t errlen) {
   resolved *res = NULL;
   if (pool->resolver != NULL) {
     res = calloc(1, sizeof *res);
-    int entries = res != NULL ? resolver_params(pool->resolver, res) : -1;
+    int entries = res != NULL ? pgtag__resolver_params(pool->resolver, res) : -1;
     if (entries <= 0) {
-      text_line(errbuf, errlen, entries < 0 ? "out of memory" : res->notes.data);
+      pgtag__text_line(errbuf, errlen, entries < 0 ? "out of memory" : res->notes.data);
       if (res != NULL)
-        resolved_free(res);
+        pgtag__resolved_free(res);
       free(res);
       return -1;
     }
@@ -194,10 +194,10 @@ static int pq_start(struct conn *conn, char *errbuf, size_t errlen) {
     /* Every host may fail at once (refused on this machine, say). */
     tag_buf msg = {0};
     const char *pqmsg = conn->pg ? PQerrorMessage(conn->pg) : "out of memory";
-    if (conn->pg != NULL && res != NULL && resolved_explain(res, pqmsg, &msg) == 0)
+    if (conn->pg != NULL && res != NULL && pgtag__resolved_explain(res, pqmsg, &msg) == 0)
       pqmsg = msg.data;
-    text_line(errbuf, errlen, pqmsg);
-    tag_buf_free(&msg);
+    pgtag__text_line(errbuf, errlen, pqmsg);
+    pgtag__tag_buf_free(&msg);
     return -1;
   }
   /* The server's SQLSTATE reaches us only in the text of a refusal, and
@@ -218,7 +218,7 @@ static void on_resolved(struct conn *conn) {
     conn->pool->on->connect_failed(conn, err);
 }
 
-struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
+struct conn *pgtag__conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
   struct conn *conn = conn_alloc(pool);
   if (conn == NULL) {
     snprintf(errbuf, errlen, "out of memory");
@@ -237,10 +237,11 @@ struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
   conn->timer.data = conn;
   conn->created = uv_now(pool->loop);
 
-  int rc = pool->resolver != NULL ? resolver_join(pool->resolver, conn, on_resolved, errbuf, errlen)
-                                  : pq_start(conn, errbuf, errlen);
+  int rc = pool->resolver != NULL
+               ? pgtag__resolver_join(pool->resolver, conn, on_resolved, errbuf, errlen)
+               : pq_start(conn, errbuf, errlen);
   if (rc != 0) {
-    conn_close(conn);
+    pgtag__conn_close(conn);
     return NULL;
   }
   if (pool->cfg.connect_timeout_ms > 0)
@@ -249,20 +250,20 @@ struct conn *conn_start(pgtag_pool *pool, char *errbuf, size_t errlen) {
 }
 
 /* The attempt failed in libpq: its message, in the words it would have
- * used had it resolved the names itself (resolved_explain). */
+ * used had it resolved the names itself (pgtag__resolved_explain). */
 static void connect_failed_pq(struct conn *conn) {
   const char *pqmsg = PQerrorMessage(conn->pg);
   tag_buf msg = {0};
-  if (conn->connect_names != NULL && resolved_explain(conn->connect_names, pqmsg, &msg) == 0)
+  if (conn->connect_names != NULL && pgtag__resolved_explain(conn->connect_names, pqmsg, &msg) == 0)
     pqmsg = msg.data;
   conn->pool->on->connect_failed(conn, pqmsg);
-  tag_buf_free(&msg);
+  pgtag__tag_buf_free(&msg);
 }
 
 /* Done with what the attempt was given. */
 static void forget_names(struct conn *conn) {
   if (conn->connect_names != NULL)
-    resolved_free(conn->connect_names);
+    pgtag__resolved_free(conn->connect_names);
   free(conn->connect_names);
   conn->connect_names = NULL;
 }
@@ -278,12 +279,12 @@ static void connect_step(struct conn *conn) {
       return;
     }
     PQsetNoticeReceiver(conn->pg, on_notice, conn);
-    conn->read_only_at_connect = conn_server_read_only(conn);
+    conn->read_only_at_connect = pgtag__conn_server_read_only(conn);
     conn->opener = conn->pool->cfg.transaction_pooler ? OPENER_TEXT : OPENER_UNPREPARED;
     /* A pooled server connection changes from one transaction to the
      * next: what is prepared on one is not on the others. */
     if (!conn->pool->cfg.transaction_pooler)
-      stmtcache_init(&conn->stmts, conn->pool->cfg.statement_cache);
+      pgtag__stmtcache_init(&conn->stmts, conn->pool->cfg.statement_cache);
     /* Pipeline mode for pipelining, and for the cache, whose prepare goes
      * out just ahead of the statement's first use. */
     if (conn->pool->cfg.pipeline_depth > 1 || conn->stmts.slots != NULL) {
@@ -333,7 +334,7 @@ static void note_sql(struct conn *conn, const char *sql) {
   conn->last_sql[n] = '\0';
 }
 
-void conn_arm_timeout(struct conn *conn) {
+void pgtag__conn_arm_timeout(struct conn *conn) {
   const op *head = conn_running(conn);
   if (head == NULL || head->deadline == 0) {
     uv_timer_stop(&conn->timer);
@@ -344,17 +345,17 @@ void conn_arm_timeout(struct conn *conn) {
                  0);
 }
 
-void conn_retry_cancels(struct conn *conn) {
+void pgtag__conn_retry_cancels(struct conn *conn) {
   op *head = conn_running(conn);
   if (head != NULL && head->cancel_code != PGTAG_OK && !head->cancel_sent && head->deadline == 0)
     head->deadline = uv_now(conn->pool->loop);
-  conn_arm_timeout(conn);
+  pgtag__conn_arm_timeout(conn);
 }
 
 /* o is running now (conn_running): the server can start it.  When must
  * the pool act on it?  At the end of its statement timeout, which counts its own run, not
  * its wait behind others (a read in a batch has the server enforce it:
- * conn_flush_staged), of the limit on the pool's ROLLBACK, or at once for
+ * pgtag__conn_flush_staged), of the limit on the pool's ROLLBACK, or at once for
  * one whose cancel is wanted already. */
 static void head_deadline(struct conn *conn, op *o) {
   uint64_t now = uv_now(conn->pool->loop);
@@ -362,7 +363,7 @@ static void head_deadline(struct conn *conn, op *o) {
   o->running = 1;
   /* Its request's deadline, when that comes first (pgtag_ctx_set_deadline;
    * the server does not know it, so the pool cancels, batch or not). */
-  int64_t left = o->kind == OP_QUERY ? ctx_left_ms(o->ctx, uv_hrtime()) : -1;
+  int64_t left = o->kind == OP_QUERY ? pgtag__ctx_left_ms(o->ctx, uv_hrtime()) : -1;
   o->by_deadline = left >= 0 && (timeout <= 0 || left < timeout);
   if (o->cancel_code != PGTAG_OK && !o->cancel_sent)
     o->deadline = now;
@@ -381,13 +382,13 @@ static void count_op(struct conn *conn, const op *o, int d) {
   conn->writes += d * (o->kind == OP_QUERY && !o->reads);
 }
 
-void conn_unstage(struct conn *conn, op *o) {
+void pgtag__conn_unstage(struct conn *conn, op *o) {
   queue_remove(&o->node);
   conn->nstaged--;
   count_op(conn, o, -1);
 }
 
-void conn_mark_signalable(struct conn *conn, op *o) {
+void pgtag__conn_mark_signalable(struct conn *conn, op *o) {
   if (o->signalable)
     return;
   o->signalable = 1;
@@ -414,7 +415,7 @@ static void wire_append(struct conn *conn, op *o) {
   conn->exclusive |= o->exclusive;
   if (conn_running(conn) == o) {
     head_deadline(conn, o);
-    conn_arm_timeout(conn);
+    pgtag__conn_arm_timeout(conn);
   }
 }
 
@@ -447,7 +448,7 @@ static op *wire_pop(struct conn *conn, int held_back) {
   op *running = conn_running(conn);
   if (running != NULL && !running->running)
     head_deadline(conn, running);
-  conn_arm_timeout(conn);
+  pgtag__conn_arm_timeout(conn);
   return o;
 }
 
@@ -469,8 +470,9 @@ static int put_cached(struct conn *conn, op *o) {
   if (o->uncached || conn->stmts.slots == NULL || o->sql == NULL)
     return 1;
   if (o->hash == 0)
-    o->hash = sql_hash(o->sql);
-  if (stmtcache_plan(&conn->stmts, conn->pg, o->hash, o->sql, o->nparams, o->values, &plan) != 0)
+    o->hash = pgtag__sql_hash(o->sql);
+  if (pgtag__stmtcache_plan(&conn->stmts, conn->pg, o->hash, o->sql, o->nparams, o->values,
+                            &plan) != 0)
     return 1;
   o->steps = 0;
   o->stmt_id = plan.id;
@@ -485,7 +487,7 @@ static int put_cached(struct conn *conn, op *o) {
     o->steps |= OP_STEP_PREPARE;
   }
   const char *text =
-      tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key, o->ctx, plan.execute);
+      pgtag__tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key, o->ctx, plan.execute);
   if (text == NULL)
     text = plan.execute; /* out of memory for the tag: the query still runs */
   return PQsendQueryParams(conn->pg, text, 0, NULL, NULL, NULL, NULL, 0) ? 0 : -1;
@@ -507,11 +509,11 @@ static int put_query(struct conn *conn, op *o) {
     if (rc != 1)
       return rc;
     if (discards_prepared(o->sql)) {
-      stmtcache_clear(&conn->stmts);
+      pgtag__stmtcache_clear(&conn->stmts);
       if (conn->opener == OPENER_PREPARED)
         conn->opener = OPENER_UNPREPARED;
     }
-    text = tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key, o->ctx, o->sql);
+    text = pgtag__tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key, o->ctx, o->sql);
     if (text == NULL)
       text = o->sql; /* out of memory for the tag: the query still runs */
   }
@@ -540,7 +542,7 @@ static int stageable(const struct conn *conn, const op *o) {
          !o->solo && !o->exclusive && !conn->no_batch;
 }
 
-int conn_send(struct conn *conn, op *o) {
+int pgtag__conn_send(struct conn *conn, op *o) {
   if (stageable(conn, o)) {
     queue_insert_tail(&conn->staged, &o->node);
     count_op(conn, o, +1);
@@ -556,7 +558,7 @@ int conn_send(struct conn *conn, op *o) {
   }
   /* Alone, behind whatever is staged, which goes out first to keep the
    * order of submission. */
-  if (conn->nstaged > 0 && conn_flush_staged(conn) != 0)
+  if (conn->nstaged > 0 && pgtag__conn_flush_staged(conn) != 0)
     return -1;
   if (put_query(conn, o) != 0 || (conn->pipelined && put_sync(conn) != 0) || flush_out(conn) != 0)
     return -1;
@@ -582,13 +584,13 @@ static int flush_batch(struct conn *conn, int n) {
     const char *values[1] = {ms};
     if (first->timeout_ms > 0)
       snprintf(ms, sizeof ms, "%d", first->timeout_ms);
-    opener = op_new(conn->pool, OP_OPENER, OPENER_SQL, 1, values, 1);
+    opener = pgtag__op_new(conn->pool, OP_OPENER, OPENER_SQL, 1, values, 1);
   }
   /* Alone, or out of memory for the opener: a sync point each. */
   int batch = opener != NULL;
   op *before = NULL; /* the statement sent last in this batch */
   if (batch && conn->opener == OPENER_UNPREPARED) {
-    op *prepare = op_new(conn->pool, OP_PREPARE, NULL, 0, NULL, 0);
+    op *prepare = pgtag__op_new(conn->pool, OP_PREPARE, NULL, 0, NULL, 0);
     if (prepare != NULL) {
       failed |= put_query(conn, prepare) != 0;
       wire_append(conn, prepare);
@@ -608,7 +610,7 @@ static int flush_batch(struct conn *conn, int n) {
       before->held = !(i > 0 && o->unproven); /* no flush between them */
     /* The server holds a batch's results until its sync point unless
      * asked.  Before a read not known to be fast (the last one:
-     * pipeline_accepts), it is asked, so the reads ahead of it are
+     * pgtag__pipeline_accepts), it is asked, so the reads ahead of it are
      * delivered without waiting for it.  Not before every read: each
      * flush costs the server a send and the pool a wakeup per result, and
      * batches then shrink to one read (measured: 16 reads a batch without,
@@ -627,7 +629,7 @@ static int flush_batch(struct conn *conn, int n) {
   return failed ? -1 : 0;
 }
 
-int conn_flush_staged(struct conn *conn) {
+int pgtag__conn_flush_staged(struct conn *conn) {
   int failed = 0;
   if (conn->nstaged == 0)
     return 0;
@@ -650,7 +652,7 @@ int conn_flush_staged(struct conn *conn) {
 }
 
 /* The opener's result: the isolation level it reports.  Should it fail
- * (its batch's reads are then sent again: pipeline_resend), so that the
+ * (its batch's reads are then sent again: pgtag__pipeline_resend), so that the
  * prepared one is gone (DISCARD ALL or DEALLOCATE on a held connection),
  * it is prepared again with the next batch.  Should preparing it fail
  * (the name is taken), this connection sends it as text. */
@@ -670,7 +672,7 @@ static void opener_done(struct conn *conn, op *o, PGresult *res) {
       conn->no_batch = 1;
   }
   PQclear(res);
-  op_discard(o);
+  pgtag__op_discard(o);
 }
 
 /* A command a query sent through the statement cache had ahead of its
@@ -692,7 +694,7 @@ static void cached_step_done(struct conn *conn, op *o) {
     PQclear(r);
     return;
   }
-  stmtcache_forget(&conn->stmts, o->hash, o->stmt_id);
+  pgtag__stmtcache_forget(&conn->stmts, o->hash, o->stmt_id);
   if (r != NULL && PQresultStatus(r) == PGRES_FATAL_ERROR)
     conn->result = r; /* an error wins over what comes after it */
   else
@@ -760,19 +762,19 @@ static void read_results(struct conn *conn) {
       /* The connection is stuck in COPY mode: fail the query, drop it. */
       op *o = wire_pop(conn, 0);
       uv_timer_stop(&conn->timer);
-      stats_query_done(o, conn);
+      pgtag__stats_query_done(o, conn);
       conn->exclusive = 0;
       PQclear(conn->result);
       conn->result = NULL;
       if (op_internal(o->kind)) {
         PQclear(res);
-        op_discard(o);
+        pgtag__op_discard(o);
         conn->pool->on->lost(conn, "COPY is not supported by pgtag");
         return;
       }
-      op_set_result(o, res, 0);
+      pgtag__op_set_result(o, res, 0);
       conn->pool->on->lost(conn, "COPY is not supported by pgtag");
-      op_finish(o);
+      pgtag__op_finish(o);
       return;
     }
     /* One statement gives one result; should more come, an error wins. */
@@ -844,14 +846,14 @@ static void on_timer_closed(uv_handle_t *handle) {
   pool->on->handle_closed(pool);
 }
 
-int conn_server_read_only(const struct conn *conn) {
+int pgtag__conn_server_read_only(const struct conn *conn) {
   const char *standby = PQparameterStatus(conn->pg, "in_hot_standby");
   const char *fenced = PQparameterStatus(conn->pg, "default_transaction_read_only");
   return (standby != NULL && strcmp(standby, "on") == 0) ||
          (fenced != NULL && strcmp(fenced, "on") == 0);
 }
 
-int conn_alive(struct conn *conn) {
+int pgtag__conn_alive(struct conn *conn) {
   char byte;
   int fd = PQsocket(conn->pg);
   if (fd < 0)
@@ -869,12 +871,12 @@ int conn_alive(struct conn *conn) {
   return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
 }
 
-int conn_poll_update(struct conn *conn) { return conn_watch(conn, conn->want_write); }
+int pgtag__conn_poll_update(struct conn *conn) { return conn_watch(conn, conn->want_write); }
 
-void conn_shut(struct conn *conn) {
-  resolver_leave(conn);
+void pgtag__conn_shut(struct conn *conn) {
+  pgtag__resolver_leave(conn);
   forget_names(conn);
-  stmtcache_free(&conn->stmts); /* they went with the server process */
+  pgtag__stmtcache_free(&conn->stmts); /* they went with the server process */
   poll_close(conn);
   uv_timer_stop(&conn->timer);
   PQclear(conn->result);
@@ -884,8 +886,8 @@ void conn_shut(struct conn *conn) {
   conn->backend_pid = 0;
 }
 
-void conn_close(struct conn *conn) {
-  conn_shut(conn);
+void pgtag__conn_close(struct conn *conn) {
+  pgtag__conn_shut(conn);
   conn->state = CONN_CLOSED;
   uv_close((uv_handle_t *)&conn->timer, on_timer_closed);
 }

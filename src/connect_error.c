@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int connect_error_permanent(const char *sqlstate) {
+int pgtag__connect_error_permanent(const char *sqlstate) {
   /* Two characters: the whole class. */
   static const char *const refusals[] = {
       "28",    /* role does not exist, no pg_hba.conf entry, bad password */
@@ -65,7 +65,7 @@ static int location_line(const char *line, size_t len) {
          field_line(line, len);
 }
 
-void connect_error_parse(connect_error *out, const char *pqmsg, int needs_password) {
+void pgtag__connect_error_parse(connect_error *out, const char *pqmsg, int needs_password) {
   size_t n = strlen(pqmsg), w = 0;
   int attempts = 0, refusals = 0, all_permanent = 1;
   char *kept = malloc(n + 2); /* a newline may be added after the last line */
@@ -85,7 +85,7 @@ void connect_error_parse(connect_error *out, const char *pqmsg, int needs_passwo
             sqlstate_at(line + i + 1, len - i - 1)) {
           memcpy(out->sqlstate, line + i + 1, 5);
           refusals++;
-          all_permanent &= connect_error_permanent(out->sqlstate);
+          all_permanent &= pgtag__connect_error_permanent(out->sqlstate);
           i += 7; /* the SQLSTATE is reported on its own */
         }
       }
@@ -104,18 +104,18 @@ void connect_error_parse(connect_error *out, const char *pqmsg, int needs_passwo
   kept[w] = '\0';
   out->message = malloc(w + 1);
   if (out->message != NULL)
-    text_line(out->message, w + 1, kept);
+    pgtag__text_line(out->message, w + 1, kept);
   free(kept);
 }
 
-void connect_error_note(connect_error *last, const char *pqmsg, int needs_password) {
+void pgtag__connect_error_note(connect_error *last, const char *pqmsg, int needs_password) {
   connect_error e;
-  connect_error_parse(&e, pqmsg, needs_password);
+  pgtag__connect_error_parse(&e, pqmsg, needs_password);
   free(last->message);
   *last = e;
 }
 
-void connect_error_clear(connect_error *last) {
+void pgtag__connect_error_clear(connect_error *last) {
   free(last->message);
   memset(last, 0, sizeof *last);
 }

@@ -32,7 +32,7 @@ static pgtag_errcode refuse_ctx(const char *fn, const char *why) {
   return PGTAG_EINVAL;
 }
 
-int ctx_key_valid(const char *key) {
+int pgtag__ctx_key_valid(const char *key) {
   size_t n = 0;
   if (key == NULL)
     return 0;
@@ -156,7 +156,7 @@ pgtag_errcode pgtag_ctx_set(pgtag_ctx *ctx, const char *key, const char *value) 
   int pos;
   if (ctx == NULL)
     return refuse_ctx("pgtag_ctx_set", "ctx is NULL");
-  if (!ctx_key_valid(key))
+  if (!pgtag__ctx_key_valid(key))
     return refuse_ctx("pgtag_ctx_set", "the key must be 1 to 32 characters from [A-Za-z0-9_.-]");
   int found = tag_find(ctx, key, &pos);
   if (value == NULL) {
@@ -261,14 +261,16 @@ pgtag_errcode pgtag_ctx_set_deadline(pgtag_ctx *ctx, uint64_t timeout_ms) {
   return PGTAG_OK;
 }
 
-int64_t ctx_left_ms(const pgtag_ctx *ctx, uint64_t now_ns) {
+int64_t pgtag__ctx_left_ms(const pgtag_ctx *ctx, uint64_t now_ns) {
   if (ctx == NULL || ctx->deadline_ns == 0)
     return -1;
   /* rounded up: a request with 0.4 ms left still has some */
   return ctx->deadline_ns > now_ns ? (int64_t)((ctx->deadline_ns - now_ns + 999999) / 1000000) : 0;
 }
 
-int64_t pgtag_ctx_time_left_ms(const pgtag_ctx *ctx) { return ctx_left_ms(ctx, uv_hrtime()); }
+int64_t pgtag_ctx_time_left_ms(const pgtag_ctx *ctx) {
+  return pgtag__ctx_left_ms(ctx, uv_hrtime());
+}
 
 /* n characters of lowercase hex; *zero says whether all were '0'. */
 static int lower_hex(const char *s, size_t n, int *zero) {
@@ -332,7 +334,7 @@ pgtag_ctx *pgtag_ctx_enter_at(pgtag_ctx *ctx, const char *file, int line, const 
   return pgtag_ctx_enter(ctx);
 }
 
-pgtag_ctx *ctx_left_current(const char **file, int *line, const char **func) {
+pgtag_ctx *pgtag__ctx_left_current(const char **file, int *line, const char **func) {
   if (current == NULL) {
     reported_left = NULL;
     return NULL;

@@ -44,15 +44,15 @@ struct pgtag_ctx {
 };
 
 /* Nonzero when key is 1 to 32 characters from [A-Za-z0-9_.-]. */
-int ctx_key_valid(const char *key);
+int pgtag__ctx_key_valid(const char *key);
 
 /* The context current as the loop goes back to waiting, once per time it
  * is left current: with where the application entered it (file NULL when
  * not known).  NULL when none is, or it was reported already. */
-pgtag_ctx *ctx_left_current(const char **file, int *line, const char **func);
+pgtag_ctx *pgtag__ctx_left_current(const char **file, int *line, const char **func);
 
 /* Milliseconds ctx has left before its deadline at now_ns (uv_hrtime());
  * -1 when it has none (or ctx is NULL), 0 once it has passed. */
-int64_t ctx_left_ms(const pgtag_ctx *ctx, uint64_t now_ns);
+int64_t pgtag__ctx_left_ms(const pgtag_ctx *ctx, uint64_t now_ns);
 
 #endif

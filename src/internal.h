@@ -370,8 +370,8 @@ struct pgtag_pool {
   void (*close_done)(void *arg);
   void *close_arg;
 
-  pgtag_stats stats;                            /* the counters; gauges come from count[] */
-  uv_prepare_t check_prepare;                   /* before the loop waits: check_left_current */
+  pgtag_stats stats;          /* the counters; gauges come from count[] */
+  uv_prepare_t check_prepare; /* before the loop waits: pgtag__check_left_current */
   uint64_t reported_sites[POOL_REPORTED_SITES]; /* reported once (checks.c) */
 
   connect_error connect_err; /* the last failed connection attempt, whole;

@@ -30,7 +30,7 @@ const char *pgtag_leak_kind_name(pgtag_leak_kind kind) {
   return "unknown leak kind";
 }
 
-int leak_capture(pgtag_pool *pool, op *o, void *caller) {
+int pgtag__leak_capture(pgtag_pool *pool, op *o, void *caller) {
   void *frames[HOLD_FRAMES_MAX + 4];
   if (!pool->cfg.leak_backtrace)
     return 0;
@@ -56,7 +56,7 @@ int leak_capture(pgtag_pool *pool, op *o, void *caller) {
 
 static void request_over_while_holding(pgtag_ctx *ctx);
 
-void hold_start(struct conn *conn, op *o) {
+void pgtag__hold_start(struct conn *conn, op *o) {
   hold *h = &conn->hold;
   memset(h, 0, sizeof *h);
   queue_init(&h->owner_node);
@@ -77,7 +77,7 @@ void hold_start(struct conn *conn, op *o) {
     h->owner->held_request_over = request_over_while_holding;
   }
   if (!uv_is_active((uv_handle_t *)&conn->pool->leak_timer))
-    leak_timer_arm(conn->pool); /* older holds have earlier deadlines */
+    pgtag__leak_timer_arm(conn->pool); /* older holds have earlier deadlines */
 }
 
 static void check_soon(struct conn *conn) {
@@ -92,7 +92,7 @@ static int request_over(const pgtag_ctx *ctx) {
   return ctx != NULL && (ctx->ended || ctx->refs == ctx->nheld);
 }
 
-void hold_delivered(struct conn *conn, uint64_t gen) {
+void pgtag__hold_delivered(struct conn *conn, uint64_t gen) {
   if (conn->gen != gen)
     return;
   conn->hold.delivered = 1;
@@ -154,7 +154,7 @@ static const char *tx_state_text(pgtag_tx_state s) {
  * starts it with the request ID (report() makes the request current). */
 static void log_leak(const pgtag_pool *pool, const pgtag_leak *l) {
   char sql[LAST_SQL_MAX + 1], frames[640] = "", site[320];
-  text_line(sql, sizeof sql, l->last_sql);
+  pgtag__text_line(sql, sizeof sql, l->last_sql);
   for (int i = 0, n = 0; i < l->nframes && n < (int)sizeof frames; i++)
     n += snprintf(frames + n, sizeof frames - (size_t)n, "%s%s",
                   i == 0 ? "; acquired from: " : " <- ", l->frames[i]);
@@ -165,18 +165,20 @@ static void log_leak(const pgtag_pool *pool, const pgtag_leak *l) {
   switch (l->kind) {
   case PGTAG_LEAK_REQUEST_ENDED:
   case PGTAG_LEAK_THRESHOLD:
-    pool_log(pool, PGTAG_LOG_WARN,
-             "leak: %s %s a connection (%s) %s %llu ms ago; "
-             "%s; last query: %s%s%s",
-             who,
-             l->kind == PGTAG_LEAK_REQUEST_ENDED ? "ended while holding" : "has held for too long",
-             backend_text(l->backend_pid).s, site, (unsigned long long)l->held_ms,
-             tx_state_text(l->tx_state), sql[0] ? sql : "(none)",
-             l->reclaimed ? "; taking it back" : "", frames);
+    pgtag__pool_log(pool, PGTAG_LOG_WARN,
+                    "leak: %s %s a connection (%s) %s %llu ms ago; "
+                    "%s; last query: %s%s%s",
+                    who,
+                    l->kind == PGTAG_LEAK_REQUEST_ENDED ? "ended while holding"
+                                                        : "has held for too long",
+                    pgtag__backend_text(l->backend_pid).s, site, (unsigned long long)l->held_ms,
+                    tx_state_text(l->tx_state), sql[0] ? sql : "(none)",
+                    l->reclaimed ? "; taking it back" : "", frames);
     break;
   case PGTAG_LEAK_RETURNED:
-    pool_log(pool, PGTAG_LOG_WARN, "leak: %s returned the connection (%s) %s after %llu ms", who,
-             backend_text(l->backend_pid).s, site, (unsigned long long)l->held_ms);
+    pgtag__pool_log(pool, PGTAG_LOG_WARN, "leak: %s returned the connection (%s) %s after %llu ms",
+                    who, pgtag__backend_text(l->backend_pid).s, site,
+                    (unsigned long long)l->held_ms);
     break;
   }
 }
@@ -226,7 +228,7 @@ static void report(struct conn *conn, pgtag_leak_kind kind, int reclaimed) {
   free(symbols);
 }
 
-void hold_end(struct conn *conn, int released_by_holder) {
+void pgtag__hold_end(struct conn *conn, int released_by_holder) {
   hold *h = &conn->hold;
   if (queue_linked(&h->owner_node)) {
     queue_remove(&h->owner_node);
@@ -241,7 +243,7 @@ void hold_end(struct conn *conn, int released_by_holder) {
     report(conn, PGTAG_LEAK_RETURNED, 0);
 }
 
-void hold_clear(struct conn *conn) {
+void pgtag__hold_clear(struct conn *conn) {
   hold *h = &conn->hold;
   pgtag_ctx *owner = h->owner;
   free(h->frames);
@@ -264,7 +266,7 @@ static struct conn *next_marked(pgtag_pool *pool) {
   return NULL;
 }
 
-void leak_run_checks(pgtag_pool *pool) {
+void pgtag__leak_run_checks(pgtag_pool *pool) {
   struct conn *conn;
   /* A report or reclaim can move connections around: find the next marked
    * one afresh each time. */
@@ -311,11 +313,11 @@ static void on_leak_timer(uv_timer_t *timer) {
     late->hold.reported_threshold = 1;
     report(late, PGTAG_LEAK_THRESHOLD, 0);
   }
-  leak_timer_arm(pool);
+  pgtag__leak_timer_arm(pool);
   pgtag_ctx_leave(previous);
 }
 
-void leak_timer_arm(pgtag_pool *pool) {
+void pgtag__leak_timer_arm(pgtag_pool *pool) {
   uint64_t limit = (uint64_t)pool->cfg.leak_threshold_ms, first = UINT64_MAX;
   queue *q;
   if (limit == 0 || pool->closing)

@@ -9,27 +9,27 @@
 /* The call stack of the acquire being submitted, from caller (the return
  * address of pgtag_acquire_at) outwards, when leak_backtrace is on: stored
  * in o.  Returns 0, or -1 when out of memory. */
-int leak_capture(pgtag_pool *pool, struct op *o, void *caller);
+int pgtag__leak_capture(pgtag_pool *pool, struct op *o, void *caller);
 
 /* conn was granted to the acquire o: take over its context reference, call
  * site and stack. */
-void hold_start(struct conn *conn, struct op *o);
+void pgtag__hold_start(struct conn *conn, struct op *o);
 
 /* The acquire callback is about to run (gen: the handle it was given). */
-void hold_delivered(struct conn *conn, uint64_t gen);
+void pgtag__hold_delivered(struct conn *conn, uint64_t gen);
 
 /* The holder's handle dies (release or reclaim): unlink from the request.
  * released_by_holder: report it as returned if it had been reported. */
-void hold_end(struct conn *conn, int released_by_holder);
+void pgtag__hold_end(struct conn *conn, int released_by_holder);
 
 /* Drop the context reference and what the acquisition kept. */
-void hold_clear(struct conn *conn);
+void pgtag__hold_clear(struct conn *conn);
 
 /* From the pool's loop turn: report (and reclaim) held connections marked
  * for a check whose request is over. */
-void leak_run_checks(pgtag_pool *pool);
+void pgtag__leak_run_checks(pgtag_pool *pool);
 
 /* Arm the pool's threshold timer for the oldest unreported hold. */
-void leak_timer_arm(pgtag_pool *pool);
+void pgtag__leak_timer_arm(pgtag_pool *pool);
 
 #endif

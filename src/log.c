@@ -18,7 +18,7 @@ static const char *level_name(pgtag_log_level level) {
   return "?";
 }
 
-backend_name backend_text(int pid) {
+backend_name pgtag__backend_text(int pid) {
   backend_name b;
   if (pid > 0)
     snprintf(b.s, sizeof b.s, "backend %d", pid);
@@ -27,7 +27,7 @@ backend_name backend_text(int pid) {
   return b;
 }
 
-void text_line(char *buf, size_t len, const char *msg) {
+void pgtag__text_line(char *buf, size_t len, const char *msg) {
   size_t n = 0;
   if (len == 0)
     return;
@@ -64,14 +64,14 @@ static void pool_vlog(const pgtag_pool *pool, pgtag_log_level level, const char 
     fprintf(stderr, "pgtag[%s]: %s: %s\n", pool->name, level_name(level), msg);
 }
 
-void pool_log(const pgtag_pool *pool, pgtag_log_level level, const char *fmt, ...) {
+void pgtag__pool_log(const pgtag_pool *pool, pgtag_log_level level, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   pool_vlog(pool, level, fmt, ap);
   va_end(ap);
 }
 
-void log_default(pgtag_log_level level, const char *fmt, ...) {
+void pgtag__log_default(pgtag_log_level level, const char *fmt, ...) {
   /* the default hook and level (WARN, to stderr); never written */
   static const pgtag_pool none = {.cfg = {.log_level = PGTAG_LOG_WARN}, .name = (char *)"pgtag"};
   va_list ap;

@@ -1,4 +1,4 @@
-/* Operations.  op_finish is where the request context comes back: whatever
+/* Operations.  pgtag__op_finish is where the request context comes back: whatever
  * path ended the operation, its callback runs with the context that was
  * current when it was submitted, and that context's reference is dropped
  * exactly once, afterwards. */
@@ -58,7 +58,7 @@ static void op_release(op *o) {
   }
 }
 
-void op_cache_free(pgtag_pool *pool) {
+void pgtag__op_cache_free(pgtag_pool *pool) {
   for (int c = 0; c < OP_SIZE_CLASSES; c++) {
     while (!queue_empty(&pool->op_cache[c])) {
       op *o = queue_data(queue_head(&pool->op_cache[c]), op, node);
@@ -69,8 +69,8 @@ void op_cache_free(pgtag_pool *pool) {
   }
 }
 
-op *op_new(pgtag_pool *pool, op_kind kind, const char *sql, int nparams, const char *const *values,
-           int copy_args) {
+op *pgtag__op_new(pgtag_pool *pool, op_kind kind, const char *sql, int nparams,
+                  const char *const *values, int copy_args) {
   size_t extra = 0;
   if (copy_args && sql != NULL) {
     extra = strlen(sql) + 1 + (size_t)nparams * sizeof(char *);
@@ -115,7 +115,7 @@ op *op_new(pgtag_pool *pool, op_kind kind, const char *sql, int nparams, const c
   return o;
 }
 
-void op_set_error(op *o, pgtag_errcode code, const char *sqlstate, const char *message) {
+void pgtag__op_set_error(op *o, pgtag_errcode code, const char *sqlstate, const char *message) {
   char line[256];
   o->code = (uint8_t)code;
   snprintf(o->sqlstate, sizeof o->sqlstate, "%.5s", sqlstate != NULL ? sqlstate : "");
@@ -123,28 +123,29 @@ void op_set_error(op *o, pgtag_errcode code, const char *sqlstate, const char *m
   o->message = NULL; /* the code's name */
   if (message == NULL || message[0] == '\0')
     return;
-  text_line(line, sizeof line, message);
+  pgtag__text_line(line, sizeof line, message);
   o->message = strdup(line); /* errors only: the hot path allocates nothing */
 }
 
-int op_result_ends_session(const PGresult *res) {
+int pgtag__op_result_ends_session(const PGresult *res) {
   const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
   return severity != NULL && (strcmp(severity, "FATAL") == 0 || strcmp(severity, "PANIC") == 0);
 }
 
-void op_set_result(op *o, PGresult *res, int lost) {
+void pgtag__op_set_result(op *o, PGresult *res, int lost) {
   o->res = res;
   if (res == NULL) {
-    op_set_error(o, PGTAG_ECONN, NULL, "connection lost before the result");
+    pgtag__op_set_error(o, PGTAG_ECONN, NULL, "connection lost before the result");
     return;
   }
   switch (PQresultStatus(res)) {
   case PGRES_FATAL_ERROR: {
     /* The primary message; the detail, hint and position stay in res. */
     const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-    lost |= op_result_ends_session(res); /* the server is closing it */
-    op_set_error(o, lost ? PGTAG_ECONN : PGTAG_ESERVER, PQresultErrorField(res, PG_DIAG_SQLSTATE),
-                 primary != NULL ? primary : PQresultErrorMessage(res));
+    lost |= pgtag__op_result_ends_session(res); /* the server is closing it */
+    pgtag__op_set_error(o, lost ? PGTAG_ECONN : PGTAG_ESERVER,
+                        PQresultErrorField(res, PG_DIAG_SQLSTATE),
+                        primary != NULL ? primary : PQresultErrorMessage(res));
     break;
   }
   case PGRES_COPY_IN:
@@ -152,19 +153,19 @@ void op_set_result(op *o, PGresult *res, int lost) {
   case PGRES_COPY_BOTH:
     PQclear(res); /* not an error result: the callback gets none */
     o->res = NULL;
-    op_set_error(o, PGTAG_EINVAL, NULL, "COPY is not supported by pgtag");
+    pgtag__op_set_error(o, PGTAG_EINVAL, NULL, "COPY is not supported by pgtag");
     break;
   case PGRES_PIPELINE_ABORTED:
-    op_set_error(o, PGTAG_ECONN, NULL,
-                 "skipped by the server: a statement before it in its batch failed");
+    pgtag__op_set_error(o, PGTAG_ECONN, NULL,
+                        "skipped by the server: a statement before it in its batch failed");
     break;
   case PGRES_BAD_RESPONSE:
   case PGRES_NONFATAL_ERROR:
-    op_set_error(o, PGTAG_ECONN, NULL, PQresultErrorMessage(res));
+    pgtag__op_set_error(o, PGTAG_ECONN, NULL, PQresultErrorMessage(res));
     break;
   default:
     if (lost)
-      op_set_error(o, PGTAG_ECONN, NULL, "connection lost");
+      pgtag__op_set_error(o, PGTAG_ECONN, NULL, "connection lost");
     break;
   }
 }
@@ -206,17 +207,17 @@ static void apply_cancel(op *o) {
   } else {
     snprintf(msg, sizeof msg, "%s%s", RECLAIMED_MESSAGE, how);
   }
-  op_set_error(o, o->cancel_code, confirmed ? "57014" : NULL, msg);
+  pgtag__op_set_error(o, o->cancel_code, confirmed ? "57014" : NULL, msg);
 }
 
-void op_finish(op *o) {
+void pgtag__op_finish(op *o) {
   if (o->cancel_code != PGTAG_OK)
     apply_cancel(o);
   pgtag_error err = {(pgtag_errcode)o->code, o->sqlstate[0] ? o->sqlstate : NULL,
                      o->message != NULL ? o->message : pgtag_strerror((pgtag_errcode)o->code)};
   const pgtag_error *errp = o->code == PGTAG_OK ? NULL : &err;
 
-  stats_op_finished(o);
+  pgtag__stats_op_finished(o);
   pgtag_ctx *previous = pgtag_ctx_enter(o->ctx);
   if (o->kind == OP_QUERY) {
     o->cb.result(o->res, errp, o->arg);
@@ -232,4 +233,4 @@ void op_finish(op *o) {
   op_free(o);
 }
 
-void op_discard(op *o) { op_free(o); }
+void pgtag__op_discard(op *o) { op_free(o); }

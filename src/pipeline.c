@@ -24,22 +24,23 @@ static int proven_fast(const pipeline_stmt *s, uint32_t fast_us) {
   return s->runs > 0 && s->last_us <= fast_us && s->avg_us <= fast_us;
 }
 
-void pipeline_classify(pgtag_pool *pool, op *o) {
+void pgtag__pipeline_classify(pgtag_pool *pool, op *o) {
   if (pool->cfg.pipeline_depth <= 1 || o->sql == NULL)
     return;
-  o->hash = sql_hash(o->sql);
+  o->hash = pgtag__sql_hash(o->sql);
   pipeline_stmt *s = slot_of(pool, o->hash);
   if (s->hash != o->hash) {
     memset(s, 0, sizeof *s);
     s->hash = o->hash;
-    s->kind = (uint8_t)sql_kind_of(o->sql);
+    s->kind = (uint8_t)pgtag__sql_kind_of(o->sql);
   }
   o->exclusive = s->kind == SQL_EXCLUSIVE;
   o->reads = s->kind == SQL_READ && !s->writes;
   o->unproven = !proven_fast(s, pool_fast_us(pool));
 }
 
-int pipeline_accepts(const pgtag_pool *pool, const struct conn *conn, op *o, uint64_t now_ns) {
+int pgtag__pipeline_accepts(const pgtag_pool *pool, const struct conn *conn, op *o,
+                            uint64_t now_ns) {
   if (!conn->pipelined || conn->state != CONN_BUSY || conn->exclusive || conn->cancel != NULL ||
       o->exclusive || conn->nwire + conn->nstaged >= pool->cfg.pipeline_depth)
     return 0;
@@ -62,7 +63,7 @@ int pipeline_accepts(const pgtag_pool *pool, const struct conn *conn, op *o, uin
   return 1;
 }
 
-void pipeline_learn(pgtag_pool *pool, const op *o, uint64_t us) {
+void pgtag__pipeline_learn(pgtag_pool *pool, const op *o, uint64_t us) {
   pipeline_stmt *s = slot_of(pool, o->hash);
   if (o->hash == 0 || s == NULL || s->hash != o->hash)
     return; /* its slot went to another statement meanwhile */
@@ -78,8 +79,8 @@ void pipeline_learn(pgtag_pool *pool, const op *o, uint64_t us) {
  * the rest. */
 #define RESEND_MAX 3
 
-int pipeline_resend(pgtag_pool *pool, const struct conn *conn, op *o, const PGresult *res,
-                    int server_read_only) {
+int pgtag__pipeline_resend(pgtag_pool *pool, const struct conn *conn, op *o, const PGresult *res,
+                           int server_read_only) {
   if (o->kind != OP_QUERY || conn->state != CONN_BUSY || o->cancel_code != PGTAG_OK ||
       o->resent >= RESEND_MAX || o->sql == NULL)
     return 0;
@@ -106,7 +107,7 @@ int pipeline_resend(pgtag_pool *pool, const struct conn *conn, op *o, const PGre
   return o->at_risk && o->reads && strcmp(state, "57014") == 0;
 }
 
-int pipeline_cancel_safe(const struct conn *conn, const op *target) {
+int pgtag__pipeline_cancel_safe(const struct conn *conn, const op *target) {
   if (conn->state != CONN_BUSY)
     return 1;
   if (target != conn_running(conn))
@@ -115,7 +116,7 @@ int pipeline_cancel_safe(const struct conn *conn, const op *target) {
   return conn->writes - target_writes == 0;
 }
 
-void pipeline_mark_at_risk(struct conn *conn, const op *target) {
+void pgtag__pipeline_mark_at_risk(struct conn *conn, const op *target) {
   queue *q;
   queue_foreach (q, &conn->wire) {
     op *o = queue_data(q, op, node);
@@ -130,10 +131,10 @@ void pipeline_mark_at_risk(struct conn *conn, const op *target) {
 
 /* Where a query joins a pipeline: only once the pool cannot grow (a new
  * connection beats waiting behind another query), on a connection whose
- * pipeline takes it (pipeline_accepts), the one with the fewest statements
+ * pipeline takes it (pgtag__pipeline_accepts), the one with the fewest statements
  * under way, and among those the one whose head started last.  NULL if
  * none takes it. */
-struct conn *pipeline_least_loaded(const pgtag_pool *pool, op *o) {
+struct conn *pgtag__pipeline_least_loaded(const pgtag_pool *pool, op *o) {
   struct conn *best = NULL;
   uint64_t best_start = 0, now = uv_hrtime();
   queue *q;
@@ -141,7 +142,7 @@ struct conn *pipeline_least_loaded(const pgtag_pool *pool, op *o) {
     return NULL;
   queue_foreach (q, &pool->conns) {
     struct conn *conn = queue_data(q, struct conn, node);
-    if (!pipeline_accepts(pool, conn, o, now))
+    if (!pgtag__pipeline_accepts(pool, conn, o, now))
       continue;
     uint64_t start = conn_head(conn) != NULL ? conn_head(conn)->start_ns : UINT64_MAX;
     int load = conn->nwire + conn->nstaged, best_load = best ? best->nwire + best->nstaged : 0;
@@ -154,34 +155,34 @@ struct conn *pipeline_least_loaded(const pgtag_pool *pool, op *o) {
 }
 
 /* Pipelining: send waiting queries behind the ones on conn's wire, as the
- * pipelining rules allow (pipeline_accepts).  Stops at an acquire (the
+ * pipelining rules allow (pgtag__pipeline_accepts).  Stops at an acquire (the
  * connection drains for it, so it is served in turn) and at the first
  * query that may not join: the line stays first in, first out. */
-void pipeline_feed(struct conn *conn) {
+void pgtag__pipeline_feed(struct conn *conn) {
   pgtag_pool *pool = conn->pool;
   if (pool_live_conns(pool) < pool->cfg.max_conns)
     return; /* the pool grows for them instead (see least_loaded) */
   uint64_t now = uv_hrtime();
   while (!queue_empty(&pool->waiters)) {
     op *o = op_first(&pool->waiters);
-    if (o->kind != OP_QUERY || !pipeline_accepts(pool, conn, o, now))
+    if (o->kind != OP_QUERY || !pgtag__pipeline_accepts(pool, conn, o, now))
       break;
-    waiter_pop(pool);
-    if (conn_send(conn, o) != 0) {
-      waiter_put_back(pool, o, queue_head(&pool->waiters));
+    pgtag__waiter_pop(pool);
+    if (pgtag__conn_send(conn, o) != 0) {
+      pgtag__waiter_put_back(pool, o, queue_head(&pool->waiters));
       pool->on->lost(conn, PQerrorMessage(conn->pg));
       return;
     }
-    stats_waited(pool, o);
+    pgtag__stats_waited(pool, o);
   }
-  wait_timer_arm(pool);
+  pgtag__wait_timer_arm(pool);
 }
 
 /* Put o back at the head of the line, behind others sent back before it
  * (so they go again in the order they went first), to be sent again with
  * a sync point of its own.  It takes the deadline of the one it goes
  * ahead of, so that deadlines still rise along the line. */
-void pipeline_requeue(pgtag_pool *pool, op *o) {
+void pgtag__pipeline_requeue(pgtag_pool *pool, op *o) {
   queue *q = queue_head(&pool->waiters);
   while (q != &pool->waiters && queue_data(q, op, node)->solo &&
          queue_data(q, op, node)->resent > 0)
@@ -190,13 +191,13 @@ void pipeline_requeue(pgtag_pool *pool, op *o) {
   o->resent++;
   o->deadline = q == &pool->waiters ? 0 : queue_data(q, op, node)->deadline;
   /* its own request's deadline still holds */
-  int64_t left = ctx_left_ms(o->ctx, uv_hrtime());
+  int64_t left = pgtag__ctx_left_ms(o->ctx, uv_hrtime());
   o->by_deadline = 0;
   if (left >= 0 && (o->deadline == 0 || uv_now(pool->loop) + (uint64_t)left < o->deadline)) {
     o->deadline = uv_now(pool->loop) + (uint64_t)left;
     o->by_deadline = 1;
   }
-  waiter_put_back(pool, o, q);
+  pgtag__waiter_put_back(pool, o, q);
 }
 
 /* Before the loop blocks: the reads staged this turn go out, a batch per
@@ -216,13 +217,13 @@ static void on_sync_prepare(uv_prepare_t *handle) {
     }
     if (open == NULL)
       break;
-    if (conn_flush_staged(open) != 0)
+    if (pgtag__conn_flush_staged(open) != 0)
       pool->on->lost(open, PQerrorMessage(open->pg));
   }
   uv_prepare_stop(handle);
   pgtag_ctx_leave(previous);
 }
 
-void pipeline_flush_soon(pgtag_pool *pool) {
+void pgtag__pipeline_flush_soon(pgtag_pool *pool) {
   uv_prepare_start(&pool->sync_prepare, on_sync_prepare);
 }

@@ -45,45 +45,46 @@ typedef struct pipeline_stmt {
 
 /* Look o's statement up (o->sql, o->hash) and set o->reads, o->exclusive
  * and o->unproven.  For a pool that pipelines; a no-op otherwise. */
-void pipeline_classify(pgtag_pool *pool, op *o);
+void pgtag__pipeline_classify(pgtag_pool *pool, op *o);
 
 /* Nonzero when o may join conn's pipeline now, by the rules above. */
-int pipeline_accepts(const pgtag_pool *pool, const struct conn *conn, op *o, uint64_t now_ns);
+int pgtag__pipeline_accepts(const pgtag_pool *pool, const struct conn *conn, op *o,
+                            uint64_t now_ns);
 
 /* o's statement ran in us microseconds of its own: remembered. */
-void pipeline_learn(pgtag_pool *pool, const op *o, uint64_t us);
+void pgtag__pipeline_learn(pgtag_pool *pool, const op *o, uint64_t us);
 
 /* Nonzero when o, complete with res, must be sent again instead of
  * delivered: skipped by the server (it never ran), a read that wrote in a
  * read-only batch (no effect; it goes alone from now on), or a read hit by
  * a cancel meant for another statement.  Learns what it needs to. */
-int pipeline_resend(pgtag_pool *pool, const struct conn *conn, op *o, const PGresult *res,
-                    int server_read_only);
+int pgtag__pipeline_resend(pgtag_pool *pool, const struct conn *conn, op *o, const PGresult *res,
+                           int server_read_only);
 
 /* A cancel request may go out for target, on conn's wire, now: it is the
  * head, and nothing else on the wire may write (held connections: always;
  * they are one request's). */
-int pipeline_cancel_safe(const struct conn *conn, const op *target);
+int pgtag__pipeline_cancel_safe(const struct conn *conn, const op *target);
 
 /* A cancel request is going out for target: whatever else is on the wire
  * may be hit instead. */
-void pipeline_mark_at_risk(struct conn *conn, const op *target);
+void pgtag__pipeline_mark_at_risk(struct conn *conn, const op *target);
 
 /* Where o joins a pipeline: only once the pool cannot grow, on the
  * connection whose pipeline takes it with the fewest statements under
  * way.  NULL when none takes it (it waits, or gets a new connection). */
-struct conn *pipeline_least_loaded(const pgtag_pool *pool, op *o);
+struct conn *pgtag__pipeline_least_loaded(const pgtag_pool *pool, op *o);
 
 /* Send waiting queries behind those on conn's wire, as the rules allow;
  * the line stays first in, first out.  Also the pool's pool_events.room. */
-void pipeline_feed(struct conn *conn);
+void pgtag__pipeline_feed(struct conn *conn);
 
 /* o had no effect and goes again, first in line, with a sync point of its
  * own. */
-void pipeline_requeue(pgtag_pool *pool, op *o);
+void pgtag__pipeline_requeue(pgtag_pool *pool, op *o);
 
 /* Reads were staged: each connection's go out as one batch before the
  * loop blocks (pool_events.staged). */
-void pipeline_flush_soon(pgtag_pool *pool);
+void pgtag__pipeline_flush_soon(pgtag_pool *pool);
 
 #endif

@@ -40,7 +40,7 @@ static void set_state(struct conn *conn, conn_state state) {
   conn->state = state;
 }
 
-int pool_on_loop_thread(const pgtag_pool *pool) {
+int pgtag__pool_on_loop_thread(const pgtag_pool *pool) {
   return pthread_equal(pool->thread, pthread_self());
 }
 
@@ -49,13 +49,13 @@ static void defer(pgtag_pool *pool, op *o);
 /* Hand conn to an acquire: the connection remembers the request and the
  * call site; the callback is delivered from the loop. */
 static void grant(pgtag_pool *pool, struct conn *conn, op *o) {
-  stats_waited(pool, o);
+  pgtag__stats_waited(pool, o);
   set_state(conn, CONN_HELD);
   conn->gen = ++pool->last_gen;
-  hold_start(conn, o);
+  pgtag__hold_start(conn, o);
   o->conn = conn;
   o->gen = conn->gen;
-  conn_poll_update(conn);
+  pgtag__conn_poll_update(conn);
   defer(pool, o);
 }
 
@@ -68,7 +68,7 @@ static void on_defer(uv_idle_t *handle) {
   pgtag_ctx *previous = pgtag_ctx_enter(NULL);
   queue batch;
 
-  leak_run_checks(pool);
+  pgtag__leak_run_checks(pool);
 
   /* Only what was deferred before this turn: an acquire-release chain that
    * keeps deferring cannot starve the loop. */
@@ -79,8 +79,8 @@ static void on_defer(uv_idle_t *handle) {
     op *o = op_first(&batch);
     queue_remove(&o->node);
     if (o->kind == OP_ACQUIRE && o->code == PGTAG_OK)
-      hold_delivered(o->conn, o->gen); /* granted: its callback runs now */
-    op_finish(o);
+      pgtag__hold_delivered(o->conn, o->gen); /* granted: its callback runs now */
+    pgtag__op_finish(o);
   }
   pool->deferring = 0;
   if (queue_empty(&pool->deferred) && pool->leak_checks == 0)
@@ -100,7 +100,7 @@ static void pool_wake(pgtag_pool *pool) {
 }
 
 static void defer_error(pgtag_pool *pool, op *o, pgtag_errcode code, const char *message) {
-  op_set_error(o, code, NULL, message);
+  pgtag__op_set_error(o, code, NULL, message);
   o->sql = NULL; /* may point at the caller's memory */
   o->values = NULL;
   defer(pool, o);
@@ -112,7 +112,7 @@ static void fail_queue(pgtag_pool *pool, queue *q, pgtag_errcode code, const cha
   while (!queue_empty(q)) {
     op *o = op_first(q);
     queue_remove(&o->node);
-    op_set_error(o, code, NULL, message);
+    pgtag__op_set_error(o, code, NULL, message);
     defer(pool, o);
   }
 }
@@ -131,9 +131,9 @@ static void count_lost(pgtag_pool *pool) {
 static void log_lost(pgtag_pool *pool, struct conn *conn) {
   char msg[256];
   count_lost(pool);
-  text_line(msg, sizeof msg, conn->pg ? PQerrorMessage(conn->pg) : "");
-  pool_log(pool, PGTAG_LOG_WARN, "connection to %s lost: %s", backend_text(conn->backend_pid).s,
-           msg);
+  pgtag__text_line(msg, sizeof msg, conn->pg ? PQerrorMessage(conn->pg) : "");
+  pgtag__pool_log(pool, PGTAG_LOG_WARN, "connection to %s lost: %s",
+                  pgtag__backend_text(conn->backend_pid).s, msg);
 }
 
 /* Unlink and close a connection that has no operation left on it. */
@@ -143,10 +143,10 @@ static void close_conn(pgtag_pool *pool, struct conn *conn) {
   if (queue_linked(&conn->idle_node))
     queue_remove(&conn->idle_node);
   if (conn->gen != 0)
-    hold_end(conn, 0);
-  hold_clear(conn);
-  cancel_detach(conn);
-  conn_close(conn);
+    pgtag__hold_end(conn, 0);
+  pgtag__hold_clear(conn);
+  pgtag__cancel_detach(conn);
+  pgtag__conn_close(conn);
 }
 
 static void on_retry(uv_timer_t *timer) {
@@ -201,8 +201,8 @@ static void connect_failed(pgtag_pool *pool, const char *message) {
       delay *= 2;
     uv_timer_start(t, on_retry, jitter(delay < cap ? delay : cap), 0);
   }
-  pool_log(pool, level, "connection attempt failed: %s (retry in %llu ms)", message,
-           (unsigned long long)uv_timer_get_due_in(t));
+  pgtag__pool_log(pool, level, "connection attempt failed: %s (retry in %llu ms)", message,
+                  (unsigned long long)uv_timer_get_due_in(t));
   /* The retry keeps the loop alive only for someone who is waiting. */
   if (pool->nwaiting > 0)
     uv_ref((uv_handle_t *)t);
@@ -240,9 +240,9 @@ static void maybe_connect_more(pgtag_pool *pool, int pressed) {
   if (pool->backoff_step > 0 && want > 1 - pool->count[CONN_CONNECTING])
     want = 1 - pool->count[CONN_CONNECTING];
   for (; want > 0 && total < pool->cfg.max_conns; want--, total++) {
-    struct conn *conn = conn_start(pool, err, sizeof err);
+    struct conn *conn = pgtag__conn_start(pool, err, sizeof err);
     if (conn == NULL) {
-      connect_error_note(&pool->connect_err, err, 0);
+      pgtag__connect_error_note(&pool->connect_err, err, 0);
       connect_failed(pool, err);
       return;
     }
@@ -270,10 +270,10 @@ static int refused_backing_off(const pgtag_pool *pool) {
 
 static void fail_refused(pgtag_pool *pool, op *o) {
   const connect_error *e = &pool->connect_err;
-  op_set_error(o, PGTAG_ECONN, e->sqlstate[0] != '\0' ? e->sqlstate : NULL,
-               "the server refused the connection");
+  pgtag__op_set_error(o, PGTAG_ECONN, e->sqlstate[0] != '\0' ? e->sqlstate : NULL,
+                      "the server refused the connection");
   if (e->message != NULL) {
-    char *whole = strdup(e->message); /* op_set_error would cut it */
+    char *whole = strdup(e->message); /* pgtag__op_set_error would cut it */
     if (whole != NULL) {
       free(o->message);
       o->message = whole;
@@ -288,24 +288,25 @@ static void fail_refused_waiters(pgtag_pool *pool) {
   if (!refused_now(pool) || queue_empty(&pool->waiters))
     return;
   while (!queue_empty(&pool->waiters))
-    fail_refused(pool, waiter_pop(pool));
-  wait_timer_arm(pool);
+    fail_refused(pool, pgtag__waiter_pop(pool));
+  pgtag__wait_timer_arm(pool);
 }
 
 static void pool_on_connected(struct conn *conn) {
   pgtag_pool *pool = conn->pool;
   pool->stats.connects++;
   if (pool->connect_failures_in_row > 0)
-    pool_log(pool, PGTAG_LOG_WARN, "connected again after %d failed attempts",
-             pool->connect_failures_in_row);
-  connect_error_clear(&pool->connect_err);
+    pgtag__pool_log(pool, PGTAG_LOG_WARN, "connected again after %d failed attempts",
+                    pool->connect_failures_in_row);
+  pgtag__connect_error_clear(&pool->connect_err);
   pool->connect_failures_in_row = 0;
   pool->backoff_step = 0;
   if (pool->replacements_due > 0) {
     pool->replacements_due--;
     pool->stats.reconnects++;
   }
-  pool_log(pool, PGTAG_LOG_DEBUG, "connected (%s)", backend_text(conn->backend_pid).s);
+  pgtag__pool_log(pool, PGTAG_LOG_DEBUG, "connected (%s)",
+                  pgtag__backend_text(conn->backend_pid).s);
   make_available(pool, conn);
   maybe_connect(pool); /* after one attempt at a time: the others waiting */
 }
@@ -314,9 +315,10 @@ static void pool_on_connect_failed(struct conn *conn, const char *message) {
   pgtag_pool *pool = conn->pool;
   char msg[1024];
   /* Read before drop_conn frees it: message may live in conn. */
-  connect_error_note(&pool->connect_err, message,
-                     conn->pg != NULL && PQconnectionNeedsPassword(conn->pg));
-  text_line(msg, sizeof msg, pool->connect_err.message ? pool->connect_err.message : message);
+  pgtag__connect_error_note(&pool->connect_err, message,
+                            conn->pg != NULL && PQconnectionNeedsPassword(conn->pg));
+  pgtag__text_line(msg, sizeof msg,
+                   pool->connect_err.message ? pool->connect_err.message : message);
   close_conn(pool, conn);
   connect_failed(pool, msg);
   fail_refused_waiters(pool);
@@ -338,22 +340,22 @@ static void make_available(pgtag_pool *pool, struct conn *conn) {
     return;
   }
   while (!queue_empty(&pool->waiters)) {
-    op *o = waiter_pop(pool);
-    wait_timer_arm(pool);
+    op *o = pgtag__waiter_pop(pool);
+    pgtag__wait_timer_arm(pool);
     if (o->kind == OP_ACQUIRE) {
       grant(pool, conn, o);
       return;
     }
     set_state(conn, CONN_BUSY);
-    if (conn_send(conn, o) == 0) {
-      stats_waited(pool, o);
-      pipeline_feed(conn);
+    if (pgtag__conn_send(conn, o) == 0) {
+      pgtag__stats_waited(pool, o);
+      pgtag__pipeline_feed(conn);
       return;
     }
     /* The connection broke while the query was being sent.  Whatever part
      * reached the server ran without its Sync, so nothing of it committed:
      * the query keeps its place in line and the connection is replaced. */
-    waiter_put_back(pool, o, queue_head(&pool->waiters));
+    pgtag__waiter_put_back(pool, o, queue_head(&pool->waiters));
     log_lost(pool, conn);
     close_conn(pool, conn);
     maybe_connect(pool);
@@ -362,7 +364,7 @@ static void make_available(pgtag_pool *pool, struct conn *conn) {
   set_state(conn, CONN_IDLE);
   conn->idle_since = now;
   queue_insert_head(&pool->idle, &conn->idle_node);
-  conn_poll_update(conn);
+  pgtag__conn_poll_update(conn);
 }
 
 /* o was on the wire of a connection that is gone: it fails with ECONN,
@@ -371,15 +373,15 @@ static void fail_lost(pgtag_pool *pool, struct conn *conn, op *o, PGresult *res,
                       const char *message) {
   if (op_internal(o->kind)) {
     PQclear(res);
-    op_discard(o);
+    pgtag__op_discard(o);
     return;
   }
-  stats_query_done(o, conn);
+  pgtag__stats_query_done(o, conn);
   if (res != NULL && PQresultStatus(res) == PGRES_FATAL_ERROR) {
-    op_set_result(o, res, 1);
+    pgtag__op_set_result(o, res, 1);
   } else {
     PQclear(res);
-    op_set_error(o, PGTAG_ECONN, NULL, message);
+    pgtag__op_set_error(o, PGTAG_ECONN, NULL, message);
   }
   defer(pool, o);
 }
@@ -387,10 +389,10 @@ static void fail_lost(pgtag_pool *pool, struct conn *conn, op *o, PGresult *res,
 static void pool_on_conn_lost(struct conn *conn, const char *why) {
   pgtag_pool *pool = conn->pool;
   char message[256];
-  text_line(message, sizeof message, why); /* why may live in conn->pg */
+  pgtag__text_line(message, sizeof message, why); /* why may live in conn->pg */
 
-  pool_log(pool, PGTAG_LOG_WARN, "connection to %s lost: %s", backend_text(conn->backend_pid).s,
-           message);
+  pgtag__pool_log(pool, PGTAG_LOG_WARN, "connection to %s lost: %s",
+                  pgtag__backend_text(conn->backend_pid).s, message);
   count_lost(pool);
   /* In the order they were sent: complete but not committed (its sync
    * point never came), then the head with what it had received, then the
@@ -420,7 +422,7 @@ static void pool_on_conn_lost(struct conn *conn, const char *why) {
   if (conn->state == CONN_HELD) {
     /* Its holder still has the pointer: keep the struct until release. */
     set_state(conn, CONN_LOST);
-    conn_shut(conn);
+    pgtag__conn_shut(conn);
     if (conn->release_pending)
       release_now(pool, conn); /* the holder already gave it back */
   } else if (conn->state != CONN_LOST) {
@@ -440,26 +442,26 @@ static void pool_on_conn_lost(struct conn *conn, const char *why) {
  * pool_on_cancel_done comes back here. */
 static void held_next(pgtag_pool *pool, struct conn *conn) {
   if (conn->cancel != NULL) {
-    conn_poll_update(conn);
+    pgtag__conn_poll_update(conn);
     return;
   }
   op *next;
   while ((next = queue_empty(&conn->pending) ? NULL : op_first(&conn->pending)) != NULL &&
-         ctx_left_ms(next->ctx, uv_hrtime()) == 0) {
+         pgtag__ctx_left_ms(next->ctx, uv_hrtime()) == 0) {
     queue_remove(&next->node); /* its request's time is up: never sent */
     pool->stats.deadlines++;
     defer_error(pool, next, PGTAG_ETIMEDOUT, "its request's deadline passed before it was sent");
   }
   if (next != NULL) {
     queue_remove(&next->node);
-    if (conn_send(conn, next) != 0) {
+    if (pgtag__conn_send(conn, next) != 0) {
       queue_insert_head(&conn->pending, &next->node);
       pool_on_conn_lost(conn, PQerrorMessage(conn->pg));
     }
   } else if (conn->release_pending) {
     release_now(pool, conn);
   } else {
-    conn_poll_update(conn); /* held and quiet: stop keeping the loop alive */
+    pgtag__conn_poll_update(conn); /* held and quiet: stop keeping the loop alive */
   }
 }
 
@@ -471,7 +473,7 @@ static void after_results(pgtag_pool *pool, struct conn *conn) {
   else if (!conn_on_wire(conn))
     recycle(pool, conn);
   else
-    pipeline_feed(conn);
+    pgtag__pipeline_feed(conn);
 }
 
 /* A write refused (SQLSTATE 25006) because the server itself is read-only
@@ -483,7 +485,7 @@ static int server_read_only(const struct conn *conn, const PGresult *res) {
   if (res == NULL || PQresultStatus(res) != PGRES_FATAL_ERROR)
     return 0;
   const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-  return state != NULL && strcmp(state, "25006") == 0 && conn_server_read_only(conn);
+  return state != NULL && strcmp(state, "25006") == 0 && pgtag__conn_server_read_only(conn);
 }
 
 static int res_sqlstate_is(const PGresult *res, const char *sqlstate) {
@@ -505,12 +507,12 @@ static int cache_refused(struct conn *conn, op *o, const PGresult *res) {
       (conn->state != CONN_BUSY && conn->state != CONN_HELD) || conn->reclaiming)
     return 0;
   if (res_sqlstate_is(res, "26000")) {
-    stmtcache_clear(&conn->stmts);
+    pgtag__stmtcache_clear(&conn->stmts);
   } else if (res_sqlstate_is(res, "0A000")) {
     const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
     if (msg == NULL || strstr(msg, "cached plan must not change result type") == NULL)
       return 0;
-    stmtcache_forget(&conn->stmts, o->hash, o->stmt_id);
+    pgtag__stmtcache_forget(&conn->stmts, o->hash, o->stmt_id);
   } else if (!res_sqlstate_is(res, "42P05")) {
     return 0;
   }
@@ -522,7 +524,7 @@ static int cache_refused(struct conn *conn, op *o, const PGresult *res) {
  * from res. */
 static void lost_with(struct conn *conn, op *o, PGresult *res, const char *why) {
   char message[256];
-  text_line(message, sizeof message, why); /* why may live in conn->pg */
+  pgtag__text_line(message, sizeof message, why); /* why may live in conn->pg */
   fail_lost(conn->pool, conn, o, res, message);
   pool_on_conn_lost(conn, message);
 }
@@ -543,7 +545,8 @@ static void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
   }
 
   if (PQstatus(conn->pg) == CONNECTION_BAD ||
-      (res != NULL && PQresultStatus(res) == PGRES_FATAL_ERROR && op_result_ends_session(res))) {
+      (res != NULL && PQresultStatus(res) == PGRES_FATAL_ERROR &&
+       pgtag__op_result_ends_session(res))) {
     /* A read of a batch is final with its result; anything else is
      * delivered after its sync point (libpq's final NULL comes after
      * ReadyForQuery outside pipeline mode): so a query that got a
@@ -559,17 +562,17 @@ static void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
       lost_with(conn, o, res, why);
       return;
     }
-    stats_query_done(o, conn);
-    op_set_result(o, res, 0);
+    pgtag__stats_query_done(o, conn);
+    pgtag__op_set_result(o, res, 0);
     pool_on_conn_lost(conn, why);
-    op_finish(o);
+    pgtag__op_finish(o);
     return;
   }
   if (o->kind == OP_RESET) {
     int clean = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK &&
                 PQtransactionStatus(conn->pg) == PQTRANS_IDLE;
     PQclear(res);
-    op_discard(o);
+    pgtag__op_discard(o);
     if (clean) {
       make_available(pool, conn);
     } else {
@@ -588,46 +591,46 @@ static void pool_on_query_done(struct conn *conn, op *o, PGresult *res) {
      * its connection), and is prepared again. */
     PQclear(res);
     if (conn->state == CONN_BUSY) {
-      pipeline_requeue(pool, o);
-      wait_timer_arm(pool);
+      pgtag__pipeline_requeue(pool, o);
+      pgtag__wait_timer_arm(pool);
     } else {
       o->resent++;
       queue_insert_head(&conn->pending, &o->node);
     }
     o = NULL;
-  } else if (pipeline_resend(pool, conn, o, res, server_read_only(conn, res))) {
+  } else if (pgtag__pipeline_resend(pool, conn, o, res, server_read_only(conn, res))) {
     /* It had no effect (pipeline.h): it goes again, first in line. */
     PQclear(res);
-    pipeline_requeue(pool, o);
-    wait_timer_arm(pool);
+    pgtag__pipeline_requeue(pool, o);
+    pgtag__wait_timer_arm(pool);
     o = NULL;
   } else {
-    uint64_t us = stats_query_done(o, conn);
+    uint64_t us = pgtag__stats_query_done(o, conn);
     if (o->chunk_ns != 0 && (uv_hrtime() - o->chunk_ns) / 1000 > us)
       us = (uv_hrtime() - o->chunk_ns) / 1000; /* held back with others: conn.c, wire_pop */
     if (res != NULL && PQresultStatus(res) != PGRES_PIPELINE_ABORTED)
-      pipeline_learn(pool, o, us);
+      pgtag__pipeline_learn(pool, o, us);
     if (conn->reclaiming) {
       /* Its holder's request is over; what the query did is being rolled
        * back, so its result is not worth anything to anyone. */
       PQclear(res);
-      op_set_error(o, PGTAG_ERECLAIMED, NULL, RECLAIMED_MESSAGE);
+      pgtag__op_set_error(o, PGTAG_ERECLAIMED, NULL, RECLAIMED_MESSAGE);
     } else {
-      op_set_result(o, res, 0);
+      pgtag__op_set_result(o, res, 0);
     }
   }
   after_results(pool, conn);
   if (o != NULL)
-    op_finish(o);
+    pgtag__op_finish(o);
 }
 
 static void pool_on_sync(struct conn *conn) { after_results(conn->pool, conn); }
 
-static void on_check_prepare(uv_prepare_t *handle) { check_left_current(handle->data); }
+static void on_check_prepare(uv_prepare_t *handle) { pgtag__check_left_current(handle->data); }
 
 static void release_now(pgtag_pool *pool, struct conn *conn) {
   conn->release_pending = 0;
-  hold_clear(conn);
+  pgtag__hold_clear(conn);
   recycle(pool, conn);
 }
 
@@ -652,19 +655,19 @@ static void recycle(pgtag_pool *pool, struct conn *conn) {
   }
   if ((ts == PQTRANS_INTRANS || ts == PQTRANS_INERROR) && !pool->closing) {
     /* Whatever the holder left open must not leak into the next request. */
-    op *o = op_new(pool, OP_RESET, "ROLLBACK", 0, NULL, 0);
+    op *o = pgtag__op_new(pool, OP_RESET, "ROLLBACK", 0, NULL, 0);
     set_state(conn, CONN_RESETTING);
-    if (o != NULL && conn_send(conn, o) == 0)
+    if (o != NULL && pgtag__conn_send(conn, o) == 0)
       return;
     if (o != NULL)
-      op_discard(o);
+      pgtag__op_discard(o);
   }
   close_conn(pool, conn); /* lost, unknown, or closing: the server rolls back */
   maybe_connect(pool);
   maybe_finish_close(pool);
 }
 
-int pool_was_reclaimed(const pgtag_pool *pool, uint64_t gen) {
+int pgtag__pool_was_reclaimed(const pgtag_pool *pool, uint64_t gen) {
   unsigned n = pool->nreclaimed < 64 ? pool->nreclaimed : 64;
   for (unsigned i = 0; i < n; i++)
     if (pool->reclaimed_gens[i] == gen)
@@ -676,7 +679,7 @@ static void pool_reclaim(struct conn *conn) {
   pgtag_pool *pool = conn->pool;
   pool->reclaimed_gens[pool->nreclaimed++ % 64] = conn->gen;
   pool->stats.reclaimed++;
-  hold_end(conn, 0);
+  pgtag__hold_end(conn, 0);
   fail_queue(pool, &conn->pending, PGTAG_ERECLAIMED, RECLAIMED_MESSAGE);
   if (conn->state == CONN_LOST) {
     release_now(pool, conn);
@@ -684,7 +687,7 @@ static void pool_reclaim(struct conn *conn) {
   }
   conn->reclaiming = 1;
   if (conn_head(conn) != NULL && conn_head(conn)->kind == OP_QUERY)
-    cancel_op(conn, conn_head(conn), PGTAG_ERECLAIMED);
+    pgtag__cancel_op(conn, conn_head(conn), PGTAG_ERECLAIMED);
   if (conn_on_wire(conn))
     conn->release_pending = 1; /* once the query is over */
   else
@@ -692,11 +695,11 @@ static void pool_reclaim(struct conn *conn) {
 }
 
 static void pool_on_cancel_done(struct conn *conn) {
-  conn_retry_cancels(conn); /* those that waited for this one */
+  pgtag__conn_retry_cancels(conn); /* those that waited for this one */
   if (conn_on_wire(conn)) {
     if (conn->state == CONN_BUSY)
-      pipeline_feed(conn); /* pipelining resumes */
-    return;                /* its query has not ended yet: that comes back here */
+      pgtag__pipeline_feed(conn); /* pipelining resumes */
+    return;                       /* its query has not ended yet: that comes back here */
   }
   if (conn->recycle_pending) {
     conn->recycle_pending = 0;
@@ -710,7 +713,7 @@ static void pool_on_cancel_done(struct conn *conn) {
  * connection is given up when even that did not end the statement. */
 static void pool_on_statement_timeout(struct conn *conn) {
   char why[128];
-  if (cancel_expired(conn, why, sizeof why))
+  if (pgtag__cancel_expired(conn, why, sizeof why))
     pool_on_conn_lost(conn, why);
 }
 
@@ -727,7 +730,7 @@ static int cancel_queued(pgtag_pool *pool, struct conn *conn, queue *q, pgtag_ct
     if (o->ctx != ctx)
       continue;
     if (q == &conn->staged)
-      conn_unstage(conn, o);
+      pgtag__conn_unstage(conn, o);
     else
       queue_remove(&o->node);
     pool->stats.canceled++;
@@ -746,13 +749,13 @@ static int pool_cancel_ctx(pgtag_pool *pool, pgtag_ctx *ctx) {
     q = q->next;
     if (o->ctx != ctx)
       continue;
-    waiter_remove(pool, o);
+    pgtag__waiter_remove(pool, o);
     pool->stats.canceled++;
     defer_error(pool, o, PGTAG_ECANCELED,
                 "canceled: its request was canceled before it got a connection");
     n++;
   }
-  wait_timer_arm(pool);
+  pgtag__wait_timer_arm(pool);
 
   queue_foreach (q, &pool->conns) {
     struct conn *conn = queue_data(q, struct conn, node);
@@ -766,7 +769,7 @@ static int pool_cancel_ctx(pgtag_pool *pool, pgtag_ctx *ctx) {
       op *o = queue_data(p, op, node);
       if (o->ctx != ctx || o->kind != OP_QUERY || o->cancel_code != PGTAG_OK)
         continue;
-      cancel_op(conn, o, PGTAG_ECANCELED);
+      pgtag__cancel_op(conn, o, PGTAG_ECANCELED);
       n++;
     }
   }
@@ -796,7 +799,7 @@ int pgtag_ctx_cancel(pgtag_ctx *ctx) {
  * fails at once (from the loop) and is never sent.  o: its record, made
  * without copies of the caller's memory. */
 static int refused_by_deadline(pgtag_pool *pool, op *o) {
-  if (ctx_left_ms(o->ctx, uv_hrtime()) != 0)
+  if (pgtag__ctx_left_ms(o->ctx, uv_hrtime()) != 0)
     return 0;
   pool->stats.deadlines++;
   defer_error(pool, o, PGTAG_ETIMEDOUT, "its request's deadline had passed: not sent");
@@ -806,19 +809,19 @@ static int refused_by_deadline(pgtag_pool *pool, op *o) {
 /* Whether the current request's deadline has passed, before anything is
  * taken for it. */
 static int current_past_deadline(void) {
-  return ctx_left_ms(pgtag_ctx_current(), uv_hrtime()) == 0;
+  return pgtag__ctx_left_ms(pgtag_ctx_current(), uv_hrtime()) == 0;
 }
 
 static pgtag_errcode wait_for_conn(pgtag_pool *pool, op *o) {
   if (pool->cfg.max_waiting > 0 && pool->nwaiting >= pool->cfg.max_waiting) {
-    op_discard(o);
+    pgtag__op_discard(o);
     return PGTAG_EQUEUEFULL;
   }
   if (refused_backing_off(pool)) {
     fail_refused(pool, o);
     return PGTAG_OK;
   }
-  waiter_add(pool, o);
+  pgtag__waiter_add(pool, o);
   pgtag_ctx *previous = pgtag_ctx_enter(NULL); /* opening connections is pool work */
   maybe_connect(pool);
   pgtag_ctx_leave(previous);
@@ -836,7 +839,7 @@ static struct conn *take_idle(pgtag_pool *pool) {
   while (!queue_empty(&pool->idle)) {
     struct conn *conn = queue_data(queue_head(&pool->idle), struct conn, idle_node);
     queue_remove(&conn->idle_node);
-    if (conn->idle_since == now || conn_alive(conn))
+    if (conn->idle_since == now || pgtag__conn_alive(conn))
       return conn;
     log_lost(pool, conn);
     close_conn(pool, conn);
@@ -855,7 +858,7 @@ static int timeout_of(const pgtag_pool *pool, const pgtag_query_opts *opts) {
 static op *query_op_new(pgtag_pool *pool, const char *sql, int nparams, const char *const *values,
                         const pgtag_query_opts *opts, pgtag_result_cb cb, void *arg,
                         int copy_args) {
-  op *o = op_new(pool, OP_QUERY, sql, nparams, values, copy_args);
+  op *o = pgtag__op_new(pool, OP_QUERY, sql, nparams, values, copy_args);
   if (o == NULL)
     return NULL;
   o->cb.result = cb;
@@ -863,7 +866,7 @@ static op *query_op_new(pgtag_pool *pool, const char *sql, int nparams, const ch
   o->timeout_ms = timeout_of(pool, opts);
   o->signalable = o->timeout_ms > 0;
   o->uncached = opts != NULL && opts->no_cache;
-  pipeline_classify(pool, o);
+  pgtag__pipeline_classify(pool, o);
   return o;
 }
 
@@ -880,7 +883,7 @@ static pgtag_errcode query_past_deadline(pgtag_pool *pool, const pgtag_query_opt
 
 /* A query keeps its own copy of its text and values, beyond the call that
  * submitted it, when it may be sent again: pipelined (its batch may skip
- * it), or through the statement cache (the server may refuse it for the
+ * it), or through the statement cache (the server may pgtag__refuse it for the
  * cache's reasons: pool_on_query_done). */
 static int keeps_args(const pgtag_pool *pool) {
   return pool->cfg.pipeline_depth > 1 ||
@@ -891,9 +894,9 @@ static int keeps_args(const pgtag_pool *pool) {
  * What the application submits (submit.c has checked it)
  * ------------------------------------------------------------------------ */
 
-pgtag_errcode pool_submit_query(pgtag_pool *pool, const char *sql, int nparams,
-                                const char *const *values, const pgtag_query_opts *opts,
-                                pgtag_result_cb cb, void *arg) {
+pgtag_errcode pgtag__pool_submit_query(pgtag_pool *pool, const char *sql, int nparams,
+                                       const char *const *values, const pgtag_query_opts *opts,
+                                       pgtag_result_cb cb, void *arg) {
   if (current_past_deadline())
     return query_past_deadline(pool, opts, cb, arg);
 
@@ -909,15 +912,15 @@ pgtag_errcode pool_submit_query(pgtag_pool *pool, const char *sql, int nparams,
       return PGTAG_ENOMEM;
     }
     set_state(conn, CONN_BUSY);
-    if (conn_send(conn, o) == 0) {
-      stats_waited(pool, o);
+    if (pgtag__conn_send(conn, o) == 0) {
+      pgtag__stats_waited(pool, o);
       if (!keep) {
         o->sql = NULL;
         o->values = NULL;
       }
       return PGTAG_OK;
     }
-    op_discard(o);
+    pgtag__op_discard(o);
     log_lost(pool, conn);
     close_conn(pool, conn);
   }
@@ -929,10 +932,11 @@ pgtag_errcode pool_submit_query(pgtag_pool *pool, const char *sql, int nparams,
   /* Pipelining, when nobody waits ahead of it: on a connection whose
    * pipeline takes it; and the pool grows, one connection at a time, as
    * long as none is free. */
-  conn = !o->exclusive && queue_empty(&pool->waiters) ? pipeline_least_loaded(pool, o) : NULL;
+  conn =
+      !o->exclusive && queue_empty(&pool->waiters) ? pgtag__pipeline_least_loaded(pool, o) : NULL;
   if (conn != NULL) {
-    if (conn_send(conn, o) == 0) {
-      stats_waited(pool, o);
+    if (pgtag__conn_send(conn, o) == 0) {
+      pgtag__stats_waited(pool, o);
       pgtag_ctx *previous = pgtag_ctx_enter(NULL);
       maybe_connect_more(pool, 1);
       pgtag_ctx_leave(previous);
@@ -945,9 +949,10 @@ pgtag_errcode pool_submit_query(pgtag_pool *pool, const char *sql, int nparams,
   return wait_for_conn(pool, o);
 }
 
-pgtag_errcode pool_submit_acquire(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
-                                  const char *file, int line, const char *func, void *caller) {
-  op *o = op_new(pool, OP_ACQUIRE, NULL, 0, NULL, 0);
+pgtag_errcode pgtag__pool_submit_acquire(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
+                                         const char *file, int line, const char *func,
+                                         void *caller) {
+  op *o = pgtag__op_new(pool, OP_ACQUIRE, NULL, 0, NULL, 0);
   if (o == NULL)
     return PGTAG_ENOMEM;
   o->cb.acquire = cb;
@@ -957,8 +962,8 @@ pgtag_errcode pool_submit_acquire(pgtag_pool *pool, pgtag_acquire_cb cb, void *a
   o->file = file;
   o->line = line;
   o->func = func;
-  if (leak_capture(pool, o, caller) != 0) {
-    op_discard(o);
+  if (pgtag__leak_capture(pool, o, caller) != 0) {
+    pgtag__op_discard(o);
     return PGTAG_ENOMEM;
   }
 
@@ -969,9 +974,9 @@ pgtag_errcode pool_submit_acquire(pgtag_pool *pool, pgtag_acquire_cb cb, void *a
   return PGTAG_OK;
 }
 
-pgtag_errcode pool_submit_held(struct conn *conn, const char *sql, int nparams,
-                               const char *const *values, const pgtag_query_opts *opts,
-                               pgtag_result_cb cb, void *arg) {
+pgtag_errcode pgtag__pool_submit_held(struct conn *conn, const char *sql, int nparams,
+                                      const char *const *values, const pgtag_query_opts *opts,
+                                      pgtag_result_cb cb, void *arg) {
   pgtag_pool *pool = conn->pool;
   if (current_past_deadline())
     return query_past_deadline(pool, opts, cb, arg);
@@ -989,7 +994,7 @@ pgtag_errcode pool_submit_held(struct conn *conn, const char *sql, int nparams,
     queue_insert_tail(&conn->pending, &o->node);
     return PGTAG_OK;
   }
-  if (conn_send(conn, o) == 0) {
+  if (pgtag__conn_send(conn, o) == 0) {
     if (!keep) {
       o->sql = NULL;
       o->values = NULL;
@@ -999,7 +1004,7 @@ pgtag_errcode pool_submit_held(struct conn *conn, const char *sql, int nparams,
   /* Broken before anything was sent: the holder hears it through this
    * query's callback, and later ones fail the same way. */
   char msg[256];
-  text_line(msg, sizeof msg, PQerrorMessage(conn->pg));
+  pgtag__text_line(msg, sizeof msg, PQerrorMessage(conn->pg));
   pgtag_ctx *previous = pgtag_ctx_enter(NULL);
   pool_on_conn_lost(conn, msg);
   pgtag_ctx_leave(previous);
@@ -1007,8 +1012,8 @@ pgtag_errcode pool_submit_held(struct conn *conn, const char *sql, int nparams,
   return PGTAG_OK;
 }
 
-pgtag_errcode pool_fail_reclaimed(pgtag_pool *pool, pgtag_result_cb cb, void *arg) {
-  op *o = op_new(pool, OP_QUERY, NULL, 0, NULL, 0);
+pgtag_errcode pgtag__pool_fail_reclaimed(pgtag_pool *pool, pgtag_result_cb cb, void *arg) {
+  op *o = pgtag__op_new(pool, OP_QUERY, NULL, 0, NULL, 0);
   if (o == NULL)
     return PGTAG_ENOMEM;
   o->cb.result = cb;
@@ -1017,9 +1022,9 @@ pgtag_errcode pool_fail_reclaimed(pgtag_pool *pool, pgtag_result_cb cb, void *ar
   return PGTAG_OK;
 }
 
-void pool_release(struct conn *conn) {
+void pgtag__pool_release(struct conn *conn) {
   pgtag_ctx *previous = pgtag_ctx_enter(NULL);
-  hold_end(conn, 1);
+  pgtag__hold_end(conn, 1);
   if (conn_on_wire(conn) || !queue_empty(&conn->pending))
     conn->release_pending = 1; /* after the queries queued on it */
   else
@@ -1074,14 +1079,14 @@ static void log_opened(const pgtag_pool *pool) {
       user = o->val;
   }
   pgtag_ctx *previous = pgtag_ctx_enter(NULL);
-  pool_log(pool, PGTAG_LOG_INFO,
-           "pool opened: host %.200s, port %.32s, database %.100s, user %.100s, "
-           "max_conns %d, min_conns %d",
-           host       ? host
-           : hostaddr ? hostaddr
-                      : "(libpq default)",
-           port ? port : "(default)", dbname ? dbname : "(default)", user ? user : "(default)",
-           pool->cfg.max_conns, pool->cfg.min_conns);
+  pgtag__pool_log(pool, PGTAG_LOG_INFO,
+                  "pool opened: host %.200s, port %.32s, database %.100s, user %.100s, "
+                  "max_conns %d, min_conns %d",
+                  host       ? host
+                  : hostaddr ? hostaddr
+                             : "(libpq default)",
+                  port ? port : "(default)", dbname ? dbname : "(default)",
+                  user ? user : "(default)", pool->cfg.max_conns, pool->cfg.min_conns);
   pgtag_ctx_leave(previous);
   PQconninfoFree(opts);
 }
@@ -1104,7 +1109,7 @@ static int own_handles(pgtag_pool *pool, uv_handle_t *out[POOL_OWN_HANDLES]) {
 }
 
 static void pool_free(pgtag_pool *pool) {
-  op_cache_free(pool);
+  pgtag__op_cache_free(pool);
   if (queue_linked(&pool->thread_node))
     queue_remove(&pool->thread_node);
   while (!queue_empty(&pool->spare)) {
@@ -1116,8 +1121,8 @@ static void pool_free(pgtag_pool *pool) {
   free(pool->conninfo);
   free(pool->name);
   free(pool->tag_key);
-  resolver_free(pool->resolver);
-  connect_error_clear(&pool->connect_err);
+  pgtag__resolver_free(pool->resolver);
+  pgtag__connect_error_clear(&pool->connect_err);
   free(pool);
 }
 
@@ -1127,11 +1132,11 @@ static const pool_events events = {
     .connect_failed = pool_on_connect_failed,
     .result = pool_on_query_done,
     .synced = pool_on_sync,
-    .room = pipeline_feed,
+    .room = pgtag__pipeline_feed,
     .lost = pool_on_conn_lost,
     .timed_out = pool_on_statement_timeout,
     .cancel_done = pool_on_cancel_done,
-    .staged = pipeline_flush_soon,
+    .staged = pgtag__pipeline_flush_soon,
     .reclaim = pool_reclaim,
     .wake = pool_wake,
     .settle = maybe_finish_close,
@@ -1145,16 +1150,16 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg, pgta
   probe.cfg.log_level = cfg->log_level >= PGTAG_LOG_DEBUG && cfg->log_level <= PGTAG_LOG_ERROR
                             ? cfg->log_level
                             : PGTAG_LOG_WARN;
-  const char *problem = config_problem(cfg);
+  const char *problem = pgtag__config_problem(cfg);
   if (problem != NULL) {
-    pool_log(&probe, PGTAG_LOG_ERROR, "pgtag_pool_new: %s", problem);
+    pgtag__pool_log(&probe, PGTAG_LOG_ERROR, "pgtag_pool_new: %s", problem);
     return PGTAG_EINVAL;
   }
   char *errmsg = NULL;
   PQconninfoOption *opts = PQconninfoParse(cfg->conninfo, &errmsg);
   if (opts == NULL) {
-    pool_log(&probe, PGTAG_LOG_ERROR, "pgtag_pool_new: bad conninfo: %s",
-             errmsg ? errmsg : "out of memory");
+    pgtag__pool_log(&probe, PGTAG_LOG_ERROR, "pgtag_pool_new: bad conninfo: %s",
+                    errmsg ? errmsg : "out of memory");
     int oom = errmsg == NULL;
     PQfreemem(errmsg);
     return oom ? PGTAG_ENOMEM : PGTAG_EINVAL;
@@ -1182,9 +1187,9 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg, pgta
   pool->cfg.conninfo = pool->conninfo;
   pool->cfg.name = pool->name;
   pool->cfg.tag_key = pool->tag_key;
-  config_fill(&pool->cfg);
-  config_connect_params(pool);
-  if (resolver_new(pool, pool->conninfo, &pool->resolver) != 0) {
+  pgtag__config_fill(&pool->cfg);
+  pgtag__config_connect_params(pool);
+  if (pgtag__resolver_new(pool, pool->conninfo, &pool->resolver) != 0) {
     pool_free(pool);
     return PGTAG_ENOMEM;
   }
@@ -1217,7 +1222,7 @@ pgtag_errcode pgtag_pool_new(uv_loop_t *loop, const pgtag_pool_config *cfg, pgta
   uv_unref((uv_handle_t *)&pool->check_prepare);
   uv_unref((uv_handle_t *)&pool->leak_timer); /* a report alone is no work */
   if (cfg->idle_timeout_ms > 0 || cfg->max_lifetime_ms > 0) {
-    uint64_t period = config_maint_period(cfg);
+    uint64_t period = pgtag__config_maint_period(cfg);
     uv_timer_start(&pool->maint_timer, on_maint, period, period);
     uv_unref((uv_handle_t *)&pool->maint_timer);
   }
@@ -1231,7 +1236,7 @@ void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg) {
   if (pool == NULL)
     return;
   if (pool->closing) {
-    pool_log(pool, PGTAG_LOG_WARN, "pgtag_pool_close: already closing");
+    pgtag__pool_log(pool, PGTAG_LOG_WARN, "pgtag_pool_close: already closing");
     return;
   }
   pgtag_ctx *previous = pgtag_ctx_enter(NULL);
@@ -1241,9 +1246,9 @@ void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg) {
   uv_timer_stop(&pool->wait_timer);
   uv_timer_stop(&pool->retry_timer);
   uv_timer_stop(&pool->maint_timer);
-  resolver_cancel(pool->resolver);
+  pgtag__resolver_cancel(pool->resolver);
   queue waiting;
-  waiters_take_all(pool, &waiting);
+  pgtag__waiters_take_all(pool, &waiting);
   fail_queue(pool, &waiting, PGTAG_ECLOSED, "the pool is closing");
 
   queue *q = queue_head(&pool->conns);
@@ -1275,7 +1280,7 @@ static void pool_handle_closed(pgtag_pool *pool) {
   if (--pool->handles > 0 || !pool->handles_closing)
     return;
   pgtag_ctx *outer = pgtag_ctx_enter(NULL);
-  pool_log(pool, PGTAG_LOG_INFO, "pool closed");
+  pgtag__pool_log(pool, PGTAG_LOG_INFO, "pool closed");
   pgtag_ctx_leave(outer);
   if (pool->close_done != NULL) {
     pgtag_ctx *previous = pgtag_ctx_enter(NULL);

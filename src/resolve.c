@@ -97,7 +97,7 @@ static const char *effective(const PQconninfoOption *opts, const PQconninfoOptio
   return v != NULL ? v : option(defaults, keyword);
 }
 
-void resolver_free(resolver *r) {
+void pgtag__resolver_free(resolver *r) {
   if (r == NULL)
     return;
   for (int i = 0; i < r->nentries; i++) {
@@ -107,7 +107,7 @@ void resolver_free(resolver *r) {
   }
   for (int i = 0; i < r->nnames; i++) {
     free(r->names[i].name);
-    tag_buf_free(&r->names[i].addrs);
+    pgtag__tag_buf_free(&r->names[i].addrs);
   }
   free(r->entries);
   free(r->names);
@@ -127,7 +127,7 @@ static int add_name(resolver *r, const char *host) {
   return r->nnames++;
 }
 
-/* Fill r's entries from the three lists; 0 when libpq would refuse them
+/* Fill r's entries from the three lists; 0 when libpq would pgtag__refuse them
  * (it then says why), -1 when out of memory, else 1. */
 static int plan(resolver *r, const char *hosts, const char *addrs, const char *ports) {
   int n = addrs != NULL && addrs[0] != '\0'   ? count_elems(addrs)
@@ -163,7 +163,7 @@ static int plan(resolver *r, const char *hosts, const char *addrs, const char *p
   return 1;
 }
 
-int resolver_new(pgtag_pool *pool, const char *conninfo, resolver **out) {
+int pgtag__resolver_new(pgtag_pool *pool, const char *conninfo, resolver **out) {
   *out = NULL;
   PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
   if (opts == NULL)
@@ -182,7 +182,7 @@ int resolver_new(pgtag_pool *pool, const char *conninfo, resolver **out) {
   PQconninfoFree(opts);
   PQconninfoFree(defaults);
   if (rc <= 0 || r->nnames == 0) {
-    resolver_free(r);
+    pgtag__resolver_free(r);
     return rc < 0 ? -1 : 0;
   }
   r->pool = pool;
@@ -220,11 +220,11 @@ static void keep_answer(lookup *l, int status, const struct addrinfo *res) {
         has_elem(l->addrs.data, host))
       continue;
     size_t n = strlen(host);
-    if (tag_buf_reserve(&l->addrs, n + 1) != 0)
+    if (pgtag__tag_buf_reserve(&l->addrs, n + 1) != 0)
       break; /* out of memory: the addresses so far */
     if (l->naddrs++ > 0)
-      tag_buf_append(&l->addrs, ",", 1);
-    tag_buf_append(&l->addrs, host, n);
+      pgtag__tag_buf_append(&l->addrs, ",", 1);
+    pgtag__tag_buf_append(&l->addrs, host, n);
   }
   if (status == 0 && l->naddrs == 0)
     l->status = UV_EAI_NODATA;
@@ -292,8 +292,8 @@ static int lookup_start(lookup *l) {
   return 0;
 }
 
-int resolver_join(resolver *r, struct conn *conn, void (*done)(struct conn *conn), char *errbuf,
-                  size_t errlen) {
+int pgtag__resolver_join(resolver *r, struct conn *conn, void (*done)(struct conn *conn),
+                         char *errbuf, size_t errlen) {
   attempt *a = malloc(sizeof *a + (size_t)r->nnames * sizeof a->need[0]);
   if (a == NULL) {
     snprintf(errbuf, errlen, "out of memory");
@@ -319,7 +319,7 @@ int resolver_join(resolver *r, struct conn *conn, void (*done)(struct conn *conn
   return 0;
 }
 
-void resolver_leave(struct conn *conn) {
+void pgtag__resolver_leave(struct conn *conn) {
   attempt *a = conn->resolving;
   if (a == NULL)
     return;
@@ -328,7 +328,7 @@ void resolver_leave(struct conn *conn) {
   conn->resolving = NULL;
 }
 
-void resolver_pending(const struct conn *conn, char *buf, size_t len) {
+void pgtag__resolver_pending(const struct conn *conn, char *buf, size_t len) {
   const resolver *r = conn->pool->resolver;
   const attempt *a = conn->resolving;
   size_t w = 0;
@@ -343,7 +343,7 @@ void resolver_pending(const struct conn *conn, char *buf, size_t len) {
   }
 }
 
-void resolver_cancel(resolver *r) {
+void pgtag__resolver_cancel(resolver *r) {
   for (int i = 0; r != NULL && i < r->nnames; i++)
     if (r->names[i].req != NULL)
       uv_cancel((uv_req_t *)r->names[i].req); /* fails once a thread runs it */
@@ -351,23 +351,24 @@ void resolver_cancel(resolver *r) {
 
 static int add_entry(resolved *out, int n, const char *host, const char *addr, const char *port) {
   const char *sep = n > 0 ? "," : "";
-  if (tag_buf_append(&out->host, sep, strlen(sep)) != 0 ||
-      tag_buf_append(&out->host, host, strlen(host)) != 0 ||
-      tag_buf_append(&out->hostaddr, sep, strlen(sep)) != 0 ||
-      tag_buf_append(&out->hostaddr, addr, strlen(addr)) != 0)
+  if (pgtag__tag_buf_append(&out->host, sep, strlen(sep)) != 0 ||
+      pgtag__tag_buf_append(&out->host, host, strlen(host)) != 0 ||
+      pgtag__tag_buf_append(&out->hostaddr, sep, strlen(sep)) != 0 ||
+      pgtag__tag_buf_append(&out->hostaddr, addr, strlen(addr)) != 0)
     return -1;
-  if (port != NULL && (tag_buf_append(&out->port, sep, strlen(sep)) != 0 ||
-                       tag_buf_append(&out->port, port, strlen(port)) != 0))
+  if (port != NULL && (pgtag__tag_buf_append(&out->port, sep, strlen(sep)) != 0 ||
+                       pgtag__tag_buf_append(&out->port, port, strlen(port)) != 0))
     return -1;
   return 0;
 }
 
-int resolver_params(const resolver *r, resolved *out) {
+int pgtag__resolver_params(const resolver *r, resolved *out) {
   int n = 0;
   out->has_port = r->per_host_ports;
   /* Room for each, so that an empty list is "" rather than NULL. */
-  if (tag_buf_reserve(&out->host, 1) != 0 || tag_buf_reserve(&out->hostaddr, 1) != 0 ||
-      tag_buf_reserve(&out->port, 1) != 0 || tag_buf_reserve(&out->notes, 1) != 0)
+  if (pgtag__tag_buf_reserve(&out->host, 1) != 0 ||
+      pgtag__tag_buf_reserve(&out->hostaddr, 1) != 0 ||
+      pgtag__tag_buf_reserve(&out->port, 1) != 0 || pgtag__tag_buf_reserve(&out->notes, 1) != 0)
     return -1;
   out->host.data[0] = out->hostaddr.data[0] = out->port.data[0] = out->notes.data[0] = '\0';
   for (int i = 0; i < r->nentries; i++) {
@@ -382,7 +383,7 @@ int resolver_params(const resolver *r, resolved *out) {
       char line[512];
       snprintf(line, sizeof line, "could not translate host name \"%s\" to address: %s\n", e->host,
                uv_strerror(l->status));
-      if (tag_buf_append(&out->notes, line, strlen(line)) != 0)
+      if (pgtag__tag_buf_append(&out->notes, line, strlen(line)) != 0)
         return -1;
       continue;
     }
@@ -409,11 +410,11 @@ int resolver_params(const resolver *r, resolved *out) {
   return n;
 }
 
-void resolved_free(resolved *out) {
-  tag_buf_free(&out->host);
-  tag_buf_free(&out->hostaddr);
-  tag_buf_free(&out->port);
-  tag_buf_free(&out->notes);
+void pgtag__resolved_free(resolved *out) {
+  pgtag__tag_buf_free(&out->host);
+  pgtag__tag_buf_free(&out->hostaddr);
+  pgtag__tag_buf_free(&out->port);
+  pgtag__tag_buf_free(&out->notes);
 }
 
 /* Element i of list (comma-separated) as a pointer and length; 0 when the
@@ -433,15 +434,15 @@ static int nth(const char *list, int i, const char **at, size_t *len) {
   return 1;
 }
 
-int resolved_explain(const resolved *r, const char *pqmsg, tag_buf *out) {
+int pgtag__resolved_explain(const resolved *r, const char *pqmsg, tag_buf *out) {
   out->len = 0;
-  if (tag_buf_append(out, r->notes.data ? r->notes.data : "", r->notes.len) != 0)
+  if (pgtag__tag_buf_append(out, r->notes.data ? r->notes.data : "", r->notes.len) != 0)
     return -1;
   for (const char *p = pqmsg; *p != '\0';) {
     const char *q = strchr(p, '"');
     if (q == NULL)
-      return tag_buf_append(out, p, strlen(p));
-    if (tag_buf_append(out, p, (size_t)(q - p)) != 0)
+      return pgtag__tag_buf_append(out, p, strlen(p));
+    if (pgtag__tag_buf_append(out, p, (size_t)(q - p)) != 0)
       return -1;
     p = q;
     /* A quoted address of ours, the entry's name not being the address. */
@@ -453,14 +454,14 @@ int resolved_explain(const resolved *r, const char *pqmsg, tag_buf *out) {
               nth(r->host.data, i, &host, &hlen) && hlen > 0 &&
               (hlen != alen || memcmp(host, addr, alen) != 0);
     if (!found) {
-      if (tag_buf_append(out, "\"", 1) != 0)
+      if (pgtag__tag_buf_append(out, "\"", 1) != 0)
         return -1;
       p++;
       continue;
     }
-    if (tag_buf_append(out, "\"", 1) != 0 || tag_buf_append(out, host, hlen) != 0 ||
-        tag_buf_append(out, "\" (", 3) != 0 || tag_buf_append(out, addr, alen) != 0 ||
-        tag_buf_append(out, ")", 1) != 0)
+    if (pgtag__tag_buf_append(out, "\"", 1) != 0 || pgtag__tag_buf_append(out, host, hlen) != 0 ||
+        pgtag__tag_buf_append(out, "\" (", 3) != 0 || pgtag__tag_buf_append(out, addr, alen) != 0 ||
+        pgtag__tag_buf_append(out, ")", 1) != 0)
       return -1;
     p = q + alen + 2;
   }

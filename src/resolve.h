@@ -28,27 +28,27 @@ typedef struct resolver resolver;
  * are.  *out is NULL when there is no name to resolve, or conninfo names
  * a service (its hosts are not visible here; libpq resolves them).
  * Returns 0, or -1 when out of memory. */
-int resolver_new(pgtag_pool *pool, const char *conninfo, resolver **out);
+int pgtag__resolver_new(pgtag_pool *pool, const char *conninfo, resolver **out);
 
 /* No lookup may be under way: each holds a handle of the pool's. */
-void resolver_free(resolver *r);
+void pgtag__resolver_free(resolver *r);
 
 /* The pool is closing: lookups not yet running are cancelled, so that
  * closing waits only for one a thread is running. */
-void resolver_cancel(resolver *r);
+void pgtag__resolver_cancel(resolver *r);
 
 /* Look up conn's names, or join the lookups under way; done(conn) follows,
  * from the loop, once each has answered.  Returns 0, or -1 with errbuf
  * filled (conn untouched). */
-int resolver_join(resolver *r, struct conn *conn, void (*done)(struct conn *conn), char *errbuf,
-                  size_t errlen);
+int pgtag__resolver_join(resolver *r, struct conn *conn, void (*done)(struct conn *conn),
+                         char *errbuf, size_t errlen);
 
 /* conn stops waiting (its attempt timed out or was given up).  Safe on a
  * conn that does not wait. */
-void resolver_leave(struct conn *conn);
+void pgtag__resolver_leave(struct conn *conn);
 
 /* For a message: the names conn still waits for, quoted, comma-separated. */
-void resolver_pending(const struct conn *conn, char *buf, size_t len);
+void pgtag__resolver_pending(const struct conn *conn, char *buf, size_t len);
 
 /* What libpq gets for one attempt, from the latest answers: host,
  * hostaddr and (one per host when the conninfo has one per host) port
@@ -63,8 +63,8 @@ typedef struct resolved {
 
 /* Fill out (zeroed by the caller).  Returns how many entries there are (0:
  * no name could be resolved, notes say why), or -1 when out of memory. */
-int resolver_params(const resolver *r, resolved *out);
-void resolved_free(resolved *out);
+int pgtag__resolver_params(const resolver *r, resolved *out);
+void pgtag__resolved_free(resolved *out);
 
 /* libpq's message for a failed attempt, as it would have been had libpq
  * resolved the names: it names a host given by hostaddr by its address
@@ -73,6 +73,6 @@ void resolved_free(resolved *out);
  * them for a name ("\"db.example\" (10.0.0.5)"); the notes come first.
  * Nothing but the quoted address is looked for, so translated messages
  * work too.  Into out; returns 0, or -1 when out of memory. */
-int resolved_explain(const resolved *r, const char *pqmsg, tag_buf *out);
+int pgtag__resolved_explain(const resolved *r, const char *pqmsg, tag_buf *out);
 
 #endif

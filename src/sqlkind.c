@@ -143,19 +143,19 @@ static int word_in(const lexer *lx, const char *const *list, size_t n) {
 static const char *const preparable_words[] = {"select", "insert", "update", "delete",
                                                "merge",  "values", "table",  "with"};
 
-int sql_preparable(const char *sql) {
+int pgtag__sql_preparable(const char *sql) {
   lexer lx = {sql, NULL, 0};
   return sql != NULL && next_word(&lx) && IN(&lx, preparable_words);
 }
 
-uint64_t sql_hash(const char *s) {
+uint64_t pgtag__sql_hash(const char *s) {
   uint64_t h = 14695981039346656037ULL;
   for (; *s != '\0'; s++)
     h = (h ^ (unsigned char)*s) * 1099511628211ULL;
   return h != 0 ? h : 1;
 }
 
-sql_kind sql_kind_of(const char *sql) {
+sql_kind pgtag__sql_kind_of(const char *sql) {
   lexer lx = {sql, NULL, 0};
   if (sql == NULL || !next_word(&lx))
     return SQL_WRITE; /* nothing to go by */

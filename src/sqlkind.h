@@ -23,13 +23,13 @@ typedef enum {
  * comments, string literals and quoted identifiers do not count.  A read
  * that writes all the same (a function with effects) is caught at run time
  * by the read-only batch it runs in (pipeline.c). */
-sql_kind sql_kind_of(const char *sql);
+sql_kind pgtag__sql_kind_of(const char *sql);
 
 /* Nonzero when sql is a statement SQL's EXECUTE can run once prepared:
  * SELECT, INSERT, UPDATE, DELETE, MERGE, VALUES, TABLE or WITH. */
-int sql_preparable(const char *sql);
+int pgtag__sql_preparable(const char *sql);
 
 /* A statement text's identity for the pool's tables (FNV-1a; never 0). */
-uint64_t sql_hash(const char *sql);
+uint64_t pgtag__sql_hash(const char *sql);
 
 #endif

@@ -21,7 +21,7 @@ uint64_t pgtag_histogram_bound_us(int i) {
   return i >= 0 && i < PGTAG_HISTOGRAM_BUCKETS ? bounds_us[i] : 0;
 }
 
-void histogram_add(pgtag_histogram *h, uint64_t us) {
+void pgtag__histogram_add(pgtag_histogram *h, uint64_t us) {
   h->count++;
   h->sum_us += us;
   for (int i = 0; i < PGTAG_HISTOGRAM_BUCKETS; i++) {
@@ -32,18 +32,18 @@ void histogram_add(pgtag_histogram *h, uint64_t us) {
   }
 }
 
-void stats_waited(pgtag_pool *pool, op *o) {
+void pgtag__stats_waited(pgtag_pool *pool, op *o) {
   if (o->solo)
     return; /* sent again after its batch failed: its wait was counted */
   uint64_t us = o->waiting_ns != 0 ? (uv_hrtime() - o->waiting_ns) / 1000 : 0;
-  histogram_add(&pool->stats.acquire_wait, us);
+  pgtag__histogram_add(&pool->stats.acquire_wait, us);
 }
 
 /* Count the statement in its request; when one count passes the threshold,
  * report once.  A full table gives the least repeated slot to the newcomer:
  * a statement repeated enough to matter keeps its place. */
 static void n_plus_one(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql) {
-  uint64_t h = sql_hash(sql);
+  uint64_t h = pgtag__sql_hash(sql);
   if (ctx->statements == NULL) {
     ctx->statements = calloc(CTX_STATEMENTS, sizeof *ctx->statements);
     if (ctx->statements == NULL)
@@ -70,11 +70,11 @@ static void n_plus_one(pgtag_pool *pool, pgtag_ctx *ctx, const char *sql) {
   if (pool->cfg.on_n_plus_one != NULL)
     pool->cfg.on_n_plus_one(ctx->request_id, sql, slot->count, pool->cfg.on_n_plus_one_arg);
   else
-    pool_log(pool, PGTAG_LOG_WARN, "N+1: the same statement ran %u times in this request: %s",
-             slot->count, sql);
+    pgtag__pool_log(pool, PGTAG_LOG_WARN,
+                    "N+1: the same statement ran %u times in this request: %s", slot->count, sql);
 }
 
-uint64_t stats_query_done(op *o, struct conn *conn) {
+uint64_t pgtag__stats_query_done(op *o, struct conn *conn) {
   if (o->sent_ns == 0 || op_internal(o->kind))
     return 0;
   pgtag_pool *pool = o->pool;
@@ -84,7 +84,7 @@ uint64_t stats_query_done(op *o, struct conn *conn) {
   uint64_t now = uv_hrtime();
   uint64_t us = now > from ? (now - from) / 1000 : 0;
   o->sent_ns = 0;
-  histogram_add(&pool->stats.query_time, us);
+  pgtag__histogram_add(&pool->stats.query_time, us);
 
   /* Its own text when it kept one (pipelined or waited); otherwise it was
    * the only query on the connection, whose last_sql it is. */
@@ -107,9 +107,9 @@ uint64_t stats_query_done(op *o, struct conn *conn) {
   pgtag_ctx *previous = pgtag_ctx_enter(ctx); /* the log line names the request */
   if (slow) {
     char sql[LAST_SQL_MAX + 1];
-    text_line(sql, sizeof sql, text);
-    pool_log(pool, PGTAG_LOG_WARN, "slow query: %llu ms on %s: %s", (unsigned long long)(us / 1000),
-             backend_text(conn->backend_pid).s, sql);
+    pgtag__text_line(sql, sizeof sql, text);
+    pgtag__pool_log(pool, PGTAG_LOG_WARN, "slow query: %llu ms on %s: %s",
+                    (unsigned long long)(us / 1000), pgtag__backend_text(conn->backend_pid).s, sql);
   }
   if (count) {
     char sql[LAST_SQL_MAX + 1];
@@ -120,7 +120,7 @@ uint64_t stats_query_done(op *o, struct conn *conn) {
   return us;
 }
 
-void stats_op_finished(op *o) {
+void pgtag__stats_op_finished(op *o) {
   pgtag_stats *stats = &o->pool->stats;
   if (o->code != PGTAG_OK) {
     stats->errors++;

@@ -10,10 +10,10 @@
 struct conn;
 struct op;
 
-void histogram_add(pgtag_histogram *h, uint64_t us);
+void pgtag__histogram_add(pgtag_histogram *h, uint64_t us);
 
 /* o got a connection: record how long it waited (0 if it never did). */
-void stats_waited(pgtag_pool *pool, struct op *o);
+void pgtag__stats_waited(pgtag_pool *pool, struct op *o);
 
 /* o's result is complete (or its connection gone): its own duration, from
  * when the server could start it (sent, or the statement ahead of it on
@@ -21,9 +21,9 @@ void stats_waited(pgtag_pool *pool, struct op *o);
  * its request's statistics, and is checked against slow_query_ms and
  * n_plus_one_threshold.  Returns it in microseconds.  Once per query; 0
  * and nothing done for one never sent or the pool's own. */
-uint64_t stats_query_done(struct op *o, struct conn *conn);
+uint64_t pgtag__stats_query_done(struct op *o, struct conn *conn);
 
 /* o ends with its final code: counters by code and per request. */
-void stats_op_finished(struct op *o);
+void pgtag__stats_op_finished(struct op *o);
 
 #endif

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int stmtcache_init(stmt_cache *c, int size) {
+int pgtag__stmtcache_init(stmt_cache *c, int size) {
   memset(c, 0, sizeof *c);
   if (size <= 0)
     return 0;
@@ -25,16 +25,16 @@ static void entry_free(stmt_entry *e) {
   memset(e, 0, sizeof *e);
 }
 
-void stmtcache_clear(stmt_cache *c) {
+void pgtag__stmtcache_clear(stmt_cache *c) {
   for (int i = 0; c->slots != NULL && i < c->nsets * STMT_WAYS; i++)
     if (c->slots[i].hash != 0)
       entry_free(&c->slots[i]);
 }
 
-void stmtcache_free(stmt_cache *c) {
-  stmtcache_clear(c);
+void pgtag__stmtcache_free(stmt_cache *c) {
+  pgtag__stmtcache_clear(c);
   free(c->slots);
-  tag_buf_free(&c->text);
+  pgtag__tag_buf_free(&c->text);
   memset(c, 0, sizeof *c);
 }
 
@@ -109,14 +109,14 @@ static int build_execute(stmt_cache *c, PGconn *pg, stmt_entry *e, int nparams,
   if (e->excerpt_enc != enc) /* SET client_encoding on a held connection */
     write_excerpt(e->excerpt, e->sql, e->excerpt_enc = enc);
   b->len = 0;
-  if (tag_buf_append(b, e->head, e->head_len) != 0)
+  if (pgtag__tag_buf_append(b, e->head, e->head_len) != 0)
     return -1;
   size_t literals = 0;
   for (int i = 0; i < nparams; i++) {
-    if (tag_buf_append(b, i == 0 ? "(" : ", ", i == 0 ? 1 : 2) != 0)
+    if (pgtag__tag_buf_append(b, i == 0 ? "(" : ", ", i == 0 ? 1 : 2) != 0)
       return -1;
     if (values[i] == NULL) {
-      if (tag_buf_append(b, "NULL", 4) != 0)
+      if (pgtag__tag_buf_append(b, "NULL", 4) != 0)
         return -1;
       continue;
     }
@@ -125,24 +125,24 @@ static int build_execute(stmt_cache *c, PGconn *pg, stmt_entry *e, int nparams,
     if (literals > STMT_LITERALS_MAX)
       return -1;
     /* room for the escaped value (at most twice as long) and its quotes */
-    if (tag_buf_append(b, "'", 1) != 0 || tag_buf_reserve(b, 2 * len + 2) != 0)
+    if (pgtag__tag_buf_append(b, "'", 1) != 0 || pgtag__tag_buf_reserve(b, 2 * len + 2) != 0)
       return -1;
     int error = 0;
     size_t out = PQescapeStringConn(pg, b->data + b->len, values[i], len, &error);
     if (error)
       return -1; /* not valid in the client encoding: the server says so, the old way */
     b->len += out;
-    if (tag_buf_append(b, "'", 1) != 0)
+    if (pgtag__tag_buf_append(b, "'", 1) != 0)
       return -1;
   }
-  if (nparams > 0 && tag_buf_append(b, ")", 1) != 0)
+  if (nparams > 0 && pgtag__tag_buf_append(b, ")", 1) != 0)
     return -1;
-  return tag_buf_append(b, e->excerpt, strlen(e->excerpt));
+  return pgtag__tag_buf_append(b, e->excerpt, strlen(e->excerpt));
 }
 
-int stmtcache_plan(stmt_cache *c, PGconn *pg, uint64_t hash, const char *sql, int nparams,
-                   const char *const *values, stmt_plan *plan) {
-  if (c->slots == NULL || sql == NULL || !sql_preparable(sql))
+int pgtag__stmtcache_plan(stmt_cache *c, PGconn *pg, uint64_t hash, const char *sql, int nparams,
+                          const char *const *values, stmt_plan *plan) {
+  if (c->slots == NULL || sql == NULL || !pgtag__sql_preparable(sql))
     return -1;
   /* Quoting is plain doubling only with standard-conforming strings. */
   const char *scs = PQparameterStatus(pg, "standard_conforming_strings");
@@ -189,7 +189,7 @@ int stmtcache_plan(stmt_cache *c, PGconn *pg, uint64_t hash, const char *sql, in
   return 0;
 }
 
-void stmtcache_forget(stmt_cache *c, uint64_t hash, uint32_t id) {
+void pgtag__stmtcache_forget(stmt_cache *c, uint64_t hash, uint32_t id) {
   if (c->slots == NULL)
     return;
   stmt_entry *set = set_of(c, hash);

@@ -58,12 +58,12 @@ typedef struct {
 
 /* A cache of about size statements (rounded up to whole sets); 0 = off.
  * Returns 0, or -1 when out of memory (the cache is then off). */
-int stmtcache_init(stmt_cache *c, int size);
-void stmtcache_free(stmt_cache *c);
+int pgtag__stmtcache_init(stmt_cache *c, int size);
+void pgtag__stmtcache_free(stmt_cache *c);
 
 /* Forget every statement: the server process lost them (DISCARD ALL,
  * DEALLOCATE ALL), or may have. */
-void stmtcache_clear(stmt_cache *c);
+void pgtag__stmtcache_clear(stmt_cache *c);
 
 /* How to send sql (whose hash is hash) with these text parameters through
  * the cache: 0 with *plan filled (valid until the next call), or -1 when it
@@ -72,10 +72,10 @@ void stmtcache_clear(stmt_cache *c);
  * prepared, the parameters are too long, or one is not valid in the
  * client encoding.  Values are quoted with PQescapeStringConn: quotes
  * doubled, nothing else interpreted; NULL is NULL. */
-int stmtcache_plan(stmt_cache *c, PGconn *pg, uint64_t hash, const char *sql, int nparams,
-                   const char *const *values, stmt_plan *plan);
+int pgtag__stmtcache_plan(stmt_cache *c, PGconn *pg, uint64_t hash, const char *sql, int nparams,
+                          const char *const *values, stmt_plan *plan);
 
 /* Statement id (of hash) is not, or no longer, prepared: forget it. */
-void stmtcache_forget(stmt_cache *c, uint64_t hash, uint32_t id);
+void pgtag__stmtcache_forget(stmt_cache *c, uint64_t hash, uint32_t id);
 
 #endif

@@ -1,6 +1,6 @@
 /* Tag encoding.  The safety argument is small on purpose: a comment can only
  * be ended by "*" "/" and nested by "/" "*", and neither character (nor a
- * quote, backslash, whitespace or '%') survives tag_encode; keys are checked
+ * quote, backslash, whitespace or '%') survives pgtag__tag_encode; keys are checked
  * against [A-Za-z0-9_.-] before they get here. */
 #include "tag.h"
 
@@ -9,13 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-void tag_buf_free(tag_buf *buf) {
+void pgtag__tag_buf_free(tag_buf *buf) {
   free(buf->data);
   buf->data = NULL;
   buf->len = buf->cap = 0;
 }
 
-int tag_buf_reserve(tag_buf *buf, size_t more) {
+int pgtag__tag_buf_reserve(tag_buf *buf, size_t more) {
   size_t need = buf->len + more + 1;
   if (need <= buf->cap)
     return 0;
@@ -30,8 +30,8 @@ int tag_buf_reserve(tag_buf *buf, size_t more) {
   return 0;
 }
 
-int tag_buf_append(tag_buf *buf, const char *s, size_t n) {
-  if (tag_buf_reserve(buf, n) != 0)
+int pgtag__tag_buf_append(tag_buf *buf, const char *s, size_t n) {
+  if (pgtag__tag_buf_reserve(buf, n) != 0)
     return -1;
   memcpy(buf->data + buf->len, s, n);
   buf->len += n;
@@ -39,7 +39,9 @@ int tag_buf_append(tag_buf *buf, const char *s, size_t n) {
   return 0;
 }
 
-static int append_str(tag_buf *buf, const char *s) { return tag_buf_append(buf, s, strlen(s)); }
+static int append_str(tag_buf *buf, const char *s) {
+  return pgtag__tag_buf_append(buf, s, strlen(s));
+}
 
 /* Bytes kept as they are: 1 in both styles, 2 in the prefix style only
  * (':'); everything else is percent-encoded.  A table: this runs for every
@@ -60,10 +62,10 @@ static const unsigned char safe[256] = {
 };
 /* clang-format on */
 
-int tag_encode(tag_buf *buf, const char *value, int allow_colon) {
+int pgtag__tag_encode(tag_buf *buf, const char *value, int allow_colon) {
   static const char hex[] = "0123456789ABCDEF";
   size_t n = strlen(value);
-  if (tag_buf_reserve(buf, 3 * n) != 0)
+  if (pgtag__tag_buf_reserve(buf, 3 * n) != 0)
     return -1;
   char *out = buf->data + buf->len;
   unsigned char keep = allow_colon ? 3 : 1;
@@ -84,24 +86,25 @@ int tag_encode(tag_buf *buf, const char *value, int allow_colon) {
 
 /* "/" "* requestId=abc route=x *" "/ SELECT ..." */
 static int render_prefix(tag_buf *buf, const char *key, const pgtag_ctx *ctx, const char *sql) {
-  if (append_str(buf, "/* ") || append_str(buf, key) || tag_buf_append(buf, "=", 1) ||
-      tag_encode(buf, ctx->request_id, 1))
+  if (append_str(buf, "/* ") || append_str(buf, key) || pgtag__tag_buf_append(buf, "=", 1) ||
+      pgtag__tag_encode(buf, ctx->request_id, 1))
     return -1;
   for (int i = 0; i < ctx->ntags; i++) {
     if (strcmp(ctx->tags[i].key, key) == 0)
       continue; /* the request ID owns that key */
-    if (tag_buf_append(buf, " ", 1) || append_str(buf, ctx->tags[i].key) ||
-        tag_buf_append(buf, "=", 1) || tag_encode(buf, ctx->tags[i].value, 1))
+    if (pgtag__tag_buf_append(buf, " ", 1) || append_str(buf, ctx->tags[i].key) ||
+        pgtag__tag_buf_append(buf, "=", 1) || pgtag__tag_encode(buf, ctx->tags[i].value, 1))
       return -1;
   }
-  return tag_buf_append(buf, " */ ", 4) || append_str(buf, sql) ? -1 : 0;
+  return pgtag__tag_buf_append(buf, " */ ", 4) || append_str(buf, sql) ? -1 : 0;
 }
 
 static int append_pair(tag_buf *buf, int *first, const char *key, const char *value) {
   int comma = !*first;
   *first = 0;
-  if ((comma && tag_buf_append(buf, ",", 1)) || append_str(buf, key) ||
-      tag_buf_append(buf, "='", 2) || tag_encode(buf, value, 0) || tag_buf_append(buf, "'", 1))
+  if ((comma && pgtag__tag_buf_append(buf, ",", 1)) || append_str(buf, key) ||
+      pgtag__tag_buf_append(buf, "='", 2) || pgtag__tag_encode(buf, value, 0) ||
+      pgtag__tag_buf_append(buf, "'", 1))
     return -1;
   return 0;
 }
@@ -115,7 +118,7 @@ static int render_sqlcommenter(tag_buf *buf, const char *key, const pgtag_ctx *c
     end--;
   size_t body = end > 0 && sql[end - 1] == ';' ? end - 1 : end;
 
-  if (tag_buf_append(buf, sql, body) || tag_buf_append(buf, " /*", 3))
+  if (pgtag__tag_buf_append(buf, sql, body) || pgtag__tag_buf_append(buf, " /*", 3))
     return -1;
   int first = 1, key_done = 0;
   for (int i = 0; i < ctx->ntags; i++) {
@@ -132,11 +135,11 @@ static int render_sqlcommenter(tag_buf *buf, const char *key, const pgtag_ctx *c
   }
   if (!key_done && append_pair(buf, &first, key, ctx->request_id))
     return -1;
-  return tag_buf_append(buf, "*/", 2) || append_str(buf, sql + body) ? -1 : 0;
+  return pgtag__tag_buf_append(buf, "*/", 2) || append_str(buf, sql + body) ? -1 : 0;
 }
 
-const char *tag_render(tag_buf *buf, pgtag_tag_style style, const char *key, const pgtag_ctx *ctx,
-                       const char *sql) {
+const char *pgtag__tag_render(tag_buf *buf, pgtag_tag_style style, const char *key,
+                              const pgtag_ctx *ctx, const char *sql) {
   int rc;
   if (ctx == NULL || style == PGTAG_TAG_NONE)
     return sql;

@@ -19,7 +19,7 @@ static void on_wait_timeout(uv_timer_t *timer);
  * timer set for a waiter that got a connection since is left to fire, and
  * on_wait_timeout sets it again: that spares a timer-heap update per query
  * under load.  While nobody waits it does not keep the loop alive. */
-void wait_timer_arm(pgtag_pool *pool) {
+void pgtag__wait_timer_arm(pgtag_pool *pool) {
   uv_timer_t *t = &pool->wait_timer;
   uint64_t deadline = queue_empty(&pool->waiters) ? 0 : op_first(&pool->waiters)->deadline;
   if (pool->ndeadlined > 0 && (deadline == 0 || pool->deadlined_at < deadline))
@@ -36,7 +36,7 @@ void wait_timer_arm(pgtag_pool *pool) {
   uv_timer_start(t, on_wait_timeout, deadline > now ? deadline - now : 0, 0);
 }
 
-void waiter_add(pgtag_pool *pool, op *o) {
+void pgtag__waiter_add(pgtag_pool *pool, op *o) {
   int was_empty = queue_empty(&pool->waiters);
   /* The loop's time is that of its last turn: a program that worked long
    * since (or a slow machine) would have its wait cut short by as much. */
@@ -45,7 +45,7 @@ void waiter_add(pgtag_pool *pool, op *o) {
   if (pool->cfg.acquire_timeout_ms > 0)
     o->deadline = now + (uint64_t)pool->cfg.acquire_timeout_ms;
   o->waiting_ns = uv_hrtime();
-  int64_t left = ctx_left_ms(o->ctx, o->waiting_ns);
+  int64_t left = pgtag__ctx_left_ms(o->ctx, o->waiting_ns);
   if (left >= 0 && (o->deadline == 0 || now + (uint64_t)left < o->deadline)) {
     o->deadline = now + (uint64_t)left; /* its request's deadline comes first */
     o->by_deadline = 1;
@@ -56,12 +56,12 @@ void waiter_add(pgtag_pool *pool, op *o) {
   queue_insert_tail(&pool->waiters, &o->node);
   pool->nwaiting++;
   if (was_empty)
-    wait_timer_arm(pool);
+    pgtag__wait_timer_arm(pool);
   /* Someone waits now: a pending reconnect must keep the loop alive. */
   uv_ref((uv_handle_t *)&pool->retry_timer);
 }
 
-void waiter_remove(pgtag_pool *pool, op *o) {
+void pgtag__waiter_remove(pgtag_pool *pool, op *o) {
   queue_remove(&o->node);
   pool->nwaiting--;
   if (o->by_deadline)
@@ -70,24 +70,24 @@ void waiter_remove(pgtag_pool *pool, op *o) {
 
 /* o goes back into the line before q (its place kept, or ahead of others
  * to be sent again), with the deadline it had. */
-void waiter_put_back(pgtag_pool *pool, op *o, queue *q) {
+void pgtag__waiter_put_back(pgtag_pool *pool, op *o, queue *q) {
   queue_insert_tail(q, &o->node); /* before q */
   pool->nwaiting++;
   if (o->by_deadline && (pool->ndeadlined++ == 0 || o->deadline < pool->deadlined_at))
     pool->deadlined_at = o->deadline;
-  wait_timer_arm(pool);
+  pgtag__wait_timer_arm(pool);
 }
 
-void waiters_take_all(pgtag_pool *pool, queue *out) {
+void pgtag__waiters_take_all(pgtag_pool *pool, queue *out) {
   queue_init(out);
   queue_move(&pool->waiters, out);
   pool->nwaiting = pool->ndeadlined = 0;
-  wait_timer_arm(pool);
+  pgtag__wait_timer_arm(pool);
 }
 
-op *waiter_pop(pgtag_pool *pool) {
+op *pgtag__waiter_pop(pgtag_pool *pool) {
   op *o = op_first(&pool->waiters);
-  waiter_remove(pool, o);
+  pgtag__waiter_remove(pool, o);
   return o;
 }
 
@@ -98,7 +98,7 @@ static void set_wait_timeout_error(const pgtag_pool *pool, op *o) {
   char head[96];
   snprintf(head, sizeof head, "no connection became free within %d ms",
            pool->cfg.acquire_timeout_ms);
-  op_set_error(o, PGTAG_ETIMEDOUT, NULL, head);
+  pgtag__op_set_error(o, PGTAG_ETIMEDOUT, NULL, head);
   if (last == NULL || last[0] == '\0')
     return;
   size_t n = strlen(head) + strlen(last) + 32;
@@ -114,16 +114,16 @@ static void set_wait_timeout_error(const pgtag_pool *pool, op *o) {
  * acquire_timeout_ms, and is counted as such. */
 static void wait_expired(pgtag_pool *pool, op *o) {
   if (o->by_deadline) {
-    waiter_remove(pool, o);
+    pgtag__waiter_remove(pool, o);
     pool->stats.deadlines++;
-    op_set_error(o, PGTAG_ETIMEDOUT, NULL,
-                 "its request's deadline passed while it waited for a connection");
+    pgtag__op_set_error(o, PGTAG_ETIMEDOUT, NULL,
+                        "its request's deadline passed while it waited for a connection");
   } else {
-    waiter_remove(pool, o);
+    pgtag__waiter_remove(pool, o);
     pool->stats.timeouts++;
     set_wait_timeout_error(pool, o);
   }
-  op_finish(o);
+  pgtag__op_finish(o);
 }
 
 /* acquire_timeout_ms deadlines rise along the line: the expired ones are at
@@ -155,7 +155,7 @@ static void on_wait_timeout(uv_timer_t *timer) {
     }
     pool->deadlined_at = earliest;
   }
-  wait_timer_arm(pool);
+  pgtag__wait_timer_arm(pool);
   pool->on->settle(pool); /* a closing pool may be done now */
   pgtag_ctx_leave(previous);
 }

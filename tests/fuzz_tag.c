@@ -66,7 +66,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   size_t bound = slen + 16 + (size_t)(ctx->ntags + 1) * (32 + 4 + 3 * PGTAG_VALUE_MAX);
   tag_buf buf = {0};
 
-  const char *t = tag_render(&buf, PGTAG_TAG_PREFIX, "requestId", ctx, sql);
+  const char *t = pgtag__tag_render(&buf, PGTAG_TAG_PREFIX, "requestId", ctx, sql);
   if (t == NULL)
     FAIL("out of memory");
   size_t len = strlen(t);
@@ -81,7 +81,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (strncmp(close_at, "*/ ", 3) != 0 || strcmp(close_at + 3, sql) != 0)
     FAIL("SQL changed after the comment: %s", t);
 
-  t = tag_render(&buf, PGTAG_TAG_SQLCOMMENTER, "requestId", ctx, sql);
+  t = pgtag__tag_render(&buf, PGTAG_TAG_SQLCOMMENTER, "requestId", ctx, sql);
   if (t == NULL)
     FAIL("out of memory");
   len = strlen(t);
@@ -99,7 +99,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FAIL("comment not closed right after its tags: %s", t);
   check_comment(open, close_at, t);
 
-  tag_buf_free(&buf);
+  pgtag__tag_buf_free(&buf);
   pgtag_ctx_unref(ctx);
   return 0;
 }

@@ -253,10 +253,10 @@ static void what_is_resolved(void **state) {
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     resolver *r = NULL;
-    assert_int_equal(resolver_new(NULL, cases[i].conninfo, &r), 0);
+    assert_int_equal(pgtag__resolver_new(NULL, cases[i].conninfo, &r), 0);
     if ((r != NULL) != cases[i].resolves)
       fail_msg("%s: %s", cases[i].conninfo, r ? "resolved by the pool" : "passed through");
-    resolver_free(r);
+    pgtag__resolver_free(r);
   }
 }
 

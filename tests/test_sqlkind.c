@@ -10,7 +10,7 @@
 #include "sqlkind.h"
 
 static void expect(const char *sql, sql_kind want) {
-  sql_kind got = sql_kind_of(sql);
+  sql_kind got = pgtag__sql_kind_of(sql);
   if (got != want)
     fail_msg("%s: got %d, want %d", sql ? sql : "(null)", got, want);
 }

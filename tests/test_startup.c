@@ -73,11 +73,11 @@ static void parses_libpq_connection_errors(void **state) {
   (void)state;
   connect_error e;
 
-  connect_error_parse(&e,
-                      "connection to server on socket \"/tmp/x/.s.PGSQL.5432\" failed: "
-                      "FATAL:  3D000: database \"nosuchdb\" does not exist\n"
-                      "LOCATION:  InitPostgres, postinit.c:948\n",
-                      0);
+  pgtag__connect_error_parse(&e,
+                             "connection to server on socket \"/tmp/x/.s.PGSQL.5432\" failed: "
+                             "FATAL:  3D000: database \"nosuchdb\" does not exist\n"
+                             "LOCATION:  InitPostgres, postinit.c:948\n",
+                             0);
   assert_true(e.refused);
   assert_string_equal(e.sqlstate, "3D000");
   assert_string_equal(e.message, "connection to server on socket \"/tmp/x/.s.PGSQL.5432\" "
@@ -85,12 +85,12 @@ static void parses_libpq_connection_errors(void **state) {
   free(e.message);
 
   /* translated words: only the punctuation and the SQLSTATE count */
-  connect_error_parse(&e,
-                      "Verbindung zum Server fehlgeschlagen: SCHWERWIEGEND:  28P01: "
-                      "Passwort-Authentifizierung fehlgeschlagen\n"
-                      "DETAIL:  Rolle hat kein Passwort\n"
-                      "ORT:  auth_failed, auth.c:323\n",
-                      0);
+  pgtag__connect_error_parse(&e,
+                             "Verbindung zum Server fehlgeschlagen: SCHWERWIEGEND:  28P01: "
+                             "Passwort-Authentifizierung fehlgeschlagen\n"
+                             "DETAIL:  Rolle hat kein Passwort\n"
+                             "ORT:  auth_failed, auth.c:323\n",
+                             0);
   assert_true(e.refused);
   assert_string_equal(e.sqlstate, "28P01");
   assert_string_equal(e.message, "Verbindung zum Server fehlgeschlagen: SCHWERWIEGEND: "
@@ -99,13 +99,13 @@ static void parses_libpq_connection_errors(void **state) {
   free(e.message);
 
   /* one host down, the other refusing: the first may come back */
-  connect_error_parse(&e,
-                      "connection to server at \"127.0.0.1\", port 1 failed: Connection "
-                      "refused\n\tIs the server running on that host?\n"
-                      "connection to server at \"127.0.0.1\", port 2 failed: FATAL:  28000: "
-                      "role \"x\" does not exist\nLOCATION:  InitializeSessionUserId, "
-                      "miscinit.c:768\n",
-                      0);
+  pgtag__connect_error_parse(&e,
+                             "connection to server at \"127.0.0.1\", port 1 failed: Connection "
+                             "refused\n\tIs the server running on that host?\n"
+                             "connection to server at \"127.0.0.1\", port 2 failed: FATAL:  28000: "
+                             "role \"x\" does not exist\nLOCATION:  InitializeSessionUserId, "
+                             "miscinit.c:768\n",
+                             0);
   assert_false(e.refused);
   assert_string_equal(e.sqlstate, "28000");
   free(e.message);
@@ -115,24 +115,26 @@ static void parses_libpq_connection_errors(void **state) {
   for (size_t i = 0; i < sizeof transient / sizeof transient[0]; i++) {
     char msg[256];
     snprintf(msg, sizeof msg, "connection to server failed: FATAL:  %s: busy\n", transient[i]);
-    connect_error_parse(&e, msg, 0);
+    pgtag__connect_error_parse(&e, msg, 0);
     assert_false(e.refused);
     assert_string_equal(e.sqlstate, transient[i]);
     free(e.message);
   }
   const char *refusals[] = {"28000", "28P01", "3D000", "42501", "42704", "22023", "0A000", "55000"};
   for (size_t i = 0; i < sizeof refusals / sizeof refusals[0]; i++)
-    assert_true(connect_error_permanent(refusals[i]));
+    assert_true(pgtag__connect_error_permanent(refusals[i]));
 
   /* no SQLSTATE: a refusal only when libpq itself had no password */
-  connect_error_parse(&e, "connection to server failed: fe_sendauth: no password supplied\n", 0);
+  pgtag__connect_error_parse(&e, "connection to server failed: fe_sendauth: no password supplied\n",
+                             0);
   assert_false(e.refused);
   assert_string_equal(e.sqlstate, "");
   free(e.message);
-  connect_error_parse(&e, "connection to server failed: fe_sendauth: no password supplied\n", 1);
+  pgtag__connect_error_parse(&e, "connection to server failed: fe_sendauth: no password supplied\n",
+                             1);
   assert_true(e.refused);
   free(e.message);
-  connect_error_parse(&e, "connection attempt timed out after 5000 ms", 0);
+  pgtag__connect_error_parse(&e, "connection attempt timed out after 5000 ms", 0);
   assert_false(e.refused);
   assert_string_equal(e.message, "connection attempt timed out after 5000 ms");
   free(e.message);

@@ -15,12 +15,12 @@ static tag_buf buf;
 
 static int teardown(void **state) {
   (void)state;
-  tag_buf_free(&buf);
+  pgtag__tag_buf_free(&buf);
   return 0;
 }
 
 static const char *prefix(const pgtag_ctx *ctx, const char *sql) {
-  return tag_render(&buf, PGTAG_TAG_PREFIX, "requestId", ctx, sql);
+  return pgtag__tag_render(&buf, PGTAG_TAG_PREFIX, "requestId", ctx, sql);
 }
 
 static void no_context_no_comment(void **state) {
@@ -28,7 +28,7 @@ static void no_context_no_comment(void **state) {
   const char *sql = "SELECT 1";
   assert_ptr_equal(prefix(NULL, sql), sql);
   pgtag_ctx *ctx = pgtag_ctx_new("abc");
-  assert_ptr_equal(tag_render(&buf, PGTAG_TAG_NONE, "requestId", ctx, sql), sql);
+  assert_ptr_equal(pgtag__tag_render(&buf, PGTAG_TAG_NONE, "requestId", ctx, sql), sql);
   pgtag_ctx_unref(ctx);
 }
 
@@ -36,7 +36,7 @@ static void prefix_plain(void **state) {
   (void)state;
   pgtag_ctx *ctx = pgtag_ctx_new("3f2a-uuid:1");
   assert_string_equal(prefix(ctx, "SELECT 1"), "/* requestId=3f2a-uuid:1 */ SELECT 1");
-  assert_string_equal(tag_render(&buf, PGTAG_TAG_PREFIX, "rid", ctx, "SELECT 2"),
+  assert_string_equal(pgtag__tag_render(&buf, PGTAG_TAG_PREFIX, "rid", ctx, "SELECT 2"),
                       "/* rid=3f2a-uuid:1 */ SELECT 2");
   pgtag_ctx_unref(ctx);
 }
@@ -55,13 +55,13 @@ static void prefix_with_tags_sorted_and_encoded(void **state) {
 static void encode_escapes_everything_unsafe(void **state) {
   (void)state;
   buf.len = 0;
-  assert_int_equal(tag_encode(&buf, "*/ DROP TABLE x; --", 1), 0);
+  assert_int_equal(pgtag__tag_encode(&buf, "*/ DROP TABLE x; --", 1), 0);
   assert_string_equal(buf.data, "%2A%2F%20DROP%20TABLE%20x%3B%20--");
   buf.len = 0;
-  tag_encode(&buf, "a'b\"c\\d\ne%f\xc3\xa9/*", 1);
+  pgtag__tag_encode(&buf, "a'b\"c\\d\ne%f\xc3\xa9/*", 1);
   assert_string_equal(buf.data, "a%27b%22c%5Cd%0Ae%25f%C3%A9%2F%2A");
   buf.len = 0;
-  tag_encode(&buf, "a:b~c", 0);
+  pgtag__tag_encode(&buf, "a:b~c", 0);
   assert_string_equal(buf.data, "a%3Ab~c");
 }
 
@@ -121,19 +121,19 @@ static void sqlcommenter_style(void **state) {
   pgtag_ctx *ctx = pgtag_ctx_new("r:1");
   pgtag_ctx_set(ctx, "route", "/x y");
   pgtag_ctx_set(ctx, "action", "get'it");
-  const char *out = tag_render(&buf, PGTAG_TAG_SQLCOMMENTER, "requestId", ctx, "SELECT 1");
+  const char *out = pgtag__tag_render(&buf, PGTAG_TAG_SQLCOMMENTER, "requestId", ctx, "SELECT 1");
   assert_string_equal(out, "SELECT 1 /*action='get%27it',requestId='r%3A1',route='%2Fx%20y'*/");
-  out = tag_render(&buf, PGTAG_TAG_SQLCOMMENTER, "requestId", ctx, "SELECT 1;  \n");
+  out = pgtag__tag_render(&buf, PGTAG_TAG_SQLCOMMENTER, "requestId", ctx, "SELECT 1;  \n");
   assert_string_equal(out,
                       "SELECT 1 /*action='get%27it',requestId='r%3A1',route='%2Fx%20y'*/;  \n");
   pgtag_ctx_set(ctx, "zeta", "z");
   pgtag_ctx_set(ctx, "action", NULL);
   pgtag_ctx_set(ctx, "route", NULL);
-  out = tag_render(&buf, PGTAG_TAG_SQLCOMMENTER, "requestId", ctx, "SELECT 2");
+  out = pgtag__tag_render(&buf, PGTAG_TAG_SQLCOMMENTER, "requestId", ctx, "SELECT 2");
   assert_string_equal(out, "SELECT 2 /*requestId='r%3A1',zeta='z'*/");
   pgtag_ctx_unref(ctx);
   ctx = pgtag_ctx_new("*/--");
-  out = tag_render(&buf, PGTAG_TAG_SQLCOMMENTER, "requestId", ctx, "SELECT 3");
+  out = pgtag__tag_render(&buf, PGTAG_TAG_SQLCOMMENTER, "requestId", ctx, "SELECT 3");
   assert_string_equal(out, "SELECT 3 /*requestId='%2A%2F--'*/");
   pgtag_ctx_unref(ctx);
 }
@@ -175,7 +175,7 @@ static void random_values_never_escape(void **state) {
     pgtag_ctx *ctx = pgtag_ctx_new(value);
     pgtag_ctx_set(ctx, "route", value);
     assert_contained(prefix(ctx, "SELECT 1"), "SELECT 1");
-    const char *sc = tag_render(&buf, PGTAG_TAG_SQLCOMMENTER, "requestId", ctx, "SELECT 1");
+    const char *sc = pgtag__tag_render(&buf, PGTAG_TAG_SQLCOMMENTER, "requestId", ctx, "SELECT 1");
     const char *open = strstr(sc, "/*"), *close = strstr(sc, "*/");
     assert_ptr_equal(open, sc + 9);
     assert_ptr_equal(close, sc + strlen(sc) - 2);
