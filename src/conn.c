@@ -543,6 +543,8 @@ static int stageable(const struct conn *conn, const op *o) {
 }
 
 int pgtag__conn_send(struct conn *conn, op *o) {
+  assert(conn->pg != NULL && !queue_linked(&o->node));
+  assert(conn->state == CONN_BUSY || conn->state == CONN_HELD || conn->state == CONN_RESETTING);
   if (stageable(conn, o)) {
     queue_insert_tail(&conn->staged, &o->node);
     count_op(conn, o, +1);

@@ -1,6 +1,7 @@
 /* Request contexts and the thread's current one. */
 #include "context.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -214,6 +215,7 @@ pgtag_ctx *pgtag_ctx_ref(pgtag_ctx *ctx) {
 void pgtag_ctx_unref(pgtag_ctx *ctx) {
   if (ctx == NULL)
     return;
+  assert(ctx->refs > 0 && ctx->nheld <= ctx->refs);
   if (--ctx->refs > 0) {
     /* Only the connections it holds keep it alive: nobody can release
      * them any more, the request is over. */

@@ -14,6 +14,7 @@
 #include "stmtcache.h"
 #include "tag.h"
 
+#include <assert.h>
 #include <libpq-fe.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -55,7 +56,8 @@ typedef enum {
   OP_ACQUIRE, /* pgtag_acquire */
   OP_RESET,   /* the pool's own ROLLBACK on a released connection */
   OP_OPENER,  /* the pool's own statement that makes a batch read-only */
-  OP_PREPARE  /* preparing the opener on a connection */
+  OP_PREPARE, /* preparing the opener on a connection */
+  OP_FREED = 0xff /* a record given back (op.c): finishing it again is a bug */
 } op_kind;
 
 /* Commands a query sent through the statement cache may have ahead of its

@@ -57,6 +57,7 @@ int pgtag__leak_capture(pgtag_pool *pool, op *o, void *caller) {
 static void request_over_while_holding(pgtag_ctx *ctx);
 
 void pgtag__hold_start(struct conn *conn, op *o) {
+  assert(conn->state == CONN_HELD && o->kind == OP_ACQUIRE);
   hold *h = &conn->hold;
   memset(h, 0, sizeof *h);
   queue_init(&h->owner_node);

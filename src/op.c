@@ -171,6 +171,8 @@ void pgtag__op_set_result(op *o, PGresult *res, int lost) {
 }
 
 static void op_free(op *o) {
+  assert(o->kind != OP_FREED); /* exactly once */
+  assert(!queue_linked(&o->node));
   if (o->kind != OP_RESET)
     o->pool->outstanding--;
   if (o->kind == OP_ACQUIRE)
@@ -179,6 +181,7 @@ static void op_free(op *o) {
     PQclear(o->res);
   free(o->message);
   pgtag_ctx_unref(o->ctx);
+  o->kind = OP_FREED;
   op_release(o);
 }
 
@@ -211,6 +214,8 @@ static void apply_cancel(op *o) {
 }
 
 void pgtag__op_finish(op *o) {
+  assert(o->kind == OP_QUERY || o->kind == OP_ACQUIRE); /* once, and never the pool's own */
+  assert(!queue_linked(&o->node));                      /* out of every line */
   if (o->cancel_code != PGTAG_OK)
     apply_cancel(o);
   pgtag_error err = {(pgtag_errcode)o->code, o->sqlstate[0] ? o->sqlstate : NULL,

@@ -35,6 +35,13 @@ static void pool_reclaim(struct conn *conn);
 static void pool_handle_closed(pgtag_pool *pool);
 
 static void set_state(struct conn *conn, conn_state state) {
+  /* A lost connection waits for its release, a closed one for reuse:
+   * neither changes state here; none goes back to connecting, and only a
+   * held one can be lost. */
+  assert(conn->state != CONN_LOST && conn->state != CONN_CLOSED);
+  assert(state != CONN_CONNECTING && state != CONN_CLOSED);
+  assert(state != CONN_LOST || conn->state == CONN_HELD);
+  assert(conn->pool->count[conn->state] > 0);
   conn->pool->count[conn->state]--;
   conn->pool->count[state]++;
   conn->state = state;
@@ -49,6 +56,10 @@ static void defer(pgtag_pool *pool, op *o);
 /* Hand conn to an acquire: the connection remembers the request and the
  * call site; the callback is delivered from the loop. */
 static void grant(pgtag_pool *pool, struct conn *conn, op *o) {
+  /* a granted connection is free: nobody holds it, nothing is under way */
+  assert(o->kind == OP_ACQUIRE);
+  assert(conn->gen == 0 && !conn_on_wire(conn) && queue_empty(&conn->pending));
+  assert(!queue_linked(&conn->idle_node) && conn->cancel == NULL);
   pgtag__stats_waited(pool, o);
   set_state(conn, CONN_HELD);
   conn->gen = ++pool->last_gen;
@@ -90,6 +101,7 @@ static void on_defer(uv_idle_t *handle) {
 }
 
 static void defer(pgtag_pool *pool, op *o) {
+  assert(!op_internal(o->kind) && !queue_linked(&o->node));
   queue_insert_tail(&pool->deferred, &o->node);
   uv_idle_start(&pool->defer_idle, on_defer);
 }
@@ -138,6 +150,7 @@ static void log_lost(pgtag_pool *pool, struct conn *conn) {
 
 /* Unlink and close a connection that has no operation left on it. */
 static void close_conn(pgtag_pool *pool, struct conn *conn) {
+  assert(queue_empty(&conn->wire) && queue_empty(&conn->pending) && conn->nstaged == 0);
   pool->count[conn->state]--;
   queue_remove(&conn->node);
   if (queue_linked(&conn->idle_node))
@@ -1023,6 +1036,7 @@ pgtag_errcode pgtag__pool_fail_reclaimed(pgtag_pool *pool, pgtag_result_cb cb, v
 }
 
 void pgtag__pool_release(struct conn *conn) {
+  assert(conn->gen != 0 && (conn->state == CONN_HELD || conn->state == CONN_LOST));
   pgtag_ctx *previous = pgtag_ctx_enter(NULL);
   pgtag__hold_end(conn, 1);
   if (conn_on_wire(conn) || !queue_empty(&conn->pending))
@@ -1270,6 +1284,7 @@ static void maybe_finish_close(pgtag_pool *pool) {
   if (!pool->closing || pool->handles_closing || pool->deferring || pool_total_conns(pool) > 0 ||
       !queue_empty(&pool->deferred))
     return;
+  assert(pool_total_conns(pool) == 0 && queue_empty(&pool->waiters));
   pool->handles_closing = 1;
   uv_handle_t *own[POOL_OWN_HANDLES];
   for (int i = own_handles(pool, own) - 1; i >= 0; i--)
@@ -1277,6 +1292,7 @@ static void maybe_finish_close(pgtag_pool *pool) {
 }
 
 static void pool_handle_closed(pgtag_pool *pool) {
+  assert(pool->handles > 0);
   if (--pool->handles > 0 || !pool->handles_closing)
     return;
   pgtag_ctx *outer = pgtag_ctx_enter(NULL);

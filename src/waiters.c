@@ -37,6 +37,7 @@ void pgtag__wait_timer_arm(pgtag_pool *pool) {
 }
 
 void pgtag__waiter_add(pgtag_pool *pool, op *o) {
+  assert(!queue_linked(&o->node));
   int was_empty = queue_empty(&pool->waiters);
   /* The loop's time is that of its last turn: a program that worked long
    * since (or a slow machine) would have its wait cut short by as much. */
@@ -62,6 +63,7 @@ void pgtag__waiter_add(pgtag_pool *pool, op *o) {
 }
 
 void pgtag__waiter_remove(pgtag_pool *pool, op *o) {
+  assert(pool->nwaiting > 0 && (!o->by_deadline || pool->ndeadlined > 0));
   queue_remove(&o->node);
   pool->nwaiting--;
   if (o->by_deadline)
@@ -86,6 +88,7 @@ void pgtag__waiters_take_all(pgtag_pool *pool, queue *out) {
 }
 
 op *pgtag__waiter_pop(pgtag_pool *pool) {
+  assert(!queue_empty(&pool->waiters));
   op *o = op_first(&pool->waiters);
   pgtag__waiter_remove(pool, o);
   return o;
