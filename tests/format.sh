@@ -9,13 +9,8 @@
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root" || exit 1
-n=0 failed=0
-result() { # result NAME STATUS [DETAIL...]
-  n=$((n + 1))
-  if [ "$2" = 0 ]; then echo "ok $n - $1"; else
-    echo "not ok $n - $1"; shift 2; printf '%s\n' "$@" | head -40 | sed 's/^/# /'
-    failed=$((failed + 1)); fi
-}
+# shellcheck source=tests/tap.sh
+source "$root/tests/tap.sh"
 
 # The files git tracks (a fresh clone: exactly those); outside a git
 # checkout, what find sees, build directories left out.
@@ -54,5 +49,4 @@ done
 result "${#files[@]} files: LF, no trailing whitespace, no tab, final newline" "${#bad[@]}" \
   "${bad[@]}"
 
-echo "1..$n"
-[ "$failed" -eq 0 ]
+tap_end

@@ -10,13 +10,8 @@
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:?usage: tests/symbols.sh BUILD_DIR}
-n=0 failed=0
-result() { # result NAME STATUS [DETAIL...]
-  n=$((n + 1))
-  if [ "$2" = 0 ]; then echo "ok $n - $1"; else
-    echo "not ok $n - $1"; shift 2; printf '%s\n' "$@" | head -40 | sed 's/^/# /'
-    failed=$((failed + 1)); fi
-}
+# shellcheck source=tests/tap.sh
+source "$root/tests/tap.sh"
 
 static="$build/libpgtag.a" shared="$build/libpgtag.so"
 for lib in "$static" "$shared"; do
@@ -42,5 +37,4 @@ done
 result "libpgtag.so: every exported name is declared in include/pgtag.h" \
   "$([ -z "$undeclared" ] && echo 0 || echo 1)" "not in the header:" $undeclared
 
-echo "1..$n"
-[ "$failed" -eq 0 ]
+tap_end
