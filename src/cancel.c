@@ -1,9 +1,9 @@
 /* Cancellation and statement timeouts: when a statement on a connection
  * is cancelled on the server, and the cancel requests, on the thread pool.
- * The work item holds everything it
- * needs (libpq's PGcancel is a copy of the connection's address and keys),
- * so the connection may close while it runs; the pool counts it as a handle
- * and is not freed before it is done. */
+ * A request's work item holds everything it needs (libpq's PGcancel is a
+ * copy of the connection's address and keys), so the connection may close
+ * while it runs; the pool counts it as a handle and is not freed before it
+ * is done. */
 #include "cancel.h"
 
 #include "conn.h"
@@ -108,7 +108,6 @@ static void request_cancel(struct conn *conn, op *o) {
                     pgtag__backend_text(conn->backend_pid).s);
 }
 
-/* Cancel o, on conn's wire, on the server; it ends with why. */
 void pgtag__cancel_op(struct conn *conn, op *o, pgtag_errcode why) {
   if (o->cancel_code == PGTAG_OK) {
     o->cancel_code = why;
@@ -117,10 +116,6 @@ void pgtag__cancel_op(struct conn *conn, op *o, pgtag_errcode why) {
   request_cancel(conn, o);
   pgtag__conn_arm_timeout(conn);
 }
-
-/* ------------------------------------------------------------------------
- * Timeouts and cancellation
- * ------------------------------------------------------------------------ */
 
 int pgtag__cancel_expired(struct conn *conn, char *why, size_t len) {
   uint64_t now = uv_now(conn->pool->loop);

@@ -423,7 +423,7 @@ static void wire_append(struct conn *conn, op *o) {
  * can start (its own time counts from now).  held_back: the next result
  * is here already, so the server held this one back until then (a batch
  * sends its results at its sync point): which of them took the time is
- * not known, and the pool's learning blames each (op.h: chunk_ns). */
+ * not known, and the pool's learning blames each (op: chunk_ns). */
 static op *wire_pop(struct conn *conn, int held_back) {
   op *o = conn_head(conn);
   uint64_t now = uv_hrtime();

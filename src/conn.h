@@ -36,7 +36,7 @@ int pgtag__conn_server_read_only(const struct conn *conn);
 int pgtag__conn_alive(struct conn *conn);
 
 /* (Re)start the connection's timer at the earliest deadline on its wire
- * (op.h), or stop it. */
+ * (op: deadline), or stop it. */
 void pgtag__conn_arm_timeout(struct conn *conn);
 
 /* Cancels that could not go out (another under way, or not safe while

@@ -52,11 +52,11 @@ typedef struct {
 #define RECLAIMED_MESSAGE "the pool took this connection back: its request ended while holding it"
 
 typedef enum {
-  OP_QUERY,   /* pgtag_query or pgtag_conn_query */
-  OP_ACQUIRE, /* pgtag_acquire */
-  OP_RESET,   /* the pool's own ROLLBACK on a released connection */
-  OP_OPENER,  /* the pool's own statement that makes a batch read-only */
-  OP_PREPARE, /* preparing the opener on a connection */
+  OP_QUERY,       /* pgtag_query or pgtag_conn_query */
+  OP_ACQUIRE,     /* pgtag_acquire */
+  OP_RESET,       /* the pool's own ROLLBACK on a released connection */
+  OP_OPENER,      /* the pool's own statement that makes a batch read-only */
+  OP_PREPARE,     /* preparing the opener on a connection */
   OP_FREED = 0xff /* a record given back (op.c): finishing it again is a bug */
 } op_kind;
 
@@ -294,7 +294,7 @@ typedef struct {
   void (*room)(struct conn *conn);
   /* the connection is gone; why may live in conn->pg */
   void (*lost)(struct conn *conn, const char *why);
-  /* a deadline of a statement on conn's wire passed (op.h: deadline) */
+  /* a deadline of a statement on conn's wire passed (op: deadline) */
   void (*timed_out)(struct conn *conn);
   /* conn's cancel request was delivered, or failed (cancel.c) */
   void (*cancel_done)(struct conn *conn);
@@ -331,7 +331,7 @@ struct pgtag_pool {
   queue thread_node; /* in this thread's list of pools (pgtag_ctx_cancel) */
 
   queue conns;                 /* every connection not yet closed */
-  queue spare;                 /* closed connection structs, for reuse (see conn.h) */
+  queue spare;                 /* closed connection structs, for reuse (see struct conn) */
   uint64_t last_gen;           /* generation of the last handle granted */
   uint64_t reclaimed_gens[64]; /* recently reclaimed handles, a ring */
   unsigned nreclaimed;
@@ -346,7 +346,7 @@ struct pgtag_pool {
   uv_timer_t wait_timer;  /* fires at the first waiter's deadline, or before */
   uint64_t wait_timer_at; /* uv_now() it is set for */
   int ndeadlined;         /* waiters whose limit is their request's deadline */
-  uint64_t deadlined_at;  /* the earliest of those, or earlier (pool.c) */
+  uint64_t deadlined_at;  /* the earliest of those, or earlier (waiters.c) */
 
   queue deferred;                  /* ops whose outcome is known, callback not yet run */
   queue op_cache[OP_SIZE_CLASSES]; /* free op records for reuse (op.c) */

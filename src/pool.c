@@ -119,7 +119,8 @@ static void defer_error(pgtag_pool *pool, op *o, pgtag_errcode code, const char 
 }
 
 /* Every operation in q fails with code and message, in order, from the
- * loop.  None of them was sent, so each keeps its own copy of its text. */
+ * loop.  None of them is on the wire, and each owns its text (waiting,
+ * staged and queued operations keep a copy). */
 static void fail_queue(pgtag_pool *pool, queue *q, pgtag_errcode code, const char *message) {
   while (!queue_empty(q)) {
     op *o = op_first(q);
@@ -327,7 +328,7 @@ static void pool_on_connected(struct conn *conn) {
 static void pool_on_connect_failed(struct conn *conn, const char *message) {
   pgtag_pool *pool = conn->pool;
   char msg[1024];
-  /* Read before drop_conn frees it: message may live in conn. */
+  /* Read before close_conn frees it: message may live in conn. */
   pgtag__connect_error_note(&pool->connect_err, message,
                             conn->pg != NULL && PQconnectionNeedsPassword(conn->pg));
   pgtag__text_line(msg, sizeof msg,
@@ -896,7 +897,7 @@ static pgtag_errcode query_past_deadline(pgtag_pool *pool, const pgtag_query_opt
 
 /* A query keeps its own copy of its text and values, beyond the call that
  * submitted it, when it may be sent again: pipelined (its batch may skip
- * it), or through the statement cache (the server may pgtag__refuse it for the
+ * it), or through the statement cache (the server may refuse it for the
  * cache's reasons: pool_on_query_done). */
 static int keeps_args(const pgtag_pool *pool) {
   return pool->cfg.pipeline_depth > 1 ||
@@ -1281,10 +1282,18 @@ void pgtag_pool_close(pgtag_pool *pool, void (*done)(void *arg), void *arg) {
 /* Once no connection and no undelivered outcome is left, close the pool's
  * own handles; the last close callback calls done and frees the pool. */
 static void maybe_finish_close(pgtag_pool *pool) {
-  if (!pool->closing || pool->handles_closing || pool->deferring || pool_total_conns(pool) > 0 ||
-      !queue_empty(&pool->deferred))
+  if (!pool->closing || pool->handles_closing)
     return;
-  assert(pool_total_conns(pool) == 0 && queue_empty(&pool->waiters));
+  if (!queue_empty(&pool->waiters)) {
+    /* Sent back to the line after the close began (a batch skipped it, the
+     * statement cache's refusal): no connection will take it now. */
+    queue stranded;
+    pgtag__waiters_take_all(pool, &stranded);
+    fail_queue(pool, &stranded, PGTAG_ECLOSED, "the pool is closing");
+  }
+  if (pool->deferring || pool_total_conns(pool) > 0 || !queue_empty(&pool->deferred))
+    return;
+  assert(queue_empty(&pool->waiters));
   pool->handles_closing = 1;
   uv_handle_t *own[POOL_OWN_HANDLES];
   for (int i = own_handles(pool, own) - 1; i >= 0; i--)

@@ -127,7 +127,7 @@ static int add_name(resolver *r, const char *host) {
   return r->nnames++;
 }
 
-/* Fill r's entries from the three lists; 0 when libpq would pgtag__refuse them
+/* Fill r's entries from the three lists; 0 when libpq would refuse them
  * (it then says why), -1 when out of memory, else 1. */
 static int plan(resolver *r, const char *hosts, const char *addrs, const char *ports) {
   int n = addrs != NULL && addrs[0] != '\0'   ? count_elems(addrs)

@@ -82,6 +82,7 @@ pgtag_errcode pgtag_acquire_at(pgtag_pool *pool, pgtag_acquire_cb cb, void *arg,
   return pgtag__pool_submit_acquire(pool, cb, arg, file, line, func, __builtin_return_address(0));
 }
 
+/* The handle h names, or NULL when it is dead or was never valid. */
 static struct conn *held_conn(pgtag_conn h) {
   struct conn *conn = h.impl_;
   if (conn == NULL || h.gen_ == 0 || conn->gen != h.gen_)
@@ -146,7 +147,6 @@ int pgtag_conn_backend_pid(pgtag_conn h) {
   return conn != NULL ? conn->backend_pid : 0;
 }
 
-/* The handle h names, or NULL when it is dead or was never valid. */
 pgtag_errcode pgtag_release(pgtag_conn h) {
   static const call_site site = {NULL, 0, "pgtag_release"};
   struct conn *conn = h.impl_;

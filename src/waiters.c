@@ -113,35 +113,39 @@ static void set_wait_timeout_error(const pgtag_pool *pool, op *o) {
   o->message = msg;
 }
 
-/* A waiter's time is up: it fails, by its request's deadline or by
- * acquire_timeout_ms, and is counted as such. */
-static void wait_expired(pgtag_pool *pool, op *o) {
+/* A waiter's time is up: out of the line, to fail by its request's
+ * deadline or by acquire_timeout_ms, and counted as such. */
+static void wait_expired(pgtag_pool *pool, op *o, queue *expired) {
+  pgtag__waiter_remove(pool, o);
   if (o->by_deadline) {
-    pgtag__waiter_remove(pool, o);
     pool->stats.deadlines++;
     pgtag__op_set_error(o, PGTAG_ETIMEDOUT, NULL,
                         "its request's deadline passed while it waited for a connection");
   } else {
-    pgtag__waiter_remove(pool, o);
     pool->stats.timeouts++;
     set_wait_timeout_error(pool, o);
   }
-  pgtag__op_finish(o);
+  queue_insert_tail(expired, &o->node);
 }
 
 /* acquire_timeout_ms deadlines rise along the line: the expired ones are at
  * its head.  Requests' own deadlines can be anywhere: while any waits, the
- * whole line is looked through, and the earliest left is noted. */
+ * whole line is looked through, and the earliest left is noted.  The
+ * expired are taken out first and their callbacks run after: a callback
+ * may change the line (cancel a request, release a connection that goes
+ * to the next waiter) under a walk that is still going. */
 static void on_wait_timeout(uv_timer_t *timer) {
   pgtag_pool *pool = timer->data;
   pgtag_ctx *previous = pgtag_ctx_enter(NULL);
   uint64_t now = uv_now(pool->loop);
+  queue expired;
+  queue_init(&expired);
 
   while (!queue_empty(&pool->waiters)) {
     op *o = op_first(&pool->waiters);
     if (o->deadline == 0 || o->deadline > now)
       break;
-    wait_expired(pool, o);
+    wait_expired(pool, o, &expired);
   }
   if (pool->ndeadlined > 0) {
     uint64_t earliest = 0;
@@ -152,13 +156,18 @@ static void on_wait_timeout(uv_timer_t *timer) {
       if (!o->by_deadline)
         continue;
       if (o->deadline <= now)
-        wait_expired(pool, o);
+        wait_expired(pool, o, &expired);
       else if (earliest == 0 || o->deadline < earliest)
         earliest = o->deadline;
     }
     pool->deadlined_at = earliest;
   }
   pgtag__wait_timer_arm(pool);
+  while (!queue_empty(&expired)) {
+    op *o = op_first(&expired);
+    queue_remove(&o->node);
+    pgtag__op_finish(o);
+  }
   pool->on->settle(pool); /* a closing pool may be done now */
   pgtag_ctx_leave(previous);
 }

@@ -4,6 +4,8 @@
 # statement logged.
 #
 #   tests/e2e_service.sh BUILD_DIR     prints TAP lines; exits 1 on a failure
+#   E2E_ONLY=replica E2E_REPEAT=20 tests/e2e_service.sh BUILD_DIR
+#                                      one check, 20 times in a row
 # pipefail: never "cmd | grep -q" here, which fails when grep stops reading
 # early and cmd dies of SIGPIPE; logs are read into a variable first.
 set -uo pipefail
@@ -76,10 +78,17 @@ listening() {
   url=$(sed -nE 's|^listening on (http://[0-9.]+:[0-9]+) .*|\1|p' "$work/service.out")
   [ -n "$url" ]
 }
+# For chasing a flake: E2E_ONLY names the checks to run, by their
+# function ("replica hop"), and E2E_REPEAT how many times each runs.
+run_check() { # run_check NAME FUNCTION [ARGS...]
+  if [ -n "${E2E_ONLY:-}" ] && [[ " $E2E_ONLY " != *" $2 "* ]]; then return 0; fi
+  local i
+  for ((i = 0; i < ${E2E_REPEAT:-1}; i++)); do check "$@"; done
+}
 start_service --demo-leak "$PGTAG_TEST_CONNINFO" || { not_ok "the service starts" "$work/service.err"; echo "1..$n"; exit 1; }
 ok "the service starts and says where it listens ($url)"
 
-check "GET /healthz answers 200" \
+run_check "GET /healthz answers 200" \
   bash -c "curl -sf '$url/healthz' | jq -e '.status == \"ok\"'"
 
 # ---- 200 concurrent requests, each with its own ID ----------------------
@@ -103,7 +112,7 @@ concurrent_ids() {
   done
   return $bad
 }
-check "200 concurrent requests: each answer carries its own X-Request-Id" concurrent_ids
+run_check "200 concurrent requests: each answer carries its own X-Request-Id" concurrent_ids
 
 # In the server log each query is "execute <unnamed>: /* requestId=... */ ..."
 # with its parameters: on the next line (DETAIL) when it went as an unnamed
@@ -140,7 +149,7 @@ logged_ids() {
       if (checked != 100) { print "checked " checked " account parameters, want 100"; bad = 1 }
       exit bad }' "$work/log1"
 }
-check "server log: every query of the 200 requests carries its own request ID, never another's" logged_ids
+run_check "server log: every query of the 200 requests carries its own request ID, never another's" logged_ids
 
 # ---- hostile request IDs -----------------------------------------------
 accounts_before=$(psql_q "SELECT count(*) FROM pgbench_accounts")
@@ -177,7 +186,7 @@ hostile() {
   fi
   return $bad
 }
-check "hostile X-Request-Id values are served and nothing else reaches the database" hostile
+run_check "hostile X-Request-Id values are served and nothing else reaches the database" hostile
 
 traceparent() {
   curl -sf -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' \
@@ -190,7 +199,7 @@ traceparent() {
   grep -q 'requestId=tp-good route=GET%20%2Faccounts%2F%7Bid%7D traceparent=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 \*/' "$work/tp.log" &&
     grep -vq traceparent "$work/tp-bad.log"
 }
-check "a valid traceparent goes into the tag; an invalid one does not" traceparent
+run_check "a valid traceparent goes into the tag; an invalid one does not" traceparent
 
 # ---- transfers ------------------------------------------------------------
 psql_q "UPDATE pgbench_accounts SET abalance = 100000 WHERE aid <= 4; TRUNCATE pgbench_history"
@@ -199,7 +208,7 @@ transfer() { # transfer BODY: prints the HTTP code
   curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
     -d "$1" "$url/transfer"
 }
-check "transfer: 400 on bad input, 404 on a missing account" bash -c "
+run_check "transfer: 400 on bad input, 404 on a missing account" bash -c "
   [ \$(curl -s -o /dev/null -w '%{http_code}' -X POST -d 'not json' '$url/transfer') = 400 ] &&
   [ \$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{\"from\":1,\"to\":1,\"amount\":5}' '$url/transfer') = 400 ] &&
   [ \$(curl -s -o /dev/null -w '%{http_code}' -X POST -d '{\"from\":1,\"to\":2,\"amount\":-5}' '$url/transfer') = 400 ] &&
@@ -225,7 +234,7 @@ transfers() {
   [ "$(psql_q "SELECT count(*) = $want AND count(DISTINCT delta) = $want FROM pgbench_history")" = t ] ||
     { echo "pgbench_history: $(psql_q "SELECT count(*), count(DISTINCT delta) FROM pgbench_history")"; return 1; }
 }
-check "concurrent transfers: balances sum unchanged, each transfer once in pgbench_history" transfers
+run_check "concurrent transfers: balances sum unchanged, each transfer once in pgbench_history" transfers
 
 # ---- --demo-leak: insufficient funds forgets its connection --------------
 # reclaimed: /metrics (a snapshot of each worker's pools, 200 ms apart)
@@ -243,7 +252,7 @@ leak() {
   grep -E 'request leaky-1: .*routes\.c:[0-9]+' "$work/service.err" >/dev/null &&
     { wait_for 30 reclaimed || { echo "/metrics counts no reclaimed connection"; return 1; }; }
 }
-check "--demo-leak: the forgotten connection is reported with its request ID and acquire site, and reclaimed" leak
+run_check "--demo-leak: the forgotten connection is reported with its request ID and acquire site, and reclaimed" leak
 
 # lock_row AID [SECONDS]: a psql session locks the account for SECONDS
 # (3), in the background (its pid in locker); returns once the lock is
@@ -310,7 +319,7 @@ hop() {
         if (count[i] != 1) { print "hop-" i ": " count[i] + 0 " tagged queries, want 1"; bad = 1 }
       exit bad }' "$work/log_hop"
 }
-check "a hop through the thread pool: 100 concurrent requests, each hash and query in its own request's context" hop
+run_check "a hop through the thread pool: 100 concurrent requests, each hash and query in its own request's context" hop
 
 # ---- a request's deadline --------------------------------------------------
 deadline() {
@@ -328,7 +337,7 @@ deadline() {
   [ "$(psql_q "SELECT count(*) FROM pgbench_history WHERE delta = -1 AND aid = 5 AND mtime > now() - interval '10 s'")" = 0 ] &&
     [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'X-Request-Timeout-Ms: soon' "$url/accounts/1")" = 400 ]
 }
-check "a 300 ms deadline on a transfer stuck behind a lock: 504 in time, its query cancelled on the server, nothing written" deadline
+run_check "a 300 ms deadline on a transfer stuck behind a lock: 504 in time, its query cancelled on the server, nothing written" deadline
 
 # ---- a client that goes away ----------------------------------------------
 gone() {
@@ -343,7 +352,7 @@ gone() {
   if grep -E 'request gone-1: .*leak' "$work/service.err"; then echo "leak reported"; return 1; fi
   [ "$(psql_q "SELECT count(*) FROM pgbench_history WHERE delta = -1 AND aid = 1 AND mtime > now() - interval '10 s'")" = 0 ]
 }
-check "a client that hangs up: its query is cancelled on the server, its connection released, no leak report" gone
+run_check "a client that hangs up: its query is cancelled on the server, its connection released, no leak report" gone
 
 metrics() {
   curl -sf "$url/metrics" >"$work/metrics" || return 1
@@ -354,7 +363,7 @@ metrics() {
     awk '/^pgtag_canceled_total/ {s += $2} END {exit !(s >= 1)}' "$work/metrics" &&
     awk '/^pgtag_deadlines_total/ {s += $2} END {exit !(s >= 1)}' "$work/metrics"
 }
-check "GET /metrics: one family per metric, a sample per worker's pool, the counts add up" metrics
+run_check "GET /metrics: one family per metric, a sample per worker's pool, the counts add up" metrics
 
 # ---- SIGTERM under load ---------------------------------------------------
 # in_flight N: /metrics shows at least N requests that hold a connection or
@@ -399,11 +408,11 @@ sigterm() {
   tail -1 "$work/service.err" |
     awk '/requests accepted/ { a = $5; b = $7; g = $10; gsub(",", "", a); gsub(",", "", b); exit !(a == b + g && a > 100) }'
 }
-check "SIGTERM under load: exit 0, every request accepted was answered" sigterm
+run_check "SIGTERM under load: exit 0, every request accepted was answered" sigterm
 
-check "no query outside a request's context, and no context left current (context_check = WARN)" \
+run_check "no query outside a request's context, and no context left current (context_check = WARN)" \
   bash -c "! grep -E 'no request context is current|its request has ended|still current as the loop' '$work/service.err'"
-check "no sanitizer report from the service" \
+run_check "no sanitizer report from the service" \
   bash -c "! grep -E 'ERROR: (Address|Leak)Sanitizer|runtime error:' '$work/service.err'"
 
 # ---- behind PgBouncer in transaction mode --------------------------------
@@ -441,7 +450,7 @@ bouncer() {
        sed -nE 's/.*\[([0-9]+)\].*/\1/p' | sort -u | wc -l)" = 1 ] ||
     { echo "the transfer's statements ran on several backends"; return 1; }
 }
-check "behind PgBouncer (transaction mode): every query reaches the server with its own ID, a transaction on one backend" bouncer
+run_check "behind PgBouncer (transaction mode): every query reaches the server with its own ID, a transaction on one backend" bouncer
 
 # ---- a read replica -------------------------------------------------------
 # both_healthy: adds the worker that answered GET /healthz to seen when it
@@ -506,6 +515,6 @@ replica() {
     echo "the transfer touched the standby"; return 1
   fi
 }
-check "with --replica: reads run on the standby with their tags, the transfer on the primary" replica
+run_check "with --replica: reads run on the standby with their tags, the transfer on the primary" replica
 
 tap_end

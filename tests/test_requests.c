@@ -92,6 +92,58 @@ static void deadline_while_waiting_for_a_connection(void **state) {
   test_pool_close(&loop, pool);
 }
 
+/* A waiter's deadline passes and its callback, run while the pool looks
+ * through the line, cancels the request waiting behind it: the pool's
+ * walk is not thrown off by what the callback changed (it once followed
+ * the cancelled one into the queue of deferred outcomes, and never came
+ * back). */
+typedef struct {
+  rec r;
+  pgtag_ctx *victim;
+  int canceled;
+} cancelling_rec;
+
+static void cancel_victim(PGresult *res, const pgtag_error *err, void *arg) {
+  cancelling_rec *c = arg;
+  rec_result(res, err, &c->r);
+  c->canceled = pgtag_ctx_cancel(c->victim);
+}
+
+static void an_expired_waiters_callback_may_change_the_line(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.max_conns = 1;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  pgtag_ctx *holder = pgtag_ctx_new("holds-it"), *patient = pgtag_ctx_new("patient"),
+            *hurried = pgtag_ctx_new("hurried"), *behind = pgtag_ctx_new("behind");
+  rec acq = {0}, first = {0}, last = {0};
+  cancelling_rec c = {.victim = behind};
+  acquire_in(pool, holder, &acq);
+  assert_true(run_until(&loop, &acq.calls, 1, 5000));
+  query_in(pool, patient, "SELECT 'patient'", &first); /* no deadline: the head */
+  assert_int_equal(pgtag_ctx_set_deadline(hurried, 100), PGTAG_OK);
+  pgtag_ctx *previous = pgtag_ctx_enter(hurried);
+  assert_int_equal(pgtag_query(pool, "SELECT 'hurried'", 0, NULL, cancel_victim, &c), PGTAG_OK);
+  pgtag_ctx_leave(previous);
+  query_in(pool, behind, "SELECT 'behind'", &last);
+  assert_true(run_until(&loop, &last.calls, 1, 5000));
+  assert_done(&c.r, hurried, PGTAG_ETIMEDOUT);
+  assert_int_equal(c.canceled, 1);
+  assert_done(&last, behind, PGTAG_ECANCELED);
+  pgtag_stats st;
+  pgtag_pool_stats(pool, &st);
+  assert_int_equal(st.waiting, 1); /* the patient one waits on */
+  pgtag_release(acq.conn);
+  assert_true(run_until(&loop, &first.calls, 1, 5000));
+  assert_done(&first, patient, PGTAG_OK);
+  pgtag_ctx_unref(holder);
+  pgtag_ctx_unref(patient);
+  pgtag_ctx_unref(hurried);
+  pgtag_ctx_unref(behind);
+  test_pool_close(&loop, pool);
+}
+
 /* Submitted after the deadline: failed through its callback (from the
  * loop), and never sent: its effect is nowhere, nor its text in
  * pg_stat_statements. */
@@ -651,6 +703,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup(deadline_cancels_the_running_query, loop_setup),
       cmocka_unit_test_setup(deadline_while_waiting_for_a_connection, loop_setup),
+      cmocka_unit_test_setup(an_expired_waiters_callback_may_change_the_line, loop_setup),
       cmocka_unit_test_setup(after_the_deadline_nothing_is_sent, loop_setup),
       cmocka_unit_test_setup(deadline_on_a_held_connection, loop_setup),
       cmocka_unit_test_setup(the_smaller_limit_wins, loop_setup),

@@ -60,17 +60,26 @@ static void queries_run_as_tagged_executes(void **state) {
   pgtag_pool *pool = test_pool_new(&loop, NULL); /* the defaults */
   pgtag_ctx *ctx = pgtag_ctx_new("cached");
   rec r;
-  pgtag_ctx *prev = pgtag_ctx_enter(ctx);
   for (int i = 0; i < 3; i++) {
-    run_query(pool, "SELECT current_query(), $1::text", "it's", NULL, &r);
+    memset(&r, 0, sizeof r);
+    assert_int_equal(query_param_in(pool, ctx, "SELECT current_query(), $1::text", "it's", &r),
+                     PGTAG_OK);
+    assert_true(run_until(&loop, &r.calls, 1, 10000));
     assert_done(&r, ctx, PGTAG_OK);
     assert_string_equal(r.value2, "it's");
     assert_string_equal(r.value, "/* requestId=cached */ EXECUTE _pgtag_1('it''s') "
                                  "/* SELECT current_query(), $1::text */");
   }
-  run_query(pool, "SELECT current_query(), $1::text", "plain", &as_text, &r);
-  assert_string_equal(r.value, "/* requestId=cached */ SELECT current_query(), $1::text");
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx); /* submitted in the request, run outside it */
+  const char *plain[1] = {"plain"};
+  memset(&r, 0, sizeof r);
+  assert_int_equal(pgtag_query_ex(pool, "SELECT current_query(), $1::text", 1, plain, &as_text,
+                                  rec_result, &r),
+                   PGTAG_OK);
   pgtag_ctx_leave(prev);
+  assert_true(run_until(&loop, &r.calls, 1, 10000));
+  assert_done(&r, ctx, PGTAG_OK);
+  assert_string_equal(r.value, "/* requestId=cached */ SELECT current_query(), $1::text");
   pgtag_ctx_unref(ctx);
   test_pool_close(&loop, pool);
 }
@@ -138,6 +147,26 @@ static void altered_table_is_planned_again(void **state) {
   assert_done(&r, NULL, PGTAG_OK);
   pgtag_release(acq.conn);
   test_pool_close(&loop, pool);
+}
+
+/* The pool closes while a query the server refused for the cache's
+ * reasons (0A000 after an ALTER TABLE) is on its way to be sent again:
+ * with no connection left to send it on, it fails with PGTAG_ECLOSED, once,
+ * and the pool finishes closing.  (It was left in the line, its callback
+ * never called, and the pool freed under it.) */
+static void closing_while_a_query_goes_again(void **state) {
+  (void)state;
+  pgtag_pool *pool = one_conn_pool(NULL, 256);
+  admin_exec("DROP TABLE IF EXISTS pgtag_closing; CREATE TABLE pgtag_closing (a int); "
+             "INSERT INTO pgtag_closing VALUES (1)");
+  rec r, again = {0};
+  run_query(pool, "SELECT * FROM pgtag_closing", NULL, NULL, &r);
+  assert_done(&r, NULL, PGTAG_OK);
+  admin_exec("ALTER TABLE pgtag_closing ADD COLUMN b int");
+  assert_int_equal(query_in(pool, NULL, "SELECT * FROM pgtag_closing", &again), PGTAG_OK);
+  test_pool_close(&loop, pool); /* while the query is on the wire */
+  assert_done(&again, NULL, PGTAG_ECLOSED);
+  admin_exec("DROP TABLE pgtag_closing");
 }
 
 /* An application's statement took the name pgtag was about to use: the
@@ -352,6 +381,7 @@ int main(void) {
       cmocka_unit_test_setup(queries_run_as_tagged_executes, loop_setup),
       cmocka_unit_test_setup(statement_gone_is_prepared_again, loop_setup),
       cmocka_unit_test_setup(altered_table_is_planned_again, loop_setup),
+      cmocka_unit_test_setup(closing_while_a_query_goes_again, loop_setup),
       cmocka_unit_test_setup(name_taken_is_skipped, loop_setup),
       cmocka_unit_test_setup(new_connection_new_statements, loop_setup),
       cmocka_unit_test_setup(least_recently_used_are_deallocated, loop_setup),
