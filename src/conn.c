@@ -396,9 +396,11 @@ void pgtag__conn_mark_signalable(struct conn *conn, op *o) {
     conn->signalable++;
 }
 
-/* o is on its way to the server: it joins the wire behind what is there. */
-static void wire_append(struct conn *conn, op *o) {
-  uint64_t now = uv_hrtime();
+/* o is on its way to the server: it joins the wire behind what is there.
+ * now: uv_hrtime() from before its bytes were written, so that its
+ * measured time can never be shorter than the server's (the process may
+ * be preempted between the write and this). */
+static void wire_append(struct conn *conn, op *o, uint64_t now) {
   if (!op_internal(o->kind))
     o->sent_ns = now; /* what the statistics measure from */
   o->start_ns = now;
@@ -562,10 +564,11 @@ int pgtag__conn_send(struct conn *conn, op *o) {
    * order of submission. */
   if (conn->nstaged > 0 && pgtag__conn_flush_staged(conn) != 0)
     return -1;
+  uint64_t now = uv_hrtime();
   if (put_query(conn, o) != 0 || (conn->pipelined && put_sync(conn) != 0) || flush_out(conn) != 0)
     return -1;
   count_op(conn, o, +1);
-  wire_append(conn, o);
+  wire_append(conn, o, now);
   if (conn_watch(conn, conn->want_write) != 0) {
     queue_remove(&o->node);
     count_op(conn, o, -1);
@@ -581,6 +584,7 @@ static int flush_batch(struct conn *conn, int n) {
   int failed = 0;
   op *opener = NULL;
   const op *first = queue_data(queue_head(&conn->staged), op, node);
+  uint64_t now = uv_hrtime();
   if (n > 1) {
     char ms[16] = "";
     const char *values[1] = {ms};
@@ -595,13 +599,13 @@ static int flush_batch(struct conn *conn, int n) {
     op *prepare = pgtag__op_new(conn->pool, OP_PREPARE, NULL, 0, NULL, 0);
     if (prepare != NULL) {
       failed |= put_query(conn, prepare) != 0;
-      wire_append(conn, prepare);
+      wire_append(conn, prepare, now);
       conn->opener = OPENER_PREPARED; /* unless its result says otherwise */
     }
   }
   if (batch) {
     failed |= put_query(conn, opener) != 0;
-    wire_append(conn, opener);
+    wire_append(conn, opener, now);
     before = opener;
   }
   for (int i = 0; i < n; i++) {
@@ -623,7 +627,7 @@ static int flush_batch(struct conn *conn, int n) {
     failed |= put_query(conn, o) != 0;
     if (!batch)
       failed |= put_sync(conn) != 0;
-    wire_append(conn, o); /* on the wire even if sending failed: it fails with it */
+    wire_append(conn, o, now); /* on the wire even if sending failed: it fails with it */
     before = batch ? o : NULL;
   }
   if (batch)
