@@ -771,8 +771,10 @@ static int pool_cancel_ctx(pgtag_pool *pool, pgtag_ctx *ctx) {
   }
   pgtag__wait_timer_arm(pool);
 
-  queue_foreach (q, &pool->conns) {
+  q = queue_head(&pool->conns);
+  while (q != &pool->conns) {
     struct conn *conn = queue_data(q, struct conn, node);
+    q = q->next; /* recycle below may close conn */
     /* Not sent yet: they fail now. */
     n += cancel_queued(pool, conn, &conn->pending, ctx);
     n += cancel_queued(pool, conn, &conn->staged, ctx);
@@ -786,6 +788,10 @@ static int pool_cancel_ctx(pgtag_pool *pool, pgtag_ctx *ctx) {
       pgtag__cancel_op(conn, o, PGTAG_ECANCELED);
       n++;
     }
+    /* Its staged reads were all it had: nothing will come back to free
+     * it, so it is free now. */
+    if (conn->state == CONN_BUSY && !conn_on_wire(conn))
+      recycle(pool, conn);
   }
   return n;
 }

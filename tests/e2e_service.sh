@@ -82,8 +82,10 @@ listening() {
 # function ("replica hop"), and E2E_REPEAT how many times each runs.
 run_check() { # run_check NAME FUNCTION [ARGS...]
   if [ -n "${E2E_ONLY:-}" ] && [[ " $E2E_ONLY " != *" $2 "* ]]; then return 0; fi
-  local i
-  for ((i = 0; i < ${E2E_REPEAT:-1}; i++)); do check "$@"; done
+  # a name of its own: the checks set i, which bash's dynamic scope would
+  # let them set here
+  local e2e_round
+  for ((e2e_round = 0; e2e_round < ${E2E_REPEAT:-1}; e2e_round++)); do check "$@"; done
 }
 start_service --demo-leak "$PGTAG_TEST_CONNINFO" || { not_ok "the service starts" "$work/service.err"; echo "1..$n"; exit 1; }
 ok "the service starts and says where it listens ($url)"
@@ -431,7 +433,8 @@ bouncer() {
   local code
   code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'X-Request-Id: pgb-tx' \
          -d '{"from":7,"to":8,"amount":1}' "$url/transfer")
-  [ "$code" = 409 ] || [ "$code" = 200 ] || { echo "transfer: HTTP $code"; return 1; }
+  [ "$code" = 409 ] || [ "$code" = 200 ] ||
+    { echo "transfer: HTTP $code; the service's last words:"; tail -5 "$work/service.err"; return 1; }
   kill -TERM "$svc_pid"; wait "$svc_pid"; local rc=$?; svc_pid=""
   "$root/tests/pgbouncer.sh" stop "$work/bouncer"
   [ "$rc" = 0 ] || { echo "service exit code $rc"; return 1; }

@@ -353,8 +353,20 @@ static void on_closed(void *arg) {
 
 void test_pool_close(uv_loop_t *lp, pgtag_pool *pool) {
   int closed = 0;
+  pgtag_stats st;
+  pgtag_pool_stats(pool, &st); /* what closing has to wait for */
+  uint64_t t0 = now_ms();
   pgtag_pool_close(pool, on_closed, &closed);
-  assert_true(run_until(lp, &closed, 1, 10000));
+  /* Closing waits for what runs: a cancelled statement may take up to
+   * CANCEL_GRACE_MS (5 s) to end, the pool's ROLLBACK up to
+   * RESET_TIMEOUT_MS (5 s) more; the bound is well above their sum. */
+  if (!run_until(lp, &closed, 1, 30000 * time_scale()))
+    fail_msg("the pool did not close in %llu ms; as it began: %d busy, %d held, %d connecting",
+             (unsigned long long)(now_ms() - t0), st.busy, st.held, st.connecting);
+  uint64_t took = now_ms() - t0;
+  if (took > 1000)
+    print_message("closing took %llu ms (as it began: %d busy, %d held, %d connecting)\n",
+                  (unsigned long long)took, st.busy, st.held, st.connecting);
   assert_int_equal(closed, 1);
   uv_run(lp, UV_RUN_NOWAIT);
   assert_int_equal(uv_loop_close(lp), 0);

@@ -764,6 +764,40 @@ static void mix_submit(mix_load *l) {
   pgtag_ctx_leave(prev);
 }
 
+/* A read waits, staged, for the batch that goes out before the loop
+ * blocks, and its request is cancelled first: it fails without being sent,
+ * and the connection it was staged on is free again.  (It stayed busy
+ * with nothing to do, and pgtag_pool_close waited for it for ever: under
+ * load a 1 ms cancel timer often fires between the staging and the
+ * flush.) */
+static void a_read_cancelled_before_it_went_out_frees_its_connection(void **state) {
+  (void)state;
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.max_conns = cfg.min_conns = 1; /* default pipelining */
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  pgtag_stats st;
+  WAIT_FOR(&loop, (pgtag_pool_stats(pool, &st), st.idle == 1), 10000);
+  assert_int_equal(st.idle, 1);
+  pgtag_ctx *ctx = pgtag_ctx_new("staged"), *next = pgtag_ctx_new("next");
+  rec r = {0}, after = {0};
+  assert_int_equal(query_in(pool, ctx, "SELECT 'staged'", &r), PGTAG_OK);
+  pgtag_pool_stats(pool, &st);
+  assert_int_equal(st.busy, 1);
+  assert_int_equal(pgtag_ctx_cancel(ctx), 1); /* before the loop has run */
+  pgtag_pool_stats(pool, &st);
+  assert_int_equal(st.busy, 0);
+  assert_int_equal(st.idle, 1);
+  assert_true(run_until(&loop, &r.calls, 1, 5000));
+  assert_done(&r, ctx, PGTAG_ECANCELED);
+  query_in(pool, next, "SELECT 'next'", &after); /* the connection serves on */
+  assert_true(run_until(&loop, &after.calls, 1, 5000));
+  assert_done(&after, next, PGTAG_OK);
+  pgtag_ctx_unref(ctx);
+  pgtag_ctx_unref(next);
+  test_pool_close(&loop, pool);
+}
+
 static void cancels_and_timeouts_touch_only_their_own_request(void **state) {
   (void)state;
   pgtag_pool_config cfg;
@@ -803,6 +837,7 @@ int main(void) {
       cmocka_unit_test_setup(request_stats_charge_only_own_time, loop_setup),
       cmocka_unit_test_setup(fast_reads_never_wait_behind_a_slow_one, loop_setup),
       cmocka_unit_test_setup(no_deadlock_under_hot_row_load, loop_setup),
+      cmocka_unit_test_setup(a_read_cancelled_before_it_went_out_frees_its_connection, loop_setup),
       cmocka_unit_test_setup(cancels_and_timeouts_touch_only_their_own_request, loop_setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
