@@ -68,6 +68,10 @@ log_from=$(($(stat -c %s "$server_log") + 1))
 new_log() { tail -c +"$log_from" "$server_log"; }
 
 start_service() { # start_service ARGS... CONNINFO: sets svc_pid and url
+  # Emptied here, not by the redirection below: that runs in the child,
+  # maybe after listening has read the last service's address (a check
+  # once sent its requests to a service stopped before it: HTTP 000).
+  : >"$work/service.out"
   "$service" --port 0 --threads 2 --pool-size 4 "$@" \
     >"$work/service.out" 2>"$work/service.err" &
   svc_pid=$!
@@ -467,6 +471,8 @@ both_healthy() {
 }
 replica() {
   # a streaming standby of the test server; it logs every statement too
+  # (a fresh one each time the check runs: E2E_REPEAT)
+  rm -rf "$work/standby"
   "$root/tests/pgserver.sh" standby "$work/standby" "$(dirname "$PGTAG_TEST_PGDATA")" ||
     return 1
   local standby_conninfo standby_log="$work/standby/server.log"
