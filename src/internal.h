@@ -216,7 +216,7 @@ struct conn {
   int nstaged;
   int nsyncs;               /* sync points sent, not yet answered */
   op *synced;               /* complete, delivered when its sync point arrives */
-  int pipelined;            /* in libpq pipeline mode (see conn.c) */
+  int pipelined;            /* may use libpq's pipeline mode (see conn.c) */
   int unproven;             /* on the wire or staged: statements not known to be fast */
   int signalable;           /* ... that may be cancelled on the server */
   int writes;               /* ... that may write */
@@ -267,6 +267,13 @@ static inline op *conn_running(const struct conn *conn) {
       return o;
   }
   return NULL;
+}
+
+/* A statement went out alone as a simple query, outside pipeline mode
+ * (conn.c): nothing else can be sent on the connection until it is done. */
+static inline int conn_simple_out(const struct conn *conn) {
+  return conn->pg != NULL && !queue_empty(&conn->wire) &&
+         PQpipelineStatus(conn->pg) == PQ_PIPELINE_OFF;
 }
 
 /* Something is under way: statements sent or staged, or a sync point not

@@ -41,8 +41,9 @@ void pgtag__pipeline_classify(pgtag_pool *pool, op *o) {
 
 int pgtag__pipeline_accepts(const pgtag_pool *pool, const struct conn *conn, op *o,
                             uint64_t now_ns) {
-  if (!conn->pipelined || conn->state != CONN_BUSY || conn->exclusive || conn->cancel != NULL ||
-      o->exclusive || conn->nwire + conn->nstaged >= pool->cfg.pipeline_depth)
+  if (!conn->pipelined || conn_simple_out(conn) || conn->state != CONN_BUSY || conn->exclusive ||
+      conn->cancel != NULL || o->exclusive ||
+      conn->nwire + conn->nstaged >= pool->cfg.pipeline_depth)
     return 0;
   /* Behind a statement not known to be fast, a fast one could wait for a
    * slow one: the head-of-line wait pipelining must not add. */

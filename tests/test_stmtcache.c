@@ -270,6 +270,86 @@ static void what_goes_the_old_way(void **state) {
   test_pool_close(&loop, pool);
 }
 
+/* The line of the server's log with both tag and what ("" if none yet),
+ * and the line after it. */
+static void logged_line(const char *tag, const char *what, char *line, char *next, size_t len) {
+  char path[512], buf[4096];
+  snprintf(path, sizeof path, "%s/server.log", getenv("PGHOST"));
+  FILE *f = fopen(path, "r");
+  if (f == NULL)
+    fail_msg("cannot read %s", path);
+  line[0] = next[0] = '\0';
+  while (fgets(buf, sizeof buf, f) != NULL) {
+    if (line[0] != '\0') {
+      snprintf(next, len, "%s", buf);
+      break;
+    }
+    if (strstr(buf, tag) != NULL && strstr(buf, what) != NULL)
+      snprintf(line, len, "%s", buf);
+  }
+  fclose(f);
+}
+
+/* A statement already prepared that goes out alone leaves pipeline mode:
+ * the server gets one simple query, and its log line for a slow statement
+ * adds the prepared text.  Whatever is not alone stays in the pipeline;
+ * a query that comes while the simple one runs waits for it. */
+static void alone_it_goes_as_one_simple_query(void **state) {
+  (void)state;
+  char conninfo[512], ids[3][64], tag[160], line[4096], next[4096];
+  snprintf(conninfo, sizeof conninfo, "%s options='-c log_min_duration_statement=0'",
+           test_conninfo());
+  pgtag_pool *pool = one_conn_pool(conninfo, 256);
+  const char *sql = "SELECT $1::text || ' alone', pg_sleep(0.05)";
+  pgtag_ctx *ctx[3];
+  rec r[3];
+  /* IDs of this run's own: the log keeps earlier runs' lines */
+  for (int i = 0; i < 3; i++) {
+    snprintf(ids[i], sizeof ids[i], "simple-%d-%llu-%d", (int)getpid(),
+             (unsigned long long)now_ms(), i);
+    ctx[i] = pgtag_ctx_new(ids[i]);
+    memset(&r[i], 0, sizeof r[i]);
+  }
+  /* the first use: its prepare goes just ahead of it, in the pipeline */
+  assert_int_equal(query_param_in(pool, ctx[0], sql, "0", &r[0]), PGTAG_OK);
+  assert_true(run_until(&loop, &r[0].calls, 1, 10000));
+  assert_done(&r[0], ctx[0], PGTAG_OK);
+  /* prepared now: alone, a simple query; the one submitted while it runs
+   * waits for it, then goes */
+  assert_int_equal(query_param_in(pool, ctx[1], sql, "1", &r[1]), PGTAG_OK);
+  run_for(&loop, 10); /* it went out: the loop turned */
+  assert_int_equal(r[1].calls, 0);
+  assert_int_equal(query_param_in(pool, ctx[2], sql, "2", &r[2]), PGTAG_OK);
+  assert_true(run_until(&loop, &r[2].calls, 1, 10000));
+  assert_int_equal(r[1].calls, 1);
+  for (int i = 1; i < 3; i++) {
+    assert_done(&r[i], ctx[i], PGTAG_OK);
+    char want[32];
+    snprintf(want, sizeof want, "%d alone", i);
+    assert_string_equal(r[i].value, want);
+  }
+
+  /* log_min_duration_statement logs a simple query as a "statement",
+   * and the three steps of one in the pipeline as "parse", "bind" and
+   * "execute" */
+  snprintf(tag, sizeof tag, "/* requestId=%s */ EXECUTE _pgtag_1('1')", ids[1]);
+  WAIT_FOR(&loop, (logged_line(tag, "statement: ", line, next, sizeof line), next[0] != '\0'),
+           10000);
+  assert_non_null(strstr(line, "statement: /* requestId="));
+  assert_non_null(strstr(next, "DETAIL:  prepare: SELECT $1::text || ' alone', pg_sleep(0.05)"));
+  logged_line(tag, "execute <unnamed>: ", line, next, sizeof line);
+  assert_string_equal(line, "");
+  snprintf(tag, sizeof tag, "/* requestId=%s */ EXECUTE _pgtag_1('0')", ids[0]);
+  WAIT_FOR(&loop,
+           (logged_line(tag, "execute <unnamed>: ", line, next, sizeof line), line[0] != '\0'),
+           10000);
+  logged_line(tag, "statement: ", line, next, sizeof line);
+  assert_string_equal(line, "");
+  for (int i = 0; i < 3; i++)
+    pgtag_ctx_unref(ctx[i]);
+  test_pool_close(&loop, pool);
+}
+
 /* ------------------------------------------------------------------------
  * Literals: the same bytes as a parameter, in every client encoding
  * ------------------------------------------------------------------------ */
@@ -386,6 +466,7 @@ int main(void) {
       cmocka_unit_test_setup(new_connection_new_statements, loop_setup),
       cmocka_unit_test_setup(least_recently_used_are_deallocated, loop_setup),
       cmocka_unit_test_setup(what_goes_the_old_way, loop_setup),
+      cmocka_unit_test_setup(alone_it_goes_as_one_simple_query, loop_setup),
       cmocka_unit_test_setup(literals_give_the_server_the_same_bytes, loop_setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
