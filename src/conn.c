@@ -762,9 +762,14 @@ static void deliver(struct conn *conn, op *o, PGresult *res) {
  * after any callback that closed the connection. */
 static void read_results(struct conn *conn) {
   int ok = PQconsumeInput(conn->pg);
+  int sync_error = 0; /* the last result was an error at a sync point */
   while (conn_on_wire(conn) && !PQisBusy(conn->pg)) {
     PGresult *res = PQgetResult(conn->pg);
     if (res == NULL) {
+      if (sync_error) {
+        sync_error = 0; /* its end; the sync point itself comes next */
+        continue;
+      }
       if (!conn->got_result || queue_empty(&conn->wire))
         break; /* nothing more yet: wait for input */
       if (conn_head(conn)->steps != 0) {
@@ -803,6 +808,23 @@ static void read_results(struct conn *conn) {
       }
       if (conn->state == CONN_CLOSED || conn->state == CONN_LOST)
         return;
+      continue;
+    }
+    if (queue_empty(&conn->wire)) {
+      /* An error at a sync point: committing what it closes failed (a
+       * deferred constraint, say), or the connection is gone.  That is the
+       * outcome of the statement waiting for it, unless it failed already
+       * (its own error says more); a batch of reads has nothing to
+       * commit. */
+      op *w = conn->synced;
+      if (w != NULL && PQresultStatus(res) == PGRES_FATAL_ERROR &&
+          (w->res == NULL || PQresultStatus(w->res) != PGRES_FATAL_ERROR)) {
+        PQclear(w->res);
+        w->res = res;
+      } else {
+        PQclear(res);
+      }
+      sync_error = 1;
       continue;
     }
     conn->got_result = 1;

@@ -189,6 +189,7 @@ void pgtag__pipeline_requeue(pgtag_pool *pool, op *o) {
          queue_data(q, op, node)->resent > 0)
     q = q->next;
   o->solo = 1;
+  o->batched = 0; /* alone now: done at its own sync point */
   o->resent++;
   o->deadline = q == &pool->waiters ? 0 : queue_data(q, op, node)->deadline;
   /* its own request's deadline still holds */

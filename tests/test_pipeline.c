@@ -425,6 +425,56 @@ static void select_of_a_writing_function_runs_once(void **state) {
   test_pool_close(&loop, pool);
 }
 
+/* The read that wrote, sent again alone, is a write now: it is done once
+ * its sync point says it committed, not when its result arrives.  Here
+ * its commit fails (a deferred unique constraint): its request is told
+ * so, and nothing else is.  So are a write's and a held connection's. */
+static void a_read_that_wrote_is_done_when_it_commits(void **state) {
+  (void)state;
+  pgtag_pool *pool = pipelined_pool(1, 16, 0);
+  admin_exec("DROP TABLE IF EXISTS pgtag_fx_defer; "
+             "CREATE TABLE pgtag_fx_defer (k int UNIQUE DEFERRABLE INITIALLY DEFERRED); "
+             "CREATE OR REPLACE FUNCTION pgtag_fx_defer(k int) RETURNS int LANGUAGE sql "
+             "VOLATILE AS 'INSERT INTO pgtag_fx_defer VALUES (k) RETURNING k'");
+  const char *const stmts[] = {"SELECT $1::text", "SELECT pgtag_fx_defer($1::int)"};
+  warm(pool, stmts, 2); /* k = 0, alone */
+  completions = 0;
+  pgtag_ctx *ctx = pgtag_ctx_new("writes-at-commit");
+  rec before = {0}, fx = {0}, next = {0};
+  query_param_in(pool, ctx, stmts[0], "before", &before);
+  query_param_in(pool, ctx, stmts[1], "0", &fx); /* a duplicate, seen at commit */
+  assert_int_equal(in_pipeline(pool), 2);
+  assert_true(run_until(&loop, &completions, 2, 10000));
+  assert_done(&before, ctx, PGTAG_OK);
+  assert_done(&fx, ctx, PGTAG_ESERVER);
+  assert_string_equal(fx.sqlstate, "23505");
+  assert_int_equal(admin_int("SELECT count(*) FROM pgtag_fx_defer"), 1);
+  query_param_in(pool, ctx, stmts[0], "next", &next);
+  assert_true(run_until(&loop, &next.calls, 1, 5000));
+  assert_done(&next, ctx, PGTAG_OK);
+  assert_string_equal(next.value, "next");
+
+  rec write = {0}, acq = {0}, held = {0};
+  query_param_in(pool, ctx, "INSERT INTO pgtag_fx_defer VALUES ($1::int)", "0", &write);
+  assert_true(run_until(&loop, &write.calls, 1, 5000));
+  assert_done(&write, ctx, PGTAG_ESERVER);
+  assert_string_equal(write.sqlstate, "23505");
+  acquire_in(pool, ctx, &acq);
+  assert_true(run_until(&loop, &acq.calls, 1, 5000));
+  conn_query_in(acq.conn, ctx, "INSERT INTO pgtag_fx_defer VALUES (0)", &held);
+  assert_true(run_until(&loop, &held.calls, 1, 5000));
+  assert_done(&held, ctx, PGTAG_ESERVER);
+  assert_string_equal(held.sqlstate, "23505");
+  memset(&next, 0, sizeof next);
+  conn_query_in(acq.conn, ctx, "SELECT count(*) FROM pgtag_fx_defer", &next);
+  assert_true(run_until(&loop, &next.calls, 1, 5000));
+  assert_done(&next, ctx, PGTAG_OK);
+  assert_string_equal(next.value, "1");
+  pgtag_release(acq.conn);
+  pgtag_ctx_unref(ctx);
+  test_pool_close(&loop, pool);
+}
+
 /* One batch of three reads of different requests; each must succeed. */
 static void batch_of_three(pgtag_pool *pool, const char *sql) {
   rec r[3];
@@ -832,6 +882,7 @@ int main(void) {
       cmocka_unit_test_setup(lost_connection_fails_each_pipelined_query_once, loop_setup),
       cmocka_unit_test_setup(writes_of_different_requests_never_share_a_transaction, loop_setup),
       cmocka_unit_test_setup(select_of_a_writing_function_runs_once, loop_setup),
+      cmocka_unit_test_setup(a_read_that_wrote_is_done_when_it_commits, loop_setup),
       cmocka_unit_test_setup(batch_opener_survives_what_a_holder_does, loop_setup),
       cmocka_unit_test_setup(read_result_arrives_while_a_slow_read_of_its_batch_runs, loop_setup),
       cmocka_unit_test_setup(request_stats_charge_only_own_time, loop_setup),
