@@ -490,7 +490,7 @@ static int put_cached(struct conn *conn, op *o, int alone) {
   if (o->hash == 0)
     o->hash = pgtag__sql_hash(o->sql);
   if (pgtag__stmtcache_plan(&conn->stmts, conn->pg, o->hash, o->sql, o->nparams, o->values,
-                            &plan) != 0)
+                            queue_empty(&conn->wire), &plan) != 0)
     return 1;
   o->steps = 0;
   o->stmt_id = plan.id;

@@ -103,7 +103,7 @@ static int entry_fill(stmt_entry *e, uint64_t hash, const char *sql, uint32_t id
 /* "EXECUTE _pgtag_<id>('v1', NULL, ...) / * sql * /" into c->text.
  * Returns -1 when it must go the old way. */
 static int build_execute(stmt_cache *c, PGconn *pg, stmt_entry *e, int nparams,
-                         const char *const *values) {
+                         const char *const *values, int settled) {
   tag_buf *b = &c->text;
   int enc = PQclientEncoding(pg);
   if (e->excerpt_enc != enc) /* SET client_encoding on a held connection */
@@ -124,6 +124,11 @@ static int build_execute(stmt_cache *c, PGconn *pg, stmt_entry *e, int nparams,
     literals += len;
     if (literals > STMT_LITERALS_MAX)
       return -1;
+    /* Quotes doubled mean the same under either standard_conforming_strings;
+     * a backslash does not, and a statement ahead may change the setting
+     * before libpq can tell. */
+    if (!settled && memchr(values[i], '\\', len) != NULL)
+      return -1;
     /* room for the escaped value (at most twice as long) and its quotes */
     if (pgtag__tag_buf_append(b, "'", 1) != 0 || pgtag__tag_buf_reserve(b, 2 * len + 2) != 0)
       return -1;
@@ -141,7 +146,7 @@ static int build_execute(stmt_cache *c, PGconn *pg, stmt_entry *e, int nparams,
 }
 
 int pgtag__stmtcache_plan(stmt_cache *c, PGconn *pg, uint64_t hash, const char *sql, int nparams,
-                          const char *const *values, stmt_plan *plan) {
+                          const char *const *values, int settled, stmt_plan *plan) {
   if (c->slots == NULL || sql == NULL || !pgtag__sql_preparable(sql))
     return -1;
   /* Quoting is plain doubling only with standard-conforming strings. */
@@ -166,7 +171,7 @@ int pgtag__stmtcache_plan(stmt_cache *c, PGconn *pg, uint64_t hash, const char *
     memset(&fresh, 0, sizeof fresh);
     if (entry_fill(&fresh, hash, sql, c->next_id + 1, PQclientEncoding(pg)) != 0)
       return -1;
-    if (build_execute(c, pg, &fresh, nparams, values) != 0) {
+    if (build_execute(c, pg, &fresh, nparams, values, settled) != 0) {
       free(fresh.sql);
       return -1;
     }
@@ -180,7 +185,7 @@ int pgtag__stmtcache_plan(stmt_cache *c, PGconn *pg, uint64_t hash, const char *
     c->next_id++;
     memcpy(c->prepare_name, e->head + 8, (size_t)e->head_len - 8 + 1); /* "_pgtag_<id>" */
     plan->prepare_name = c->prepare_name;
-  } else if (build_execute(c, pg, e, nparams, values) != 0) {
+  } else if (build_execute(c, pg, e, nparams, values, settled) != 0) {
     return -1;
   }
   plan->execute = c->text.data;

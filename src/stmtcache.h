@@ -69,11 +69,13 @@ void pgtag__stmtcache_clear(stmt_cache *c);
  * the cache: 0 with *plan filled (valid until the next call), or -1 when it
  * must go the old way: the cache is off, the server does not have
  * standard_conforming_strings on, the text is not a statement that can be
- * prepared, the parameters are too long, or one is not valid in the
- * client encoding.  Values are quoted with PQescapeStringConn: quotes
- * doubled, nothing else interpreted; NULL is NULL. */
+ * prepared, the parameters are too long, one is not valid in the client
+ * encoding, or one has a backslash and the query is not settled (something
+ * ahead of it on the wire could change the setting before libpq sees it).
+ * Values are quoted with PQescapeStringConn: quotes doubled, nothing else
+ * interpreted; NULL is NULL. */
 int pgtag__stmtcache_plan(stmt_cache *c, PGconn *pg, uint64_t hash, const char *sql, int nparams,
-                          const char *const *values, stmt_plan *plan);
+                          const char *const *values, int settled, stmt_plan *plan);
 
 /* Statement id (of hash) is not, or no longer, prepared: forget it. */
 void pgtag__stmtcache_forget(stmt_cache *c, uint64_t hash, uint32_t id);

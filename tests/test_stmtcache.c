@@ -270,6 +270,43 @@ static void what_goes_the_old_way(void **state) {
   test_pool_close(&loop, pool);
 }
 
+/* A read that turns standard_conforming_strings off, with a cached query
+ * in the same batch behind it: libpq learns of the change only when the
+ * read's result arrives, after the query was quoted.  A quote doubled for
+ * the old setting would be a backslash-escaped quote under the new one,
+ * and the value would end its literal early; so a value with a backslash
+ * goes through the cache only with nothing ahead of it on the wire.
+ * Without one, doubling the quotes is right under both settings. */
+static void a_setting_changed_in_flight_cannot_open_a_literal(void **state) {
+  (void)state;
+  pgtag_pool *pool = one_conn_pool(NULL, 256);
+  const char *off = "SELECT set_config('standard_conforming_strings', $1, false)";
+  const char *hostile = "\\'||upper(chr(97))) --";
+  const char *quotes = "it's ''";
+  rec set = {0}, q = {0}, plain = {0}, reset = {0};
+  run_query(pool, off, "on", NULL, &set); /* known to be fast: they batch */
+  run_query(pool, "SELECT $1::text", "warm", NULL, &q);
+  run_query(pool, "SELECT $1::text || '!'", "warm", NULL, &plain);
+  memset(&set, 0, sizeof set);
+  memset(&q, 0, sizeof q);
+  memset(&plain, 0, sizeof plain);
+  const char *values[1] = {"off"};
+  assert_int_equal(pgtag_query(pool, off, 1, values, rec_result, &set), PGTAG_OK);
+  assert_int_equal(pgtag_query(pool, "SELECT $1::text", 1, &hostile, rec_result, &q), PGTAG_OK);
+  assert_int_equal(pgtag_query(pool, "SELECT $1::text || '!'", 1, &quotes, rec_result, &plain),
+                   PGTAG_OK);
+  assert_true(run_until(&loop, &plain.calls, 1, 5000));
+  assert_done(&set, NULL, PGTAG_OK);
+  assert_string_equal(set.value, "off");
+  assert_done(&q, NULL, PGTAG_OK);
+  assert_string_equal(q.value, hostile);
+  assert_done(&plain, NULL, PGTAG_OK);
+  assert_string_equal(plain.value, "it's ''!");
+  run_query(pool, off, "on", NULL, &reset);
+  assert_done(&reset, NULL, PGTAG_OK);
+  test_pool_close(&loop, pool);
+}
+
 /* The line of the server's log with both tag and what ("" if none yet),
  * and the line after it. */
 static void logged_line(const char *tag, const char *what, char *line, char *next, size_t len) {
@@ -467,6 +504,7 @@ int main(void) {
       cmocka_unit_test_setup(least_recently_used_are_deallocated, loop_setup),
       cmocka_unit_test_setup(what_goes_the_old_way, loop_setup),
       cmocka_unit_test_setup(alone_it_goes_as_one_simple_query, loop_setup),
+      cmocka_unit_test_setup(a_setting_changed_in_flight_cannot_open_a_literal, loop_setup),
       cmocka_unit_test_setup(literals_give_the_server_the_same_bytes, loop_setup),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
