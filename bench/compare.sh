@@ -6,7 +6,7 @@
 #   PGTAG_TEST_CONNINFO=... bench/compare.sh [SECONDS]   your own server
 #
 # Builds build/ if needed.  Prints each run's result line, then the ratios
-# (every pair runs twice, alternating, and the best of each side counts:
+# (every pair runs twice, A B B A, and the best of each side counts:
 # the machine is shared and noisy):
 #   W1            pgtag, 64 requests, each a fresh request ID and one tagged
 #                 point select on pgbench_accounts, over 8 connections:
@@ -95,11 +95,12 @@ pgtag_qps() { # pgtag_qps ARGS...: the result line (and any check line) to stder
 
 best() { printf '%s\n' "$@" | sort -g | tail -1; }
 ratio() { echo "scale=2; $1 / $2" | bc; }
-# pair NAME 'A command' 'B command': each twice, alternating; the best of
+# pair NAME 'A command' 'B command': each twice, A B B A, so that a drift
+# of the machine's speed during the pair favours neither side; the best of
 # each side in $NAME_a and $NAME_b.
 pair() {
   local a1 b1 a2 b2
-  a1=$(eval "$2"); b1=$(eval "$3"); a2=$(eval "$2"); b2=$(eval "$3")
+  a1=$(eval "$2"); b1=$(eval "$3"); b2=$(eval "$3"); a2=$(eval "$2")
   printf -v "${1}_a" '%s' "$(best "$a1" "$a2")"
   printf -v "${1}_b" '%s' "$(best "$b1" "$b2")"
 }

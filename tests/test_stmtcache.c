@@ -327,39 +327,53 @@ static void logged_line(const char *tag, const char *what, char *line, char *nex
   fclose(f);
 }
 
-/* A statement already prepared that goes out alone leaves pipeline mode:
- * the server gets one simple query, and its log line for a slow statement
- * adds the prepared text.  Whatever is not alone stays in the pipeline;
- * a query that comes while the simple one runs waits for it. */
+/* A statement already prepared that goes out alone, while a query that
+ * comes meanwhile would have a free connection of its own, leaves pipeline
+ * mode: the server gets one simple query, and its log line for a slow
+ * statement adds the prepared text.  Once the pool is busy, a statement
+ * stays in the pipeline so that others can join it; one that comes while
+ * the simple query runs goes elsewhere or waits. */
 static void alone_it_goes_as_one_simple_query(void **state) {
   (void)state;
-  char conninfo[512], ids[3][64], tag[160], line[4096], next[4096];
+  char conninfo[512], ids[5][64], tag[400], line[4096], next[4096];
   snprintf(conninfo, sizeof conninfo, "%s options='-c log_min_duration_statement=0'",
            test_conninfo());
-  pgtag_pool *pool = one_conn_pool(conninfo, 256);
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.conninfo = conninfo;
+  cfg.max_conns = cfg.min_conns = 2;
+  cfg.log_level = PGTAG_LOG_ERROR;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
+  pgtag_stats st;
+  WAIT_FOR(&loop, (pgtag_pool_stats(pool, &st), st.idle == 2), 10000);
+  assert_int_equal(st.idle, 2);
   const char *sql = "SELECT $1::text || ' alone', pg_sleep(0.05)";
-  pgtag_ctx *ctx[3];
-  rec r[3];
+  pgtag_ctx *ctx[5];
+  rec r[5];
   /* IDs of this run's own: the log keeps earlier runs' lines */
-  for (int i = 0; i < 3; i++) {
+  for (int i = 0; i < 5; i++) {
     snprintf(ids[i], sizeof ids[i], "simple-%d-%llu-%d", (int)getpid(),
              (unsigned long long)now_ms(), i);
     ctx[i] = pgtag_ctx_new(ids[i]);
     memset(&r[i], 0, sizeof r[i]);
   }
-  /* the first use: its prepare goes just ahead of it, in the pipeline */
+  /* the first use on each connection: its prepare goes just ahead of it,
+   * in the pipeline */
   assert_int_equal(query_param_in(pool, ctx[0], sql, "0", &r[0]), PGTAG_OK);
-  assert_true(run_until(&loop, &r[0].calls, 1, 10000));
-  assert_done(&r[0], ctx[0], PGTAG_OK);
-  /* prepared now: alone, a simple query; the one submitted while it runs
-   * waits for it, then goes */
   assert_int_equal(query_param_in(pool, ctx[1], sql, "1", &r[1]), PGTAG_OK);
-  run_for(&loop, 10); /* it went out: the loop turned */
-  assert_int_equal(r[1].calls, 0);
+  assert_true(run_until(&loop, &r[1].calls, 1, 10000));
+  assert_true(run_until(&loop, &r[0].calls, 1, 10000));
+  /* prepared on both: the first alone, the other connection free, goes
+   * as a simple query; the second, the pool busy, in the pipeline; the
+   * third comes while both run */
   assert_int_equal(query_param_in(pool, ctx[2], sql, "2", &r[2]), PGTAG_OK);
-  assert_true(run_until(&loop, &r[2].calls, 1, 10000));
-  assert_int_equal(r[1].calls, 1);
-  for (int i = 1; i < 3; i++) {
+  run_for(&loop, 10); /* it went out: the loop turned */
+  assert_int_equal(query_param_in(pool, ctx[3], sql, "3", &r[3]), PGTAG_OK);
+  run_for(&loop, 10);
+  assert_int_equal(query_param_in(pool, ctx[4], sql, "4", &r[4]), PGTAG_OK);
+  assert_true(run_until(&loop, &r[4].calls, 1, 10000));
+  assert_true(run_until(&loop, &r[3].calls, 1, 10000));
+  for (int i = 0; i < 5; i++) {
     assert_done(&r[i], ctx[i], PGTAG_OK);
     char want[32];
     snprintf(want, sizeof want, "%d alone", i);
@@ -369,20 +383,22 @@ static void alone_it_goes_as_one_simple_query(void **state) {
   /* log_min_duration_statement logs a simple query as a "statement",
    * and the three steps of one in the pipeline as "parse", "bind" and
    * "execute" */
-  snprintf(tag, sizeof tag, "/* requestId=%s */ EXECUTE _pgtag_1('1')", ids[1]);
+  snprintf(tag, sizeof tag, "/* requestId=%s */ EXECUTE _pgtag_1('2')", ids[2]);
   WAIT_FOR(&loop, (logged_line(tag, "statement: ", line, next, sizeof line), next[0] != '\0'),
            10000);
   assert_non_null(strstr(line, "statement: /* requestId="));
   assert_non_null(strstr(next, "DETAIL:  prepare: SELECT $1::text || ' alone', pg_sleep(0.05)"));
   logged_line(tag, "execute <unnamed>: ", line, next, sizeof line);
   assert_string_equal(line, "");
-  snprintf(tag, sizeof tag, "/* requestId=%s */ EXECUTE _pgtag_1('0')", ids[0]);
-  WAIT_FOR(&loop,
-           (logged_line(tag, "execute <unnamed>: ", line, next, sizeof line), line[0] != '\0'),
-           10000);
-  logged_line(tag, "statement: ", line, next, sizeof line);
-  assert_string_equal(line, "");
-  for (int i = 0; i < 3; i++)
+  for (int i = 0; i < 4; i += 3) {
+    snprintf(tag, sizeof tag, "/* requestId=%s */ EXECUTE _pgtag_1('%d')", ids[i], i);
+    WAIT_FOR(&loop,
+             (logged_line(tag, "execute <unnamed>: ", line, next, sizeof line), line[0] != '\0'),
+             10000);
+    logged_line(tag, "statement: ", line, next, sizeof line);
+    assert_string_equal(line, "");
+  }
+  for (int i = 0; i < 5; i++)
     pgtag_ctx_unref(ctx[i]);
   test_pool_close(&loop, pool);
 }
