@@ -6,7 +6,8 @@
 #   PGTAG_TEST_CONNINFO=... bench/compare.sh [SECONDS]   your own server
 #
 # Builds build/ if needed.  Prints each run's result line, then the ratios
-# (every pair runs twice, A B B A, and the best of each side counts:
+# (every pair runs ROUNDS times, default 2, A B then B A and so on; the
+# best of each side counts, and the median of the rounds' ratios is shown:
 # the machine is shared and noisy):
 #   W1            pgtag, 64 requests, each a fresh request ID and one tagged
 #                 point select on pgbench_accounts, over 8 connections:
@@ -94,15 +95,29 @@ pgtag_qps() { # pgtag_qps ARGS...: the result line (and any check line) to stder
 }
 
 best() { printf '%s\n' "$@" | sort -g | tail -1; }
-ratio() { echo "scale=2; $1 / $2" | bc; }
-# pair NAME 'A command' 'B command': each twice, A B B A, so that a drift
-# of the machine's speed during the pair favours neither side; the best of
-# each side in $NAME_a and $NAME_b.
+median() {
+  printf '%s\n' "$@" | sort -g |
+    awk '{ v[NR] = $1 } END { printf "%.2f\n", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f\n", a / b }'; }
+# pair NAME 'A command' 'B command': ROUNDS rounds (default 2) of one run
+# each, A B, then B A, and so on, so that a drift of the machine's speed
+# favours neither side.  The best of each side in $NAME_a and $NAME_b; the
+# median of the rounds' ratios in $NAME_m.
+rounds=${ROUNDS:-2}
 pair() {
-  local a1 b1 a2 b2
-  a1=$(eval "$2"); b1=$(eval "$3"); b2=$(eval "$3"); a2=$(eval "$2")
-  printf -v "${1}_a" '%s' "$(best "$a1" "$a2")"
-  printf -v "${1}_b" '%s' "$(best "$b1" "$b2")"
+  local i x y as=() bs=() rs=()
+  for ((i = 0; i < rounds; i++)); do
+    if ((i % 2 == 0)); then
+      x=$(eval "$2"); y=$(eval "$3")
+    else
+      y=$(eval "$3"); x=$(eval "$2")
+    fi
+    as+=("$x"); bs+=("$y"); rs+=("$(ratio "$x" "$y")")
+  done
+  printf -v "${1}_a" '%s' "$(best "${as[@]}")"
+  printf -v "${1}_b" '%s' "$(best "${bs[@]}")"
+  printf -v "${1}_m" '%s' "$(median "${rs[@]}")"
 }
 
 pair w1 'pgtag_qps -c 64 -p 8' 'pgbench_qps extended 8 "$work/select.sql" 1'
@@ -119,17 +134,21 @@ pair tag 'pgtag_qps -c 64 -p 8 -d 1' 'pgtag_qps -c 64 -p 8 -d 1 -n'
 rm -rf "$work"
 
 echo
-echo "| workload | pgtag | against | ratio |"
-echo "| --- | --- | --- | --- |"
-row() { echo "| $1 | $2 | $3: $4 | $(ratio "$2" "$4") |"; }
-row "W1, default config" "$w1_a" "pgbench -M extended -c 8, tagged" "$w1_b"
-row "W1, depth 1" "$w1d1_a" "pgbench -M extended -c 8, tagged" "$w1d1_b"
-row "W1, depth 1" "$w1prep_a" "pgbench -M prepared -c 8, untagged" "$w1prep_b"
-row "W1, 16 deep, 2 connections, one loop" "$w1pipe_a" "pgbench -M extended -c 2, 16-deep pipelines, tagged" "$w1pipe_b"
-row "W1, default config" "$w1dflt_prep_a" "pgbench -M prepared -c 2, 16-deep pipelines, untagged" "$w1dflt_prep_b"
-row "hot rows (4), default config" "$hot4_a" "the same at depth 1" "$hot4_b"
-row "hot rows (100), default config" "$hot100_a" "the same at depth 1" "$hot100_b"
-row "slow mix, fast queries, default config" "$slow_a" "the same at depth 1" "$slow_b"
-row "W2, statement cache" "$w2_a" "W2 without it (-u)" "$w2_b"
-row "W1 depth 1, tagged" "$tag_a" "untagged (-n)" "$tag_b"
+echo "| workload | pgtag (best of $rounds) | against (best of $rounds) | ratio of the bests | median of $rounds rounds' ratios |"
+echo "| --- | --- | --- | --- | --- |"
+row() { # row WORKLOAD AGAINST NAME
+  local a b m
+  a=${3}_a b=${3}_b m=${3}_m
+  echo "| $1 | ${!a} | $2: ${!b} | $(ratio "${!a}" "${!b}") | ${!m} |"
+}
+row "W1, default config" "pgbench -M extended -c 8, tagged" w1
+row "W1, depth 1" "pgbench -M extended -c 8, tagged" w1d1
+row "W1, depth 1" "pgbench -M prepared -c 8, untagged" w1prep
+row "W1, 16 deep, 2 connections, one loop" "pgbench -M extended -c 2, 16-deep pipelines, tagged" w1pipe
+row "W1, default config" "pgbench -M prepared -c 2, 16-deep pipelines, untagged" w1dflt_prep
+row "hot rows (4), default config" "the same at depth 1" hot4
+row "hot rows (100), default config" "the same at depth 1" hot100
+row "slow mix, fast queries, default config" "the same at depth 1" slow
+row "W2, statement cache" "W2 without it (-u)" w2
+row "W1 depth 1, tagged" "untagged (-n)" tag
 echo "(deadlocks, exactly-once and fast queries over 100 ms: the 'hot' and 'slow' lines above)"
