@@ -524,30 +524,40 @@ static int put_cached(struct conn *conn, op *o, int alone) {
  * unless o went as a simple query. */
 static int put_query(struct conn *conn, op *o, int alone) {
   pgtag_pool *pool = conn->pool;
-  const char *text = o->sql;
-  if (!op_internal(o->kind)) {
-    o->stmt_id = 0;
-    o->steps = 0;
-    int rc = put_cached(conn, o, alone);
-    if (rc != 1)
-      return rc;
+  if (op_internal(o->kind)) {
+    if (conn->pipelined && pipeline_mode(conn, 1) != 0)
+      return -1;
+    if (o->kind == OP_PREPARE)
+      return PQsendPrepare(conn->pg, OPENER_NAME, OPENER_SQL, 1, NULL) ? 0 : -1;
+    if (o->kind == OP_OPENER && conn->opener == OPENER_PREPARED)
+      return PQsendQueryPrepared(conn->pg, OPENER_NAME, 1, o->values, NULL, NULL, 0) ? 0 : -1;
+    return PQsendQueryParams(conn->pg, o->sql, o->nparams, NULL, o->values, NULL, NULL, 0) ? 0 : -1;
+  }
+  o->stmt_id = 0;
+  o->steps = 0;
+  int rc = put_cached(conn, o, alone);
+  if (rc != 1)
+    return rc;
+  if (discards_prepared(o->sql)) {
+    pgtag__stmtcache_clear(&conn->stmts);
+    if (conn->opener == OPENER_PREPARED)
+      conn->opener = OPENER_UNPREPARED;
+  }
+  const char *text =
+      pgtag__tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key, o->ctx, o->sql);
+  if (text == NULL)
+    text = o->sql; /* out of memory for the tag: the query still runs */
+  /* Alone, without parameters and with no room for a second statement (a
+   * simple query would run it; the extended protocol refuses it), it goes
+   * as one simple query too: a BEGIN or a COMMIT costs the server one
+   * message instead of five. */
+  if (alone && o->nparams == 0 && pgtag__sql_one_statement(o->sql)) {
+    if (pipeline_mode(conn, 0) != 0)
+      return -1;
+    return PQsendQuery(conn->pg, text) ? 0 : -1;
   }
   if (conn->pipelined && pipeline_mode(conn, 1) != 0)
     return -1;
-  if (o->kind == OP_PREPARE)
-    return PQsendPrepare(conn->pg, OPENER_NAME, OPENER_SQL, 1, NULL) ? 0 : -1;
-  if (o->kind == OP_OPENER && conn->opener == OPENER_PREPARED)
-    return PQsendQueryPrepared(conn->pg, OPENER_NAME, 1, o->values, NULL, NULL, 0) ? 0 : -1;
-  if (!op_internal(o->kind)) {
-    if (discards_prepared(o->sql)) {
-      pgtag__stmtcache_clear(&conn->stmts);
-      if (conn->opener == OPENER_PREPARED)
-        conn->opener = OPENER_UNPREPARED;
-    }
-    text = pgtag__tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key, o->ctx, o->sql);
-    if (text == NULL)
-      text = o->sql; /* out of memory for the tag: the query still runs */
-  }
   return PQsendQueryParams(conn->pg, text, o->nparams, NULL, o->values, NULL, NULL, 0) ? 0 : -1;
 }
 
@@ -574,16 +584,19 @@ static int flush_staged(struct conn *conn, int more);
 
 /* Whether a statement alone on the wire may leave pipeline mode, which
  * shuts the connection to pipelining until it is done: when nothing could
- * be pipelined behind it anyway, because the pool does not pipeline, or
- * because a query that comes meanwhile gets a connection of its own (a
- * free one, or a new one: pipelining starts only once the pool is full,
- * pgtag__pipeline_least_loaded). */
+ * be pipelined behind it anyway.  A held connection sends its holder's
+ * statements one at a time (pool.c, held_next); a pooled one takes others'
+ * only when the pool pipelines and a query that comes meanwhile has no
+ * connection of its own (a free one, or a new one: pipelining starts only
+ * once the pool is full, pgtag__pipeline_least_loaded). */
 static int may_go_alone(const struct conn *conn) {
   const pgtag_pool *pool = conn->pool;
-  return conn->state == CONN_BUSY && queue_empty(&conn->wire) && conn->nsyncs == 0 &&
-         conn->synced == NULL &&
-         (pool->cfg.pipeline_depth <= 1 || !queue_empty(&pool->idle) ||
-          pool_live_conns(pool) < pool->cfg.max_conns);
+  if (!queue_empty(&conn->wire) || conn->nsyncs > 0 || conn->synced != NULL)
+    return 0;
+  if (conn->state == CONN_HELD)
+    return 1;
+  return conn->state == CONN_BUSY && (pool->cfg.pipeline_depth <= 1 || !queue_empty(&pool->idle) ||
+                                      pool_live_conns(pool) < pool->cfg.max_conns);
 }
 
 /* A read that may go out in a batch with others of this loop turn. */

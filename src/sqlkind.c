@@ -148,6 +148,16 @@ int pgtag__sql_preparable(const char *sql) {
   return sql != NULL && next_word(&lx) && IN(&lx, preparable_words);
 }
 
+int pgtag__sql_one_statement(const char *sql) {
+  const char *semi = sql != NULL ? strchr(sql, ';') : NULL;
+  if (sql == NULL)
+    return 0;
+  for (; semi != NULL && *semi != '\0'; semi++)
+    if (*semi != ';' && *semi != ' ' && *semi != '\t' && *semi != '\n' && *semi != '\r')
+      return 0;
+  return 1;
+}
+
 uint64_t pgtag__sql_hash(const char *s) {
   uint64_t h = 14695981039346656037ULL;
   for (; *s != '\0'; s++)

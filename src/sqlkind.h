@@ -29,6 +29,11 @@ sql_kind pgtag__sql_kind_of(const char *sql);
  * SELECT, INSERT, UPDATE, DELETE, MERGE, VALUES, TABLE or WITH. */
 int pgtag__sql_preparable(const char *sql);
 
+/* Nonzero when sql cannot hold a second statement: no ';' but trailing
+ * ones (followed by nothing but whitespace and more of them).  Errs
+ * towards 0: a ';' in a literal or a comment counts. */
+int pgtag__sql_one_statement(const char *sql);
+
 /* A statement text's identity for the pool's tables (FNV-1a; never 0). */
 uint64_t pgtag__sql_hash(const char *sql);
 

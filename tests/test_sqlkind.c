@@ -126,8 +126,24 @@ static void hostile_text_ends(void **state) {
   expect(NULL, SQL_WRITE);
 }
 
+/* What may go as one simple query: nothing after a ';' but more of them
+ * and whitespace; a ';' anywhere else counts, even quoted. */
+static void one_statement_or_maybe_more(void **state) {
+  (void)state;
+  assert_true(pgtag__sql_one_statement("BEGIN"));
+  assert_true(pgtag__sql_one_statement("COMMIT;"));
+  assert_true(pgtag__sql_one_statement("COMMIT ; ;\n\t "));
+  assert_true(pgtag__sql_one_statement(""));
+  assert_false(pgtag__sql_one_statement("SELECT 1; SELECT 2"));
+  assert_false(pgtag__sql_one_statement("BEGIN;DROP TABLE t"));
+  assert_false(pgtag__sql_one_statement("SELECT ';'"));
+  assert_false(pgtag__sql_one_statement("COMMIT; -- done"));
+  assert_false(pgtag__sql_one_statement(NULL));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(one_statement_or_maybe_more),
       cmocka_unit_test(plain_reads),
       cmocka_unit_test(words_that_do_not_count),
       cmocka_unit_test(writes),

@@ -328,8 +328,8 @@ static void logged_line(const char *tag, const char *what, char *line, char *nex
 }
 
 /* A statement already prepared that goes out alone, while a query that
- * comes meanwhile would have a free connection of its own, leaves pipeline
- * mode: the server gets one simple query, and its log line for a slow
+ * comes meanwhile would have a free connection of its own (or on a held
+ * connection), leaves pipeline mode: the server gets one simple query, and its log line for a slow
  * statement adds the prepared text.  Once the pool is busy, a statement
  * stays in the pipeline so that others can join it; one that comes while
  * the simple query runs goes elsewhere or waits. */
@@ -390,6 +390,40 @@ static void alone_it_goes_as_one_simple_query(void **state) {
   assert_non_null(strstr(next, "DETAIL:  prepare: SELECT $1::text || ' alone', pg_sleep(0.05)"));
   logged_line(tag, "execute <unnamed>: ", line, next, sizeof line);
   assert_string_equal(line, "");
+  /* a held connection sends its holder's statements one at a time: each
+   * alone */
+  rec acq = {0}, held = {0};
+  acquire_in(pool, ctx[1], &acq);
+  assert_true(run_until(&loop, &acq.calls, 1, 5000));
+  const char *five[1] = {"5"};
+  pgtag_ctx *prev = pgtag_ctx_enter(ctx[1]);
+  assert_int_equal(pgtag_conn_query(acq.conn, sql, 1, five, rec_result, &held), PGTAG_OK);
+  pgtag_ctx_leave(prev);
+  assert_true(run_until(&loop, &held.calls, 1, 5000));
+  assert_done(&held, ctx[1], PGTAG_OK);
+  /* without parameters and without room for a second statement, the
+   * application's own text goes so too; with room, it does not (a simple
+   * query would run both) */
+  rec two = {0};
+  conn_query_in(acq.conn, ctx[1], "SELECT 'one'; SELECT 'two'", &two);
+  assert_true(run_until(&loop, &two.calls, 1, 5000));
+  assert_done(&two, ctx[1], PGTAG_ESERVER);
+  assert_string_equal(two.sqlstate, "42601");
+  memset(&held, 0, sizeof held);
+  conn_query_in(acq.conn, ctx[1], "SHOW standard_conforming_strings;", &held);
+  assert_true(run_until(&loop, &held.calls, 1, 5000));
+  assert_done(&held, ctx[1], PGTAG_OK);
+  assert_string_equal(held.value, "on");
+  pgtag_release(acq.conn);
+  snprintf(tag, sizeof tag, "/* requestId=%s */ EXECUTE _pgtag_1('5')", ids[1]);
+  WAIT_FOR(&loop, (logged_line(tag, "statement: ", line, next, sizeof line), line[0] != '\0'),
+           10000);
+  assert_non_null(strstr(line, "statement: /* requestId="));
+  snprintf(tag, sizeof tag, "/* requestId=%s */ SHOW standard_conforming_strings;", ids[1]);
+  WAIT_FOR(&loop, (logged_line(tag, "statement: ", line, next, sizeof line), line[0] != '\0'),
+           10000);
+  assert_non_null(strstr(line, "statement: /* requestId="));
+
   for (int i = 0; i < 4; i += 3) {
     snprintf(tag, sizeof tag, "/* requestId=%s */ EXECUTE _pgtag_1('%d')", ids[i], i);
     WAIT_FOR(&loop,
