@@ -462,6 +462,13 @@ static int discards_prepared(const char *sql) {
   return strncasecmp(sql, "DISCARD", 7) == 0 || strncasecmp(sql, "DEALLOCATE", 10) == 0;
 }
 
+/* Everything sent before has been answered to its sync point: the
+ * settings libpq reports (ParameterStatus, which the server sends as a
+ * transaction ends) are the ones the next statement runs under. */
+static int conn_settled(const struct conn *conn) {
+  return queue_empty(&conn->wire) && conn->nsyncs == 0 && conn->synced == NULL;
+}
+
 /* libpq's pipeline mode on or off.  Only between statements: nothing of
  * this connection's is on the wire then, so libpq has nothing pending. */
 static int pipeline_mode(struct conn *conn, int on) {
@@ -490,7 +497,7 @@ static int put_cached(struct conn *conn, op *o, int alone) {
   if (o->hash == 0)
     o->hash = pgtag__sql_hash(o->sql);
   if (pgtag__stmtcache_plan(&conn->stmts, conn->pg, o->hash, o->sql, o->nparams, o->values,
-                            queue_empty(&conn->wire), &plan) != 0)
+                            conn_settled(conn), &plan) != 0)
     return 1;
   o->steps = 0;
   o->stmt_id = plan.id;
@@ -547,11 +554,10 @@ static int put_query(struct conn *conn, op *o, int alone) {
       pgtag__tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key, o->ctx, o->sql);
   if (text == NULL)
     text = o->sql; /* out of memory for the tag: the query still runs */
-  /* Alone, without parameters and with no room for a second statement (a
-   * simple query would run it; the extended protocol refuses it), it goes
-   * as one simple query too: a BEGIN or a COMMIT costs the server one
-   * message instead of five. */
-  if (alone && o->nparams == 0 && pgtag__sql_one_statement(o->sql)) {
+  /* Alone, without parameters, and the same as a simple query
+   * (pgtag__sql_simple_ok), it goes as one: a BEGIN or a COMMIT costs the
+   * server one message instead of five. */
+  if (alone && o->nparams == 0 && pgtag__sql_simple_ok(o->sql)) {
     if (pipeline_mode(conn, 0) != 0)
       return -1;
     return PQsendQuery(conn->pg, text) ? 0 : -1;
@@ -591,7 +597,7 @@ static int flush_staged(struct conn *conn, int more);
  * once the pool is full, pgtag__pipeline_least_loaded). */
 static int may_go_alone(const struct conn *conn) {
   const pgtag_pool *pool = conn->pool;
-  if (!queue_empty(&conn->wire) || conn->nsyncs > 0 || conn->synced != NULL)
+  if (!conn_settled(conn))
     return 0;
   if (conn->state == CONN_HELD)
     return 1;
@@ -817,6 +823,7 @@ static void read_results(struct conn *conn) {
     }
     if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
       PQclear(res);
+      sync_error = 0;
       conn->nsyncs--;
       op *o = conn->synced;
       conn->synced = NULL;
@@ -831,12 +838,12 @@ static void read_results(struct conn *conn) {
         return;
       continue;
     }
-    if (queue_empty(&conn->wire)) {
+    if (conn->synced != NULL || queue_empty(&conn->wire)) {
       /* An error at a sync point: committing what it closes failed (a
-       * deferred constraint, say), or the connection is gone.  That is the
-       * outcome of the statement waiting for it, unless it failed already
-       * (its own error says more); a batch of reads has nothing to
-       * commit. */
+       * deferred constraint, say), or the connection is gone.  It comes
+       * before anything sent behind that sync point.  It is the outcome
+       * of the statement waiting for it, unless that failed already (its
+       * own error says more); a batch of reads has nothing to commit. */
       op *w = conn->synced;
       if (w != NULL && PQresultStatus(res) == PGRES_FATAL_ERROR &&
           (w->res == NULL || PQresultStatus(w->res) != PGRES_FATAL_ERROR)) {

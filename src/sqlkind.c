@@ -148,10 +148,11 @@ int pgtag__sql_preparable(const char *sql) {
   return sql != NULL && next_word(&lx) && IN(&lx, preparable_words);
 }
 
-int pgtag__sql_one_statement(const char *sql) {
-  const char *semi = sql != NULL ? strchr(sql, ';') : NULL;
-  if (sql == NULL)
+int pgtag__sql_simple_ok(const char *sql) {
+  lexer lx = {sql, NULL, 0};
+  if (sql == NULL || (next_word(&lx) && word_is(&lx, "fetch")))
     return 0;
+  const char *semi = strchr(sql, ';');
   for (; semi != NULL && *semi != '\0'; semi++)
     if (*semi != ';' && *semi != ' ' && *semi != '\t' && *semi != '\n' && *semi != '\r')
       return 0;

@@ -29,10 +29,14 @@ sql_kind pgtag__sql_kind_of(const char *sql);
  * SELECT, INSERT, UPDATE, DELETE, MERGE, VALUES, TABLE or WITH. */
 int pgtag__sql_preparable(const char *sql);
 
-/* Nonzero when sql cannot hold a second statement: no ';' but trailing
- * ones (followed by nothing but whitespace and more of them).  Errs
+/* Nonzero when sql, without parameters, does the same as one simple
+ * query as in the extended protocol: it cannot hold a second statement
+ * (no ';' but trailing ones, followed by nothing but whitespace and more
+ * of them; a simple query would run a second one, the extended protocol
+ * refuses it), and it is not a FETCH (a BINARY cursor's rows come as
+ * binary in a simple query; the extended protocol asks for text).  Errs
  * towards 0: a ';' in a literal or a comment counts. */
-int pgtag__sql_one_statement(const char *sql);
+int pgtag__sql_simple_ok(const char *sql);
 
 /* A statement text's identity for the pool's tables (FNV-1a; never 0). */
 uint64_t pgtag__sql_hash(const char *sql);

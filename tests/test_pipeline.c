@@ -454,11 +454,23 @@ static void a_read_that_wrote_is_done_when_it_commits(void **state) {
   assert_done(&next, ctx, PGTAG_OK);
   assert_string_equal(next.value, "next");
 
-  rec write = {0}, acq = {0}, held = {0};
-  query_param_in(pool, ctx, "INSERT INTO pgtag_fx_defer VALUES ($1::int)", "0", &write);
+  /* a write known to be fast, a read pipelined behind it: the write's
+   * failed commit comes before the read's result */
+  const char *insert = "INSERT INTO pgtag_fx_defer VALUES ($1::int)";
+  rec write = {0}, behind = {0}, acq = {0}, held = {0};
+  query_param_in(pool, ctx, insert, "7", &write);
   assert_true(run_until(&loop, &write.calls, 1, 5000));
+  assert_done(&write, ctx, PGTAG_OK);
+  memset(&write, 0, sizeof write);
+  completions = 0;
+  query_param_in(pool, ctx, insert, "0", &write);
+  query_param_in(pool, ctx, stmts[0], "behind", &behind);
+  assert_int_equal(in_pipeline(pool), 2);
+  assert_true(run_until(&loop, &completions, 2, 5000));
   assert_done(&write, ctx, PGTAG_ESERVER);
   assert_string_equal(write.sqlstate, "23505");
+  assert_done(&behind, ctx, PGTAG_OK);
+  assert_string_equal(behind.value, "behind");
   acquire_in(pool, ctx, &acq);
   assert_true(run_until(&loop, &acq.calls, 1, 5000));
   conn_query_in(acq.conn, ctx, "INSERT INTO pgtag_fx_defer VALUES (0)", &held);
@@ -469,7 +481,7 @@ static void a_read_that_wrote_is_done_when_it_commits(void **state) {
   conn_query_in(acq.conn, ctx, "SELECT count(*) FROM pgtag_fx_defer", &next);
   assert_true(run_until(&loop, &next.calls, 1, 5000));
   assert_done(&next, ctx, PGTAG_OK);
-  assert_string_equal(next.value, "1");
+  assert_string_equal(next.value, "2");
   pgtag_release(acq.conn);
   pgtag_ctx_unref(ctx);
   test_pool_close(&loop, pool);

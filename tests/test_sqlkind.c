@@ -127,18 +127,21 @@ static void hostile_text_ends(void **state) {
 }
 
 /* What may go as one simple query: nothing after a ';' but more of them
- * and whitespace; a ';' anywhere else counts, even quoted. */
+ * and whitespace (a ';' anywhere else counts, even quoted), and no FETCH. */
 static void one_statement_or_maybe_more(void **state) {
   (void)state;
-  assert_true(pgtag__sql_one_statement("BEGIN"));
-  assert_true(pgtag__sql_one_statement("COMMIT;"));
-  assert_true(pgtag__sql_one_statement("COMMIT ; ;\n\t "));
-  assert_true(pgtag__sql_one_statement(""));
-  assert_false(pgtag__sql_one_statement("SELECT 1; SELECT 2"));
-  assert_false(pgtag__sql_one_statement("BEGIN;DROP TABLE t"));
-  assert_false(pgtag__sql_one_statement("SELECT ';'"));
-  assert_false(pgtag__sql_one_statement("COMMIT; -- done"));
-  assert_false(pgtag__sql_one_statement(NULL));
+  assert_true(pgtag__sql_simple_ok("BEGIN"));
+  assert_true(pgtag__sql_simple_ok("COMMIT;"));
+  assert_true(pgtag__sql_simple_ok("COMMIT ; ;\n\t "));
+  assert_true(pgtag__sql_simple_ok(""));
+  assert_false(pgtag__sql_simple_ok("SELECT 1; SELECT 2"));
+  assert_false(pgtag__sql_simple_ok("BEGIN;DROP TABLE t"));
+  assert_false(pgtag__sql_simple_ok("SELECT ';'"));
+  assert_false(pgtag__sql_simple_ok("COMMIT; -- done"));
+  assert_false(pgtag__sql_simple_ok(NULL));
+  assert_false(pgtag__sql_simple_ok("FETCH 10 FROM c"));
+  assert_false(pgtag__sql_simple_ok("/* x */ fetch all in c"));
+  assert_true(pgtag__sql_simple_ok("MOVE 10 IN c"));
 }
 
 int main(void) {

@@ -270,21 +270,26 @@ static void what_goes_the_old_way(void **state) {
   test_pool_close(&loop, pool);
 }
 
-/* A read that turns standard_conforming_strings off, with a cached query
- * in the same batch behind it: libpq learns of the change only when the
- * read's result arrives, after the query was quoted.  A quote doubled for
+/* A statement that turns standard_conforming_strings off, with a cached
+ * query pipelined behind it: libpq learns of the change only when the
+ * statement's sync point arrives, after the query was quoted.  A quote doubled for
  * the old setting would be a backslash-escaped quote under the new one,
  * and the value would end its literal early; so a value with a backslash
  * goes through the cache only with nothing ahead of it on the wire.
  * Without one, doubling the quotes is right under both settings. */
 static void a_setting_changed_in_flight_cannot_open_a_literal(void **state) {
   (void)state;
-  pgtag_pool *pool = one_conn_pool(NULL, 256);
+  pgtag_pool_config cfg;
+  test_config(&cfg);
+  cfg.max_conns = cfg.min_conns = 1;
+  cfg.pipeline_fast_ms = 600000; /* whatever the machine's speed, they pipeline */
+  cfg.log_level = PGTAG_LOG_ERROR;
+  pgtag_pool *pool = test_pool_new(&loop, &cfg);
   const char *off = "SELECT set_config('standard_conforming_strings', $1, false)";
   const char *hostile = "\\'||upper(chr(97))) --";
   const char *quotes = "it's ''";
   rec set = {0}, q = {0}, plain = {0}, reset = {0};
-  run_query(pool, off, "on", NULL, &set); /* known to be fast: they batch */
+  run_query(pool, off, "on", NULL, &set); /* known now: the others go behind it */
   run_query(pool, "SELECT $1::text", "warm", NULL, &q);
   run_query(pool, "SELECT $1::text || '!'", "warm", NULL, &plain);
   memset(&set, 0, sizeof set);
@@ -327,6 +332,16 @@ static void logged_line(const char *tag, const char *what, char *line, char *nex
   fclose(f);
 }
 
+/* The server runs a statement of the request with this ID now. */
+static int running(const char *id) {
+  char sql[256];
+  snprintf(sql, sizeof sql,
+           "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+           "AND query LIKE '/* requestId=%s */ %%'",
+           id);
+  return admin_int(sql) == 1;
+}
+
 /* A statement already prepared that goes out alone, while a query that
  * comes meanwhile would have a free connection of its own (or on a held
  * connection), leaves pipeline mode: the server gets one simple query, and its log line for a slow
@@ -347,7 +362,7 @@ static void alone_it_goes_as_one_simple_query(void **state) {
   pgtag_stats st;
   WAIT_FOR(&loop, (pgtag_pool_stats(pool, &st), st.idle == 2), 10000);
   assert_int_equal(st.idle, 2);
-  const char *sql = "SELECT $1::text || ' alone', pg_sleep(0.05)";
+  const char *sql = "SELECT $1::text || ' alone', pg_sleep(0.5)";
   pgtag_ctx *ctx[5];
   rec r[5];
   /* IDs of this run's own: the log keeps earlier runs' lines */
@@ -367,9 +382,11 @@ static void alone_it_goes_as_one_simple_query(void **state) {
    * as a simple query; the second, the pool busy, in the pipeline; the
    * third comes while both run */
   assert_int_equal(query_param_in(pool, ctx[2], sql, "2", &r[2]), PGTAG_OK);
-  run_for(&loop, 10); /* it went out: the loop turned */
+  WAIT_FOR(&loop, running(ids[2]), 10000);
+  assert_true(running(ids[2]));
   assert_int_equal(query_param_in(pool, ctx[3], sql, "3", &r[3]), PGTAG_OK);
-  run_for(&loop, 10);
+  WAIT_FOR(&loop, running(ids[3]), 10000);
+  assert_true(running(ids[3]));
   assert_int_equal(query_param_in(pool, ctx[4], sql, "4", &r[4]), PGTAG_OK);
   assert_true(run_until(&loop, &r[4].calls, 1, 10000));
   assert_true(run_until(&loop, &r[3].calls, 1, 10000));
@@ -387,7 +404,7 @@ static void alone_it_goes_as_one_simple_query(void **state) {
   WAIT_FOR(&loop, (logged_line(tag, "statement: ", line, next, sizeof line), next[0] != '\0'),
            10000);
   assert_non_null(strstr(line, "statement: /* requestId="));
-  assert_non_null(strstr(next, "DETAIL:  prepare: SELECT $1::text || ' alone', pg_sleep(0.05)"));
+  assert_non_null(strstr(next, "DETAIL:  prepare: SELECT $1::text || ' alone', pg_sleep(0.5)"));
   logged_line(tag, "execute <unnamed>: ", line, next, sizeof line);
   assert_string_equal(line, "");
   /* a held connection sends its holder's statements one at a time: each
