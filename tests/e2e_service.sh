@@ -121,17 +121,18 @@ concurrent_ids() {
 run_check "200 concurrent requests: each answer carries its own X-Request-Id" concurrent_ids
 
 # In the server log each query is "execute <unnamed>: /* requestId=... */ ..."
-# with its parameters: on the next line (DETAIL) when it went as an unnamed
-# statement, in the line itself when the statement cache sent it
+# (in the pipeline) or "statement: /* requestId=... */ ..." (alone, a simple
+# query), with its parameters: on the next line (DETAIL) when it went as an
+# unnamed statement, in the line itself when the statement cache sent it
 # ("EXECUTE _pgtag_3('204') /* SELECT ... */").  Every request's queries
 # carry its own ID: the account query's parameter is the account that
 # request asked for, and a summary request's two queries both carry its ID.
 logged_ids() {
-  wait_for 30 has_lines 300 'execute <unnamed>: /\* requestId=e2e-[0-9]+ '
+  wait_for 30 has_lines 300 '(execute <unnamed>|statement): /\* requestId=e2e-[0-9]+ '
   new_log >"$work/log1"
   awk '
     match($0, /\[[0-9]+\]/) { pid = substr($0, RSTART, RLENGTH) }
-    /execute <unnamed>: \/\* requestId=e2e-[0-9]+ / {
+    /(execute <unnamed>|statement): \/\* requestId=e2e-[0-9]+ / {
       match($0, /requestId=e2e-[0-9]+ /); id = substr($0, RSTART + 14, RLENGTH - 15)
       count[id]++; last[pid] = id; acct[pid] = ($0 ~ /FROM pgbench_accounts WHERE aid/)
       if (acct[pid] && match($0, /EXECUTE _pgtag_[0-9]+\('\''[0-9]+'\''\)/)) {
@@ -178,15 +179,17 @@ hostile() {
         { echo "ID #$i not replaced by a UUID: $echoed"; bad=1; }
     fi
   done
-  wait_for 30 has_lines 7 'execute <unnamed>:'
+  wait_for 30 has_lines 7 '(execute <unnamed>|statement): /\*'
   [ "$(psql_q "SELECT count(*) FROM pgbench_accounts")" = "$accounts_before" ] ||
     { echo "pgbench_accounts changed"; bad=1; }
   # every statement the service sent starts with the tag and is the SELECT
-  new_log | grep -E 'execute <unnamed>:' >"$work/hostile.log"
+  # (a simple query is logged whole, a second statement in it too; this
+  # script's own psql queries are untagged)
+  new_log | grep -E '(execute <unnamed>|statement): /\*' >"$work/hostile.log"
   [ "$(wc -l <"$work/hostile.log")" -ge 7 ] || { echo "statements missing from the log"; bad=1; }
   # (as text, or through the statement cache: its EXECUTE, the statement as
   # a comment)
-  if grep -vE 'execute <unnamed>: /\* requestId=[^ ]* route=GET%20%2Faccounts%2F%7Bid%7D \*/ (SELECT aid, bid, abalance FROM pgbench_accounts WHERE aid = \$1|EXECUTE _pgtag_[0-9]+\('"'"'[0-9]+'"'"'\) /\* SELECT aid, bid, abalance FROM pgbench_accounts WHERE aid = \$1 \*/)$' \
+  if grep -vE '(execute <unnamed>|statement): /\* requestId=[^ ]* route=GET%20%2Faccounts%2F%7Bid%7D \*/ (SELECT aid, bid, abalance FROM pgbench_accounts WHERE aid = \$1|EXECUTE _pgtag_[0-9]+\('"'"'[0-9]+'"'"'\) /\* SELECT aid, bid, abalance FROM pgbench_accounts WHERE aid = \$1 \*/)$' \
        "$work/hostile.log"; then
     echo "a statement above is not the tagged SELECT"; bad=1
   fi
@@ -310,10 +313,10 @@ hop() {
   done
   [ "$bad" = 0 ] || return 1
   # the server log: wait for the 100 statements, not a fixed time
-  wait_for 30 has_lines 100 'abalance, \$2::text'
+  wait_for 30 has_lines 100 '(execute <unnamed>|statement): .*abalance, \$2::text'
   new_log >"$work/log_hop"
   awk '
-    /abalance, \$2::text/ {
+    /(execute <unnamed>|statement): .*abalance, \$2::text/ {
       if (!match($0, /requestId=hop-[0-9]+ /)) { print "untagged: " $0; bad = 1; next }
       id = substr($0, RSTART + 14, RLENGTH - 15); count[id]++
       if (match($0, /EXECUTE _pgtag_[0-9]+\('\''[0-9]+'\''/)) {
