@@ -14,32 +14,11 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 secs=${1:-5}
 
-if [ ! -x build/pgtag_protocols ]; then
-  cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  cmake --build build -j"$(nproc)" --target pgtag_protocols >/dev/null
-fi
-
-tmp=""
-cleanup() {
-  if [ -n "$tmp" ]; then
-    "$root/tests/pgserver.sh" stop "$tmp/pg" || true
-    rm -rf "$tmp"
-  fi
-}
-if [ -z "${PGTAG_TEST_CONNINFO:-}" ]; then
-  tmp=$(mktemp -d /tmp/pgtag-bench.XXXXXX)
-  chmod 755 "$tmp"
-  trap cleanup EXIT
-  "$root/tests/pgserver.sh" start "$tmp/pg"
-  # shellcheck disable=SC1091
-  source "$tmp/pg/env"
-fi
-conninfo=$PGTAG_TEST_CONNINFO
-
-if ! psql -X -q -At -d "$conninfo" -c "SELECT count(*) FROM pgbench_accounts" 2>/dev/null | grep -qx 1000000; then
-  echo "protocols: pgbench -i -s 10"
-  pgbench -i -s 10 -q -d "$conninfo" >/dev/null 2>&1 || pgbench -i -s 10 -q "$conninfo" >/dev/null
-fi
+# shellcheck source=bench/server.sh
+source bench/server.sh
+trap bench_server_stop EXIT
+bench_build pgtag_protocols
+bench_server protocols
 
 declare -A best
 measure() { # measure WAY DEPTH CONNECTIONS

@@ -14,33 +14,18 @@ secs=${1:-10}
 threads=${THREADS:-2}
 conns=${CONNECTIONS:-64}
 
-if [ ! -x build/pgtag_h2o_service ]; then
-  cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  cmake --build build -j"$(nproc)" --target pgtag_h2o_service >/dev/null
-fi
-tmp="" svc=""
+# shellcheck source=bench/server.sh
+source bench/server.sh
+bench_build pgtag_h2o_service
+svc=""
 cleanup() {
   [ -n "$svc" ] && kill "$svc" 2>/dev/null && wait "$svc" 2>/dev/null
-  if [ -n "$tmp" ]; then
-    "$root/tests/pgserver.sh" stop "$tmp/pg" || true
-    rm -rf "$tmp"
-  fi
+  bench_server_stop
   rm -f "$lua"
 }
 lua=$(mktemp /tmp/pgtag-wrk.XXXXXX.lua)
 trap cleanup EXIT
-if [ -z "${PGTAG_TEST_CONNINFO:-}" ]; then
-  tmp=$(mktemp -d /tmp/pgtag-bench.XXXXXX)
-  chmod 755 "$tmp"
-  "$root/tests/pgserver.sh" start "$tmp/pg"
-  # shellcheck disable=SC1091
-  source "$tmp/pg/env"
-fi
-conninfo=$PGTAG_TEST_CONNINFO
-if ! psql -X -q -At -d "$conninfo" -c "SELECT count(*) FROM pgbench_accounts" 2>/dev/null | grep -qx 1000000; then
-  echo "service.sh: pgbench -i -s 10"
-  pgbench -i -s 10 -q "$conninfo" >/dev/null 2>&1
-fi
+bench_server service.sh
 
 # Each request: a random account and an X-Request-Id of its own.
 cat >"$lua" <<'LUA'
