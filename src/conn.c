@@ -478,6 +478,21 @@ static int pipeline_mode(struct conn *conn, int on) {
   return (on ? PQenterPipelineMode(conn->pg) : PQexitPipelineMode(conn->pg)) ? 0 : -1;
 }
 
+/* sql with the tag of o's context; sql itself when out of memory for the
+ * tag (the query still runs). */
+static const char *tagged(struct conn *conn, const op *o, const char *sql) {
+  pgtag_pool *pool = conn->pool;
+  const char *text = pgtag__tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key, o->ctx, sql);
+  return text != NULL ? text : sql;
+}
+
+/* text as one simple query, out of pipeline mode: alone on the wire. */
+static int put_simple(struct conn *conn, const char *text) {
+  if (pipeline_mode(conn, 0) != 0)
+    return -1;
+  return PQsendQuery(conn->pg, text) ? 0 : -1;
+}
+
 /* Send a query of the application's through the statement cache: the
  * DEALLOCATE of the statement it evicts and its own prepare when it is
  * new, then the tagged EXECUTE.  A statement already prepared that goes
@@ -490,7 +505,6 @@ static int pipeline_mode(struct conn *conn, int on) {
  * excerpt are comments none of them can end (tag.c, write_excerpt).
  * Returns 0 or -1, or 1 when it must go the old way instead. */
 static int put_cached(struct conn *conn, op *o, int alone) {
-  pgtag_pool *pool = conn->pool;
   stmt_plan plan;
   if (o->uncached || conn->stmts.slots == NULL || o->sql == NULL)
     return 1;
@@ -501,15 +515,9 @@ static int put_cached(struct conn *conn, op *o, int alone) {
     return 1;
   o->steps = 0;
   o->stmt_id = plan.id;
-  const char *text =
-      pgtag__tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key, o->ctx, plan.execute);
-  if (text == NULL)
-    text = plan.execute; /* out of memory for the tag: the query still runs */
-  if (alone && plan.dealloc == NULL && plan.prepare_name == NULL) {
-    if (pipeline_mode(conn, 0) != 0)
-      return -1;
-    return PQsendQuery(conn->pg, text) ? 0 : -1;
-  }
+  const char *text = tagged(conn, o, plan.execute);
+  if (alone && plan.dealloc == NULL && plan.prepare_name == NULL)
+    return put_simple(conn, text);
   if (pipeline_mode(conn, 1) != 0)
     return -1;
   if (plan.dealloc != NULL) {
@@ -530,7 +538,6 @@ static int put_cached(struct conn *conn, op *o, int alone) {
  * statements as they are.  Afterwards the connection is in pipeline mode
  * unless o went as a simple query. */
 static int put_query(struct conn *conn, op *o, int alone) {
-  pgtag_pool *pool = conn->pool;
   if (op_internal(o->kind)) {
     if (conn->pipelined && pipeline_mode(conn, 1) != 0)
       return -1;
@@ -550,18 +557,12 @@ static int put_query(struct conn *conn, op *o, int alone) {
     if (conn->opener == OPENER_PREPARED)
       conn->opener = OPENER_UNPREPARED;
   }
-  const char *text =
-      pgtag__tag_render(&conn->tag, pool->cfg.tag_style, pool->tag_key, o->ctx, o->sql);
-  if (text == NULL)
-    text = o->sql; /* out of memory for the tag: the query still runs */
+  const char *text = tagged(conn, o, o->sql);
   /* Alone, without parameters, and the same as a simple query
    * (pgtag__sql_simple_ok), it goes as one: a BEGIN or a COMMIT costs the
    * server one message instead of five. */
-  if (alone && o->nparams == 0 && pgtag__sql_simple_ok(o->sql)) {
-    if (pipeline_mode(conn, 0) != 0)
-      return -1;
-    return PQsendQuery(conn->pg, text) ? 0 : -1;
-  }
+  if (alone && o->nparams == 0 && pgtag__sql_simple_ok(o->sql))
+    return put_simple(conn, text);
   if (conn->pipelined && pipeline_mode(conn, 1) != 0)
     return -1;
   return PQsendQueryParams(conn->pg, text, o->nparams, NULL, o->values, NULL, NULL, 0) ? 0 : -1;
